@@ -1,0 +1,355 @@
+//! Bit-widths: the validated [`BitWidth`] scalar and the ordered [`BitWidths`] list.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::QuantError;
+
+/// A number of bits: 1 to 16 for a quantized tensor, or 32 for full precision.
+///
+/// Anything from 17 to 31 is rejected, as is 0: the official code's "skip this layer" meaning of
+/// zero bits has no use in any model and is not supported.
+///
+/// ```text
+/// "8".parse::<BitWidth>()  -> Ok(8)
+/// "32".parse::<BitWidth>() -> Ok(full precision)
+/// "0", "17", "33", "abc"   -> Err(QuantError::InvalidBitWidth)
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "u8", into = "u8")]
+pub struct BitWidth(u8);
+
+impl BitWidth {
+    /// Full precision (32 bits): nothing is quantized.
+    pub const FULL: BitWidth = BitWidth(32);
+    /// The largest quantized bit-width.
+    pub const MAX_QUANTIZED: u8 = 16;
+
+    /// Validates `bits`.
+    ///
+    /// # Errors
+    ///
+    /// [`QuantError::InvalidBitWidth`] unless `bits` is in `1..=16` or equals 32.
+    pub fn new(bits: u8) -> Result<Self, QuantError> {
+        if (1..=Self::MAX_QUANTIZED).contains(&bits) || bits == 32 {
+            Ok(Self(bits))
+        } else {
+            Err(QuantError::InvalidBitWidth {
+                found: bits.to_string(),
+            })
+        }
+    }
+
+    /// The number of bits (32 for full precision).
+    pub fn get(self) -> u8 {
+        self.0
+    }
+
+    /// Whether this is full precision (32 bits), where quantizers pass values through.
+    pub fn is_full_precision(self) -> bool {
+        self.0 == 32
+    }
+
+    /// `2^b`, the number of levels of a quantized bit-width.
+    ///
+    /// # Panics
+    ///
+    /// Panics at full precision, which has no level count.
+    pub fn levels(self) -> u32 {
+        assert!(
+            !self.is_full_precision(),
+            "full precision (32 bits) has no level count"
+        );
+        1u32 << self.0
+    }
+
+    /// The larger of two bit-widths (used for `bitw_min`/`bita_min`, METHOD.md §5).
+    pub fn at_least(self, min: BitWidth) -> BitWidth {
+        self.max(min)
+    }
+}
+
+impl TryFrom<u8> for BitWidth {
+    type Error = QuantError;
+
+    fn try_from(bits: u8) -> Result<Self, Self::Error> {
+        Self::new(bits)
+    }
+}
+
+impl From<BitWidth> for u8 {
+    fn from(bits: BitWidth) -> u8 {
+        bits.0
+    }
+}
+
+impl fmt::Display for BitWidth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl FromStr for BitWidth {
+    type Err = QuantError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let trimmed = s.trim();
+        let invalid = || QuantError::InvalidBitWidth {
+            found: format!("{s:?}"),
+        };
+        let value: u8 = trimmed.parse().map_err(|_| invalid())?;
+        Self::new(value).map_err(|_| invalid())
+    }
+}
+
+/// The bit-widths a switchable model is trained for, in the order given (e.g. `8,6,5,4`).
+///
+/// The order matters: a joint training step visits the bit-widths in this order, and the
+/// per-bit-width BatchNorm and clipping level of a layer are indexed by position in this list
+/// (METHOD.md §4, §6). The list is never empty and has no duplicates.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "Vec<BitWidth>", into = "Vec<BitWidth>")]
+pub struct BitWidths(Vec<BitWidth>);
+
+impl BitWidths {
+    /// Validates a list of bit-widths.
+    ///
+    /// # Errors
+    ///
+    /// [`QuantError::InvalidBitWidthList`] if the list is empty or has a duplicate.
+    pub fn new(bits: Vec<BitWidth>) -> Result<Self, QuantError> {
+        let input = || {
+            bits.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        if bits.is_empty() {
+            return Err(QuantError::InvalidBitWidthList {
+                input: input(),
+                reason: "expected at least one bit-width, found none".into(),
+            });
+        }
+        for (i, b) in bits.iter().enumerate() {
+            if bits[..i].contains(b) {
+                return Err(QuantError::InvalidBitWidthList {
+                    input: input(),
+                    reason: format!("bit-width {b} appears more than once"),
+                });
+            }
+        }
+        Ok(Self(bits))
+    }
+
+    /// The bit-widths, in the order given.
+    pub fn as_slice(&self) -> &[BitWidth] {
+        &self.0
+    }
+
+    /// Iterates over the bit-widths in the order given.
+    pub fn iter(&self) -> impl Iterator<Item = BitWidth> + '_ {
+        self.0.iter().copied()
+    }
+
+    /// The number of bit-widths (never zero).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Always `false`: a `BitWidths` list is never empty. Provided for API completeness.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The largest bit-width of the list.
+    pub fn max(&self) -> BitWidth {
+        *self.0.iter().max().expect("BitWidths is never empty")
+    }
+
+    /// The smallest bit-width of the list.
+    pub fn min(&self) -> BitWidth {
+        *self.0.iter().min().expect("BitWidths is never empty")
+    }
+
+    /// The position of `bits` in the list, if present.
+    pub fn position(&self, bits: BitWidth) -> Option<usize> {
+        self.0.iter().position(|&b| b == bits)
+    }
+
+    /// The position used to select a switchable parameter (clipping level, BatchNorm) for `bits`:
+    /// its position in the list, or 0 when it is absent (the official `bits_list.index`
+    /// fallback, METHOD.md §4 and §6).
+    pub fn index_or_first(&self, bits: BitWidth) -> usize {
+        self.position(bits).unwrap_or(0)
+    }
+}
+
+impl TryFrom<Vec<BitWidth>> for BitWidths {
+    type Error = QuantError;
+
+    fn try_from(bits: Vec<BitWidth>) -> Result<Self, Self::Error> {
+        Self::new(bits)
+    }
+}
+
+impl From<BitWidths> for Vec<BitWidth> {
+    fn from(bits: BitWidths) -> Self {
+        bits.0
+    }
+}
+
+impl fmt::Display for BitWidths {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, b) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{b}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for BitWidths {
+    type Err = QuantError;
+
+    /// Parses a comma-separated list such as `8,6,5,4` (spaces around items are allowed).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let fail = |reason: String| QuantError::InvalidBitWidthList {
+            input: s.to_string(),
+            reason,
+        };
+        if s.trim().is_empty() {
+            return Err(fail(
+                "expected a comma-separated list such as 8,6,5,4, found an empty string".into(),
+            ));
+        }
+        let mut bits = Vec::new();
+        for (i, item) in s.split(',').enumerate() {
+            if item.trim().is_empty() {
+                return Err(fail(format!(
+                    "item {} is empty: expected a bit-width (1 to 16, or 32)",
+                    i + 1
+                )));
+            }
+            let b = item.parse::<BitWidth>().map_err(|_| {
+                fail(format!(
+                    "item {} is {:?}: expected a bit-width (1 to 16, or 32)",
+                    i + 1,
+                    item.trim()
+                ))
+            })?;
+            bits.push(b);
+        }
+        Self::new(bits).map_err(|e| match e {
+            QuantError::InvalidBitWidthList { reason, .. } => fail(reason),
+            other => other,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bw(b: u8) -> BitWidth {
+        BitWidth::new(b).unwrap()
+    }
+
+    #[test]
+    fn accepts_quantized_range_and_full_precision() {
+        for b in 1..=16 {
+            assert_eq!(bw(b).get(), b);
+        }
+        assert!(bw(32).is_full_precision());
+        assert!(!bw(16).is_full_precision());
+    }
+
+    #[test]
+    fn rejects_out_of_range_values_with_a_named_error() {
+        for text in ["0", "17", "31", "33", "abc", "", "-1", "4.5"] {
+            let err = text.parse::<BitWidth>().unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                msg.contains("expected an integer from 1 to 16")
+                    && msg.contains("or 32 (full precision)"),
+                "{text:?} gave {msg}"
+            );
+            assert!(msg.contains(&format!("{text:?}")), "{text:?} gave {msg}");
+        }
+        assert!(BitWidth::new(0).is_err());
+        assert!(BitWidth::new(33).is_err());
+    }
+
+    #[test]
+    fn list_keeps_the_given_order() {
+        let list: BitWidths = "8,6,5,4".parse().unwrap();
+        assert_eq!(
+            list.iter().map(BitWidth::get).collect::<Vec<_>>(),
+            [8, 6, 5, 4]
+        );
+        assert_eq!(list.to_string(), "8,6,5,4");
+        let list: BitWidths = " 4, 8 ,32".parse().unwrap();
+        assert_eq!(
+            list.iter().map(BitWidth::get).collect::<Vec<_>>(),
+            [4, 8, 32]
+        );
+        assert_eq!(list.max(), bw(32));
+        assert_eq!(list.min(), bw(4));
+    }
+
+    #[test]
+    fn list_rejects_bad_input_and_says_what_was_expected() {
+        let cases = [
+            ("", "found an empty string"),
+            ("  ", "found an empty string"),
+            ("8,,4", "item 2 is empty"),
+            ("8,4,", "item 3 is empty"),
+            ("abc", "item 1 is \"abc\": expected a bit-width (1 to 16, or 32)"),
+            ("8,0", "item 2 is \"0\""),
+            ("8,33", "item 2 is \"33\""),
+            ("8,6,8", "bit-width 8 appears more than once"),
+        ];
+        for (text, expected) in cases {
+            let msg = text.parse::<BitWidths>().unwrap_err().to_string();
+            assert!(msg.contains(expected), "{text:?} gave {msg:?}");
+            assert!(msg.contains(&format!("{text:?}")), "{text:?} gave {msg:?}");
+        }
+    }
+
+    #[test]
+    fn index_falls_back_to_the_first_entry() {
+        let list: BitWidths = "8,6,5,4".parse().unwrap();
+        assert_eq!(list.position(bw(5)), Some(2));
+        assert_eq!(list.index_or_first(bw(4)), 3);
+        assert_eq!(list.index_or_first(bw(32)), 0);
+        assert_eq!(list.position(bw(3)), None);
+    }
+
+    #[test]
+    fn serde_round_trip_validates() {
+        let list: BitWidths = "5,4,3".parse().unwrap();
+        let json = serde_json::to_string(&list).unwrap();
+        assert_eq!(json, "[5,4,3]");
+        assert_eq!(serde_json::from_str::<BitWidths>(&json).unwrap(), list);
+        assert!(serde_json::from_str::<BitWidths>("[5,5]").is_err());
+        assert!(serde_json::from_str::<BitWidths>("[]").is_err());
+        assert!(serde_json::from_str::<BitWidth>("0").is_err());
+        assert_eq!(serde_json::from_str::<BitWidth>("32").unwrap(), BitWidth::FULL);
+    }
+
+    #[test]
+    fn levels_are_powers_of_two() {
+        assert_eq!(bw(1).levels(), 2);
+        assert_eq!(bw(8).levels(), 256);
+        assert_eq!(bw(16).levels(), 65536);
+    }
+
+    #[test]
+    #[should_panic = "full precision (32 bits) has no level count"]
+    fn full_precision_has_no_levels() {
+        let _ = BitWidth::FULL.levels();
+    }
+}

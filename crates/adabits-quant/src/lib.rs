@@ -1,0 +1,41 @@
+//! Fake-quantization operators of AdaBits and SAT, on Burn.
+//!
+//! This crate is the numeric core of `adabits`: everything that turns a full-precision weight or
+//! activation into its quantized value at some bit-width, with the straight-through gradients
+//! used in training. It follows `METHOD.md` §2–§5 of the specification exactly, including the
+//! official code's quirks (its parity defaults), and is checked against the specification's test
+//! vectors ([`conformance`]) and against a plain-`f64` scalar reference ([`reference`]).
+//!
+//! - [`BitWidth`], [`BitWidths`]: validated bit-widths and the ordered list a model trains for.
+//! - [`QuantScheme`] and [`unit_quantize`]: the unit quantizers `Q_b` (original, modified,
+//!   centered), [`unit_codes`] and [`shift_codes`] for integer codes and the bit-shift property.
+//! - [`quantize_weight`]: tanh normalisation, `Q_b`, and SAT's constant rescale.
+//! - [`pact`] and [`ClippingLevels`]: PACT with one clipping level per bit-width (S-CL).
+//! - [`BitPolicy`]: per-layer resolution of weight and activation bits.
+//!
+//! The crate enables no Burn backend: pass any [`burn::tensor::Device`].
+
+mod activation;
+mod bits;
+mod clip;
+pub mod conformance;
+mod error;
+mod input;
+pub mod reference;
+mod resolve;
+mod scheme;
+mod unit;
+mod weight;
+
+pub use activation::{ActQuantConfig, pact};
+pub use bits::{BitWidth, BitWidths};
+pub use clip::{CONV_ALPHA_INIT, ClippingLevels, ClippingLevelsConfig, LINEAR_ALPHA_INIT};
+pub use error::QuantError;
+pub use input::input_pixels;
+pub use resolve::{BitPolicy, LayerBits};
+pub use scheme::QuantScheme;
+pub use unit::{codes_to_unit, shift_codes, unit_codes, unit_quantize, unit_quantize_value};
+pub use weight::{
+    LinearEval, QuantMode, QuantizedWeight, RescaleType, WeightQuantConfig, WeightQuantTrace,
+    conv_fan_out, linear_fan_out, quantize_weight, quantize_weight_traced, weight_codes,
+};

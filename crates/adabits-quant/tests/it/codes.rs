@@ -1,0 +1,78 @@
+//! Integer codes and the bit-shift property (METHOD.md §2, TV7).
+
+use adabits_quant::{
+    BitWidth, QuantError, QuantScheme, WeightQuantConfig, codes_to_unit, quantize_weight,
+    shift_codes, weight_codes,
+};
+use burn::tensor::{Distribution, Tensor};
+
+fn bw(b: u8) -> BitWidth {
+    BitWidth::new(b).unwrap()
+}
+
+fn random_weight() -> Tensor<4> {
+    let device = crate::device();
+    device.seed(7);
+    Tensor::random([16, 8, 3, 3], Distribution::Normal(0.0, 0.5), &device)
+}
+
+fn ints<const D: usize>(t: Tensor<D, burn::tensor::Int>) -> Vec<i64> {
+    t.into_data().iter::<i64>().collect()
+}
+
+#[test]
+fn lower_bit_codes_are_the_eight_bit_codes_shifted_right() {
+    let w = random_weight();
+    for scheme in [QuantScheme::Modified, QuantScheme::Centered] {
+        let codes8 = weight_codes(w.clone(), bw(8), scheme);
+        for b in 1..8 {
+            let direct = ints(weight_codes(w.clone(), bw(b), scheme));
+            let shifted = ints(shift_codes(codes8.clone(), scheme, bw(8), bw(b)).unwrap());
+            assert_eq!(direct, shifted, "{scheme} at {b} bits");
+        }
+    }
+}
+
+#[test]
+fn the_original_scheme_has_no_shift_property() {
+    let w = random_weight();
+    let codes8 = weight_codes(w.clone(), bw(8), QuantScheme::Original);
+    let codes4 = ints(weight_codes(w, bw(4), QuantScheme::Original));
+    let shifted = ints(codes8.clone().bitwise_right_shift_scalar(4));
+    assert_ne!(codes4, shifted, "a shift happened to be exact on this sample");
+    let err = shift_codes(codes8, QuantScheme::Original, bw(8), bw(4)).unwrap_err();
+    assert!(matches!(err, QuantError::NoShiftProperty { .. }), "{err}");
+    assert!(err.to_string().contains("original scheme has no bit-shift property"), "{err}");
+}
+
+#[test]
+fn shifts_only_go_down() {
+    let codes = weight_codes(random_weight(), bw(4), QuantScheme::Modified);
+    for (from, to) in [(4, 4), (4, 6), (32, 4)] {
+        let err = shift_codes(codes.clone(), QuantScheme::Modified, bw(from), bw(to)).unwrap_err();
+        assert!(matches!(err, QuantError::InvalidShift { .. }), "{from}->{to}: {err}");
+    }
+}
+
+#[test]
+fn codes_reproduce_the_quantized_weight() {
+    // ŵ = 2·Q(u) − 1 with Q(u) recovered from the integer code: what deployment will rely on.
+    let w = random_weight();
+    for scheme in QuantScheme::ALL {
+        for b in [2, 4, 5, 8] {
+            let config = WeightQuantConfig::new().with_scheme(scheme).with_rescale(false);
+            let w_hat = crate::values(quantize_weight(w.clone(), bw(b), 16 * 9, &config).w_hat);
+            let codes = weight_codes(w.clone(), bw(b), scheme);
+            let from_codes =
+                crate::values(codes_to_unit(codes, bw(b), scheme).mul_scalar(2.0).sub_scalar(1.0));
+            for (i, (a, e)) in from_codes.iter().zip(&w_hat).enumerate() {
+                assert!((a - e).abs() <= 1e-6, "{scheme} {b} bits, element {i}: {a} vs {e}");
+            }
+            let levels: std::collections::BTreeSet<i64> = w_hat
+                .iter()
+                .map(|v| (v * 1e6).round() as i64)
+                .collect();
+            assert!(levels.len() <= 1 << b, "{scheme} {b} bits: {} levels", levels.len());
+        }
+    }
+}
