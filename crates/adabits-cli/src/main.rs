@@ -1,1 +1,175 @@
-fn main(){}
+//! `adabits`: train, evaluate and deploy bit-switchable networks.
+//!
+//! This release carries the numeric core: `adabits check-numerics` runs the specification's test
+//! vectors on any compiled backend. Training, evaluation and export arrive with the next crates.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod bench;
+mod device;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use adabits_quant::BitWidth;
+use adabits_quant::conformance::{TestVectors, repo_vectors_path, run_all};
+use clap::{Parser, Subcommand};
+
+use crate::device::DeviceArg;
+
+/// Train, evaluate and deploy networks that switch bit-width at run time (AdaBits).
+#[derive(Debug, Parser)]
+#[command(name = "adabits", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check the quantizers against the specification's test vectors on a device.
+    ///
+    /// Runs every case of `testvectors.json` (forward values and gradients) on the chosen
+    /// backend and prints one line per case. Exits with status 1 if any case fails.
+    CheckNumerics {
+        /// The test-vector file [default: the repository's testdata/testvectors.json].
+        #[arg(long, value_name = "FILE")]
+        vectors: Option<PathBuf>,
+        /// The device to run on (one of the backends compiled into this binary).
+        #[arg(long, value_enum, default_value_t = DeviceArg::default())]
+        device: DeviceArg,
+        /// Print the results as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure the throughput of the quantizers and of a quantized conv layer's training step.
+    ///
+    /// Times PACT and weight quantization (GB/s of data read and written) and the forward and
+    /// backward pass of a quantized 3x3 conv layer (images/s), synchronising the device inside
+    /// every timed region. Reports the median of --iters runs.
+    Bench {
+        /// The device to run on (one of the backends compiled into this binary).
+        #[arg(long, value_enum, default_value_t = DeviceArg::default())]
+        device: DeviceArg,
+        /// The bit-width of weights and activations.
+        #[arg(long, default_value = "4")]
+        bits: BitWidth,
+        /// The batch size of the activation workloads.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Timed iterations per workload (the median is reported).
+        #[arg(long, default_value_t = 20)]
+        iters: usize,
+        /// Print the results as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::CheckNumerics {
+            vectors,
+            device,
+            json,
+        } => check_numerics(vectors, device, json),
+        Command::Bench {
+            device,
+            bits,
+            batch,
+            iters,
+            json,
+        } => {
+            anyhow::ensure!(iters > 0, "--iters must be at least 1");
+            let results = bench::run(&device.device(), bits, batch, iters)?;
+            if json {
+                let out = serde_json::json!({ "device": device.to_string(), "results": results });
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                println!("device: {device}");
+                println!(
+                    "{:<52} {:>10} {:>14}",
+                    "workload", "median ms", "throughput"
+                );
+                for m in &results {
+                    println!(
+                        "{:<52} {:>10.3} {:>9.1} {}",
+                        m.name, m.ms, m.throughput, m.unit
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn check_numerics(
+    vectors: Option<PathBuf>,
+    device_arg: DeviceArg,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let path = vectors.unwrap_or_else(repo_vectors_path);
+    let vectors = TestVectors::load(&path).map_err(|e| {
+        anyhow::anyhow!(
+            "{e}\nhint: pass --vectors FILE to point at the specification's testvectors.json"
+        )
+    })?;
+    let device = device_arg.device();
+    let start = Instant::now();
+    let reports = run_all(&vectors, &device);
+    let seconds = start.elapsed().as_secs_f64();
+    let failed = reports.iter().filter(|r| !r.passed()).count();
+    if json {
+        let cases: Vec<serde_json::Value> = reports
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "name": r.name,
+                    "passed": r.passed(),
+                    "error": r.error,
+                    "checks": r.checks.iter().map(|c| serde_json::json!({
+                        "what": c.what,
+                        "max_abs_error": c.max_abs_error,
+                        "failure": c.failure,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "vectors": path.display().to_string(),
+            "device": device_arg.to_string(),
+            "passed": reports.len() - failed,
+            "failed": failed,
+            "seconds": seconds,
+            "cases": cases,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("test vectors: {}", path.display());
+        println!("device:       {device_arg}");
+        for report in &reports {
+            println!("{report}");
+        }
+        println!(
+            "{} passed, {failed} failed ({seconds:.2} s)",
+            reports.len() - failed
+        );
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

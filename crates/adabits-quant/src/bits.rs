@@ -307,7 +307,10 @@ mod tests {
             ("  ", "found an empty string"),
             ("8,,4", "item 2 is empty"),
             ("8,4,", "item 3 is empty"),
-            ("abc", "item 1 is \"abc\": expected a bit-width (1 to 16, or 32)"),
+            (
+                "abc",
+                "item 1 is \"abc\": expected a bit-width (1 to 16, or 32)",
+            ),
             ("8,0", "item 2 is \"0\""),
             ("8,33", "item 2 is \"33\""),
             ("8,6,8", "bit-width 8 appears more than once"),
@@ -337,7 +340,10 @@ mod tests {
         assert!(serde_json::from_str::<BitWidths>("[5,5]").is_err());
         assert!(serde_json::from_str::<BitWidths>("[]").is_err());
         assert!(serde_json::from_str::<BitWidth>("0").is_err());
-        assert_eq!(serde_json::from_str::<BitWidth>("32").unwrap(), BitWidth::FULL);
+        assert_eq!(
+            serde_json::from_str::<BitWidth>("32").unwrap(),
+            BitWidth::FULL
+        );
     }
 
     #[test]

@@ -162,14 +162,20 @@ pub struct CaseReport {
 impl CaseReport {
     /// Whether the case ran and every comparison passed.
     pub fn passed(&self) -> bool {
-        self.error.is_none() && !self.checks.is_empty() && self.checks.iter().all(|c| c.failure.is_none())
+        self.error.is_none()
+            && !self.checks.is_empty()
+            && self.checks.iter().all(|c| c.failure.is_none())
     }
 }
 
 impl fmt::Display for CaseReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let status = if self.passed() { "ok" } else { "FAILED" };
-        let max = self.checks.iter().map(|c| c.max_abs_error).fold(0.0, f64::max);
+        let max = self
+            .checks
+            .iter()
+            .map(|c| c.max_abs_error)
+            .fold(0.0, f64::max);
         write!(
             f,
             "{:<40} {status:<6} {} checks, max |error| {max:.2e}",
@@ -329,7 +335,10 @@ impl Runner<'_> {
             ));
         }
         let data: Vec<f32> = spec.data.iter().map(|&v| v as f32).collect();
-        Ok(Tensor::from_data(TensorData::new(data, shape), &self.device))
+        Ok(Tensor::from_data(
+            TensorData::new(data, shape),
+            &self.device,
+        ))
     }
 
     // ----- comparisons ---------------------------------------------------------------------
@@ -351,12 +360,20 @@ impl Runner<'_> {
         }
     }
 
-    fn expect_int_output<const D: usize>(&mut self, name: &str, actual: Tensor<D, Int>) -> RunResult {
+    fn expect_int_output<const D: usize>(
+        &mut self,
+        name: &str,
+        actual: Tensor<D, Int>,
+    ) -> RunResult {
         let spec = Self::spec(&self.case.expected_outputs, "expected output", name)?;
         self.compare(format!("output {name}"), spec, actual.into_data())
     }
 
-    fn expect_gradient<const D: usize>(&mut self, name: &str, actual: Option<Tensor<D>>) -> RunResult {
+    fn expect_gradient<const D: usize>(
+        &mut self,
+        name: &str,
+        actual: Option<Tensor<D>>,
+    ) -> RunResult {
         let spec = Self::spec(&self.case.expected_gradients, "expected gradient", name)?;
         let actual = actual.ok_or_else(|| format!("no gradient reached `{name}`"))?;
         self.compare(format!("gradient {name}"), spec, actual.into_data())
@@ -429,13 +446,17 @@ impl Runner<'_> {
             .and_then(Value::as_str)
             .unwrap_or("conv2d");
         match layer {
-            "conv2d" => self.weight_quant_rank::<4>(|dims| conv_fan_out([dims[0], dims[1], dims[2], dims[3]])),
+            "conv2d" => self
+                .weight_quant_rank::<4>(|dims| conv_fan_out([dims[0], dims[1], dims[2], dims[3]])),
             "linear" => self.weight_quant_rank::<2>(|dims| linear_fan_out([dims[0], dims[1]])),
             other => Err(format!("config field `layer`: unknown {other:?}")),
         }
     }
 
-    fn weight_quant_rank<const D: usize>(&mut self, fan_out_rule: fn(&[usize]) -> usize) -> RunResult {
+    fn weight_quant_rank<const D: usize>(
+        &mut self,
+        fan_out_rule: fn(&[usize]) -> usize,
+    ) -> RunResult {
         let bitw = self.config_bits("bitw")?;
         let config = self.weight_config()?;
         let w = self.input::<D>("W")?.require_grad();
@@ -495,7 +516,10 @@ impl Runner<'_> {
     fn qlinear(&mut self) -> RunResult {
         let bits = self.config_bits("bits")?;
         let resolved = self.linear_policy()?.resolve(bits);
-        for (key, got) in [("resolved_bitw", resolved.bitw), ("resolved_bita", resolved.bita)] {
+        for (key, got) in [
+            ("resolved_bitw", resolved.bitw),
+            ("resolved_bita", resolved.bita),
+        ] {
             if let Some(expected) = self.config_value(key).and_then(Value::as_u64)
                 && expected != u64::from(got.get())
             {
@@ -548,16 +572,24 @@ impl Runner<'_> {
             let codes_high = unit_codes(u.clone(), high, scheme);
             let codes_low = unit_codes(u.clone(), low, scheme);
             // What a right shift gives, whether or not the scheme makes it exact.
-            let shifted =
-                codes_high
-                    .clone()
-                    .bitwise_right_shift_scalar(i64::from(high.get() - low.get()));
-            match (scheme.has_shift_property(), shift_codes(codes_high.clone(), scheme, high, low)) {
+            let shifted = codes_high
+                .clone()
+                .bitwise_right_shift_scalar(i64::from(high.get() - low.get()));
+            match (
+                scheme.has_shift_property(),
+                shift_codes(codes_high.clone(), scheme, high, low),
+            ) {
                 (true, Ok(derived)) => {
-                    self.expect_int_output(&format!("{name}_codes_b{high}_shr{}", high.get() - low.get()), derived)?;
+                    self.expect_int_output(
+                        &format!("{name}_codes_b{high}_shr{}", high.get() - low.get()),
+                        derived,
+                    )?;
                 }
                 (false, Err(QuantError::NoShiftProperty { .. })) => {
-                    self.expect_int_output(&format!("{name}_codes_b{high}_shr{}", high.get() - low.get()), shifted)?;
+                    self.expect_int_output(
+                        &format!("{name}_codes_b{high}_shr{}", high.get() - low.get()),
+                        shifted,
+                    )?;
                 }
                 (_, other) => {
                     return Err(format!(
@@ -619,9 +651,20 @@ impl Runner<'_> {
         let mut sum_alpha: Option<Tensor<1>> = None;
         for bits in bits_list.iter() {
             let resolved = policy.resolve(bits);
-            let quantized = quantize_weight(w.clone(), resolved.bitw, linear_fan_out(w.dims()), &weight_config);
-            let x_q = pact(x.clone(), clip.select(resolved.bita), resolved.bita, &act_config);
-            let (weight, bias) = quantized.linear_params(Some(b.clone()), mode, weight_config.linear_eval);
+            let quantized = quantize_weight(
+                w.clone(),
+                resolved.bitw,
+                linear_fan_out(w.dims()),
+                &weight_config,
+            );
+            let x_q = pact(
+                x.clone(),
+                clip.select(resolved.bita),
+                resolved.bita,
+                &act_config,
+            );
+            let (weight, bias) =
+                quantized.linear_params(Some(b.clone()), mode, weight_config.linear_eval);
             let y = linear(x_q.clone(), weight, bias);
             self.expect_output(&format!("x_q_bits{bits}"), x_q)?;
             self.expect_output(&format!("y_bits{bits}"), y.clone())?;

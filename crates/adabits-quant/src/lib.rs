@@ -4,7 +4,7 @@
 //! activation into its quantized value at some bit-width, with the straight-through gradients
 //! used in training. It follows `METHOD.md` §2–§5 of the specification exactly, including the
 //! official code's quirks (its parity defaults), and is checked against the specification's test
-//! vectors ([`conformance`]) and against a plain-`f64` scalar reference ([`reference`]).
+//! vectors ([`conformance`]) and against a plain-`f64` scalar reference ([`mod@reference`]).
 //!
 //! - [`BitWidth`], [`BitWidths`]: validated bit-widths and the ordered list a model trains for.
 //! - [`QuantScheme`] and [`unit_quantize`]: the unit quantizers `Q_b` (original, modified,

@@ -131,7 +131,11 @@ pub fn weight_gradient(
     fan_out: usize,
     config: &WeightQuantConfig,
 ) -> Vec<f64> {
-    assert_eq!(w.len(), upstream.len(), "weight and gradient lengths differ");
+    assert_eq!(
+        w.len(),
+        upstream.len(),
+        "weight and gradient lengths differ"
+    );
     let r = quantize_weight(w, bitw, fan_out, config);
     let s = r.scale;
     if bitw.is_full_precision() && !config.clamp {

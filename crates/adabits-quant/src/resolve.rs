@@ -79,10 +79,19 @@ mod tests {
             bita_min: Some(bw(8)),
             weight_only: true,
         };
-        assert_eq!(policy.resolve(bw(4)), LayerBits { bitw: bw(8), bita: BitWidth::FULL });
+        assert_eq!(
+            policy.resolve(bw(4)),
+            LayerBits {
+                bitw: bw(8),
+                bita: BitWidth::FULL
+            }
+        );
         assert_eq!(
             policy.resolve(BitWidth::FULL),
-            LayerBits { bitw: BitWidth::FULL, bita: BitWidth::FULL }
+            LayerBits {
+                bitw: BitWidth::FULL,
+                bita: BitWidth::FULL
+            }
         );
     }
 
@@ -93,8 +102,20 @@ mod tests {
             ..BitPolicy::BODY
         };
         // TV4: bits = 4 with bitw_min = 8 resolves to 8-bit weights and 4-bit activations.
-        assert_eq!(policy.resolve(bw(4)), LayerBits { bitw: bw(8), bita: bw(4) });
-        assert_eq!(policy.resolve(bw(16)), LayerBits { bitw: bw(16), bita: bw(16) });
+        assert_eq!(
+            policy.resolve(bw(4)),
+            LayerBits {
+                bitw: bw(8),
+                bita: bw(4)
+            }
+        );
+        assert_eq!(
+            policy.resolve(bw(16)),
+            LayerBits {
+                bitw: bw(16),
+                bita: bw(16)
+            }
+        );
     }
 
     #[test]
@@ -103,6 +124,12 @@ mod tests {
             bita_min: Some(bw(6)),
             ..BitPolicy::BODY
         };
-        assert_eq!(policy.resolve_pair(bw(2), bw(4)), LayerBits { bitw: bw(2), bita: bw(6) });
+        assert_eq!(
+            policy.resolve_pair(bw(2), bw(4)),
+            LayerBits {
+                bitw: bw(2),
+                bita: bw(6)
+            }
+        );
     }
 }

@@ -58,7 +58,11 @@ pub fn unit_quantize_value<const D: usize>(
 /// # Panics
 ///
 /// Panics if `bits` is full precision.
-pub fn unit_quantize<const D: usize>(u: Tensor<D>, bits: BitWidth, scheme: QuantScheme) -> Tensor<D> {
+pub fn unit_quantize<const D: usize>(
+    u: Tensor<D>,
+    bits: BitWidth,
+    scheme: QuantScheme,
+) -> Tensor<D> {
     let q = unit_quantize_value(u.clone().detach(), bits, scheme);
     let zero_with_identity_grad = u.clone() - u.detach();
     q + zero_with_identity_grad

@@ -147,7 +147,8 @@ impl QuantizedWeight<2> {
 /// ```
 ///
 /// `M` is a single maximum over the whole tensor and stays in the graph, so the gradient is
-/// `∂L/∂W = (1 − t²)·[s·G/M − 𝟙(argmax)·sign(t)·Σ s·G·t / M²]` with `G = ∂L/∂W_eff` (TV2b). The
+/// `∂L/∂W = (1 − t²)·[s·G/M − 𝟙(argmax)·sign(t)·Σ s·G·t / M²]` with `G = ∂L/∂W_eff` (TV2b);
+/// elements tied at the maximum share its gradient evenly, as in PyTorch 2.x (P9). The
 /// standard deviations are unbiased (`N − 1`) over all elements. `fan_out` is `n`, from
 /// [`conv_fan_out`] or [`linear_fan_out`].
 ///
@@ -171,7 +172,7 @@ pub fn quantize_weight_traced<const D: usize>(
         (None, None, None, None, weight)
     } else {
         let t = weight.tanh();
-        let m = t.clone().abs().max();
+        let m = max_abs_split_evenly(t.clone());
         let normalized = t.clone() / m.clone().reshape([1; D]);
         if bitw.is_full_precision() {
             (Some(t), Some(m), None, None, normalized)
@@ -250,6 +251,25 @@ pub fn weight_codes<const D: usize>(
     let m = t.clone().abs().max();
     let u = (t / m.reshape([1; D])).add_scalar(1.0).div_scalar(2.0);
     unit_codes(u, bitw, scheme)
+}
+
+/// `max|t|` over all elements, shape `[1]`, whose gradient is split evenly among the elements
+/// tied at the maximum, as in PyTorch 2.x (parity default P9).
+///
+/// Burn's own `max` sends the whole gradient to one tied element (the first, on flex), so the
+/// value is built as `M.detach() + (m̄ − m̄.detach())` with `m̄ = Σ|t|·𝟙(tied) / #tied`: the
+/// forward value is exactly `M`, and the gradient reaches each tied element with weight
+/// `1/#tied`, on every backend.
+fn max_abs_split_evenly<const D: usize>(t: Tensor<D>) -> Tensor<1> {
+    let abs = t.abs();
+    let max = abs.clone().detach().max();
+    let tied = abs
+        .clone()
+        .detach()
+        .equal(max.clone().reshape([1; D]).expand(abs.shape()))
+        .float();
+    let mean_of_tied = (abs * tied.clone()).sum() / tied.sum();
+    max + (mean_of_tied.clone() - mean_of_tied.detach())
 }
 
 /// The unbiased standard deviation over all elements, shape `[1]`.

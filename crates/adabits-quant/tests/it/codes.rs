@@ -39,10 +39,17 @@ fn the_original_scheme_has_no_shift_property() {
     let codes8 = weight_codes(w.clone(), bw(8), QuantScheme::Original);
     let codes4 = ints(weight_codes(w, bw(4), QuantScheme::Original));
     let shifted = ints(codes8.clone().bitwise_right_shift_scalar(4));
-    assert_ne!(codes4, shifted, "a shift happened to be exact on this sample");
+    assert_ne!(
+        codes4, shifted,
+        "a shift happened to be exact on this sample"
+    );
     let err = shift_codes(codes8, QuantScheme::Original, bw(8), bw(4)).unwrap_err();
     assert!(matches!(err, QuantError::NoShiftProperty { .. }), "{err}");
-    assert!(err.to_string().contains("original scheme has no bit-shift property"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("original scheme has no bit-shift property"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -50,7 +57,10 @@ fn shifts_only_go_down() {
     let codes = weight_codes(random_weight(), bw(4), QuantScheme::Modified);
     for (from, to) in [(4, 4), (4, 6), (32, 4)] {
         let err = shift_codes(codes.clone(), QuantScheme::Modified, bw(from), bw(to)).unwrap_err();
-        assert!(matches!(err, QuantError::InvalidShift { .. }), "{from}->{to}: {err}");
+        assert!(
+            matches!(err, QuantError::InvalidShift { .. }),
+            "{from}->{to}: {err}"
+        );
     }
 }
 
@@ -60,19 +70,55 @@ fn codes_reproduce_the_quantized_weight() {
     let w = random_weight();
     for scheme in QuantScheme::ALL {
         for b in [2, 4, 5, 8] {
-            let config = WeightQuantConfig::new().with_scheme(scheme).with_rescale(false);
+            let config = WeightQuantConfig::new()
+                .with_scheme(scheme)
+                .with_rescale(false);
             let w_hat = crate::values(quantize_weight(w.clone(), bw(b), 16 * 9, &config).w_hat);
             let codes = weight_codes(w.clone(), bw(b), scheme);
-            let from_codes =
-                crate::values(codes_to_unit(codes, bw(b), scheme).mul_scalar(2.0).sub_scalar(1.0));
+            let from_codes = crate::values(
+                codes_to_unit(codes, bw(b), scheme)
+                    .mul_scalar(2.0)
+                    .sub_scalar(1.0),
+            );
             for (i, (a, e)) in from_codes.iter().zip(&w_hat).enumerate() {
-                assert!((a - e).abs() <= 1e-6, "{scheme} {b} bits, element {i}: {a} vs {e}");
+                assert!(
+                    (a - e).abs() <= 1e-6,
+                    "{scheme} {b} bits, element {i}: {a} vs {e}"
+                );
             }
-            let levels: std::collections::BTreeSet<i64> = w_hat
-                .iter()
-                .map(|v| (v * 1e6).round() as i64)
-                .collect();
-            assert!(levels.len() <= 1 << b, "{scheme} {b} bits: {} levels", levels.len());
+            let levels: std::collections::BTreeSet<i64> =
+                w_hat.iter().map(|v| (v * 1e6).round() as i64).collect();
+            assert!(
+                levels.len() <= 1 << b,
+                "{scheme} {b} bits: {} levels",
+                levels.len()
+            );
         }
+    }
+}
+
+#[test]
+fn tied_maxima_split_the_max_gradient_evenly() {
+    // Parity default P9: PyTorch 2.x splits the gradient of max|tanh(W)| evenly among tied
+    // elements. W has two elements tied at |w| = 2 (one of each sign).
+    use adabits_quant::reference;
+    let w = [0.5f32, -2.0, 0.1, 2.0];
+    let g = [1.0f32, -2.0, 0.5, 0.25];
+    let device = crate::device().autodiff();
+    let wt = Tensor::<1>::from_data(burn::tensor::TensorData::new(w.to_vec(), [4]), &device)
+        .require_grad();
+    let gt = Tensor::<1>::from_data(burn::tensor::TensorData::new(g.to_vec(), [4]), &device);
+    let config = WeightQuantConfig::new();
+    let w_eff = quantize_weight(wt.clone(), bw(2), 2, &config).effective();
+    let grads = (w_eff * gt).sum().backward();
+    let got = crate::values(wt.grad(&grads).unwrap());
+    let w64: Vec<f64> = w.iter().map(|&v| f64::from(v)).collect();
+    let g64: Vec<f64> = g.iter().map(|&v| f64::from(v)).collect();
+    let want = reference::weight_gradient(&w64, &g64, bw(2), 2, &config);
+    for (i, (a, e)) in got.iter().zip(&want).enumerate() {
+        assert!(
+            (a - e).abs() <= 1e-5,
+            "element {i}: burn {a}, even split {e}; all {got:?} vs {want:?}"
+        );
     }
 }

@@ -4,6 +4,7 @@
 //! The backend is the CPU (flex) by default; `--features test-wgpu` runs the same suite on wgpu
 //! and `--features test-ndarray` on ndarray.
 
+mod clip;
 mod codes;
 mod properties;
 mod vectors;

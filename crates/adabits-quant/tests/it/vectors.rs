@@ -27,7 +27,12 @@ fn every_case_passes_forward_and_backward() {
         .map(ToString::to_string)
         .collect();
     let checks: usize = reports.iter().map(|r| r.checks.len()).sum();
-    assert!(failed.is_empty(), "{} cases failed:\n{}", failed.len(), failed.join("\n"));
+    assert!(
+        failed.is_empty(),
+        "{} cases failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
     // Every expected output and gradient of the file was compared.
     let expected: usize = vectors
         .cases
@@ -58,7 +63,11 @@ fn a_wrong_expected_value_is_reported() {
             };
             map.get_mut(&name).unwrap().data[0] += 1.0;
             let report = run_case(&broken, &device);
-            assert!(!report.passed(), "{}: a wrong {name} went unnoticed", case.name);
+            assert!(
+                !report.passed(),
+                "{}: a wrong {name} went unnoticed",
+                case.name
+            );
         }
     }
 }
@@ -89,17 +98,33 @@ fn malformed_files_get_named_errors() {
     let err = TestVectors::parse(r#"{"format":"x","version":1,"cases":[]}"#, &path)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("field `format`: expected \"adabits-testvectors\", found \"x\""), "{err}");
-    let err = TestVectors::parse(r#"{"format":"adabits-testvectors","version":2,"cases":[]}"#, &path)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("field `version`: expected 1, found 2"), "{err}");
+    assert!(
+        err.contains("field `format`: expected \"adabits-testvectors\", found \"x\""),
+        "{err}"
+    );
+    let err = TestVectors::parse(
+        r#"{"format":"adabits-testvectors","version":2,"cases":[]}"#,
+        &path,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("field `version`: expected 1, found 2"),
+        "{err}"
+    );
     let bad_shape = r#"{"format":"adabits-testvectors","version":1,"cases":[{"name":"c","group":"g",
         "op":"q_k","config":{},"inputs":{"u":{"shape":[3],"dtype":"float","data":[1,2]}},
         "upstream_gradients":{},"expected_outputs":{},"expected_gradients":{},
         "tolerance":{"abs":0,"rel":0}}]}"#;
-    let err = TestVectors::parse(bad_shape, &path).unwrap_err().to_string();
-    assert!(err.contains("case c, tensor u: shape [3] needs 3 elements, found 2"), "{err}");
-    let err = TestVectors::load(&PathBuf::from("/nonexistent/tv.json")).unwrap_err().to_string();
+    let err = TestVectors::parse(bad_shape, &path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("case c, tensor u: shape [3] needs 3 elements, found 2"),
+        "{err}"
+    );
+    let err = TestVectors::load(&PathBuf::from("/nonexistent/tv.json"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("/nonexistent/tv.json"), "{err}");
 }

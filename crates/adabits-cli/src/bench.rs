@@ -1,0 +1,121 @@
+//! `adabits bench`: throughput of the fake-quant operators and of a quantized conv layer's
+//! training step, on one device.
+
+use std::time::Instant;
+
+use adabits_quant::{
+    ActQuantConfig, BitWidth, WeightQuantConfig, conv_fan_out, pact, quantize_weight,
+};
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Device, Distribution, Tensor};
+
+/// One measured workload.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct Measurement {
+    /// What was timed.
+    pub(crate) name: String,
+    /// Median milliseconds per iteration.
+    pub(crate) ms: f64,
+    /// A throughput figure for the workload.
+    pub(crate) throughput: f64,
+    /// Its unit.
+    pub(crate) unit: &'static str,
+}
+
+/// Times `f` `iters` times after `warmup` untimed runs, synchronising the device inside the timed
+/// region (GPU work is asynchronous), and returns the median in milliseconds.
+fn time_ms(
+    device: &Device,
+    warmup: usize,
+    iters: usize,
+    mut f: impl FnMut(),
+) -> anyhow::Result<f64> {
+    for _ in 0..warmup {
+        f();
+    }
+    device
+        .sync()
+        .map_err(|e| anyhow::anyhow!("device sync failed: {e:?}"))?;
+    let mut samples = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let start = Instant::now();
+        f();
+        device
+            .sync()
+            .map_err(|e| anyhow::anyhow!("device sync failed: {e:?}"))?;
+        samples.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok(samples[samples.len() / 2])
+}
+
+/// Runs the benchmark suite at `bits` on `device`.
+pub(crate) fn run(
+    device: &Device,
+    bits: BitWidth,
+    batch: usize,
+    iters: usize,
+) -> anyhow::Result<Vec<Measurement>> {
+    let mut out = Vec::new();
+    device.seed(0);
+
+    // 1. PACT on an activation tensor: bytes read + written per second.
+    let x = Tensor::<4>::random([batch, 64, 32, 32], Distribution::Normal(0.0, 4.0), device);
+    let alpha = Tensor::<1>::full([1], 8.0, device);
+    let act = ActQuantConfig::new();
+    let elems = x.shape().num_elements() as f64;
+    let ms = time_ms(device, 3, iters, || {
+        let _ = pact(x.clone(), alpha.clone(), bits, &act);
+    })?;
+    out.push(Measurement {
+        name: format!("pact forward [{batch},64,32,32] @{bits}b"),
+        ms,
+        throughput: elems * 8.0 / (ms * 1e-3) / 1e9,
+        unit: "GB/s",
+    });
+
+    // 2. Weight quantization of a 3x3 conv weight.
+    let w = Tensor::<4>::random([256, 256, 3, 3], Distribution::Normal(0.0, 0.05), device);
+    let wq = WeightQuantConfig::new();
+    let fan_out = conv_fan_out(w.dims());
+    let welems = w.shape().num_elements() as f64;
+    let ms = time_ms(device, 3, iters, || {
+        let _ = quantize_weight(w.clone(), bits, fan_out, &wq).effective();
+    })?;
+    out.push(Measurement {
+        name: format!("weight quant [256,256,3,3] @{bits}b"),
+        ms,
+        throughput: welems * 8.0 / (ms * 1e-3) / 1e9,
+        unit: "GB/s",
+    });
+
+    // 3. A quantized 3x3 conv layer (ResNet-20 stage 1: 16→16 channels, 32x32), forward and
+    //    backward, as in one bit-width's pass of a training step.
+    let ad = device.clone().autodiff();
+    let x = Tensor::<4>::random([batch, 16, 32, 32], Distribution::Normal(0.0, 2.0), &ad);
+    let w = Tensor::<4>::random([16, 16, 3, 3], Distribution::Normal(0.0, 0.1), &ad).require_grad();
+    let alpha = Tensor::<1>::full([1], 8.0, &ad).require_grad();
+    let options = ConvOptions {
+        stride: [1, 1],
+        padding: [(1, 1), (1, 1)],
+        dilation: [1, 1],
+        groups: 1,
+    };
+    let wq = WeightQuantConfig::new().with_rescale(false);
+    let fan_out = conv_fan_out(w.dims());
+    let ms = time_ms(device, 2, iters, || {
+        let xq = pact(x.clone(), alpha.clone(), bits, &act);
+        let weff = quantize_weight(w.clone(), bits, fan_out, &wq).effective();
+        let y = conv2d(xq, weff, None, options.clone());
+        let grads = y.sum().backward();
+        let _ = w.grad(&grads);
+    })?;
+    out.push(Measurement {
+        name: format!("qconv3x3 16→16 32x32 fwd+bwd, batch {batch} @{bits}b"),
+        ms,
+        throughput: batch as f64 / (ms * 1e-3),
+        unit: "img/s",
+    });
+    Ok(out)
+}
