@@ -78,7 +78,7 @@ fn repository_copy_matches_the_specification() {
     // there, the committed copy must be identical.
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let spec = root.join("../shared/testvectors.json");
-    let repo = repo_vectors_path();
+    let repo = vectors_path();
     let repo_text = std::fs::read(&repo).unwrap_or_else(|e| panic!("{}: {e}", repo.display()));
     if let Ok(spec_text) = std::fs::read(&spec) {
         assert!(
