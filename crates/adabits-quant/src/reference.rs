@@ -21,13 +21,14 @@ pub fn unit_quantize(u: f64, bits: BitWidth, scheme: QuantScheme) -> f64 {
     }
 }
 
-/// The integer code of `Q_b(u)` for one value.
+/// The integer code of `Q_b(u)` for one value (`u` clamped to `[0, 1]`, as the tensor code does).
 ///
 /// # Panics
 ///
 /// Panics if `bits` is full precision.
 pub fn unit_code(u: f64, bits: BitWidth, scheme: QuantScheme) -> u32 {
     let levels = f64::from(bits.levels());
+    let u = u.clamp(0.0, 1.0);
     let k = match scheme {
         QuantScheme::Original => ((levels - 1.0) * u).round_ties_even(),
         QuantScheme::Modified | QuantScheme::Centered => (levels * u).floor().min(levels - 1.0),

@@ -6,9 +6,11 @@ use crate::{BitWidth, QuantError, QuantScheme};
 
 /// `Q_b(u)`: the forward value of the unit quantizer, without any gradient path.
 ///
-/// `u` must lie in `[0, 1]` (not checked: the callers build it that way). See [`QuantScheme`]
-/// for the formulas. Rounding is half-to-even, so `Q_1(0.5) = 0` and `Q_2(0.5) = 2/3` for the
-/// original scheme (TV1).
+/// `u` should lie in `[0, 1]`, as the callers build it. It is clamped to `[0, 1]` first: exact
+/// arithmetic never leaves that range, but GPU division is allowed an error of a few ulp (WGSL
+/// allows 2.5), so `c/α` or `t/M` can come out as `−1 − ε` or `1 + ε`, and `⌊2^b·u⌋` would then
+/// give a code of −1 (seen on an H200). See [`QuantScheme`] for the formulas. Rounding is
+/// half-to-even, so `Q_1(0.5) = 0` and `Q_2(0.5) = 2/3` for the original scheme (TV1).
 ///
 /// # Shapes
 ///
@@ -23,6 +25,7 @@ pub fn unit_quantize_value<const D: usize>(
     scheme: QuantScheme,
 ) -> Tensor<D> {
     let levels = bits.levels() as f64;
+    let u = u.clamp(0.0, 1.0);
     match scheme {
         QuantScheme::Original => {
             let a = levels - 1.0;
@@ -72,7 +75,7 @@ pub fn unit_quantize<const D: usize>(
 /// (modified) or `(k+½)/2^b` (centered).
 ///
 /// Original: `k = round((2^b − 1)·u)`; modified and centered: `k = min(⌊2^b·u⌋, 2^b − 1)`.
-/// Codes lie in `0..2^b`.
+/// Codes lie in `0..2^b`; `u` is clamped to `[0, 1]` first, as in [`unit_quantize_value`].
 ///
 /// # Shapes
 ///
@@ -87,6 +90,7 @@ pub fn unit_codes<const D: usize>(
     scheme: QuantScheme,
 ) -> Tensor<D, Int> {
     let levels = bits.levels() as f64;
+    let u = u.clamp(0.0, 1.0);
     let k = match scheme {
         QuantScheme::Original => u.mul_scalar(levels - 1.0).round(),
         QuantScheme::Modified | QuantScheme::Centered => {

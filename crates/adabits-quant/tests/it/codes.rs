@@ -122,3 +122,42 @@ fn tied_maxima_split_the_max_gradient_evenly() {
         );
     }
 }
+
+#[test]
+fn values_a_rounding_error_outside_the_unit_interval_stay_on_the_grid() {
+    // GPU division may return c/α = −1 − ε or t/M = 1 + ε (seen on an H200 with wgpu); the codes
+    // must stay in 0..2^b and Q in [0, 1].
+    use adabits_quant::{unit_codes, unit_quantize};
+    let u = Tensor::<1>::from_floats([-1e-7, -0.0, 1.0 + 1e-6, 1.0], &crate::device());
+    for scheme in QuantScheme::ALL {
+        for b in [1, 2, 4, 8] {
+            let codes = ints(unit_codes(u.clone(), bw(b), scheme));
+            assert_eq!(
+                codes,
+                [0, 0, (1 << b) - 1, (1 << b) - 1],
+                "{scheme} {b} bits"
+            );
+            let q = crate::values(unit_quantize(u.clone(), bw(b), scheme));
+            assert!(
+                q.iter().all(|v| (0.0..=1.0).contains(v)),
+                "{scheme} {b} bits: {q:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn double_sided_pact_far_below_the_clip_gives_minus_alpha() {
+    // The case that failed on an H200 before u was clamped: c/α = −1 − ε gave z = −2, y = −2α.
+    use adabits_quant::{ActQuantConfig, pact};
+    let device = crate::device();
+    let x = Tensor::<1>::from_floats([-23.567265], &device);
+    let alpha = Tensor::<1>::from_floats([-2.2410717], &device);
+    let config = ActQuantConfig::new()
+        .with_scheme(QuantScheme::Modified)
+        .with_double_sided(true);
+    for b in [1, 2, 3, 8] {
+        let y = crate::values(pact(x.clone(), alpha.clone(), bw(b), &config));
+        assert!((y[0] + 2.2410717).abs() < 1e-5, "{b} bits: y = {}", y[0]);
+    }
+}

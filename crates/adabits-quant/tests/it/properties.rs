@@ -59,9 +59,14 @@ fn close(a: f64, e: f64, tol: f64) -> bool {
     (a - e).abs() <= tol.max(tol * e.abs())
 }
 
+/// 64 cases per property, or `$PROPTEST_CASES` (longer runs on a GPU, for example).
 fn config() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
     ProptestConfig {
-        cases: 64,
+        cases,
         ..ProptestConfig::default()
     }
 }
