@@ -27,7 +27,7 @@ pub struct ClippingLevelsConfig {
 
 impl ClippingLevelsConfig {
     /// Creates the clipping levels: a parameter of shape `[len(bits)]` filled with `init`
-    /// (switchable) or of shape `[1]` (shared).
+    /// (switchable) or of shape `[1]` (shared), on `device`.
     pub fn init(&self, device: &Device) -> ClippingLevels {
         let len = if self.switchable { self.bits.len() } else { 1 };
         ClippingLevels {
@@ -65,8 +65,12 @@ impl ClippingLevels {
         }
     }
 
-    /// The raw parameter entry `α_param[idx]` for `bita`, shape `[1]`, attached to the graph; pass
-    /// it to [`crate::pact`].
+    /// The raw parameter entry `α_param[idx]` for `bita`, attached to the graph; pass it to
+    /// [`crate::pact`], which clips at `|α_param[idx]|`.
+    ///
+    /// # Shapes
+    ///
+    /// Output `[1]`.
     pub fn select(&self, bita: BitWidth) -> Tensor<1> {
         let alpha = self.alpha.val();
         let index = self.index(bita);

@@ -108,6 +108,10 @@ pub struct QuantizedWeight<const D: usize> {
 impl<const D: usize> QuantizedWeight<D> {
     /// The effective weight `W_eff = s·ŵ` (or `ŵ` without rescaling): what convolutions use in
     /// both modes and linear layers use in training.
+    ///
+    /// # Shapes
+    ///
+    /// The shape of `w_hat`; `s` (`[1]`) is broadcast.
     pub fn effective(self) -> Tensor<D> {
         match self.scale {
             Some(s) => self.w_hat * s.reshape([1; D]),

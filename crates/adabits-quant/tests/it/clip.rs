@@ -1,14 +1,11 @@
 //! Switchable clipping levels (S-CL) and the shared-α ablation.
 
+use crate::bw;
 use adabits_quant::{
     ActQuantConfig, BitWidth, BitWidths, CONV_ALPHA_INIT, ClippingLevelsConfig, LINEAR_ALPHA_INIT,
     pact,
 };
 use burn::tensor::{Distribution, Tensor};
-
-fn bw(b: u8) -> BitWidth {
-    BitWidth::new(b).unwrap()
-}
 
 fn bits() -> BitWidths {
     "8,6,5,4".parse().unwrap()

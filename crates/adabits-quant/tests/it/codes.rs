@@ -1,14 +1,11 @@
 //! Integer codes and the bit-shift property (METHOD.md §2, TV7).
 
+use crate::bw;
 use adabits_quant::{
-    BitWidth, QuantError, QuantScheme, WeightQuantConfig, codes_to_unit, quantize_weight,
-    shift_codes, weight_codes,
+    QuantError, QuantScheme, WeightQuantConfig, codes_to_unit, quantize_weight, shift_codes,
+    weight_codes,
 };
 use burn::tensor::{Distribution, Tensor};
-
-fn bw(b: u8) -> BitWidth {
-    BitWidth::new(b).unwrap()
-}
 
 fn random_weight() -> Tensor<4> {
     let device = crate::device();

@@ -30,6 +30,11 @@ pub fn device() -> Device {
     Device::flex()
 }
 
+/// A valid bit-width.
+pub fn bw(bits: u8) -> adabits_quant::BitWidth {
+    adabits_quant::BitWidth::new(bits).unwrap()
+}
+
 /// Reads a float tensor back as `f64`s.
 pub fn values<const D: usize>(t: burn::tensor::Tensor<D>) -> Vec<f64> {
     t.into_data().iter::<f64>().collect()
