@@ -76,10 +76,9 @@ fn reproduce(args: &[String]) -> Result<(), String> {
         "flex" => "flex",
         "ndarray" => "ndarray",
         "wgpu" => "flex,wgpu",
-        "cuda" => "flex,cuda",
         other => {
             return Err(format!(
-                "unknown device {other:?}: expected flex, ndarray, wgpu or cuda"
+                "unknown device {other:?}: expected flex, ndarray or wgpu"
             ));
         }
     };

@@ -5,14 +5,9 @@ use std::fmt;
 use burn::tensor::Device;
 use clap::ValueEnum;
 
-#[cfg(not(any(
-    feature = "flex",
-    feature = "ndarray",
-    feature = "wgpu",
-    feature = "cuda"
-)))]
+#[cfg(not(any(feature = "flex", feature = "ndarray", feature = "wgpu")))]
 compile_error!(
-    "adabits-cli needs a backend: enable at least one of the features flex, ndarray, wgpu, cuda"
+    "adabits-cli needs a backend: enable at least one of the features flex, ndarray, wgpu"
 );
 
 /// A compute device, among the backends this binary was built with.
@@ -27,13 +22,10 @@ pub(crate) enum DeviceArg {
     /// The GPU through wgpu (Vulkan, Metal or DX12).
     #[cfg(feature = "wgpu")]
     Wgpu,
-    /// An NVIDIA GPU through CUDA.
-    #[cfg(feature = "cuda")]
-    Cuda,
 }
 
 impl Default for DeviceArg {
-    /// The first compiled backend in the order flex, ndarray, wgpu, cuda: a CPU when one is
+    /// The first compiled backend in the order flex, ndarray, wgpu: a CPU when one is
     /// compiled in, so that a plain run never needs a GPU.
     fn default() -> Self {
         Self::value_variants()[0]
@@ -51,8 +43,6 @@ impl DeviceArg {
             Self::Ndarray => Device::ndarray(),
             #[cfg(feature = "wgpu")]
             Self::Wgpu => Device::wgpu(Default::default()),
-            #[cfg(feature = "cuda")]
-            Self::Cuda => Device::cuda(0),
         }
     }
 }
