@@ -1,7 +1,11 @@
-//! Switchable-precision layers and models of AdaBits (`QConv2d`, `QLinear`, switchable
-//! BatchNorm, MobileNet-V1/V2, ResNet) and the cost profiler.
+//! Switchable-precision layers and models of AdaBits.
 //!
-//! Not implemented yet: this crate is an empty placeholder in the workspace until the models
-//! land. The quantizers they will use are in [`adabits_quant`].
+//! Available: [`QConv2d`] and [`QLinear`], whose weights and input activations are quantized at
+//! the bit-width passed to `forward`, so one set of weights runs at every bit-width. Still to
+//! come (issue 3): the switchable BatchNorm, the models (MobileNet-V1/V2, ResNet) and the cost
+//! profiler.
+
+mod layers;
 
 pub use adabits_quant;
+pub use layers::{QConv2d, QConv2dConfig, QLinear, QLinearConfig};

@@ -1,0 +1,151 @@
+//! `QConv2d`: a convolution whose weights and input activations are quantized at the bit-width
+//! passed to `forward` (METHOD.md §3–§5).
+
+use adabits_quant::{
+    ActQuantConfig, BitPolicy, BitWidth, BitWidths, CONV_ALPHA_INIT, ClippingLevels,
+    ClippingLevelsConfig, WeightQuantConfig, conv_fan_out, pact, quantize_weight,
+};
+use burn::config::Config;
+use burn::module::{Module, Param};
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Device, Distribution, Tensor};
+
+/// Configuration of a [`QConv2d`].
+#[derive(Config, Debug)]
+pub struct QConv2dConfig {
+    /// Input and output channels.
+    pub channels: [usize; 2],
+    /// Kernel height and width.
+    pub kernel_size: [usize; 2],
+    /// The model's bit-widths, in training order (indexes the clipping levels).
+    pub bits: BitWidths,
+    /// Stride.
+    #[config(default = "[1, 1]")]
+    pub stride: [usize; 2],
+    /// Symmetric zero padding.
+    #[config(default = "[0, 0]")]
+    pub padding: [usize; 2],
+    /// Groups (`channels[0]` for a depthwise convolution).
+    #[config(default = 1)]
+    pub groups: usize,
+    /// Whether the layer has a bias.
+    #[config(default = false)]
+    pub bias: bool,
+    /// Per-layer precision policy (first convolution: weight-only with a minimum).
+    #[config(default = "BitPolicy::BODY")]
+    pub policy: BitPolicy,
+    /// Weight quantizer. The official `rescale_conv` defaults to off.
+    #[config(default = "WeightQuantConfig::new().with_rescale(false)")]
+    pub weight_quant: WeightQuantConfig,
+    /// Activation quantizer.
+    #[config(default = "ActQuantConfig::new()")]
+    pub act_quant: ActQuantConfig,
+    /// One clipping level per bit-width (S-CL) or a shared one.
+    #[config(default = true)]
+    pub switchable_alpha: bool,
+    /// Initial clipping level.
+    #[config(default = "CONV_ALPHA_INIT")]
+    pub alpha_init: f64,
+}
+
+/// A quantized 2-D convolution (PyTorch weight layout `[out, in/groups, kh, kw]`).
+///
+/// `forward(x, bits)` resolves `bits` through the layer's [`BitPolicy`], applies PACT with the
+/// clipping level of the activation bit-width to `x`, quantizes the weight at the weight
+/// bit-width, and convolves: `y = conv2d(pact(x), s·ŵ) + bias`.
+#[derive(Module, Debug)]
+pub struct QConv2d {
+    /// The latent full-precision weight, `[out, in/groups, kh, kw]`.
+    pub weight: Param<Tensor<4>>,
+    /// The bias, `[out]`, if any.
+    pub bias: Option<Param<Tensor<1>>>,
+    /// The input clipping levels.
+    pub alpha: ClippingLevels,
+    stride: [usize; 2],
+    padding: [usize; 2],
+    groups: usize,
+    #[module(skip)]
+    policy: BitPolicy,
+    #[module(skip)]
+    weight_quant: WeightQuantConfig,
+    #[module(skip)]
+    act_quant: ActQuantConfig,
+}
+
+impl QConv2dConfig {
+    /// Creates the layer with the official initialisation (METHOD.md §7): weights
+    /// `N(0, √(2/(kh·kw·out)))` (fan-out, depthwise included), bias 0, clipping levels at
+    /// `alpha_init`.
+    ///
+    /// # Panics
+    ///
+    /// Panics if the channels are not divisible by `groups`.
+    pub fn init(&self, device: &Device) -> QConv2d {
+        let [c_in, c_out] = self.channels;
+        assert!(
+            self.groups > 0 && c_in % self.groups == 0 && c_out % self.groups == 0,
+            "channels must be divisible by the number of groups. Got channels={:?}, groups={}",
+            self.channels,
+            self.groups
+        );
+        let shape = [
+            c_out,
+            c_in / self.groups,
+            self.kernel_size[0],
+            self.kernel_size[1],
+        ];
+        let std = (2.0 / conv_fan_out(shape) as f64).sqrt();
+        let weight = Tensor::random(shape, Distribution::Normal(0.0, std), device);
+        QConv2d {
+            weight: Param::from_tensor(weight),
+            bias: self
+                .bias
+                .then(|| Param::from_tensor(Tensor::zeros([c_out], device))),
+            alpha: ClippingLevelsConfig::new(self.bits.clone(), self.alpha_init)
+                .with_switchable(self.switchable_alpha)
+                .init(device),
+            stride: self.stride,
+            padding: self.padding,
+            groups: self.groups,
+            policy: self.policy,
+            weight_quant: self.weight_quant.clone(),
+            act_quant: self.act_quant.clone(),
+        }
+    }
+}
+
+impl QConv2d {
+    /// Runs the layer at `bits`.
+    ///
+    /// # Shapes
+    ///
+    /// `x`: `[batch, in, h, w]`; output `[batch, out, h_out, w_out]`.
+    pub fn forward(&self, x: Tensor<4>, bits: BitWidth) -> Tensor<4> {
+        let resolved = self.policy.resolve(bits);
+        let x = pact(
+            x,
+            self.alpha.select(resolved.bita),
+            resolved.bita,
+            &self.act_quant,
+        );
+        let weight = self.weight.val();
+        let fan_out = conv_fan_out(weight.dims());
+        let w_eff = quantize_weight(weight, resolved.bitw, fan_out, &self.weight_quant).effective();
+        let options = ConvOptions {
+            stride: self.stride,
+            padding: [
+                (self.padding[0], self.padding[0]),
+                (self.padding[1], self.padding[1]),
+            ],
+            dilation: [1, 1],
+            groups: self.groups,
+        };
+        conv2d(x, w_eff, self.bias.as_ref().map(Param::val), options)
+    }
+
+    /// The layer's precision policy.
+    pub fn policy(&self) -> BitPolicy {
+        self.policy
+    }
+}

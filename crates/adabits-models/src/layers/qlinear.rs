@@ -1,0 +1,134 @@
+//! `QLinear`: a linear layer whose weights and inputs are quantized at the bit-width passed to
+//! `forward` (METHOD.md §3–§5).
+
+use adabits_quant::{
+    ActQuantConfig, BitPolicy, BitWidth, BitWidths, ClippingLevels, ClippingLevelsConfig,
+    LINEAR_ALPHA_INIT, QuantMode, WeightQuantConfig, linear_fan_out, pact, quantize_weight,
+};
+use burn::config::Config;
+use burn::module::{Module, Param};
+use burn::tensor::{Device, Distribution, Tensor};
+
+/// Configuration of a [`QLinear`].
+#[derive(Config, Debug)]
+pub struct QLinearConfig {
+    /// Input features.
+    pub d_input: usize,
+    /// Output features.
+    pub d_output: usize,
+    /// The model's bit-widths, in training order (indexes the clipping levels).
+    pub bits: BitWidths,
+    /// Whether the layer has a bias (the classifiers do).
+    #[config(default = true)]
+    pub bias: bool,
+    /// Per-layer precision policy (classifier: `bitw_min`).
+    #[config(default = "BitPolicy::BODY")]
+    pub policy: BitPolicy,
+    /// Weight quantizer. The official `rescale` defaults to on for linear layers.
+    #[config(default = "WeightQuantConfig::new()")]
+    pub weight_quant: WeightQuantConfig,
+    /// Activation quantizer (linear layers have no double-sided mode).
+    #[config(default = "ActQuantConfig::new()")]
+    pub act_quant: ActQuantConfig,
+    /// One clipping level per bit-width (S-CL) or a shared one.
+    #[config(default = true)]
+    pub switchable_alpha: bool,
+    /// Initial clipping level.
+    #[config(default = "LINEAR_ALPHA_INIT")]
+    pub alpha_init: f64,
+}
+
+/// A quantized linear layer with the PyTorch weight layout `[out, in]`.
+///
+/// `y = pact(x)·W_effᵀ + b`. In [`QuantMode::Eval`] with the official
+/// [`LinearEval`](adabits_quant::LinearEval) the weight is left unscaled and the bias divided by
+/// `s`, so eval logits are the train-form logits divided by `s` (parity default P1).
+#[derive(Module, Debug)]
+pub struct QLinear {
+    /// The latent full-precision weight, `[out, in]`.
+    pub weight: Param<Tensor<2>>,
+    /// The bias, `[out]`, if any.
+    pub bias: Option<Param<Tensor<1>>>,
+    /// The input clipping levels.
+    pub alpha: ClippingLevels,
+    #[module(skip)]
+    policy: BitPolicy,
+    #[module(skip)]
+    weight_quant: WeightQuantConfig,
+    #[module(skip)]
+    act_quant: ActQuantConfig,
+}
+
+impl QLinearConfig {
+    /// Creates the layer with the official initialisation (METHOD.md §7): weights `N(0, 0.01)`,
+    /// bias 0, clipping levels at `alpha_init`.
+    pub fn init(&self, device: &Device) -> QLinear {
+        let weight = Tensor::random(
+            [self.d_output, self.d_input],
+            Distribution::Normal(0.0, 0.01),
+            device,
+        );
+        QLinear {
+            weight: Param::from_tensor(weight),
+            bias: self
+                .bias
+                .then(|| Param::from_tensor(Tensor::zeros([self.d_output], device))),
+            alpha: ClippingLevelsConfig::new(self.bits.clone(), self.alpha_init)
+                .with_switchable(self.switchable_alpha)
+                .init(device),
+            policy: self.policy,
+            weight_quant: self.weight_quant.clone(),
+            act_quant: self.act_quant.clone(),
+        }
+    }
+}
+
+impl QLinear {
+    /// Runs the layer at `bits`, in training form when `x` is on an autodiff device and in
+    /// evaluation form otherwise (Burn's convention: `model.valid()` evaluates).
+    ///
+    /// # Shapes
+    ///
+    /// `x`: `[batch, in]`; output `[batch, out]`.
+    pub fn forward(&self, x: Tensor<2>, bits: BitWidth) -> Tensor<2> {
+        let mode = if x.is_autodiff() {
+            QuantMode::Train
+        } else {
+            QuantMode::Eval
+        };
+        self.forward_mode(x, bits, mode)
+    }
+
+    /// Runs the layer at `bits` in an explicit mode.
+    ///
+    /// # Shapes
+    ///
+    /// `x`: `[batch, in]`; output `[batch, out]`.
+    pub fn forward_mode(&self, x: Tensor<2>, bits: BitWidth, mode: QuantMode) -> Tensor<2> {
+        let resolved = self.policy.resolve(bits);
+        let x = pact(
+            x,
+            self.alpha.select(resolved.bita),
+            resolved.bita,
+            &self.act_quant,
+        );
+        let weight = self.weight.val();
+        let fan_out = linear_fan_out(weight.dims());
+        let (weight, bias) = quantize_weight(weight, resolved.bitw, fan_out, &self.weight_quant)
+            .linear_params(
+                self.bias.as_ref().map(Param::val),
+                mode,
+                self.weight_quant.linear_eval,
+            );
+        let y = x.matmul(weight.transpose());
+        match bias {
+            Some(b) => y + b.unsqueeze::<2>(),
+            None => y,
+        }
+    }
+
+    /// The layer's precision policy.
+    pub fn policy(&self) -> BitPolicy {
+        self.policy
+    }
+}

@@ -1,0 +1,12 @@
+//! Integration tests of `adabits-models`.
+//!
+//! The backend is the CPU (flex) by default.
+
+mod layers;
+
+use burn::tensor::Device;
+
+/// The device every test runs on.
+pub fn device() -> Device {
+    Device::flex()
+}
