@@ -3,6 +3,7 @@
 //! The backend is the CPU (flex) by default.
 
 mod layers;
+mod switch_bn;
 
 use burn::tensor::Device;
 

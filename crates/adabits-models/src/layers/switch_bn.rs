@@ -1,0 +1,170 @@
+//! Switchable BatchNorm: one set of BatchNorm statistics (and affine parameters) per bit-width
+//! (METHOD.md §6).
+
+use adabits_quant::{BitWidth, BitWidths};
+use burn::config::Config;
+use burn::module::{Module, Param, RunningState};
+use burn::tensor::module::{batch_norm, batch_norm_train};
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// What is kept per bit-width.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BnSharing {
+    /// One complete BatchNorm per bit-width (the official `switchbn = True`, default).
+    Switchable,
+    /// One BatchNorm for every bit-width (the shared-BN ablation, `switchbn = False`).
+    Shared,
+    /// Statistics per bit-width, one shared affine `γ`, `β` (the official `stats_sharing`).
+    SharedAffine,
+}
+
+/// Configuration of a [`SwitchBatchNorm2d`].
+#[derive(Config, Debug)]
+pub struct SwitchBatchNorm2dConfig {
+    /// Channels.
+    pub num_features: usize,
+    /// The model's bit-widths, in training order.
+    pub bits: BitWidths,
+    /// What is kept per bit-width.
+    #[config(default = "BnSharing::Switchable")]
+    pub sharing: BnSharing,
+    /// `ε` (PyTorch's default).
+    #[config(default = 1e-5)]
+    pub epsilon: f64,
+    /// Running-statistics momentum (PyTorch's default).
+    #[config(default = 0.1)]
+    pub momentum: f64,
+}
+
+/// One bit-width's BatchNorm: running statistics and, unless the affine is shared, `γ` and `β`.
+#[derive(Module, Debug)]
+pub struct BnEntry {
+    /// `γ`, shape `[C]` (absent with [`BnSharing::SharedAffine`]).
+    pub gamma: Option<Param<Tensor<1>>>,
+    /// `β`, shape `[C]` (absent with [`BnSharing::SharedAffine`]).
+    pub beta: Option<Param<Tensor<1>>>,
+    /// Running mean, shape `[C]`.
+    pub running_mean: RunningState<Tensor<1>>,
+    /// Running (unbiased) variance, shape `[C]`.
+    pub running_var: RunningState<Tensor<1>>,
+}
+
+/// BatchNorm with one entry per bit-width, selected by the raw active bit-width (its position in
+/// the list, or 0 when absent; parity default P5).
+///
+/// Training form (input on an autodiff device): normalise with the batch statistics and update
+/// the selected entry's running statistics as PyTorch does,
+/// `running = (1 − m)·running + m·batch`, with the **unbiased** batch variance
+/// (`n/(n−1)` times the population variance, `n = N·H·W`). Burn's own `BatchNorm` uses the
+/// biased variance there; we follow PyTorch so that statistics, calibration and imported
+/// checkpoints agree with the official code. Evaluation form: normalise with the running
+/// statistics.
+#[derive(Module, Debug)]
+pub struct SwitchBatchNorm2d {
+    /// The per-bit-width entries (one with [`BnSharing::Shared`]).
+    pub entries: Vec<BnEntry>,
+    /// The shared `γ` with [`BnSharing::SharedAffine`].
+    pub shared_gamma: Option<Param<Tensor<1>>>,
+    /// The shared `β` with [`BnSharing::SharedAffine`].
+    pub shared_beta: Option<Param<Tensor<1>>>,
+    #[module(skip)]
+    bits: BitWidths,
+    epsilon: f64,
+    momentum: f64,
+}
+
+impl SwitchBatchNorm2dConfig {
+    /// Creates the layer: `γ = 1`, `β = 0`, running mean 0 and variance 1 (METHOD.md §7).
+    ///
+    /// # Panics
+    ///
+    /// Panics if `num_features` is zero.
+    pub fn init(&self, device: &Device) -> SwitchBatchNorm2d {
+        assert!(
+            self.num_features > 0,
+            "num_features must be greater than zero"
+        );
+        let c = self.num_features;
+        let count = match self.sharing {
+            BnSharing::Shared => 1,
+            _ => self.bits.len(),
+        };
+        let per_bit_affine = self.sharing != BnSharing::SharedAffine;
+        let entries = (0..count)
+            .map(|_| BnEntry {
+                gamma: per_bit_affine.then(|| Param::from_tensor(Tensor::ones([c], device))),
+                beta: per_bit_affine.then(|| Param::from_tensor(Tensor::zeros([c], device))),
+                running_mean: RunningState::new(Tensor::zeros([c], device)),
+                running_var: RunningState::new(Tensor::ones([c], device)),
+            })
+            .collect();
+        SwitchBatchNorm2d {
+            entries,
+            shared_gamma: (!per_bit_affine).then(|| Param::from_tensor(Tensor::ones([c], device))),
+            shared_beta: (!per_bit_affine).then(|| Param::from_tensor(Tensor::zeros([c], device))),
+            bits: self.bits.clone(),
+            epsilon: self.epsilon,
+            momentum: self.momentum,
+        }
+    }
+}
+
+impl SwitchBatchNorm2d {
+    /// The entry used for `bits`.
+    pub fn index(&self, bits: BitWidth) -> usize {
+        if self.entries.len() == 1 {
+            0
+        } else {
+            self.bits.index_or_first(bits)
+        }
+    }
+
+    /// Normalises `x` with the entry of `bits`.
+    ///
+    /// # Shapes
+    ///
+    /// `x`: `[batch, C, h, w]`; output the same.
+    ///
+    /// # Panics
+    ///
+    /// Panics if the channel count differs from the layer's, or if the training form gets a
+    /// batch of a single value per channel.
+    pub fn forward(&self, x: Tensor<4>, bits: BitWidth) -> Tensor<4> {
+        let entry = &self.entries[self.index(bits)];
+        let [n, c, h, w] = x.dims();
+        let device = x.device();
+        let (gamma, beta) = match (&entry.gamma, &entry.beta) {
+            (Some(g), Some(b)) => (g.val(), b.val()),
+            _ => (Tensor::ones([c], &device), Tensor::zeros([c], &device)),
+        };
+        let y = if device.is_autodiff() {
+            let count = n * h * w;
+            assert!(
+                count > 1,
+                "batch norm training needs more than one value per channel"
+            );
+            let out = batch_norm_train(x, gamma, beta, self.epsilon);
+            let unbiased = out.variance.mul_scalar(count as f64 / (count - 1) as f64);
+            let m = self.momentum;
+            let mean = entry.running_mean.value_sync().to_device(&device);
+            let var = entry.running_var.value_sync().to_device(&device);
+            entry
+                .running_mean
+                .update((mean.mul_scalar(1.0 - m) + out.mean.mul_scalar(m)).detach());
+            entry
+                .running_var
+                .update((var.mul_scalar(1.0 - m) + unbiased.mul_scalar(m)).detach());
+            out.output
+        } else {
+            let mean = entry.running_mean.value_sync().to_device(&device);
+            let var = entry.running_var.value_sync().to_device(&device);
+            batch_norm(x, gamma, beta, mean, var, self.epsilon)
+        };
+        match (&self.shared_gamma, &self.shared_beta) {
+            (Some(g), Some(b)) => y * g.val().reshape([1, c, 1, 1]) + b.val().reshape([1, c, 1, 1]),
+            _ => y,
+        }
+    }
+}
