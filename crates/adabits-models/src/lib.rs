@@ -2,13 +2,18 @@
 //!
 //! Available: [`QConv2d`] and [`QLinear`], whose weights and input activations are quantized at
 //! the bit-width passed to `forward`, so one set of weights runs at every bit-width, and
-//! [`SwitchBatchNorm2d`], one BatchNorm per bit-width. Still to come (issue 3): the models
-//! (MobileNet-V1/V2, ResNet) and the cost profiler.
+//! [`SwitchBatchNorm2d`], one BatchNorm per bit-width; [`QuantSettings`], the official global
+//! flags; and the CIFAR ResNets ([`CifarResNet`]). Still to come (issue 3): MobileNet-V1/V2, the
+//! ImageNet ResNets, the cost profiler and checkpoint import.
 
 mod layers;
+mod resnet_cifar;
+mod settings;
 
 pub use adabits_quant;
 pub use layers::{
     BnEntry, BnSharing, QConv2d, QConv2dConfig, QLinear, QLinearConfig, SwitchBatchNorm2d,
     SwitchBatchNorm2dConfig,
 };
+pub use resnet_cifar::{BasicBlock, CifarResNet, CifarResNetConfig};
+pub use settings::QuantSettings;

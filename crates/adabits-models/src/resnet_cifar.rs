@@ -1,0 +1,162 @@
+//! CIFAR ResNet-20/32/44/56/110 in the official layout (METHOD.md §8.3).
+
+use adabits_quant::{BitPolicy, BitWidth, BitWidths, input_pixels};
+use burn::config::Config;
+use burn::module::Module;
+use burn::tensor::Tensor;
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, module::adaptive_avg_pool2d};
+
+use crate::{
+    QConv2d, QConv2dConfig, QLinear, QLinearConfig, QuantSettings, SwitchBatchNorm2d,
+    SwitchBatchNorm2dConfig,
+};
+
+/// Configuration of a [`CifarResNet`].
+#[derive(Config, Debug)]
+pub struct CifarResNetConfig {
+    /// Depth: 20, 32, 44, 56 or 110 (`6n + 2`).
+    pub depth: usize,
+    /// The bit-widths the model is trained for, in training order.
+    pub bits: BitWidths,
+    /// Output classes.
+    #[config(default = 10)]
+    pub num_classes: usize,
+    /// Width multiplier of the stage widths 16, 32, 64.
+    #[config(default = 1.0)]
+    pub width_mult: f64,
+    /// Quantization settings of every layer.
+    #[config(default = "QuantSettings::new()")]
+    pub quant: QuantSettings,
+    /// Feed `round(255·x)` (official, P7) rather than `x` itself.
+    #[config(default = true)]
+    pub pixel_input: bool,
+}
+
+/// A basic residual block: conv3x3 → BN → ReLU → conv3x3 → BN, plus the shortcut, then ReLU.
+#[derive(Module, Debug)]
+pub struct BasicBlock {
+    conv1: QConv2d,
+    bn1: SwitchBatchNorm2d,
+    conv2: QConv2d,
+    bn2: SwitchBatchNorm2d,
+    /// Projection shortcut (quantized 1x1 conv + BN) when the shape changes.
+    shortcut: Option<(QConv2d, SwitchBatchNorm2d)>,
+}
+
+impl BasicBlock {
+    fn forward(&self, x: Tensor<4>, bits: BitWidth) -> Tensor<4> {
+        let y = relu(self.bn1.forward(self.conv1.forward(x.clone(), bits), bits));
+        let y = self.bn2.forward(self.conv2.forward(y, bits), bits);
+        let skip = match &self.shortcut {
+            Some((conv, bn)) => bn.forward(conv.forward(x, bits), bits),
+            None => x,
+        };
+        relu(y + skip)
+    }
+}
+
+/// CIFAR ResNet with quantized convolutions, switchable BatchNorm and a quantized classifier.
+///
+/// The first conv is weight-only with weights at `max(bits)`; the classifier keeps its weights at
+/// `max(bits)` and quantizes its input at the active bit-width (METHOD.md §5).
+#[derive(Module, Debug)]
+pub struct CifarResNet {
+    stem: QConv2d,
+    stem_bn: SwitchBatchNorm2d,
+    blocks: Vec<BasicBlock>,
+    classifier: QLinear,
+    pixel_input: bool,
+}
+
+impl CifarResNetConfig {
+    /// Creates the model with the official initialisation; seed the device for reproducibility.
+    ///
+    /// # Panics
+    ///
+    /// Panics unless `depth` is `6n + 2` with `n ≥ 1`.
+    pub fn init(&self, device: &Device) -> CifarResNet {
+        assert!(
+            self.depth >= 8 && (self.depth - 2).is_multiple_of(6),
+            "CIFAR ResNet depth must be 6n + 2 (20, 32, 44, 56, 110), got {}",
+            self.depth
+        );
+        let n = (self.depth - 2) / 6;
+        let q = &self.quant;
+        let widths = [16, 32, 64].map(|w| ((w as f64 * self.width_mult).round() as usize).max(1));
+        let top = self.bits.max();
+        let conv = |c_in: usize, c_out: usize, k: usize, stride: usize, policy: BitPolicy| {
+            QConv2dConfig::new([c_in, c_out], [k, k], self.bits.clone())
+                .with_stride([stride, stride])
+                .with_padding([k / 2, k / 2])
+                .with_policy(policy)
+                .with_weight_quant(q.conv_weight())
+                .with_act_quant(q.act(false))
+                .with_switchable_alpha(q.switchable_alpha)
+                .init(device)
+        };
+        let bn = |c: usize| {
+            SwitchBatchNorm2dConfig::new(c, self.bits.clone())
+                .with_sharing(q.bn)
+                .init(device)
+        };
+        let stem_policy = BitPolicy {
+            bitw_min: Some(top),
+            bita_min: Some(BitWidth::new(8).expect("8 is a bit-width")),
+            weight_only: true,
+        };
+        let mut blocks = Vec::new();
+        let mut c_in = widths[0];
+        for (stage, &c_out) in widths.iter().enumerate() {
+            for i in 0..n {
+                let stride = if stage > 0 && i == 0 { 2 } else { 1 };
+                let shortcut = (stride != 1 || c_in != c_out)
+                    .then(|| (conv(c_in, c_out, 1, stride, BitPolicy::BODY), bn(c_out)));
+                blocks.push(BasicBlock {
+                    conv1: conv(c_in, c_out, 3, stride, BitPolicy::BODY),
+                    bn1: bn(c_out),
+                    conv2: conv(c_out, c_out, 3, 1, BitPolicy::BODY),
+                    bn2: bn(c_out),
+                    shortcut,
+                });
+                c_in = c_out;
+            }
+        }
+        CifarResNet {
+            stem: conv(3, widths[0], 3, 1, stem_policy),
+            stem_bn: bn(widths[0]),
+            blocks,
+            classifier: QLinearConfig::new(widths[2], self.num_classes, self.bits.clone())
+                .with_policy(BitPolicy {
+                    bitw_min: Some(top),
+                    ..BitPolicy::BODY
+                })
+                .with_weight_quant(q.linear_weight())
+                .with_act_quant(q.act(false))
+                .with_switchable_alpha(q.switchable_alpha)
+                .init(device),
+            pixel_input: self.pixel_input,
+        }
+    }
+}
+
+impl CifarResNet {
+    /// Logits at `bits` for images with values in `[0, 1]`.
+    ///
+    /// # Shapes
+    ///
+    /// `images`: `[batch, 3, h, w]`; output `[batch, num_classes]`.
+    pub fn forward(&self, images: Tensor<4>, bits: BitWidth) -> Tensor<2> {
+        let x = if self.pixel_input {
+            input_pixels(images)
+        } else {
+            images
+        };
+        let mut x = relu(self.stem_bn.forward(self.stem.forward(x, bits), bits));
+        for block in &self.blocks {
+            x = block.forward(x, bits);
+        }
+        let pooled = adaptive_avg_pool2d(x, [1, 1]).flatten::<2>(1, 3);
+        self.classifier.forward(pooled, bits)
+    }
+}

@@ -1,0 +1,73 @@
+//! The quantization settings shared by every layer of a model (the official global flags).
+
+use adabits_quant::{ActQuantConfig, LinearEval, QuantScheme, RescaleType, WeightQuantConfig};
+use burn::config::Config;
+
+use crate::BnSharing;
+
+/// The official code's global quantization flags, applied to every layer of a model.
+///
+/// Defaults are the official code defaults (METHOD.md §3–§6); the CIFAR recipe additionally sets
+/// `rescale_conv`.
+#[derive(Config, Debug, PartialEq)]
+pub struct QuantSettings {
+    /// Weight scheme (`weight_quant_scheme`).
+    #[config(default = "QuantScheme::Modified")]
+    pub weight_scheme: QuantScheme,
+    /// Activation scheme (`act_quant_scheme`).
+    #[config(default = "QuantScheme::Original")]
+    pub act_scheme: QuantScheme,
+    /// SAT rescale of linear layers (`rescale`).
+    #[config(default = true)]
+    pub rescale: bool,
+    /// SAT rescale of convolutions (`rescale_conv`).
+    #[config(default = false)]
+    pub rescale_conv: bool,
+    /// How the rescale constant is chosen (`rescale_type`).
+    #[config(default = "RescaleType::Constant")]
+    pub rescale_type: RescaleType,
+    /// tanh-normalised weights at full precision (`clamp`).
+    #[config(default = true)]
+    pub clamp: bool,
+    /// One clipping level per bit-width (`switch_alpha`).
+    #[config(default = true)]
+    pub switchable_alpha: bool,
+    /// Per-bit-width BatchNorm (`switchbn`, `stats_sharing`).
+    #[config(default = "BnSharing::Switchable")]
+    pub bn: BnSharing,
+    /// Clip without quantizing at full precision (`pact_fp`).
+    #[config(default = false)]
+    pub pact_fp: bool,
+    /// Eval-mode behaviour of linear layers (parity default P1).
+    #[config(default = "LinearEval::Official")]
+    pub linear_eval: LinearEval,
+}
+
+impl QuantSettings {
+    /// The weight quantizer of a convolution.
+    pub fn conv_weight(&self) -> WeightQuantConfig {
+        self.weight(self.rescale_conv)
+    }
+
+    /// The weight quantizer of a linear layer.
+    pub fn linear_weight(&self) -> WeightQuantConfig {
+        self.weight(self.rescale)
+    }
+
+    /// The activation quantizer (`double_sided` only where a model asks for it).
+    pub fn act(&self, double_sided: bool) -> ActQuantConfig {
+        ActQuantConfig::new()
+            .with_scheme(self.act_scheme)
+            .with_double_sided(double_sided)
+            .with_pact_fp(self.pact_fp)
+    }
+
+    fn weight(&self, rescale: bool) -> WeightQuantConfig {
+        WeightQuantConfig::new()
+            .with_scheme(self.weight_scheme)
+            .with_clamp(self.clamp)
+            .with_rescale(rescale)
+            .with_rescale_type(self.rescale_type)
+            .with_linear_eval(self.linear_eval)
+    }
+}
