@@ -7,6 +7,7 @@
 //! ImageNet ResNets, the cost profiler and checkpoint import.
 
 mod layers;
+mod profile;
 mod resnet_cifar;
 mod settings;
 
@@ -15,5 +16,6 @@ pub use layers::{
     BnEntry, BnSharing, QConv2d, QConv2dConfig, QLinear, QLinearConfig, SwitchBatchNorm2d,
     SwitchBatchNorm2dConfig,
 };
+pub use profile::{Accounting, CostReport, LayerCost, LayerShape, OpKind, cost};
 pub use resnet_cifar::{BasicBlock, CifarResNet, CifarResNetConfig};
 pub use settings::QuantSettings;

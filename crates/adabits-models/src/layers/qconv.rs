@@ -148,4 +148,14 @@ impl QConv2d {
     pub fn policy(&self) -> BitPolicy {
         self.policy
     }
+
+    /// The stride.
+    pub fn stride(&self) -> [usize; 2] {
+        self.stride
+    }
+
+    /// The number of groups.
+    pub fn groups(&self) -> usize {
+        self.groups
+    }
 }

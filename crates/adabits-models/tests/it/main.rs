@@ -3,6 +3,7 @@
 //! The backend is the CPU (flex) by default.
 
 mod layers;
+mod profile;
 mod resnet_cifar;
 mod switch_bn;
 

@@ -1,0 +1,148 @@
+//! The cost profiler: parameters, MACs, BitOPs and model size per bit-width, with the official
+//! counting rules (METHOD.md §10.3, parity default P8).
+
+use adabits_quant::{BitPolicy, BitWidth};
+use serde::Serialize;
+
+/// What kind of operation a cost row describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpKind {
+    /// A (quantized) convolution.
+    Conv,
+    /// A (quantized) linear layer.
+    Linear,
+    /// Adaptive average pooling, counted at 32×32 bits.
+    AvgPool,
+}
+
+/// How the first layer is counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Accounting {
+    /// The official profiler: the first conv at its resolved bits (8 or max(bits) × 32).
+    #[default]
+    Official,
+    /// The paper's apparent accounting: the first conv at 32×32 bits (reproduces its 14.25×).
+    PaperFirstLayerFullPrecision,
+}
+
+/// One layer's static description, from which its cost at any bit-width follows.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LayerShape {
+    /// A readable name, e.g. `stage2.block0.conv1`.
+    pub name: String,
+    /// The operation.
+    pub kind: OpKind,
+    /// Multiply-accumulates for one input image.
+    pub macs: u64,
+    /// Weight elements (0 for pooling).
+    pub weights: u64,
+    /// Bias elements.
+    pub bias: u64,
+    /// Clipping-level entries (`len(bits)` with S-CL, 1 shared, 0 for pooling).
+    pub alpha_entries: u64,
+    /// The layer's precision policy.
+    #[serde(skip)]
+    pub policy: BitPolicy,
+    /// Whether this is the network's first layer.
+    pub first: bool,
+}
+
+/// A layer's cost at one bit-width.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LayerCost {
+    /// The layer.
+    pub name: String,
+    /// The operation.
+    pub kind: OpKind,
+    /// Multiply-accumulates per image.
+    pub macs: u64,
+    /// Parameters counted by the profiler (weights and bias; BN and α excluded).
+    pub params: u64,
+    /// Weight bits used.
+    pub bitw: u8,
+    /// Activation bits used.
+    pub bita: u8,
+    /// `MACs·bitw·bita`.
+    pub bitops: u64,
+    /// Bytes: `weights·bitw/8 + 4·bias + 4·α entries`.
+    pub bytes: f64,
+}
+
+/// A model's cost at one bit-width: per-layer rows and totals.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CostReport {
+    /// The active bit-width.
+    pub bits: u8,
+    /// Per-layer rows.
+    pub layers: Vec<LayerCost>,
+    /// Total MACs per image (pooling included, BatchNorm excluded).
+    pub macs: u64,
+    /// Total profiler parameters.
+    pub params: u64,
+    /// Total BitOPs, in units of 10^9.
+    pub gbitops: f64,
+    /// Model size in MB (10^6 bytes).
+    pub size_mb: f64,
+}
+
+/// Costs `layers` at `bits`.
+pub fn cost(layers: &[LayerShape], bits: BitWidth, accounting: Accounting) -> CostReport {
+    let rows: Vec<LayerCost> = layers
+        .iter()
+        .map(|l| {
+            let (bitw, bita) = match l.kind {
+                OpKind::AvgPool => (32, 32),
+                _ if l.first && accounting == Accounting::PaperFirstLayerFullPrecision => (32, 32),
+                _ => {
+                    let r = l.policy.resolve(bits);
+                    (r.bitw.get(), r.bita.get())
+                }
+            };
+            LayerCost {
+                name: l.name.clone(),
+                kind: l.kind,
+                macs: l.macs,
+                params: l.weights + l.bias,
+                bitw,
+                bita,
+                bitops: l.macs * u64::from(bitw) * u64::from(bita),
+                bytes: l.weights as f64 * f64::from(bitw) / 8.0
+                    + 4.0 * (l.bias + l.alpha_entries) as f64,
+            }
+        })
+        .collect();
+    CostReport {
+        bits: bits.get(),
+        macs: rows.iter().map(|r| r.macs).sum(),
+        params: rows.iter().map(|r| r.params).sum(),
+        gbitops: rows.iter().map(|r| r.bitops as f64).sum::<f64>() * 1e-9,
+        size_mb: rows.iter().map(|r| r.bytes).sum::<f64>() * 1e-6,
+        layers: rows,
+    }
+}
+
+/// A convolution's row: `MACs = c_in·c_out·kh·kw·h_out·w_out / groups`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv_shape(
+    name: String,
+    [c_in, c_out]: [usize; 2],
+    k: usize,
+    groups: usize,
+    [h_out, w_out]: [usize; 2],
+    bias: bool,
+    alpha_entries: usize,
+    policy: BitPolicy,
+) -> LayerShape {
+    LayerShape {
+        name,
+        kind: OpKind::Conv,
+        macs: (c_in * c_out * k * k * h_out * w_out / groups) as u64,
+        weights: (c_out * (c_in / groups) * k * k) as u64,
+        bias: if bias { c_out as u64 } else { 0 },
+        alpha_entries: alpha_entries as u64,
+        policy,
+        first: false,
+    }
+}
