@@ -3,10 +3,11 @@
 //! Available: [`QConv2d`] and [`QLinear`], whose weights and input activations are quantized at
 //! the bit-width passed to `forward`, so one set of weights runs at every bit-width, and
 //! [`SwitchBatchNorm2d`], one BatchNorm per bit-width; [`QuantSettings`], the official global
-//! flags; and the CIFAR ResNets ([`CifarResNet`]). Still to come (issue 3): MobileNet-V1/V2, the
-//! ImageNet ResNets, the cost profiler and checkpoint import.
+//! flags; the CIFAR ResNets ([`CifarResNet`]) and [`MobileNetV1`]; and the cost profiler
+//! ([`cost`]). Still to come (issue 3): MobileNet-V2, the ImageNet ResNets and checkpoint import.
 
 mod layers;
+mod mobilenet_v1;
 mod profile;
 mod resnet_cifar;
 mod settings;
@@ -16,6 +17,7 @@ pub use layers::{
     BnEntry, BnSharing, QConv2d, QConv2dConfig, QLinear, QLinearConfig, SwitchBatchNorm2d,
     SwitchBatchNorm2dConfig,
 };
-pub use profile::{Accounting, CostReport, LayerCost, LayerShape, OpKind, cost};
+pub use mobilenet_v1::{ConvBnRelu, MobileNetV1, MobileNetV1Config};
+pub use profile::{Accounting, CostReport, LayerCost, LayerShape, OpKind, avg_pool_shape, cost};
 pub use resnet_cifar::{BasicBlock, CifarResNet, CifarResNetConfig};
 pub use settings::QuantSettings;

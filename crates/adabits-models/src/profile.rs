@@ -123,26 +123,16 @@ pub fn cost(layers: &[LayerShape], bits: BitWidth, accounting: Accounting) -> Co
     }
 }
 
-/// A convolution's row: `MACs = c_in·c_out·kh·kw·h_out·w_out / groups`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn conv_shape(
-    name: String,
-    [c_in, c_out]: [usize; 2],
-    k: usize,
-    groups: usize,
-    [h_out, w_out]: [usize; 2],
-    bias: bool,
-    alpha_entries: usize,
-    policy: BitPolicy,
-) -> LayerShape {
+/// The average-pooling row: `MACs = C·h·w`, counted at 32×32 bits.
+pub fn avg_pool_shape(channels: usize, [h, w]: [usize; 2]) -> LayerShape {
     LayerShape {
-        name,
-        kind: OpKind::Conv,
-        macs: (c_in * c_out * k * k * h_out * w_out / groups) as u64,
-        weights: (c_out * (c_in / groups) * k * k) as u64,
-        bias: if bias { c_out as u64 } else { 0 },
-        alpha_entries: alpha_entries as u64,
-        policy,
+        name: "avgpool".into(),
+        kind: OpKind::AvgPool,
+        macs: (channels * h * w) as u64,
+        weights: 0,
+        bias: 0,
+        alpha_entries: 0,
+        policy: BitPolicy::BODY,
         first: false,
     }
 }

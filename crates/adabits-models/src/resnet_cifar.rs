@@ -7,7 +7,7 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, module::adaptive_avg_pool2d};
 
-use crate::profile::{LayerShape, OpKind, conv_shape};
+use crate::profile::{LayerShape, avg_pool_shape};
 use crate::{
     QConv2d, QConv2dConfig, QLinear, QLinearConfig, QuantSettings, SwitchBatchNorm2d,
     SwitchBatchNorm2dConfig,
@@ -143,59 +143,23 @@ impl CifarResNetConfig {
 
 impl CifarResNet {
     /// The static cost description of every layer for `h`×`w` inputs (see [`crate::cost`]).
-    pub fn layer_shapes(&self, [h, w]: [usize; 2]) -> Vec<LayerShape> {
-        let out = |h: usize, stride: usize| (h - 1) / stride + 1;
-        let conv_row = |name: String, conv: &QConv2d, hw: [usize; 2]| {
-            let [c_out, c_in_g, k, _] = conv.weight.dims();
-            let groups = conv.groups();
-            let stride = conv.stride()[0];
-            conv_shape(
-                name,
-                [c_in_g * groups, c_out],
-                k,
-                groups,
-                [out(hw[0], stride), out(hw[1], stride)],
-                conv.bias.is_some(),
-                conv.alpha.alpha.dims()[0],
-                conv.policy(),
-            )
-        };
-        let mut rows = Vec::new();
-        let mut stem = conv_row("stem".into(), &self.stem, [h, w]);
+    pub fn layer_shapes(&self, input: [usize; 2]) -> Vec<LayerShape> {
+        let mut stem = self.stem.layer_shape("stem", input);
         stem.first = true;
-        rows.push(stem);
-        let mut hw = [h, w];
+        let mut rows = vec![stem];
+        let mut hw = self.stem.output_size(input);
         for (i, block) in self.blocks.iter().enumerate() {
-            let stride = block.conv1.stride()[0];
-            rows.push(conv_row(format!("block{i}.conv1"), &block.conv1, hw));
-            let next = [out(hw[0], stride), out(hw[1], stride)];
-            rows.push(conv_row(format!("block{i}.conv2"), &block.conv2, next));
+            rows.push(block.conv1.layer_shape(format!("block{i}.conv1"), hw));
+            let next = block.conv1.output_size(hw);
+            rows.push(block.conv2.layer_shape(format!("block{i}.conv2"), next));
             if let Some((conv, _)) = &block.shortcut {
-                rows.push(conv_row(format!("block{i}.shortcut"), conv, hw));
+                rows.push(conv.layer_shape(format!("block{i}.shortcut"), hw));
             }
             hw = next;
         }
-        let [d_out, d_in] = self.classifier.weight.dims();
-        rows.push(LayerShape {
-            name: "avgpool".into(),
-            kind: OpKind::AvgPool,
-            macs: (d_in * hw[0] * hw[1]) as u64,
-            weights: 0,
-            bias: 0,
-            alpha_entries: 0,
-            policy: BitPolicy::BODY,
-            first: false,
-        });
-        rows.push(LayerShape {
-            name: "classifier".into(),
-            kind: OpKind::Linear,
-            macs: (d_in * d_out) as u64,
-            weights: (d_in * d_out) as u64,
-            bias: self.classifier.bias.as_ref().map_or(0, |_| d_out as u64),
-            alpha_entries: self.classifier.alpha.alpha.dims()[0] as u64,
-            policy: self.classifier.policy(),
-            first: false,
-        });
+        let [_, d_in] = self.classifier.weight.dims();
+        rows.push(avg_pool_shape(d_in, hw));
+        rows.push(self.classifier.layer_shape("classifier"));
         rows
     }
 

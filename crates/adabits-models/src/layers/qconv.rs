@@ -11,6 +11,8 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, Tensor};
 
+use crate::profile::{LayerShape, OpKind};
+
 /// Configuration of a [`QConv2d`].
 #[derive(Config, Debug)]
 pub struct QConv2dConfig {
@@ -157,5 +159,32 @@ impl QConv2d {
     /// The number of groups.
     pub fn groups(&self) -> usize {
         self.groups
+    }
+
+    /// The output size for an `h`×`w` input.
+    pub fn output_size(&self, [h, w]: [usize; 2]) -> [usize; 2] {
+        let [_, _, kh, kw] = self.weight.dims();
+        [
+            (h + 2 * self.padding[0] - kh) / self.stride[0] + 1,
+            (w + 2 * self.padding[1] - kw) / self.stride[1] + 1,
+        ]
+    }
+
+    /// The profiler's description of this layer for an `h`×`w` input:
+    /// `MACs = c_in·c_out·kh·kw·h_out·w_out / groups`.
+    pub fn layer_shape(&self, name: impl Into<String>, input: [usize; 2]) -> LayerShape {
+        let [c_out, c_in_per_group, kh, kw] = self.weight.dims();
+        let [h_out, w_out] = self.output_size(input);
+        let c_in = c_in_per_group * self.groups;
+        LayerShape {
+            name: name.into(),
+            kind: OpKind::Conv,
+            macs: (c_in * c_out * kh * kw * h_out * w_out / self.groups) as u64,
+            weights: (c_out * c_in_per_group * kh * kw) as u64,
+            bias: self.bias.as_ref().map_or(0, |_| c_out as u64),
+            alpha_entries: self.alpha.alpha.dims()[0] as u64,
+            policy: self.policy,
+            first: false,
+        }
     }
 }

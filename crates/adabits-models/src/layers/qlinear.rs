@@ -9,6 +9,8 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Distribution, Tensor};
 
+use crate::profile::{LayerShape, OpKind};
+
 /// Configuration of a [`QLinear`].
 #[derive(Config, Debug)]
 pub struct QLinearConfig {
@@ -130,5 +132,20 @@ impl QLinear {
     /// The layer's precision policy.
     pub fn policy(&self) -> BitPolicy {
         self.policy
+    }
+
+    /// The profiler's description of this layer: `MACs = in·out`.
+    pub fn layer_shape(&self, name: impl Into<String>) -> LayerShape {
+        let [d_out, d_in] = self.weight.dims();
+        LayerShape {
+            name: name.into(),
+            kind: OpKind::Linear,
+            macs: (d_in * d_out) as u64,
+            weights: (d_in * d_out) as u64,
+            bias: self.bias.as_ref().map_or(0, |_| d_out as u64),
+            alpha_entries: self.alpha.alpha.dims()[0] as u64,
+            policy: self.policy,
+            first: false,
+        }
     }
 }

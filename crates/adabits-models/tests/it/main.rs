@@ -3,8 +3,8 @@
 //! The backend is the CPU (flex) by default.
 
 mod layers;
+mod models;
 mod profile;
-mod resnet_cifar;
 mod switch_bn;
 
 use burn::tensor::Device;

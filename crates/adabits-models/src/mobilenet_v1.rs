@@ -1,0 +1,183 @@
+//! MobileNet-V1 as built by the official code (METHOD.md §8.1).
+
+use adabits_quant::{BitPolicy, BitWidth, BitWidths, input_pixels};
+use burn::config::Config;
+use burn::module::Module;
+use burn::tensor::activation::relu;
+use burn::tensor::module::adaptive_avg_pool2d;
+use burn::tensor::{Device, Tensor};
+
+use crate::profile::{LayerShape, avg_pool_shape};
+use crate::{
+    QConv2d, QConv2dConfig, QLinear, QLinearConfig, QuantSettings, SwitchBatchNorm2d,
+    SwitchBatchNorm2dConfig,
+};
+
+/// The (channels, blocks, first stride) of the five stages.
+const STAGES: [(usize, usize, usize); 5] = [
+    (64, 1, 1),
+    (128, 2, 2),
+    (256, 2, 2),
+    (512, 6, 2),
+    (1024, 2, 2),
+];
+
+/// Configuration of a [`MobileNetV1`].
+#[derive(Config, Debug)]
+pub struct MobileNetV1Config {
+    /// The bit-widths the model is trained for, in training order.
+    pub bits: BitWidths,
+    /// Output classes.
+    #[config(default = 1000)]
+    pub num_classes: usize,
+    /// Width multiplier; channels are rounded to a multiple of 8 (at least 8).
+    #[config(default = 1.0)]
+    pub width_mult: f64,
+    /// Quantization settings of every layer.
+    #[config(default = "QuantSettings::new()")]
+    pub quant: QuantSettings,
+    /// Feed `round(255·x)` (official, P7) rather than `x` itself.
+    #[config(default = true)]
+    pub pixel_input: bool,
+}
+
+/// A quantized conv followed by a switchable BatchNorm and a ReLU.
+#[derive(Module, Debug)]
+pub struct ConvBnRelu {
+    /// The convolution.
+    pub conv: QConv2d,
+    /// The BatchNorm.
+    pub bn: SwitchBatchNorm2d,
+}
+
+impl ConvBnRelu {
+    /// `relu(bn(conv(x)))` at `bits`.
+    ///
+    /// # Shapes
+    ///
+    /// `[batch, in, h, w]` to `[batch, out, h_out, w_out]`.
+    pub fn forward(&self, x: Tensor<4>, bits: BitWidth) -> Tensor<4> {
+        relu(self.bn.forward(self.conv.forward(x, bits), bits))
+    }
+}
+
+/// MobileNet-V1: a 3×3 stem, 13 depthwise-separable blocks, average pooling and a classifier.
+///
+/// The stem is weight-only with weights at `max(b, 8)`; the classifier keeps weights at
+/// `max(b, 8)` and quantizes its input at `b` (METHOD.md §5).
+#[derive(Module, Debug)]
+pub struct MobileNetV1 {
+    stem: ConvBnRelu,
+    /// (depthwise, pointwise) pairs.
+    blocks: Vec<(ConvBnRelu, ConvBnRelu)>,
+    classifier: QLinear,
+    pixel_input: bool,
+}
+
+fn make_divisible(channels: f64) -> usize {
+    (((channels / 8.0).round() as usize) * 8).max(8)
+}
+
+impl MobileNetV1Config {
+    /// Creates the model with the official initialisation; seed the device for reproducibility.
+    pub fn init(&self, device: &Device) -> MobileNetV1 {
+        let q = &self.quant;
+        let eight = BitWidth::new(8).expect("8 is a bit-width");
+        let unit = |c_in: usize, c_out: usize, k: usize, stride: usize, groups: usize, policy| {
+            ConvBnRelu {
+                conv: QConv2dConfig::new([c_in, c_out], [k, k], self.bits.clone())
+                    .with_stride([stride, stride])
+                    .with_padding([k / 2, k / 2])
+                    .with_groups(groups)
+                    .with_policy(policy)
+                    .with_weight_quant(q.conv_weight())
+                    .with_act_quant(q.act(false))
+                    .with_switchable_alpha(q.switchable_alpha)
+                    .init(device),
+                bn: SwitchBatchNorm2dConfig::new(c_out, self.bits.clone())
+                    .with_sharing(q.bn)
+                    .init(device),
+            }
+        };
+        let width = |c: usize| make_divisible(c as f64 * self.width_mult);
+        let stem_out = width(32);
+        let stem = unit(
+            3,
+            stem_out,
+            3,
+            2,
+            1,
+            BitPolicy {
+                bitw_min: Some(eight),
+                bita_min: Some(eight),
+                weight_only: true,
+            },
+        );
+        let mut blocks = Vec::new();
+        let mut c_in = stem_out;
+        for (c, n, s) in STAGES {
+            let c_out = width(c);
+            for i in 0..n {
+                let stride = if i == 0 { s } else { 1 };
+                blocks.push((
+                    unit(c_in, c_in, 3, stride, c_in, BitPolicy::BODY),
+                    unit(c_in, c_out, 1, 1, 1, BitPolicy::BODY),
+                ));
+                c_in = c_out;
+            }
+        }
+        let classifier = QLinearConfig::new(c_in, self.num_classes, self.bits.clone())
+            .with_policy(BitPolicy {
+                bitw_min: Some(eight),
+                ..BitPolicy::BODY
+            })
+            .with_weight_quant(q.linear_weight())
+            .with_act_quant(q.act(false))
+            .with_switchable_alpha(q.switchable_alpha)
+            .init(device);
+        MobileNetV1 {
+            stem,
+            blocks,
+            classifier,
+            pixel_input: self.pixel_input,
+        }
+    }
+}
+
+impl MobileNetV1 {
+    /// Logits at `bits` for images with values in `[0, 1]`.
+    ///
+    /// # Shapes
+    ///
+    /// `images`: `[batch, 3, h, w]`; output `[batch, num_classes]`.
+    pub fn forward(&self, images: Tensor<4>, bits: BitWidth) -> Tensor<2> {
+        let x = if self.pixel_input {
+            input_pixels(images)
+        } else {
+            images
+        };
+        let mut x = self.stem.forward(x, bits);
+        for (dw, pw) in &self.blocks {
+            x = pw.forward(dw.forward(x, bits), bits);
+        }
+        let pooled = adaptive_avg_pool2d(x, [1, 1]).flatten::<2>(1, 3);
+        self.classifier.forward(pooled, bits)
+    }
+
+    /// The static cost description of every layer for `h`×`w` inputs (see [`crate::cost`]).
+    pub fn layer_shapes(&self, input: [usize; 2]) -> Vec<LayerShape> {
+        let mut stem = self.stem.conv.layer_shape("stem", input);
+        stem.first = true;
+        let mut rows = vec![stem];
+        let mut hw = self.stem.conv.output_size(input);
+        for (i, (dw, pw)) in self.blocks.iter().enumerate() {
+            rows.push(dw.conv.layer_shape(format!("block{i}.dw"), hw));
+            hw = dw.conv.output_size(hw);
+            rows.push(pw.conv.layer_shape(format!("block{i}.pw"), hw));
+        }
+        let [_, d_in] = self.classifier.weight.dims();
+        rows.push(avg_pool_shape(d_in, hw));
+        rows.push(self.classifier.layer_shape("classifier"));
+        rows
+    }
+}

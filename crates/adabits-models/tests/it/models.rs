@@ -1,0 +1,103 @@
+//! The models: one set of weights at every bit-width, forward and backward.
+
+use adabits_models::{CifarResNetConfig, MobileNetV1Config, QuantSettings};
+use adabits_quant::{BitWidth, BitWidths};
+use burn::module::Module;
+use burn::tensor::{Distribution, Tensor};
+
+#[test]
+fn resnet20_has_the_official_parameter_count() {
+    // METHOD.md §10.3: ResNet-20 {5,4,3} holds 275,676 parameters, BN copies and the 66 α entries
+    // included. Burn's count also includes the running statistics (PyTorch buffers): two per
+    // channel for each of the 3 BN copies of the 21 BN layers, 784 channels in all.
+    let bits: BitWidths = "5,4,3".parse().unwrap();
+    let model = CifarResNetConfig::new(20, bits).init(&crate::device());
+    assert_eq!(model.num_params(), 275_676 + 2 * 3 * 784);
+}
+
+#[test]
+fn mobilenet_v1_has_the_official_parameter_count() {
+    // METHOD.md §10.3: 4,297,752 with S-CL (112 α entries); plus Burn's running statistics, two
+    // per BN channel for each of the 4 copies (10,944 channels in 27 BN layers).
+    let bits: BitWidths = "8,6,5,4".parse().unwrap();
+    let model = MobileNetV1Config::new(bits).init(&crate::device());
+    assert_eq!(model.num_params(), 4_297_752 + 2 * 4 * 10_944);
+}
+
+const BITS: &str = "8,6,5,4,3,2";
+
+/// Runs `forward` at every bit-width of [`BITS`] and at 32 on the same weights: right shape,
+/// finite logits and gradients, gradients on many parameters, and different logits per width.
+fn check_every_bit_width<M: Module>(
+    model: &M,
+    images: Tensor<4>,
+    classes: usize,
+    forward: impl Fn(&M, Tensor<4>, BitWidth) -> Tensor<2>,
+) {
+    let bits: BitWidths = BITS.parse().unwrap();
+    let batch = images.dims()[0];
+    let mut logits = Vec::new();
+    for b in bits.iter().chain([BitWidth::FULL]) {
+        let y = forward(model, images.clone(), b);
+        assert_eq!(y.dims(), [batch, classes], "{b} bits");
+        let grads = y.clone().sum().backward();
+        let values: Vec<f64> = y.into_data().iter::<f64>().collect();
+        assert!(values.iter().all(|v| v.is_finite()), "{b} bits: {values:?}");
+        let gradients = parameter_gradients(model, &grads);
+        assert!(
+            gradients.len() > 60,
+            "{b} bits: only {} parameters got a gradient",
+            gradients.len()
+        );
+        for g in gradients {
+            assert!(
+                g.iter().all(|v| v.is_finite()),
+                "{b} bits: non-finite gradient"
+            );
+        }
+        logits.push(values);
+    }
+    for i in 0..logits.len() {
+        for j in i + 1..logits.len() {
+            assert_ne!(logits[i], logits[j], "two bit-widths gave identical logits");
+        }
+    }
+}
+
+#[test]
+fn resnet20_runs_forward_and_backward_at_every_bit_width() {
+    let device = crate::device().autodiff();
+    device.seed(1995);
+    let quant = QuantSettings::new().with_rescale_conv(true);
+    let model = CifarResNetConfig::new(20, BITS.parse().unwrap())
+        .with_quant(quant)
+        .init(&device);
+    let images = Tensor::<4>::random([2, 3, 32, 32], Distribution::Uniform(0.0, 1.0), &device);
+    check_every_bit_width(&model, images, 10, |m, x, b| m.forward(x, b));
+}
+
+#[test]
+fn mobilenet_v1_runs_forward_and_backward_at_every_bit_width() {
+    let device = crate::device().autodiff();
+    device.seed(1995);
+    let model = MobileNetV1Config::new(BITS.parse().unwrap())
+        .with_num_classes(10)
+        .init(&device);
+    let images = Tensor::<4>::random([2, 3, 64, 64], Distribution::Uniform(0.0, 1.0), &device);
+    check_every_bit_width(&model, images, 10, |m, x, b| m.forward(x, b));
+}
+
+/// The gradient of every parameter that received one.
+fn parameter_gradients<M: Module>(model: &M, grads: &burn::tensor::Gradients) -> Vec<Vec<f64>> {
+    struct Collect<'a>(&'a burn::tensor::Gradients, Vec<Vec<f64>>);
+    impl burn::module::ModuleVisitor for Collect<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            if let Some(g) = param.val().grad(self.0) {
+                self.1.push(g.into_data().iter::<f64>().collect());
+            }
+        }
+    }
+    let mut c = Collect(grads, Vec::new());
+    model.visit(&mut c);
+    c.1
+}
