@@ -3,11 +3,12 @@
 //! Available: [`QConv2d`] and [`QLinear`], whose weights and input activations are quantized at
 //! the bit-width passed to `forward`, so one set of weights runs at every bit-width, and
 //! [`SwitchBatchNorm2d`], one BatchNorm per bit-width; [`QuantSettings`], the official global
-//! flags; the CIFAR ResNets ([`CifarResNet`]) and [`MobileNetV1`]; and the cost profiler
-//! ([`cost`]). Still to come (issue 3): MobileNet-V2, the ImageNet ResNets and checkpoint import.
+//! flags; the CIFAR ResNets ([`CifarResNet`]), [`MobileNetV1`] and [`MobileNetV2`]; and the cost
+//! profiler ([`cost`]). Still to come (issue 3): the ImageNet ResNets and checkpoint import.
 
 mod layers;
 mod mobilenet_v1;
+mod mobilenet_v2;
 mod profile;
 mod resnet_cifar;
 mod settings;
@@ -18,6 +19,7 @@ pub use layers::{
     SwitchBatchNorm2dConfig,
 };
 pub use mobilenet_v1::{ConvBnRelu, MobileNetV1, MobileNetV1Config};
+pub use mobilenet_v2::{InvertedResidual, MobileNetV2, MobileNetV2Config};
 pub use profile::{Accounting, CostReport, LayerCost, LayerShape, OpKind, avg_pool_shape, cost};
 pub use resnet_cifar::{BasicBlock, CifarResNet, CifarResNetConfig};
 pub use settings::QuantSettings;

@@ -24,6 +24,15 @@ fn mobilenet_v1_has_the_official_parameter_count() {
     assert_eq!(model.num_params(), 4_297_752 + 2 * 4 * 10_944);
 }
 
+#[test]
+fn mobilenet_v2_has_the_official_parameter_count() {
+    // METHOD.md §10.3: 3,607,420 with S-CL (212 α entries) = 3,470,760 weights and biases + 212 α
+    // + γ and β of 4 BN copies over 17,056 channels; Burn also counts the running statistics.
+    let bits: BitWidths = "8,6,5,4".parse().unwrap();
+    let model = adabits_models::MobileNetV2Config::new(bits).init(&crate::device());
+    assert_eq!(model.num_params(), 3_607_420 + 2 * 4 * 17_056);
+}
+
 const BITS: &str = "8,6,5,4,3,2";
 
 /// Runs `forward` at every bit-width of [`BITS`] and at 32 on the same weights: right shape,
@@ -100,4 +109,18 @@ fn parameter_gradients<M: Module>(model: &M, grads: &burn::tensor::Gradients) ->
     let mut c = Collect(grads, Vec::new());
     model.visit(&mut c);
     c.1
+}
+
+#[test]
+fn mobilenet_v2_runs_forward_and_backward_at_every_bit_width() {
+    let device = crate::device().autodiff();
+    device.seed(1995);
+    for double_side in [false, true] {
+        let model = adabits_models::MobileNetV2Config::new(BITS.parse().unwrap())
+            .with_num_classes(10)
+            .with_double_side(double_side)
+            .init(&device);
+        let images = Tensor::<4>::random([2, 3, 64, 64], Distribution::Uniform(0.0, 1.0), &device);
+        check_every_bit_width(&model, images, 10, |m, x, b| m.forward(x, b));
+    }
 }

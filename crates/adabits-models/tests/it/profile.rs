@@ -99,3 +99,48 @@ fn mobilenet_v1_matches_the_official_profiler() {
         );
     }
 }
+
+#[test]
+fn mobilenet_v2_matches_the_official_profiler() {
+    use adabits_models::MobileNetV2Config;
+    let bits: BitWidths = "8,6,5,4".parse().unwrap();
+    let model = MobileNetV2Config::new(bits).init(&crate::device());
+    let shapes = model.layer_shapes([224, 224]);
+    let expected = [
+        (8, "21.39", "3.475"),
+        (6, "13.29", "2.927"),
+        (5, "10.11", "2.654"),
+        (4, "7.50", "2.380"),
+        (32, "308.06", "13.884"),
+    ];
+    for (b, gbitops, mb) in expected {
+        let report = cost(&shapes, BitWidth::new(b).unwrap(), Accounting::Official);
+        assert_eq!(report.macs, 300_836_992, "{b} bits");
+        assert_eq!(report.params, 3_470_760, "{b} bits");
+        assert!(
+            prints_as(report.gbitops, 2, gbitops),
+            "{b} bits: {} GBitOPs, official {gbitops}",
+            report.gbitops
+        );
+        assert!(
+            prints_as(report.size_mb, 3, mb),
+            "{b} bits: {} MB, official {mb}",
+            report.size_mb
+        );
+    }
+    // The paper's motivating ratio (METHOD.md §10.2): 14.25× fewer BitOPs at 6 bits than at 32
+    // when the first layer is counted at 32×32 bits.
+    let paper = |b| {
+        cost(
+            &shapes,
+            BitWidth::new(b).unwrap(),
+            Accounting::PaperFirstLayerFullPrecision,
+        )
+        .gbitops
+    };
+    assert!(
+        prints_as(paper(32) / paper(6), 2, "14.25"),
+        "{}",
+        paper(32) / paper(6)
+    );
+}

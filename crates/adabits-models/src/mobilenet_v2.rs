@@ -1,0 +1,213 @@
+//! MobileNet-V2 as built by the official code (METHOD.md §8.2).
+
+use adabits_quant::{BitPolicy, BitWidth, BitWidths, input_pixels};
+use burn::config::Config;
+use burn::module::Module;
+use burn::tensor::activation::relu;
+use burn::tensor::module::adaptive_avg_pool2d;
+use burn::tensor::{Device, Tensor};
+
+use crate::profile::{LayerShape, avg_pool_shape};
+use crate::{
+    ConvBnRelu, QConv2dConfig, QLinear, QLinearConfig, QuantSettings, SwitchBatchNorm2dConfig,
+};
+
+/// The (expansion t, channels c, blocks n, first stride s) table.
+const SETTINGS: [(usize, usize, usize, usize); 7] = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+];
+
+/// Configuration of a [`MobileNetV2`].
+#[derive(Config, Debug)]
+pub struct MobileNetV2Config {
+    /// The bit-widths the model is trained for, in training order.
+    pub bits: BitWidths,
+    /// Output classes.
+    #[config(default = 1000)]
+    pub num_classes: usize,
+    /// Width multiplier; channels are rounded to a multiple of 8 (at least 8).
+    #[config(default = 1.0)]
+    pub width_mult: f64,
+    /// Clip the linear-bottleneck outputs symmetrically to `[−α, α]` where they feed a quantized
+    /// conv (the official `double_side`). Off (the default, parity P2): they pass through PACT's
+    /// ReLU, an extra ReLU standard MobileNet-V2 does not have.
+    #[config(default = false)]
+    pub double_side: bool,
+    /// Quantization settings of every layer.
+    #[config(default = "QuantSettings::new()")]
+    pub quant: QuantSettings,
+    /// Feed `round(255·x)` (official, P7) rather than `x` itself.
+    #[config(default = true)]
+    pub pixel_input: bool,
+}
+
+/// An inverted residual block: optional 1×1 expansion, 3×3 depthwise, linear 1×1 projection.
+#[derive(Module, Debug)]
+pub struct InvertedResidual {
+    /// The expansion (absent when t = 1).
+    pub expand: Option<ConvBnRelu>,
+    /// The depthwise convolution.
+    pub depthwise: ConvBnRelu,
+    /// The linear projection: conv and BN, no ReLU.
+    pub project: ConvBnRelu,
+    /// Whether the input is added to the output.
+    pub residual: bool,
+}
+
+impl InvertedResidual {
+    fn forward(&self, x: Tensor<4>, bits: BitWidth) -> Tensor<4> {
+        let mut y = x.clone();
+        if let Some(expand) = &self.expand {
+            y = expand.forward(y, bits);
+        }
+        y = self.depthwise.forward(y, bits);
+        y = self
+            .project
+            .bn
+            .forward(self.project.conv.forward(y, bits), bits);
+        if self.residual { y + x } else { y }
+    }
+}
+
+/// MobileNet-V2 with quantized convolutions, switchable BatchNorm and a quantized classifier.
+#[derive(Module, Debug)]
+pub struct MobileNetV2 {
+    stem: ConvBnRelu,
+    blocks: Vec<InvertedResidual>,
+    tail: ConvBnRelu,
+    classifier: QLinear,
+    pixel_input: bool,
+}
+
+fn make_divisible(channels: f64) -> usize {
+    (((channels / 8.0).round() as usize) * 8).max(8)
+}
+
+impl MobileNetV2Config {
+    /// Creates the model with the official initialisation; seed the device for reproducibility.
+    pub fn init(&self, device: &Device) -> MobileNetV2 {
+        let q = &self.quant;
+        let eight = BitWidth::new(8).expect("8 is a bit-width");
+        #[allow(clippy::too_many_arguments)]
+        let unit = |c_in: usize,
+                    c_out: usize,
+                    k: usize,
+                    stride: usize,
+                    groups: usize,
+                    policy: BitPolicy,
+                    double_sided: bool| ConvBnRelu {
+            conv: QConv2dConfig::new([c_in, c_out], [k, k], self.bits.clone())
+                .with_stride([stride, stride])
+                .with_padding([k / 2, k / 2])
+                .with_groups(groups)
+                .with_policy(policy)
+                .with_weight_quant(q.conv_weight())
+                .with_act_quant(q.act(double_sided))
+                .with_switchable_alpha(q.switchable_alpha)
+                .init(device),
+            bn: SwitchBatchNorm2dConfig::new(c_out, self.bits.clone())
+                .with_sharing(q.bn)
+                .init(device),
+        };
+        let body = BitPolicy::BODY;
+        let ds = self.double_side;
+        let stem_out = make_divisible(32.0 * self.width_mult);
+        let stem_policy = BitPolicy {
+            bitw_min: Some(eight),
+            bita_min: Some(eight),
+            weight_only: true,
+        };
+        let stem = unit(3, stem_out, 3, 2, 1, stem_policy, false);
+        let mut blocks = Vec::new();
+        let mut c_in = stem_out;
+        for (t, c, n, s) in SETTINGS {
+            let c_out = make_divisible(c as f64 * self.width_mult);
+            for i in 0..n {
+                let stride = if i == 0 { s } else { 1 };
+                let hidden = c_in * t;
+                blocks.push(InvertedResidual {
+                    // The expansion reads the previous block's linear output.
+                    expand: (t != 1).then(|| unit(c_in, hidden, 1, 1, 1, body, ds)),
+                    // The official code also passes `double_side` to the depthwise conv of the
+                    // t = 1 block (whose input is the stem's ReLU output); no other depthwise.
+                    depthwise: unit(hidden, hidden, 3, stride, hidden, body, ds && t == 1),
+                    project: unit(hidden, c_out, 1, 1, 1, body, false),
+                    residual: stride == 1 && c_in == c_out,
+                });
+                c_in = c_out;
+            }
+        }
+        let last = make_divisible(1280.0 * self.width_mult.max(1.0));
+        let tail = unit(c_in, last, 1, 1, 1, body, ds);
+        let classifier = QLinearConfig::new(last, self.num_classes, self.bits.clone())
+            .with_policy(BitPolicy {
+                bitw_min: Some(eight),
+                ..BitPolicy::BODY
+            })
+            .with_weight_quant(q.linear_weight())
+            .with_act_quant(q.act(false))
+            .with_switchable_alpha(q.switchable_alpha)
+            .init(device);
+        MobileNetV2 {
+            stem,
+            blocks,
+            tail,
+            classifier,
+            pixel_input: self.pixel_input,
+        }
+    }
+}
+
+impl MobileNetV2 {
+    /// Logits at `bits` for images with values in `[0, 1]`.
+    ///
+    /// # Shapes
+    ///
+    /// `images`: `[batch, 3, h, w]`; output `[batch, num_classes]`.
+    pub fn forward(&self, images: Tensor<4>, bits: BitWidth) -> Tensor<2> {
+        let x = if self.pixel_input {
+            input_pixels(images)
+        } else {
+            images
+        };
+        let mut x = self.stem.forward(x, bits);
+        for block in &self.blocks {
+            x = block.forward(x, bits);
+        }
+        let x = relu(self.tail.bn.forward(self.tail.conv.forward(x, bits), bits));
+        let pooled = adaptive_avg_pool2d(x, [1, 1]).flatten::<2>(1, 3);
+        self.classifier.forward(pooled, bits)
+    }
+
+    /// The static cost description of every layer for `h`×`w` inputs (see [`crate::cost`]).
+    pub fn layer_shapes(&self, input: [usize; 2]) -> Vec<LayerShape> {
+        let mut stem = self.stem.conv.layer_shape("stem", input);
+        stem.first = true;
+        let mut rows = vec![stem];
+        let mut hw = self.stem.conv.output_size(input);
+        for (i, block) in self.blocks.iter().enumerate() {
+            if let Some(expand) = &block.expand {
+                rows.push(expand.conv.layer_shape(format!("block{i}.expand"), hw));
+            }
+            rows.push(block.depthwise.conv.layer_shape(format!("block{i}.dw"), hw));
+            hw = block.depthwise.conv.output_size(hw);
+            rows.push(
+                block
+                    .project
+                    .conv
+                    .layer_shape(format!("block{i}.project"), hw),
+            );
+        }
+        rows.push(self.tail.conv.layer_shape("tail", hw));
+        let [_, d_in] = self.classifier.weight.dims();
+        rows.push(avg_pool_shape(d_in, hw));
+        rows.push(self.classifier.layer_shape("classifier"));
+        rows
+    }
+}
