@@ -3,14 +3,16 @@
 //! Available: [`QConv2d`] and [`QLinear`], whose weights and input activations are quantized at
 //! the bit-width passed to `forward`, so one set of weights runs at every bit-width, and
 //! [`SwitchBatchNorm2d`], one BatchNorm per bit-width; [`QuantSettings`], the official global
-//! flags; the CIFAR ResNets ([`CifarResNet`]), [`MobileNetV1`] and [`MobileNetV2`]; and the cost
-//! profiler ([`cost`]). Still to come (issue 3): the ImageNet ResNets and checkpoint import.
+//! flags; the CIFAR ResNets ([`CifarResNet`]), [`MobileNetV1`], [`MobileNetV2`] and the ImageNet
+//! ResNets ([`ImageNetResNet`]); and the cost profiler ([`cost`]). Still to come (issue 3):
+//! saving, loading and checkpoint import.
 
 mod layers;
 mod mobilenet_v1;
 mod mobilenet_v2;
 mod profile;
 mod resnet_cifar;
+mod resnet_imagenet;
 mod settings;
 
 pub use adabits_quant;
@@ -22,4 +24,5 @@ pub use mobilenet_v1::{ConvBnRelu, MobileNetV1, MobileNetV1Config};
 pub use mobilenet_v2::{InvertedResidual, MobileNetV2, MobileNetV2Config};
 pub use profile::{Accounting, CostReport, LayerCost, LayerShape, OpKind, avg_pool_shape, cost};
 pub use resnet_cifar::{BasicBlock, CifarResNet, CifarResNetConfig};
+pub use resnet_imagenet::{Bottleneck, ImageNetResNet, ImageNetResNetConfig};
 pub use settings::QuantSettings;

@@ -46,7 +46,35 @@ pub struct BasicBlock {
 }
 
 impl BasicBlock {
-    fn forward(&self, x: Tensor<4>, bits: BitWidth) -> Tensor<4> {
+    /// Assembles a block (the ImageNet ResNets share it).
+    pub(crate) fn new(
+        conv1: QConv2d,
+        bn1: SwitchBatchNorm2d,
+        conv2: QConv2d,
+        bn2: SwitchBatchNorm2d,
+        shortcut: Option<(QConv2d, SwitchBatchNorm2d)>,
+    ) -> Self {
+        Self {
+            conv1,
+            bn1,
+            conv2,
+            bn2,
+            shortcut,
+        }
+    }
+
+    /// Cost rows of the block for an input of size `hw`, and its output size.
+    pub(crate) fn layer_shapes(&self, name: &str, hw: [usize; 2]) -> (Vec<LayerShape>, [usize; 2]) {
+        let mut rows = vec![self.conv1.layer_shape(format!("{name}.conv1"), hw)];
+        let next = self.conv1.output_size(hw);
+        rows.push(self.conv2.layer_shape(format!("{name}.conv2"), next));
+        if let Some((conv, _)) = &self.shortcut {
+            rows.push(conv.layer_shape(format!("{name}.shortcut"), hw));
+        }
+        (rows, next)
+    }
+
+    pub(crate) fn forward(&self, x: Tensor<4>, bits: BitWidth) -> Tensor<4> {
         let y = relu(self.bn1.forward(self.conv1.forward(x.clone(), bits), bits));
         let y = self.bn2.forward(self.conv2.forward(y, bits), bits);
         let skip = match &self.shortcut {
@@ -149,12 +177,8 @@ impl CifarResNet {
         let mut rows = vec![stem];
         let mut hw = self.stem.output_size(input);
         for (i, block) in self.blocks.iter().enumerate() {
-            rows.push(block.conv1.layer_shape(format!("block{i}.conv1"), hw));
-            let next = block.conv1.output_size(hw);
-            rows.push(block.conv2.layer_shape(format!("block{i}.conv2"), next));
-            if let Some((conv, _)) = &block.shortcut {
-                rows.push(conv.layer_shape(format!("block{i}.shortcut"), hw));
-            }
+            let (block_rows, next) = block.layer_shapes(&format!("block{i}"), hw);
+            rows.extend(block_rows);
             hw = next;
         }
         let [_, d_in] = self.classifier.weight.dims();

@@ -33,6 +33,20 @@ fn mobilenet_v2_has_the_official_parameter_count() {
     assert_eq!(model.num_params(), 3_607_420 + 2 * 4 * 17_056);
 }
 
+#[test]
+fn imagenet_resnets_have_the_torchvision_parameter_counts() {
+    // With a single bit-width the model holds torchvision's parameters (11,689,512 for
+    // ResNet-18, 25,557,032 for ResNet-50) plus one α per quantized layer (21 and 54) plus the
+    // BN running statistics Burn counts (as many as the BN γ and β: 9,600 and 53,120).
+    use adabits_models::ImageNetResNetConfig;
+    let bits: BitWidths = "8".parse().unwrap();
+    let device = crate::device();
+    let r18 = ImageNetResNetConfig::new(18, bits.clone()).init(&device);
+    assert_eq!(r18.num_params(), 11_689_512 + 21 + 9_600);
+    let r50 = ImageNetResNetConfig::new(50, bits).init(&device);
+    assert_eq!(r50.num_params(), 25_557_032 + 54 + 53_120);
+}
+
 const BITS: &str = "8,6,5,4,3,2";
 
 /// Runs `forward` at every bit-width of [`BITS`] and at 32 on the same weights: right shape,
@@ -119,6 +133,19 @@ fn mobilenet_v2_runs_forward_and_backward_at_every_bit_width() {
         let model = adabits_models::MobileNetV2Config::new(BITS.parse().unwrap())
             .with_num_classes(10)
             .with_double_side(double_side)
+            .init(&device);
+        let images = Tensor::<4>::random([2, 3, 64, 64], Distribution::Uniform(0.0, 1.0), &device);
+        check_every_bit_width(&model, images, 10, |m, x, b| m.forward(x, b));
+    }
+}
+
+#[test]
+fn imagenet_resnets_run_forward_and_backward_at_every_bit_width() {
+    let device = crate::device().autodiff();
+    device.seed(1995);
+    for depth in [18, 50] {
+        let model = adabits_models::ImageNetResNetConfig::new(depth, BITS.parse().unwrap())
+            .with_num_classes(10)
             .init(&device);
         let images = Tensor::<4>::random([2, 3, 64, 64], Distribution::Uniform(0.0, 1.0), &device);
         check_every_bit_width(&model, images, 10, |m, x, b| m.forward(x, b));

@@ -144,3 +144,24 @@ fn mobilenet_v2_matches_the_official_profiler() {
         paper(32) / paper(6)
     );
 }
+
+#[test]
+fn imagenet_resnet_macs_match_the_commonly_reported_figures() {
+    // Convolutions and the classifier of torchvision's ResNet-18 and ResNet-50 at 224×224 are
+    // commonly reported as 1.81 and 4.09 GMACs; the max pool has no counting rule, and the
+    // average pool adds C·7·7.
+    use adabits_models::{ImageNetResNetConfig, OpKind};
+    let bits: BitWidths = "8".parse().unwrap();
+    for (depth, gmacs) in [(18, "1.81"), (50, "4.09")] {
+        let model = ImageNetResNetConfig::new(depth, bits.clone()).init(&crate::device());
+        let shapes = model.layer_shapes([224, 224]);
+        let report = cost(&shapes, BitWidth::new(8).unwrap(), Accounting::Official);
+        let pool: u64 = shapes
+            .iter()
+            .filter(|s| s.kind == OpKind::AvgPool)
+            .map(|s| s.macs)
+            .sum();
+        let macs = (report.macs - pool) as f64 * 1e-9;
+        assert!(prints_as(macs, 2, gmacs), "ResNet-{depth}: {macs} GMACs");
+    }
+}

@@ -1,0 +1,233 @@
+//! ImageNet ResNets in the torchvision layout (METHOD.md §8.4: the official code has none; this
+//! is the plausible reconstruction the specification describes).
+
+use adabits_quant::{BitPolicy, BitWidth, BitWidths, input_pixels};
+use burn::config::Config;
+use burn::module::Module;
+use burn::tensor::activation::relu;
+use burn::tensor::module::{adaptive_avg_pool2d, max_pool2d};
+use burn::tensor::ops::MaxPoolOptions;
+use burn::tensor::{Device, Tensor};
+
+use crate::profile::{LayerShape, avg_pool_shape};
+use crate::{
+    BasicBlock, QConv2d, QConv2dConfig, QLinear, QLinearConfig, QuantSettings, SwitchBatchNorm2d,
+    SwitchBatchNorm2dConfig,
+};
+
+/// Configuration of an [`ImageNetResNet`].
+#[derive(Config, Debug)]
+pub struct ImageNetResNetConfig {
+    /// Depth: 18 or 34 (basic blocks), 50, 101 or 152 (bottlenecks).
+    pub depth: usize,
+    /// The bit-widths the model is trained for, in training order.
+    pub bits: BitWidths,
+    /// Output classes.
+    #[config(default = 1000)]
+    pub num_classes: usize,
+    /// Width multiplier of the stage widths 64, 128, 256, 512.
+    #[config(default = 1.0)]
+    pub width_mult: f64,
+    /// Quantization settings of every layer.
+    #[config(default = "QuantSettings::new()")]
+    pub quant: QuantSettings,
+    /// Feed `round(255·x)` (official, P7) rather than `x` itself.
+    #[config(default = true)]
+    pub pixel_input: bool,
+}
+
+/// A bottleneck block: 1×1 → 3×3 (stride) → 1×1 (×4 channels), plus the shortcut, then ReLU.
+#[derive(Module, Debug)]
+pub struct Bottleneck {
+    conv1: QConv2d,
+    bn1: SwitchBatchNorm2d,
+    conv2: QConv2d,
+    bn2: SwitchBatchNorm2d,
+    conv3: QConv2d,
+    bn3: SwitchBatchNorm2d,
+    shortcut: Option<(QConv2d, SwitchBatchNorm2d)>,
+}
+
+impl Bottleneck {
+    fn forward(&self, x: Tensor<4>, bits: BitWidth) -> Tensor<4> {
+        let y = relu(self.bn1.forward(self.conv1.forward(x.clone(), bits), bits));
+        let y = relu(self.bn2.forward(self.conv2.forward(y, bits), bits));
+        let y = self.bn3.forward(self.conv3.forward(y, bits), bits);
+        let skip = match &self.shortcut {
+            Some((conv, bn)) => bn.forward(conv.forward(x, bits), bits),
+            None => x,
+        };
+        relu(y + skip)
+    }
+
+    fn layer_shapes(&self, name: &str, hw: [usize; 2]) -> (Vec<LayerShape>, [usize; 2]) {
+        let mut rows = vec![self.conv1.layer_shape(format!("{name}.conv1"), hw)];
+        rows.push(self.conv2.layer_shape(format!("{name}.conv2"), hw));
+        let next = self.conv2.output_size(hw);
+        rows.push(self.conv3.layer_shape(format!("{name}.conv3"), next));
+        if let Some((conv, _)) = &self.shortcut {
+            rows.push(conv.layer_shape(format!("{name}.shortcut"), hw));
+        }
+        (rows, next)
+    }
+}
+
+/// A torchvision-style ResNet: 7×7 stem (weight-only, 8-bit weights), 3×3 max pool, four stages,
+/// average pooling and a classifier with weights at `max(b, 8)`.
+#[derive(Module, Debug)]
+pub struct ImageNetResNet {
+    stem: QConv2d,
+    stem_bn: SwitchBatchNorm2d,
+    basic: Vec<BasicBlock>,
+    bottlenecks: Vec<Bottleneck>,
+    classifier: QLinear,
+    pixel_input: bool,
+}
+
+impl ImageNetResNetConfig {
+    /// Creates the model with the official initialisation; seed the device for reproducibility.
+    ///
+    /// # Panics
+    ///
+    /// Panics unless `depth` is 18, 34, 50, 101 or 152.
+    pub fn init(&self, device: &Device) -> ImageNetResNet {
+        let (bottleneck, layers) = match self.depth {
+            18 => (false, [2, 2, 2, 2]),
+            34 => (false, [3, 4, 6, 3]),
+            50 => (true, [3, 4, 6, 3]),
+            101 => (true, [3, 4, 23, 3]),
+            152 => (true, [3, 8, 36, 3]),
+            other => panic!("ImageNet ResNet depth must be 18, 34, 50, 101 or 152, got {other}"),
+        };
+        let q = &self.quant;
+        let eight = BitWidth::new(8).expect("8 is a bit-width");
+        let conv = |c_in: usize, c_out: usize, k: usize, stride: usize, policy: BitPolicy| {
+            QConv2dConfig::new([c_in, c_out], [k, k], self.bits.clone())
+                .with_stride([stride, stride])
+                .with_padding([k / 2, k / 2])
+                .with_policy(policy)
+                .with_weight_quant(q.conv_weight())
+                .with_act_quant(q.act(false))
+                .with_switchable_alpha(q.switchable_alpha)
+                .init(device)
+        };
+        let bn = |c: usize| {
+            SwitchBatchNorm2dConfig::new(c, self.bits.clone())
+                .with_sharing(q.bn)
+                .init(device)
+        };
+        let body = BitPolicy::BODY;
+        let width = |c: usize| ((c as f64 * self.width_mult).round() as usize).max(1);
+        let stem_out = width(64);
+        let stem_policy = BitPolicy {
+            bitw_min: Some(eight),
+            bita_min: Some(eight),
+            weight_only: true,
+        };
+        let mut basic = Vec::new();
+        let mut bottlenecks = Vec::new();
+        let mut c_in = stem_out;
+        for (stage, &n) in layers.iter().enumerate() {
+            let planes = width(64 << stage);
+            for i in 0..n {
+                let stride = if stage > 0 && i == 0 { 2 } else { 1 };
+                let c_out = if bottleneck { planes * 4 } else { planes };
+                let shortcut = (stride != 1 || c_in != c_out)
+                    .then(|| (conv(c_in, c_out, 1, stride, body), bn(c_out)));
+                if bottleneck {
+                    bottlenecks.push(Bottleneck {
+                        conv1: conv(c_in, planes, 1, 1, body),
+                        bn1: bn(planes),
+                        conv2: conv(planes, planes, 3, stride, body),
+                        bn2: bn(planes),
+                        conv3: conv(planes, c_out, 1, 1, body),
+                        bn3: bn(c_out),
+                        shortcut,
+                    });
+                } else {
+                    basic.push(BasicBlock::new(
+                        conv(c_in, c_out, 3, stride, body),
+                        bn(c_out),
+                        conv(c_out, c_out, 3, 1, body),
+                        bn(c_out),
+                        shortcut,
+                    ));
+                }
+                c_in = c_out;
+            }
+        }
+        ImageNetResNet {
+            stem: conv(3, stem_out, 7, 2, stem_policy),
+            stem_bn: bn(stem_out),
+            basic,
+            bottlenecks,
+            classifier: QLinearConfig::new(c_in, self.num_classes, self.bits.clone())
+                .with_policy(BitPolicy {
+                    bitw_min: Some(eight),
+                    ..BitPolicy::BODY
+                })
+                .with_weight_quant(q.linear_weight())
+                .with_act_quant(q.act(false))
+                .with_switchable_alpha(q.switchable_alpha)
+                .init(device),
+            pixel_input: self.pixel_input,
+        }
+    }
+}
+
+const MAX_POOL: MaxPoolOptions<2> = MaxPoolOptions {
+    kernel_size: [3, 3],
+    stride: [2, 2],
+    padding: [(1, 1), (1, 1)],
+    dilation: [1, 1],
+    ceil_mode: false,
+};
+
+impl ImageNetResNet {
+    /// Logits at `bits` for images with values in `[0, 1]`.
+    ///
+    /// # Shapes
+    ///
+    /// `images`: `[batch, 3, h, w]`; output `[batch, num_classes]`.
+    pub fn forward(&self, images: Tensor<4>, bits: BitWidth) -> Tensor<2> {
+        let x = if self.pixel_input {
+            input_pixels(images)
+        } else {
+            images
+        };
+        let x = relu(self.stem_bn.forward(self.stem.forward(x, bits), bits));
+        let mut x = max_pool2d(x, MAX_POOL);
+        for block in &self.basic {
+            x = block.forward(x, bits);
+        }
+        for block in &self.bottlenecks {
+            x = block.forward(x, bits);
+        }
+        let pooled = adaptive_avg_pool2d(x, [1, 1]).flatten::<2>(1, 3);
+        self.classifier.forward(pooled, bits)
+    }
+
+    /// The static cost description of every layer for `h`×`w` inputs (see [`crate::cost`]).
+    /// The max pool has no counting rule in the official profiler and is left out.
+    pub fn layer_shapes(&self, input: [usize; 2]) -> Vec<LayerShape> {
+        let mut stem = self.stem.layer_shape("stem", input);
+        stem.first = true;
+        let mut rows = vec![stem];
+        let [h, w] = self.stem.output_size(input);
+        let mut hw = [(h - 1) / 2 + 1, (w - 1) / 2 + 1];
+        for (i, block) in self.basic.iter().enumerate() {
+            let (block_rows, next) = block.layer_shapes(&format!("block{i}"), hw);
+            rows.extend(block_rows);
+            hw = next;
+        }
+        for (i, block) in self.bottlenecks.iter().enumerate() {
+            let (block_rows, next) = block.layer_shapes(&format!("block{i}"), hw);
+            rows.extend(block_rows);
+            hw = next;
+        }
+        let [_, d_in] = self.classifier.weight.dims();
+        rows.push(avg_pool_shape(d_in, hw));
+        rows.push(self.classifier.layer_shape("classifier"));
+        rows
+    }
+}
