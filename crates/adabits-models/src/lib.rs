@@ -7,6 +7,7 @@
 //! ResNets ([`ImageNetResNet`]); and the cost profiler ([`cost`]). Still to come (issue 3):
 //! saving, loading and checkpoint import.
 
+mod checkpoint;
 mod layers;
 mod mobilenet_v1;
 mod mobilenet_v2;
@@ -16,6 +17,7 @@ mod resnet_imagenet;
 mod settings;
 
 pub use adabits_quant;
+pub use checkpoint::{CheckpointError, load_model, save_model};
 pub use layers::{
     BnEntry, BnSharing, QConv2d, QConv2dConfig, QLinear, QLinearConfig, SwitchBatchNorm2d,
     SwitchBatchNorm2dConfig,

@@ -156,6 +156,10 @@ impl SwitchBatchNorm2d {
             entry
                 .running_var
                 .update((var.mul_scalar(1.0 - m) + unbiased.mul_scalar(m)).detach());
+            // Fold this thread's update into the stored value now, so that `valid()`, saving and
+            // evaluation all see it (Burn's `value()` may otherwise lag by one update).
+            let _ = entry.running_mean.value_sync();
+            let _ = entry.running_var.value_sync();
             out.output
         } else {
             let mean = entry.running_mean.value_sync().to_device(&device);

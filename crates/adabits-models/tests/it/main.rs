@@ -2,6 +2,7 @@
 //!
 //! The backend is the CPU (flex) by default.
 
+mod checkpoint;
 mod layers;
 mod models;
 mod profile;
