@@ -7,6 +7,7 @@
 //! ResNets ([`ImageNetResNet`]); and the cost profiler ([`cost`]). Still to come (issue 3):
 //! saving, loading and checkpoint import.
 
+mod builder;
 mod checkpoint;
 mod layers;
 mod mobilenet_v1;

@@ -1,17 +1,15 @@
 //! MobileNet-V1 as built by the official code (METHOD.md §8.1).
 
-use adabits_quant::{BitPolicy, BitWidth, BitWidths, input_pixels};
+use adabits_quant::{BitPolicy, BitWidth, BitWidths};
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::activation::relu;
 use burn::tensor::module::adaptive_avg_pool2d;
 use burn::tensor::{Device, Tensor};
 
+use crate::builder::{LayerBuilder, eight, network_input, stem_policy};
 use crate::profile::{LayerShape, avg_pool_shape};
-use crate::{
-    QConv2d, QConv2dConfig, QLinear, QLinearConfig, QuantSettings, SwitchBatchNorm2d,
-    SwitchBatchNorm2dConfig,
-};
+use crate::{QConv2d, QLinear, QuantSettings, SwitchBatchNorm2d};
 
 /// The (channels, blocks, first stride) of the five stages.
 const STAGES: [(usize, usize, usize); 5] = [
@@ -81,38 +79,14 @@ fn make_divisible(channels: f64) -> usize {
 impl MobileNetV1Config {
     /// Creates the model with the official initialisation; seed the device for reproducibility.
     pub fn init(&self, device: &Device) -> MobileNetV1 {
-        let q = &self.quant;
-        let eight = BitWidth::new(8).expect("8 is a bit-width");
-        let unit = |c_in: usize, c_out: usize, k: usize, stride: usize, groups: usize, policy| {
-            ConvBnRelu {
-                conv: QConv2dConfig::new([c_in, c_out], [k, k], self.bits.clone())
-                    .with_stride([stride, stride])
-                    .with_padding([k / 2, k / 2])
-                    .with_groups(groups)
-                    .with_policy(policy)
-                    .with_weight_quant(q.conv_weight())
-                    .with_act_quant(q.act(false))
-                    .with_switchable_alpha(q.switchable_alpha)
-                    .init(device),
-                bn: SwitchBatchNorm2dConfig::new(c_out, self.bits.clone())
-                    .with_sharing(q.bn)
-                    .init(device),
-            }
+        let b = LayerBuilder {
+            bits: &self.bits,
+            quant: &self.quant,
+            device,
         };
         let width = |c: usize| make_divisible(c as f64 * self.width_mult);
         let stem_out = width(32);
-        let stem = unit(
-            3,
-            stem_out,
-            3,
-            2,
-            1,
-            BitPolicy {
-                bitw_min: Some(eight),
-                bita_min: Some(eight),
-                weight_only: true,
-            },
-        );
+        let stem = b.conv_bn([3, stem_out], 3, 2, 1, stem_policy(eight()), false);
         let mut blocks = Vec::new();
         let mut c_in = stem_out;
         for (c, n, s) in STAGES {
@@ -120,21 +94,13 @@ impl MobileNetV1Config {
             for i in 0..n {
                 let stride = if i == 0 { s } else { 1 };
                 blocks.push((
-                    unit(c_in, c_in, 3, stride, c_in, BitPolicy::BODY),
-                    unit(c_in, c_out, 1, 1, 1, BitPolicy::BODY),
+                    b.conv_bn([c_in, c_in], 3, stride, c_in, BitPolicy::BODY, false),
+                    b.conv_bn([c_in, c_out], 1, 1, 1, BitPolicy::BODY, false),
                 ));
                 c_in = c_out;
             }
         }
-        let classifier = QLinearConfig::new(c_in, self.num_classes, self.bits.clone())
-            .with_policy(BitPolicy {
-                bitw_min: Some(eight),
-                ..BitPolicy::BODY
-            })
-            .with_weight_quant(q.linear_weight())
-            .with_act_quant(q.act(false))
-            .with_switchable_alpha(q.switchable_alpha)
-            .init(device);
+        let classifier = b.classifier(c_in, self.num_classes, eight());
         MobileNetV1 {
             stem,
             blocks,
@@ -151,12 +117,9 @@ impl MobileNetV1 {
     ///
     /// `images`: `[batch, 3, h, w]`; output `[batch, num_classes]`.
     pub fn forward(&self, images: Tensor<4>, bits: BitWidth) -> Tensor<2> {
-        let x = if self.pixel_input {
-            input_pixels(images)
-        } else {
-            images
-        };
-        let mut x = self.stem.forward(x, bits);
+        let mut x = self
+            .stem
+            .forward(network_input(images, self.pixel_input), bits);
         for (dw, pw) in &self.blocks {
             x = pw.forward(dw.forward(x, bits), bits);
         }

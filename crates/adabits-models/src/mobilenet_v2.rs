@@ -1,16 +1,15 @@
 //! MobileNet-V2 as built by the official code (METHOD.md §8.2).
 
-use adabits_quant::{BitPolicy, BitWidth, BitWidths, input_pixels};
+use adabits_quant::{BitPolicy, BitWidth, BitWidths};
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::activation::relu;
 use burn::tensor::module::adaptive_avg_pool2d;
 use burn::tensor::{Device, Tensor};
 
+use crate::builder::{LayerBuilder, eight, network_input, stem_policy};
 use crate::profile::{LayerShape, avg_pool_shape};
-use crate::{
-    ConvBnRelu, QConv2dConfig, QLinear, QLinearConfig, QuantSettings, SwitchBatchNorm2dConfig,
-};
+use crate::{ConvBnRelu, QLinear, QuantSettings};
 
 /// The (expansion t, channels c, blocks n, first stride s) table.
 const SETTINGS: [(usize, usize, usize, usize); 7] = [
@@ -92,38 +91,15 @@ fn make_divisible(channels: f64) -> usize {
 impl MobileNetV2Config {
     /// Creates the model with the official initialisation; seed the device for reproducibility.
     pub fn init(&self, device: &Device) -> MobileNetV2 {
-        let q = &self.quant;
-        let eight = BitWidth::new(8).expect("8 is a bit-width");
-        #[allow(clippy::too_many_arguments)]
-        let unit = |c_in: usize,
-                    c_out: usize,
-                    k: usize,
-                    stride: usize,
-                    groups: usize,
-                    policy: BitPolicy,
-                    double_sided: bool| ConvBnRelu {
-            conv: QConv2dConfig::new([c_in, c_out], [k, k], self.bits.clone())
-                .with_stride([stride, stride])
-                .with_padding([k / 2, k / 2])
-                .with_groups(groups)
-                .with_policy(policy)
-                .with_weight_quant(q.conv_weight())
-                .with_act_quant(q.act(double_sided))
-                .with_switchable_alpha(q.switchable_alpha)
-                .init(device),
-            bn: SwitchBatchNorm2dConfig::new(c_out, self.bits.clone())
-                .with_sharing(q.bn)
-                .init(device),
+        let b = LayerBuilder {
+            bits: &self.bits,
+            quant: &self.quant,
+            device,
         };
         let body = BitPolicy::BODY;
         let ds = self.double_side;
         let stem_out = make_divisible(32.0 * self.width_mult);
-        let stem_policy = BitPolicy {
-            bitw_min: Some(eight),
-            bita_min: Some(eight),
-            weight_only: true,
-        };
-        let stem = unit(3, stem_out, 3, 2, 1, stem_policy, false);
+        let stem = b.conv_bn([3, stem_out], 3, 2, 1, stem_policy(eight()), false);
         let mut blocks = Vec::new();
         let mut c_in = stem_out;
         for (t, c, n, s) in SETTINGS {
@@ -133,27 +109,19 @@ impl MobileNetV2Config {
                 let hidden = c_in * t;
                 blocks.push(InvertedResidual {
                     // The expansion reads the previous block's linear output.
-                    expand: (t != 1).then(|| unit(c_in, hidden, 1, 1, 1, body, ds)),
+                    expand: (t != 1).then(|| b.conv_bn([c_in, hidden], 1, 1, 1, body, ds)),
                     // The official code also passes `double_side` to the depthwise conv of the
                     // t = 1 block (whose input is the stem's ReLU output); no other depthwise.
-                    depthwise: unit(hidden, hidden, 3, stride, hidden, body, ds && t == 1),
-                    project: unit(hidden, c_out, 1, 1, 1, body, false),
+                    depthwise: b.conv_bn([hidden, hidden], 3, stride, hidden, body, ds && t == 1),
+                    project: b.conv_bn([hidden, c_out], 1, 1, 1, body, false),
                     residual: stride == 1 && c_in == c_out,
                 });
                 c_in = c_out;
             }
         }
         let last = make_divisible(1280.0 * self.width_mult.max(1.0));
-        let tail = unit(c_in, last, 1, 1, 1, body, ds);
-        let classifier = QLinearConfig::new(last, self.num_classes, self.bits.clone())
-            .with_policy(BitPolicy {
-                bitw_min: Some(eight),
-                ..BitPolicy::BODY
-            })
-            .with_weight_quant(q.linear_weight())
-            .with_act_quant(q.act(false))
-            .with_switchable_alpha(q.switchable_alpha)
-            .init(device);
+        let tail = b.conv_bn([c_in, last], 1, 1, 1, body, ds);
+        let classifier = b.classifier(last, self.num_classes, eight());
         MobileNetV2 {
             stem,
             blocks,
@@ -171,12 +139,9 @@ impl MobileNetV2 {
     ///
     /// `images`: `[batch, 3, h, w]`; output `[batch, num_classes]`.
     pub fn forward(&self, images: Tensor<4>, bits: BitWidth) -> Tensor<2> {
-        let x = if self.pixel_input {
-            input_pixels(images)
-        } else {
-            images
-        };
-        let mut x = self.stem.forward(x, bits);
+        let mut x = self
+            .stem
+            .forward(network_input(images, self.pixel_input), bits);
         for block in &self.blocks {
             x = block.forward(x, bits);
         }

@@ -1,17 +1,15 @@
 //! CIFAR ResNet-20/32/44/56/110 in the official layout (METHOD.md §8.3).
 
-use adabits_quant::{BitPolicy, BitWidth, BitWidths, input_pixels};
+use adabits_quant::{BitPolicy, BitWidth, BitWidths};
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, module::adaptive_avg_pool2d};
 
+use crate::builder::{LayerBuilder, network_input, stem_policy};
 use crate::profile::{LayerShape, avg_pool_shape};
-use crate::{
-    QConv2d, QConv2dConfig, QLinear, QLinearConfig, QuantSettings, SwitchBatchNorm2d,
-    SwitchBatchNorm2dConfig,
-};
+use crate::{QConv2d, QLinear, QuantSettings, SwitchBatchNorm2d};
 
 /// Configuration of a [`CifarResNet`].
 #[derive(Config, Debug)]
@@ -111,59 +109,37 @@ impl CifarResNetConfig {
             self.depth
         );
         let n = (self.depth - 2) / 6;
-        let q = &self.quant;
+        let b = LayerBuilder {
+            bits: &self.bits,
+            quant: &self.quant,
+            device,
+        };
         let widths = [16, 32, 64].map(|w| ((w as f64 * self.width_mult).round() as usize).max(1));
         let top = self.bits.max();
-        let conv = |c_in: usize, c_out: usize, k: usize, stride: usize, policy: BitPolicy| {
-            QConv2dConfig::new([c_in, c_out], [k, k], self.bits.clone())
-                .with_stride([stride, stride])
-                .with_padding([k / 2, k / 2])
-                .with_policy(policy)
-                .with_weight_quant(q.conv_weight())
-                .with_act_quant(q.act(false))
-                .with_switchable_alpha(q.switchable_alpha)
-                .init(device)
-        };
-        let bn = |c: usize| {
-            SwitchBatchNorm2dConfig::new(c, self.bits.clone())
-                .with_sharing(q.bn)
-                .init(device)
-        };
-        let stem_policy = BitPolicy {
-            bitw_min: Some(top),
-            bita_min: Some(BitWidth::new(8).expect("8 is a bit-width")),
-            weight_only: true,
-        };
+        let conv =
+            |c_in, c_out, k, stride| b.conv([c_in, c_out], k, stride, 1, BitPolicy::BODY, false);
         let mut blocks = Vec::new();
         let mut c_in = widths[0];
         for (stage, &c_out) in widths.iter().enumerate() {
             for i in 0..n {
                 let stride = if stage > 0 && i == 0 { 2 } else { 1 };
                 let shortcut = (stride != 1 || c_in != c_out)
-                    .then(|| (conv(c_in, c_out, 1, stride, BitPolicy::BODY), bn(c_out)));
+                    .then(|| (conv(c_in, c_out, 1, stride), b.bn(c_out)));
                 blocks.push(BasicBlock {
-                    conv1: conv(c_in, c_out, 3, stride, BitPolicy::BODY),
-                    bn1: bn(c_out),
-                    conv2: conv(c_out, c_out, 3, 1, BitPolicy::BODY),
-                    bn2: bn(c_out),
+                    conv1: conv(c_in, c_out, 3, stride),
+                    bn1: b.bn(c_out),
+                    conv2: conv(c_out, c_out, 3, 1),
+                    bn2: b.bn(c_out),
                     shortcut,
                 });
                 c_in = c_out;
             }
         }
         CifarResNet {
-            stem: conv(3, widths[0], 3, 1, stem_policy),
-            stem_bn: bn(widths[0]),
+            stem: b.conv([3, widths[0]], 3, 1, 1, stem_policy(top), false),
+            stem_bn: b.bn(widths[0]),
             blocks,
-            classifier: QLinearConfig::new(widths[2], self.num_classes, self.bits.clone())
-                .with_policy(BitPolicy {
-                    bitw_min: Some(top),
-                    ..BitPolicy::BODY
-                })
-                .with_weight_quant(q.linear_weight())
-                .with_act_quant(q.act(false))
-                .with_switchable_alpha(q.switchable_alpha)
-                .init(device),
+            classifier: b.classifier(widths[2], self.num_classes, top),
             pixel_input: self.pixel_input,
         }
     }
@@ -193,11 +169,7 @@ impl CifarResNet {
     ///
     /// `images`: `[batch, 3, h, w]`; output `[batch, num_classes]`.
     pub fn forward(&self, images: Tensor<4>, bits: BitWidth) -> Tensor<2> {
-        let x = if self.pixel_input {
-            input_pixels(images)
-        } else {
-            images
-        };
+        let x = network_input(images, self.pixel_input);
         let mut x = relu(self.stem_bn.forward(self.stem.forward(x, bits), bits));
         for block in &self.blocks {
             x = block.forward(x, bits);

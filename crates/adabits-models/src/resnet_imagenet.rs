@@ -1,7 +1,7 @@
 //! ImageNet ResNets in the torchvision layout (METHOD.md §8.4: the official code has none; this
 //! is the plausible reconstruction the specification describes).
 
-use adabits_quant::{BitPolicy, BitWidth, BitWidths, input_pixels};
+use adabits_quant::{BitPolicy, BitWidth, BitWidths};
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::activation::relu;
@@ -9,11 +9,9 @@ use burn::tensor::module::{adaptive_avg_pool2d, max_pool2d};
 use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{Device, Tensor};
 
+use crate::builder::{LayerBuilder, eight, network_input, stem_policy};
 use crate::profile::{LayerShape, avg_pool_shape};
-use crate::{
-    BasicBlock, QConv2d, QConv2dConfig, QLinear, QLinearConfig, QuantSettings, SwitchBatchNorm2d,
-    SwitchBatchNorm2dConfig,
-};
+use crate::{BasicBlock, QConv2d, QLinear, QuantSettings, SwitchBatchNorm2d};
 
 /// Configuration of an [`ImageNetResNet`].
 #[derive(Config, Debug)]
@@ -99,31 +97,16 @@ impl ImageNetResNetConfig {
             152 => (true, [3, 8, 36, 3]),
             other => panic!("ImageNet ResNet depth must be 18, 34, 50, 101 or 152, got {other}"),
         };
-        let q = &self.quant;
-        let eight = BitWidth::new(8).expect("8 is a bit-width");
-        let conv = |c_in: usize, c_out: usize, k: usize, stride: usize, policy: BitPolicy| {
-            QConv2dConfig::new([c_in, c_out], [k, k], self.bits.clone())
-                .with_stride([stride, stride])
-                .with_padding([k / 2, k / 2])
-                .with_policy(policy)
-                .with_weight_quant(q.conv_weight())
-                .with_act_quant(q.act(false))
-                .with_switchable_alpha(q.switchable_alpha)
-                .init(device)
+        let b = LayerBuilder {
+            bits: &self.bits,
+            quant: &self.quant,
+            device,
         };
-        let bn = |c: usize| {
-            SwitchBatchNorm2dConfig::new(c, self.bits.clone())
-                .with_sharing(q.bn)
-                .init(device)
-        };
-        let body = BitPolicy::BODY;
+        let conv =
+            |c_in, c_out, k, stride| b.conv([c_in, c_out], k, stride, 1, BitPolicy::BODY, false);
+        let bn = |c| b.bn(c);
         let width = |c: usize| ((c as f64 * self.width_mult).round() as usize).max(1);
         let stem_out = width(64);
-        let stem_policy = BitPolicy {
-            bitw_min: Some(eight),
-            bita_min: Some(eight),
-            weight_only: true,
-        };
         let mut basic = Vec::new();
         let mut bottlenecks = Vec::new();
         let mut c_in = stem_out;
@@ -133,22 +116,22 @@ impl ImageNetResNetConfig {
                 let stride = if stage > 0 && i == 0 { 2 } else { 1 };
                 let c_out = if bottleneck { planes * 4 } else { planes };
                 let shortcut = (stride != 1 || c_in != c_out)
-                    .then(|| (conv(c_in, c_out, 1, stride, body), bn(c_out)));
+                    .then(|| (conv(c_in, c_out, 1, stride), bn(c_out)));
                 if bottleneck {
                     bottlenecks.push(Bottleneck {
-                        conv1: conv(c_in, planes, 1, 1, body),
+                        conv1: conv(c_in, planes, 1, 1),
                         bn1: bn(planes),
-                        conv2: conv(planes, planes, 3, stride, body),
+                        conv2: conv(planes, planes, 3, stride),
                         bn2: bn(planes),
-                        conv3: conv(planes, c_out, 1, 1, body),
+                        conv3: conv(planes, c_out, 1, 1),
                         bn3: bn(c_out),
                         shortcut,
                     });
                 } else {
                     basic.push(BasicBlock::new(
-                        conv(c_in, c_out, 3, stride, body),
+                        conv(c_in, c_out, 3, stride),
                         bn(c_out),
-                        conv(c_out, c_out, 3, 1, body),
+                        conv(c_out, c_out, 3, 1),
                         bn(c_out),
                         shortcut,
                     ));
@@ -157,19 +140,11 @@ impl ImageNetResNetConfig {
             }
         }
         ImageNetResNet {
-            stem: conv(3, stem_out, 7, 2, stem_policy),
+            stem: b.conv([3, stem_out], 7, 2, 1, stem_policy(eight()), false),
             stem_bn: bn(stem_out),
             basic,
             bottlenecks,
-            classifier: QLinearConfig::new(c_in, self.num_classes, self.bits.clone())
-                .with_policy(BitPolicy {
-                    bitw_min: Some(eight),
-                    ..BitPolicy::BODY
-                })
-                .with_weight_quant(q.linear_weight())
-                .with_act_quant(q.act(false))
-                .with_switchable_alpha(q.switchable_alpha)
-                .init(device),
+            classifier: b.classifier(c_in, self.num_classes, eight()),
             pixel_input: self.pixel_input,
         }
     }
@@ -190,11 +165,7 @@ impl ImageNetResNet {
     ///
     /// `images`: `[batch, 3, h, w]`; output `[batch, num_classes]`.
     pub fn forward(&self, images: Tensor<4>, bits: BitWidth) -> Tensor<2> {
-        let x = if self.pixel_input {
-            input_pixels(images)
-        } else {
-            images
-        };
+        let x = network_input(images, self.pixel_input);
         let x = relu(self.stem_bn.forward(self.stem.forward(x, bits), bits));
         let mut x = max_pool2d(x, MAX_POOL);
         for block in &self.basic {

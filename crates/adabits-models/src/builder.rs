@@ -1,0 +1,99 @@
+//! Builds the layers of a model from its bit-widths and quantization settings, so every model
+//! creates its convolutions, BatchNorms and classifier the same way.
+
+use adabits_quant::{BitPolicy, BitWidth, BitWidths, input_pixels};
+use burn::tensor::{Device, Tensor};
+
+use crate::{
+    ConvBnRelu, QConv2d, QConv2dConfig, QLinear, QLinearConfig, QuantSettings, SwitchBatchNorm2d,
+    SwitchBatchNorm2dConfig,
+};
+
+/// The layer factory of one model.
+pub(crate) struct LayerBuilder<'a> {
+    pub(crate) bits: &'a BitWidths,
+    pub(crate) quant: &'a QuantSettings,
+    pub(crate) device: &'a Device,
+}
+
+impl LayerBuilder<'_> {
+    /// A `k`×`k` quantized conv with "same" padding.
+    pub(crate) fn conv(
+        &self,
+        [c_in, c_out]: [usize; 2],
+        k: usize,
+        stride: usize,
+        groups: usize,
+        policy: BitPolicy,
+        double_sided: bool,
+    ) -> QConv2d {
+        QConv2dConfig::new([c_in, c_out], [k, k], self.bits.clone())
+            .with_stride([stride, stride])
+            .with_padding([k / 2, k / 2])
+            .with_groups(groups)
+            .with_policy(policy)
+            .with_weight_quant(self.quant.conv_weight())
+            .with_act_quant(self.quant.act(double_sided))
+            .with_switchable_alpha(self.quant.switchable_alpha)
+            .init(self.device)
+    }
+
+    /// A switchable BatchNorm over `channels`.
+    pub(crate) fn bn(&self, channels: usize) -> SwitchBatchNorm2d {
+        SwitchBatchNorm2dConfig::new(channels, self.bits.clone())
+            .with_sharing(self.quant.bn)
+            .init(self.device)
+    }
+
+    /// A conv followed by its BatchNorm.
+    pub(crate) fn conv_bn(
+        &self,
+        channels: [usize; 2],
+        k: usize,
+        stride: usize,
+        groups: usize,
+        policy: BitPolicy,
+        double_sided: bool,
+    ) -> ConvBnRelu {
+        ConvBnRelu {
+            conv: self.conv(channels, k, stride, groups, policy, double_sided),
+            bn: self.bn(channels[1]),
+        }
+    }
+
+    /// The classifier: bias, weights at least `bitw_min`, input at the active bit-width.
+    pub(crate) fn classifier(&self, d_input: usize, classes: usize, bitw_min: BitWidth) -> QLinear {
+        QLinearConfig::new(d_input, classes, self.bits.clone())
+            .with_policy(BitPolicy {
+                bitw_min: Some(bitw_min),
+                ..BitPolicy::BODY
+            })
+            .with_weight_quant(self.quant.linear_weight())
+            .with_act_quant(self.quant.act(false))
+            .with_switchable_alpha(self.quant.switchable_alpha)
+            .init(self.device)
+    }
+}
+
+/// The weight-only policy of a first conv with weights at least `bitw_min` (METHOD.md §5).
+pub(crate) fn stem_policy(bitw_min: BitWidth) -> BitPolicy {
+    BitPolicy {
+        bitw_min: Some(bitw_min),
+        bita_min: Some(eight()),
+        weight_only: true,
+    }
+}
+
+/// 8 bits, the minimum of the ImageNet models' first and last layers.
+pub(crate) fn eight() -> BitWidth {
+    BitWidth::new(8).expect("8 is a bit-width")
+}
+
+/// The network input: `round(255·x)` (P7) or `x` itself.
+pub(crate) fn network_input(images: Tensor<4>, pixel_input: bool) -> Tensor<4> {
+    if pixel_input {
+        input_pixels(images)
+    } else {
+        images
+    }
+}
