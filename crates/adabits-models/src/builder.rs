@@ -2,6 +2,7 @@
 //! creates its convolutions, BatchNorms and classifier the same way.
 
 use adabits_quant::{BitPolicy, BitWidth, BitWidths, input_pixels};
+use burn::tensor::module::adaptive_avg_pool2d;
 use burn::tensor::{Device, Tensor};
 
 use crate::{
@@ -96,4 +97,19 @@ pub(crate) fn network_input(images: Tensor<4>, pixel_input: bool) -> Tensor<4> {
     } else {
         images
     }
+}
+
+/// Global average pooling followed by the classifier: the tail every model shares.
+///
+/// # Shapes
+///
+/// `x`: `[batch, C, h, w]`; output `[batch, classes]`.
+pub(crate) fn pool_and_classify(x: Tensor<4>, classifier: &QLinear, bits: BitWidth) -> Tensor<2> {
+    let pooled = adaptive_avg_pool2d(x, [1, 1]).flatten::<2>(1, 3);
+    classifier.forward(pooled, bits)
+}
+
+/// `channels` rounded to a multiple of 8, at least 8 (the MobileNets' width rule).
+pub(crate) fn make_divisible(channels: f64) -> usize {
+    (((channels / 8.0).round() as usize) * 8).max(8)
 }

@@ -4,10 +4,11 @@ use adabits_quant::{BitPolicy, BitWidth, BitWidths};
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::activation::relu;
-use burn::tensor::module::adaptive_avg_pool2d;
 use burn::tensor::{Device, Tensor};
 
-use crate::builder::{LayerBuilder, eight, network_input, stem_policy};
+use crate::builder::{
+    LayerBuilder, eight, make_divisible, network_input, pool_and_classify, stem_policy,
+};
 use crate::profile::{LayerShape, avg_pool_shape};
 use crate::{QConv2d, QLinear, QuantSettings, SwitchBatchNorm2d};
 
@@ -72,10 +73,6 @@ pub struct MobileNetV1 {
     pixel_input: bool,
 }
 
-fn make_divisible(channels: f64) -> usize {
-    (((channels / 8.0).round() as usize) * 8).max(8)
-}
-
 impl MobileNetV1Config {
     /// Creates the model with the official initialisation; seed the device for reproducibility.
     pub fn init(&self, device: &Device) -> MobileNetV1 {
@@ -123,8 +120,7 @@ impl MobileNetV1 {
         for (dw, pw) in &self.blocks {
             x = pw.forward(dw.forward(x, bits), bits);
         }
-        let pooled = adaptive_avg_pool2d(x, [1, 1]).flatten::<2>(1, 3);
-        self.classifier.forward(pooled, bits)
+        pool_and_classify(x, &self.classifier, bits)
     }
 
     /// The static cost description of every layer for `h`×`w` inputs (see [`crate::cost`]).

@@ -4,10 +4,11 @@ use adabits_quant::{BitPolicy, BitWidth, BitWidths};
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::activation::relu;
-use burn::tensor::module::adaptive_avg_pool2d;
 use burn::tensor::{Device, Tensor};
 
-use crate::builder::{LayerBuilder, eight, network_input, stem_policy};
+use crate::builder::{
+    LayerBuilder, eight, make_divisible, network_input, pool_and_classify, stem_policy,
+};
 use crate::profile::{LayerShape, avg_pool_shape};
 use crate::{ConvBnRelu, QLinear, QuantSettings};
 
@@ -84,10 +85,6 @@ pub struct MobileNetV2 {
     pixel_input: bool,
 }
 
-fn make_divisible(channels: f64) -> usize {
-    (((channels / 8.0).round() as usize) * 8).max(8)
-}
-
 impl MobileNetV2Config {
     /// Creates the model with the official initialisation; seed the device for reproducibility.
     pub fn init(&self, device: &Device) -> MobileNetV2 {
@@ -146,8 +143,7 @@ impl MobileNetV2 {
             x = block.forward(x, bits);
         }
         let x = relu(self.tail.bn.forward(self.tail.conv.forward(x, bits), bits));
-        let pooled = adaptive_avg_pool2d(x, [1, 1]).flatten::<2>(1, 3);
-        self.classifier.forward(pooled, bits)
+        pool_and_classify(x, &self.classifier, bits)
     }
 
     /// The static cost description of every layer for `h`×`w` inputs (see [`crate::cost`]).

@@ -3,11 +3,11 @@
 use adabits_quant::{BitPolicy, BitWidth, BitWidths};
 use burn::config::Config;
 use burn::module::Module;
+use burn::tensor::Device;
 use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
-use burn::tensor::{Device, module::adaptive_avg_pool2d};
 
-use crate::builder::{LayerBuilder, network_input, stem_policy};
+use crate::builder::{LayerBuilder, network_input, pool_and_classify, stem_policy};
 use crate::profile::{LayerShape, avg_pool_shape};
 use crate::{QConv2d, QLinear, QuantSettings, SwitchBatchNorm2d};
 
@@ -174,7 +174,6 @@ impl CifarResNet {
         for block in &self.blocks {
             x = block.forward(x, bits);
         }
-        let pooled = adaptive_avg_pool2d(x, [1, 1]).flatten::<2>(1, 3);
-        self.classifier.forward(pooled, bits)
+        pool_and_classify(x, &self.classifier, bits)
     }
 }

@@ -5,11 +5,11 @@ use adabits_quant::{BitPolicy, BitWidth, BitWidths};
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::activation::relu;
-use burn::tensor::module::{adaptive_avg_pool2d, max_pool2d};
+use burn::tensor::module::max_pool2d;
 use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{Device, Tensor};
 
-use crate::builder::{LayerBuilder, eight, network_input, stem_policy};
+use crate::builder::{LayerBuilder, eight, network_input, pool_and_classify, stem_policy};
 use crate::profile::{LayerShape, avg_pool_shape};
 use crate::{BasicBlock, QConv2d, QLinear, QuantSettings, SwitchBatchNorm2d};
 
@@ -174,8 +174,7 @@ impl ImageNetResNet {
         for block in &self.bottlenecks {
             x = block.forward(x, bits);
         }
-        let pooled = adaptive_avg_pool2d(x, [1, 1]).flatten::<2>(1, 3);
-        self.classifier.forward(pooled, bits)
+        pool_and_classify(x, &self.classifier, bits)
     }
 
     /// The static cost description of every layer for `h`×`w` inputs (see [`crate::cost`]).

@@ -8,22 +8,19 @@ fn prints_as(value: f64, decimals: usize, printed: &str) -> bool {
     format!("{value:.decimals$}") == printed
 }
 
-#[test]
-fn resnet20_matches_the_official_profiler() {
-    let bits: BitWidths = "5,4,3".parse().unwrap();
-    let model = CifarResNetConfig::new(20, bits).init(&crate::device());
-    let shapes = model.layer_shapes([32, 32]);
-    let expected = [
-        (5, "1.084", "0.170"),
-        (4, "0.721", "0.136"),
-        (3, "0.438", "0.102"),
-        (32, "41.80", "1.084"),
-    ];
-    for (b, gbitops, mb) in expected {
-        let report = cost(&shapes, BitWidth::new(b).unwrap(), Accounting::Official);
-        assert_eq!(report.macs, 40_817_280, "{b} bits");
-        assert_eq!(report.params, 270_906, "{b} bits");
-        let decimals = gbitops.split('.').nth(1).unwrap().len();
+/// Asserts the official profiler's totals: exact MACs and parameters at every bit-width, and
+/// GBitOPs and MB as printed (`(bits, GBitOPs, MB)` rows; the MB column has 3 decimals).
+fn assert_official_profile(
+    shapes: &[adabits_models::LayerShape],
+    macs: u64,
+    params: u64,
+    expected: &[(u8, &str, &str)],
+) {
+    for &(b, gbitops, mb) in expected {
+        let report = cost(shapes, BitWidth::new(b).unwrap(), Accounting::Official);
+        assert_eq!(report.macs, macs, "{b} bits");
+        assert_eq!(report.params, params, "{b} bits");
+        let decimals = gbitops.split('.').nth(1).map_or(0, str::len);
         assert!(
             prints_as(report.gbitops, decimals, gbitops),
             "{b} bits: {} GBitOPs, official {gbitops}",
@@ -35,6 +32,20 @@ fn resnet20_matches_the_official_profiler() {
             report.size_mb
         );
     }
+}
+
+#[test]
+fn resnet20_matches_the_official_profiler() {
+    let bits: BitWidths = "5,4,3".parse().unwrap();
+    let model = CifarResNetConfig::new(20, bits).init(&crate::device());
+    let shapes = model.layer_shapes([32, 32]);
+    let expected = [
+        (5, "1.084", "0.170"),
+        (4, "0.721", "0.136"),
+        (3, "0.438", "0.102"),
+        (32, "41.80", "1.084"),
+    ];
+    assert_official_profile(&shapes, 40_817_280, 270_906, &expected);
 }
 
 #[test]
@@ -83,21 +94,7 @@ fn mobilenet_v1_matches_the_official_profiler() {
         (4, "11.77", "2.621"),
         (32, "582.44", "16.841"),
     ];
-    for (b, gbitops, mb) in expected {
-        let report = cost(&shapes, BitWidth::new(b).unwrap(), Accounting::Official);
-        assert_eq!(report.macs, 568_790_528, "{b} bits");
-        assert_eq!(report.params, 4_210_088, "{b} bits");
-        assert!(
-            prints_as(report.gbitops, 2, gbitops),
-            "{b} bits: {} GBitOPs, official {gbitops}",
-            report.gbitops
-        );
-        assert!(
-            prints_as(report.size_mb, 3, mb),
-            "{b} bits: {} MB, official {mb}",
-            report.size_mb
-        );
-    }
+    assert_official_profile(&shapes, 568_790_528, 4_210_088, &expected);
 }
 
 #[test]
@@ -113,21 +110,7 @@ fn mobilenet_v2_matches_the_official_profiler() {
         (4, "7.50", "2.380"),
         (32, "308.06", "13.884"),
     ];
-    for (b, gbitops, mb) in expected {
-        let report = cost(&shapes, BitWidth::new(b).unwrap(), Accounting::Official);
-        assert_eq!(report.macs, 300_836_992, "{b} bits");
-        assert_eq!(report.params, 3_470_760, "{b} bits");
-        assert!(
-            prints_as(report.gbitops, 2, gbitops),
-            "{b} bits: {} GBitOPs, official {gbitops}",
-            report.gbitops
-        );
-        assert!(
-            prints_as(report.size_mb, 3, mb),
-            "{b} bits: {} MB, official {mb}",
-            report.size_mb
-        );
-    }
+    assert_official_profile(&shapes, 300_836_992, 3_470_760, &expected);
     // The paper's motivating ratio (METHOD.md §10.2): 14.25× fewer BitOPs at 6 bits than at 32
     // when the first layer is counted at 32×32 bits.
     let paper = |b| {
