@@ -59,7 +59,10 @@ pub fn save_model<M: Module>(model: &M, path: &Path) -> Result<(), CheckpointErr
         .save_into(&mut store)
         .map_err(|e| format_error(path, e))?;
     let bytes = store.get_bytes().map_err(|e| format_error(path, e))?;
-    write_atomically(path, &bytes)
+    write_atomically(path, &bytes).map_err(|source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Loads a checkpoint written by [`save_model`] into `model`, which must have the same
@@ -123,12 +126,8 @@ fn format_error(path: &Path, e: impl std::fmt::Display) -> CheckpointError {
 }
 
 /// Writes `bytes` to a temporary file beside `path`, flushes it to disk and renames it over
-/// `path`.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    let io = |source| CheckpointError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+/// `path`; on failure the temporary file is removed and `path` is untouched.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -143,5 +142,5 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result.map_err(io)
+    result
 }

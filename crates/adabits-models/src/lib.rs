@@ -4,11 +4,14 @@
 //! the bit-width passed to `forward`, so one set of weights runs at every bit-width, and
 //! [`SwitchBatchNorm2d`], one BatchNorm per bit-width; [`QuantSettings`], the official global
 //! flags; the CIFAR ResNets ([`CifarResNet`]), [`MobileNetV1`], [`MobileNetV2`] and the ImageNet
-//! ResNets ([`ImageNetResNet`]); and the cost profiler ([`cost`]). Still to come (issue 3):
-//! saving, loading and checkpoint import.
+//! ResNets ([`ImageNetResNet`]); the cost profiler ([`cost`]); atomic checkpoints
+//! ([`save_model`], [`load_model`]); and PyTorch state dicts in the official layout
+//! ([`import_pytorch`], [`export_official`]), including the official full-precision import that
+//! copies one BatchNorm to every bit-width ([`ImportMode::FullPrecision`]).
 
 mod builder;
 mod checkpoint;
+mod import;
 mod layers;
 mod mobilenet_v1;
 mod mobilenet_v2;
@@ -19,6 +22,10 @@ mod settings;
 
 pub use adabits_quant;
 pub use checkpoint::{CheckpointError, load_model, save_model};
+pub use import::{
+    ImportError, ImportMode, ImportReport, LayerMut, OfficialLayout, StateDict, StateTensor,
+    adapt_from, export_official, import_official, import_pytorch,
+};
 pub use layers::{
     BnEntry, BnSharing, QConv2d, QConv2dConfig, QLinear, QLinearConfig, SwitchBatchNorm2d,
     SwitchBatchNorm2dConfig,

@@ -9,8 +9,9 @@ use burn::tensor::{Device, Tensor};
 use crate::builder::{
     LayerBuilder, eight, make_divisible, network_input, pool_and_classify, stem_policy,
 };
+use crate::import::stage_layer_names;
 use crate::profile::{LayerShape, avg_pool_shape};
-use crate::{QConv2d, QLinear, QuantSettings, SwitchBatchNorm2d};
+use crate::{LayerMut, OfficialLayout, QConv2d, QLinear, QuantSettings, SwitchBatchNorm2d};
 
 /// The (channels, blocks, first stride) of the five stages.
 const STAGES: [(usize, usize, usize); 5] = [
@@ -58,6 +59,18 @@ impl ConvBnRelu {
     pub fn forward(&self, x: Tensor<4>, bits: BitWidth) -> Tensor<4> {
         relu(self.bn.forward(self.conv.forward(x, bits), bits))
     }
+
+    /// Hands out the conv as `<prefix>.<i>` and the BatchNorm as `<prefix>.<i + 1>` (the
+    /// official `nn.Sequential` positions).
+    pub(crate) fn visit_official(
+        &mut self,
+        prefix: &str,
+        i: usize,
+        visit: &mut dyn FnMut(&str, LayerMut<'_>),
+    ) {
+        visit(&format!("{prefix}.{i}"), LayerMut::Conv(&mut self.conv));
+        visit(&format!("{prefix}.{}", i + 1), LayerMut::Norm(&mut self.bn));
+    }
 }
 
 /// MobileNet-V1: a 3×3 stem, 13 depthwise-separable blocks, average pooling and a classifier.
@@ -104,6 +117,20 @@ impl MobileNetV1Config {
             classifier,
             pixel_input: self.pixel_input,
         }
+    }
+}
+
+impl OfficialLayout for MobileNetV1 {
+    /// `head.{0,1}`, `stage_<s>_layer_<i>.body.{0,1}` (depthwise) and `.body.{3,4}` (pointwise),
+    /// `classifier.0`: the official `q_mobilenet_v1.py` names.
+    fn visit_official(&mut self, visit: &mut dyn FnMut(&str, LayerMut<'_>)) {
+        self.stem.visit_official("head", 0, visit);
+        let names = stage_layer_names(STAGES.iter().map(|&(_, n, _)| n));
+        for (name, (dw, pw)) in names.iter().zip(&mut self.blocks) {
+            dw.visit_official(&format!("{name}.body"), 0, visit);
+            pw.visit_official(&format!("{name}.body"), 3, visit);
+        }
+        visit("classifier.0", LayerMut::Linear(&mut self.classifier));
     }
 }
 

@@ -9,8 +9,9 @@ use burn::tensor::{Device, Tensor};
 use crate::builder::{
     LayerBuilder, eight, make_divisible, network_input, pool_and_classify, stem_policy,
 };
+use crate::import::stage_layer_names;
 use crate::profile::{LayerShape, avg_pool_shape};
-use crate::{ConvBnRelu, QLinear, QuantSettings};
+use crate::{ConvBnRelu, LayerMut, OfficialLayout, QLinear, QuantSettings};
 
 /// The (expansion t, channels c, blocks n, first stride s) table.
 const SETTINGS: [(usize, usize, usize, usize); 7] = [
@@ -126,6 +127,28 @@ impl MobileNetV2Config {
             classifier,
             pixel_input: self.pixel_input,
         }
+    }
+}
+
+impl OfficialLayout for MobileNetV2 {
+    /// `head.{0,1}`; per block `stage_<s>_layer_<i>.body.{0,1}`, `.{3,4}`, `.{6,7}` for expand,
+    /// depthwise and projection (`.{0,1}`, `.{3,4}` without expansion); `tail.{0,1}`;
+    /// `classifier.0`: the official `q_mobilenet_v2.py` names.
+    fn visit_official(&mut self, visit: &mut dyn FnMut(&str, LayerMut<'_>)) {
+        self.stem.visit_official("head", 0, visit);
+        let names = stage_layer_names(SETTINGS.iter().map(|&(_, _, n, _)| n));
+        for (name, block) in names.iter().zip(&mut self.blocks) {
+            let body = format!("{name}.body");
+            let mut i = 0;
+            if let Some(expand) = &mut block.expand {
+                expand.visit_official(&body, i, visit);
+                i += 3;
+            }
+            block.depthwise.visit_official(&body, i, visit);
+            block.project.visit_official(&body, i + 3, visit);
+        }
+        self.tail.visit_official("tail", 0, visit);
+        visit("classifier.0", LayerMut::Linear(&mut self.classifier));
     }
 }
 

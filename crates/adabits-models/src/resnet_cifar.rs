@@ -9,7 +9,7 @@ use burn::tensor::activation::relu;
 
 use crate::builder::{LayerBuilder, network_input, pool_and_classify, stem_policy};
 use crate::profile::{LayerShape, avg_pool_shape};
-use crate::{QConv2d, QLinear, QuantSettings, SwitchBatchNorm2d};
+use crate::{LayerMut, OfficialLayout, QConv2d, QLinear, QuantSettings, SwitchBatchNorm2d};
 
 /// Configuration of a [`CifarResNet`].
 #[derive(Config, Debug)]
@@ -70,6 +70,41 @@ impl BasicBlock {
             rows.push(conv.layer_shape(format!("{name}.shortcut"), hw));
         }
         (rows, next)
+    }
+
+    /// Whether the block has a projection shortcut.
+    pub(crate) fn has_shortcut(&self) -> bool {
+        self.shortcut.is_some()
+    }
+
+    /// Hands out the layers under `prefix`, named by `names`: conv1, bn1, conv2, bn2 and the
+    /// shortcut's conv and BatchNorm.
+    pub(crate) fn visit_official(
+        &mut self,
+        prefix: &str,
+        names: [&str; 6],
+        visit: &mut dyn FnMut(&str, LayerMut<'_>),
+    ) {
+        visit(
+            &format!("{prefix}.{}", names[0]),
+            LayerMut::Conv(&mut self.conv1),
+        );
+        visit(
+            &format!("{prefix}.{}", names[1]),
+            LayerMut::Norm(&mut self.bn1),
+        );
+        visit(
+            &format!("{prefix}.{}", names[2]),
+            LayerMut::Conv(&mut self.conv2),
+        );
+        visit(
+            &format!("{prefix}.{}", names[3]),
+            LayerMut::Norm(&mut self.bn2),
+        );
+        if let Some((conv, bn)) = &mut self.shortcut {
+            visit(&format!("{prefix}.{}", names[4]), LayerMut::Conv(conv));
+            visit(&format!("{prefix}.{}", names[5]), LayerMut::Norm(bn));
+        }
     }
 
     pub(crate) fn forward(&self, x: Tensor<4>, bits: BitWidth) -> Tensor<4> {
@@ -142,6 +177,29 @@ impl CifarResNetConfig {
             classifier: b.classifier(widths[2], self.num_classes, top),
             pixel_input: self.pixel_input,
         }
+    }
+}
+
+impl OfficialLayout for CifarResNet {
+    /// `head.0`/`head.1` (stem), `stage_<s>_layer_<i>.body.{0,1,3,4}` and `.shortcut.{0,1}`,
+    /// `classifier.0`: the official `q_resnet_cifar.py` names.
+    fn visit_official(&mut self, visit: &mut dyn FnMut(&str, LayerMut<'_>)) {
+        visit("head.0", LayerMut::Conv(&mut self.stem));
+        visit("head.1", LayerMut::Norm(&mut self.stem_bn));
+        let per_stage = self.blocks.len() / 3;
+        let names = [
+            "body.0",
+            "body.1",
+            "body.3",
+            "body.4",
+            "shortcut.0",
+            "shortcut.1",
+        ];
+        for (k, block) in self.blocks.iter_mut().enumerate() {
+            let prefix = format!("stage_{}_layer_{}", k / per_stage, k % per_stage);
+            block.visit_official(&prefix, names, visit);
+        }
+        visit("classifier.0", LayerMut::Linear(&mut self.classifier));
     }
 }
 

@@ -11,7 +11,9 @@ use burn::tensor::{Device, Tensor};
 
 use crate::builder::{LayerBuilder, eight, network_input, pool_and_classify, stem_policy};
 use crate::profile::{LayerShape, avg_pool_shape};
-use crate::{BasicBlock, QConv2d, QLinear, QuantSettings, SwitchBatchNorm2d};
+use crate::{
+    BasicBlock, LayerMut, OfficialLayout, QConv2d, QLinear, QuantSettings, SwitchBatchNorm2d,
+};
 
 /// Configuration of an [`ImageNetResNet`].
 #[derive(Config, Debug)]
@@ -157,6 +159,64 @@ const MAX_POOL: MaxPoolOptions<2> = MaxPoolOptions {
     dilation: [1, 1],
     ceil_mode: false,
 };
+
+/// torchvision's block names: `layer<s>.<i>` with stages counted from 1, a new stage starting at
+/// every block after the first that has a projection shortcut.
+fn torchvision_block_names<'a>(
+    shortcuts: impl Iterator<Item = bool> + 'a,
+) -> impl Iterator<Item = String> + 'a {
+    let (mut stage, mut index) = (1, 0);
+    shortcuts.enumerate().map(move |(k, shortcut)| {
+        if k > 0 && shortcut {
+            stage += 1;
+            index = 0;
+        }
+        let name = format!("layer{stage}.{index}");
+        index += 1;
+        name
+    })
+}
+
+impl OfficialLayout for ImageNetResNet {
+    /// The official code has no ImageNet ResNet; this is torchvision's layout with the official
+    /// per-layer additions: `conv1`, `bn1`, `layer<s>.<i>.{conv1,bn1,conv2,bn2[,conv3,bn3]}`,
+    /// `layer<s>.<i>.downsample.{0,1}`, `fc`, each conv and `fc` with an `alpha` and each
+    /// BatchNorm as `bn.<i>.*`. A torchvision full-precision checkpoint (plain BatchNorm keys)
+    /// imports with [`crate::ImportMode::FullPrecision`].
+    fn visit_official(&mut self, visit: &mut dyn FnMut(&str, LayerMut<'_>)) {
+        visit("conv1", LayerMut::Conv(&mut self.stem));
+        visit("bn1", LayerMut::Norm(&mut self.stem_bn));
+        let basic = [
+            "conv1",
+            "bn1",
+            "conv2",
+            "bn2",
+            "downsample.0",
+            "downsample.1",
+        ];
+        let names: Vec<String> =
+            torchvision_block_names(self.basic.iter().map(BasicBlock::has_shortcut)).collect();
+        for (name, block) in names.iter().zip(&mut self.basic) {
+            block.visit_official(name, basic, visit);
+        }
+        let names: Vec<String> =
+            torchvision_block_names(self.bottlenecks.iter().map(|b| b.shortcut.is_some()))
+                .collect();
+        for (name, block) in names.iter().zip(&mut self.bottlenecks) {
+            visit(&format!("{name}.conv1"), LayerMut::Conv(&mut block.conv1));
+            visit(&format!("{name}.bn1"), LayerMut::Norm(&mut block.bn1));
+            visit(&format!("{name}.conv2"), LayerMut::Conv(&mut block.conv2));
+            visit(&format!("{name}.bn2"), LayerMut::Norm(&mut block.bn2));
+            visit(&format!("{name}.conv3"), LayerMut::Conv(&mut block.conv3));
+            visit(&format!("{name}.bn3"), LayerMut::Norm(&mut block.bn3));
+            if let Some((conv, bn)) = &mut block.shortcut {
+                visit(&format!("{name}.downsample.0"), LayerMut::Conv(conv));
+                visit(&format!("{name}.downsample.1"), LayerMut::Norm(bn));
+            }
+        }
+        visit("fc", LayerMut::Linear(&mut self.classifier));
+    }
+}
 
 impl ImageNetResNet {
     /// Logits at `bits` for images with values in `[0, 1]`.

@@ -112,6 +112,27 @@ impl SwitchBatchNorm2dConfig {
 }
 
 impl SwitchBatchNorm2d {
+    /// The number of bit-widths of the model (the official code keeps one BatchNorm per entry).
+    pub fn bit_count(&self) -> usize {
+        self.bits.len()
+    }
+
+    /// The number of channels.
+    pub fn num_features(&self) -> usize {
+        self.entries[0].running_mean.value().dims()[0]
+    }
+
+    /// What is kept per bit-width.
+    pub fn sharing(&self) -> BnSharing {
+        if self.shared_gamma.is_some() {
+            BnSharing::SharedAffine
+        } else if self.entries.len() == 1 && self.bits.len() > 1 {
+            BnSharing::Shared
+        } else {
+            BnSharing::Switchable
+        }
+    }
+
     /// The entry used for `bits`.
     pub fn index(&self, bits: BitWidth) -> usize {
         if self.entries.len() == 1 {
