@@ -1,7 +1,7 @@
 //! Builds the layers of a model from its bit-widths and quantization settings, so every model
 //! creates its convolutions, BatchNorms and classifier the same way.
 
-use adabits_quant::{BitPolicy, BitWidth, BitWidths, input_pixels};
+use adabits_quant::{BitPolicy, BitWidth, BitWidths};
 use burn::tensor::module::adaptive_avg_pool2d;
 use burn::tensor::{Device, Tensor};
 
@@ -88,15 +88,6 @@ pub(crate) fn stem_policy(bitw_min: BitWidth) -> BitPolicy {
 /// 8 bits, the minimum of the ImageNet models' first and last layers.
 pub(crate) fn eight() -> BitWidth {
     BitWidth::new(8).expect("8 is a bit-width")
-}
-
-/// The network input: `round(255·x)` (P7) or `x` itself.
-pub(crate) fn network_input(images: Tensor<4>, pixel_input: bool) -> Tensor<4> {
-    if pixel_input {
-        input_pixels(images)
-    } else {
-        images
-    }
 }
 
 /// Global average pooling followed by the classifier: the tail every model shares.

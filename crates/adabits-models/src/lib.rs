@@ -35,4 +35,4 @@ pub use mobilenet_v2::{InvertedResidual, MobileNetV2, MobileNetV2Config};
 pub use profile::{Accounting, CostReport, LayerCost, LayerShape, OpKind, avg_pool_shape, cost};
 pub use resnet_cifar::{BasicBlock, CifarResNet, CifarResNetConfig};
 pub use resnet_imagenet::{Bottleneck, ImageNetResNet, ImageNetResNetConfig};
-pub use settings::QuantSettings;
+pub use settings::{InputTransform, QuantSettings};

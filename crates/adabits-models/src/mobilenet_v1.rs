@@ -6,12 +6,12 @@ use burn::module::Module;
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
-use crate::builder::{
-    LayerBuilder, eight, make_divisible, network_input, pool_and_classify, stem_policy,
-};
+use crate::builder::{LayerBuilder, eight, make_divisible, pool_and_classify, stem_policy};
 use crate::import::stage_layer_names;
 use crate::profile::{LayerShape, avg_pool_shape};
-use crate::{LayerMut, OfficialLayout, QConv2d, QLinear, QuantSettings, SwitchBatchNorm2d};
+use crate::{
+    InputTransform, LayerMut, OfficialLayout, QConv2d, QLinear, QuantSettings, SwitchBatchNorm2d,
+};
 
 /// The (channels, blocks, first stride) of the five stages.
 const STAGES: [(usize, usize, usize); 5] = [
@@ -36,9 +36,9 @@ pub struct MobileNetV1Config {
     /// Quantization settings of every layer.
     #[config(default = "QuantSettings::new()")]
     pub quant: QuantSettings,
-    /// Feed `round(255·x)` (official, P7) rather than `x` itself.
-    #[config(default = true)]
-    pub pixel_input: bool,
+    /// What is done to the input images: `round(255·x)` by default (official, P7).
+    #[config(default = "InputTransform::Pixels")]
+    pub input: InputTransform,
 }
 
 /// A quantized conv followed by a switchable BatchNorm and a ReLU.
@@ -83,7 +83,8 @@ pub struct MobileNetV1 {
     /// (depthwise, pointwise) pairs.
     blocks: Vec<(ConvBnRelu, ConvBnRelu)>,
     classifier: QLinear,
-    pixel_input: bool,
+    #[module(skip)]
+    input: InputTransform,
 }
 
 impl MobileNetV1Config {
@@ -115,7 +116,7 @@ impl MobileNetV1Config {
             stem,
             blocks,
             classifier,
-            pixel_input: self.pixel_input,
+            input: self.input.clone(),
         }
     }
 }
@@ -141,9 +142,7 @@ impl MobileNetV1 {
     ///
     /// `images`: `[batch, 3, h, w]`; output `[batch, num_classes]`.
     pub fn forward(&self, images: Tensor<4>, bits: BitWidth) -> Tensor<2> {
-        let mut x = self
-            .stem
-            .forward(network_input(images, self.pixel_input), bits);
+        let mut x = self.stem.forward(self.input.apply(images), bits);
         for (dw, pw) in &self.blocks {
             x = pw.forward(dw.forward(x, bits), bits);
         }

@@ -6,12 +6,10 @@ use burn::module::Module;
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
-use crate::builder::{
-    LayerBuilder, eight, make_divisible, network_input, pool_and_classify, stem_policy,
-};
+use crate::builder::{LayerBuilder, eight, make_divisible, pool_and_classify, stem_policy};
 use crate::import::stage_layer_names;
 use crate::profile::{LayerShape, avg_pool_shape};
-use crate::{ConvBnRelu, LayerMut, OfficialLayout, QLinear, QuantSettings};
+use crate::{ConvBnRelu, InputTransform, LayerMut, OfficialLayout, QLinear, QuantSettings};
 
 /// The (expansion t, channels c, blocks n, first stride s) table.
 const SETTINGS: [(usize, usize, usize, usize); 7] = [
@@ -43,9 +41,9 @@ pub struct MobileNetV2Config {
     /// Quantization settings of every layer.
     #[config(default = "QuantSettings::new()")]
     pub quant: QuantSettings,
-    /// Feed `round(255·x)` (official, P7) rather than `x` itself.
-    #[config(default = true)]
-    pub pixel_input: bool,
+    /// What is done to the input images: `round(255·x)` by default (official, P7).
+    #[config(default = "InputTransform::Pixels")]
+    pub input: InputTransform,
 }
 
 /// An inverted residual block: optional 1×1 expansion, 3×3 depthwise, linear 1×1 projection.
@@ -83,7 +81,8 @@ pub struct MobileNetV2 {
     blocks: Vec<InvertedResidual>,
     tail: ConvBnRelu,
     classifier: QLinear,
-    pixel_input: bool,
+    #[module(skip)]
+    input: InputTransform,
 }
 
 impl MobileNetV2Config {
@@ -125,7 +124,7 @@ impl MobileNetV2Config {
             blocks,
             tail,
             classifier,
-            pixel_input: self.pixel_input,
+            input: self.input.clone(),
         }
     }
 }
@@ -159,9 +158,7 @@ impl MobileNetV2 {
     ///
     /// `images`: `[batch, 3, h, w]`; output `[batch, num_classes]`.
     pub fn forward(&self, images: Tensor<4>, bits: BitWidth) -> Tensor<2> {
-        let mut x = self
-            .stem
-            .forward(network_input(images, self.pixel_input), bits);
+        let mut x = self.stem.forward(self.input.apply(images), bits);
         for block in &self.blocks {
             x = block.forward(x, bits);
         }

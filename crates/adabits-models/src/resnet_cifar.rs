@@ -7,9 +7,11 @@ use burn::tensor::Device;
 use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
 
-use crate::builder::{LayerBuilder, network_input, pool_and_classify, stem_policy};
+use crate::builder::{LayerBuilder, pool_and_classify, stem_policy};
 use crate::profile::{LayerShape, avg_pool_shape};
-use crate::{LayerMut, OfficialLayout, QConv2d, QLinear, QuantSettings, SwitchBatchNorm2d};
+use crate::{
+    InputTransform, LayerMut, OfficialLayout, QConv2d, QLinear, QuantSettings, SwitchBatchNorm2d,
+};
 
 /// Configuration of a [`CifarResNet`].
 #[derive(Config, Debug)]
@@ -27,9 +29,9 @@ pub struct CifarResNetConfig {
     /// Quantization settings of every layer.
     #[config(default = "QuantSettings::new()")]
     pub quant: QuantSettings,
-    /// Feed `round(255·x)` (official, P7) rather than `x` itself.
-    #[config(default = true)]
-    pub pixel_input: bool,
+    /// What is done to the input images: `round(255·x)` by default (official, P7).
+    #[config(default = "InputTransform::Pixels")]
+    pub input: InputTransform,
 }
 
 /// A basic residual block: conv3x3 → BN → ReLU → conv3x3 → BN, plus the shortcut, then ReLU.
@@ -128,7 +130,8 @@ pub struct CifarResNet {
     stem_bn: SwitchBatchNorm2d,
     blocks: Vec<BasicBlock>,
     classifier: QLinear,
-    pixel_input: bool,
+    #[module(skip)]
+    input: InputTransform,
 }
 
 impl CifarResNetConfig {
@@ -175,7 +178,7 @@ impl CifarResNetConfig {
             stem_bn: b.bn(widths[0]),
             blocks,
             classifier: b.classifier(widths[2], self.num_classes, top),
-            pixel_input: self.pixel_input,
+            input: self.input.clone(),
         }
     }
 }
@@ -227,7 +230,7 @@ impl CifarResNet {
     ///
     /// `images`: `[batch, 3, h, w]`; output `[batch, num_classes]`.
     pub fn forward(&self, images: Tensor<4>, bits: BitWidth) -> Tensor<2> {
-        let x = network_input(images, self.pixel_input);
+        let x = self.input.apply(images);
         let mut x = relu(self.stem_bn.forward(self.stem.forward(x, bits), bits));
         for block in &self.blocks {
             x = block.forward(x, bits);

@@ -9,10 +9,11 @@ use burn::tensor::module::max_pool2d;
 use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{Device, Tensor};
 
-use crate::builder::{LayerBuilder, eight, network_input, pool_and_classify, stem_policy};
+use crate::builder::{LayerBuilder, eight, pool_and_classify, stem_policy};
 use crate::profile::{LayerShape, avg_pool_shape};
 use crate::{
-    BasicBlock, LayerMut, OfficialLayout, QConv2d, QLinear, QuantSettings, SwitchBatchNorm2d,
+    BasicBlock, InputTransform, LayerMut, OfficialLayout, QConv2d, QLinear, QuantSettings,
+    SwitchBatchNorm2d,
 };
 
 /// Configuration of an [`ImageNetResNet`].
@@ -31,9 +32,9 @@ pub struct ImageNetResNetConfig {
     /// Quantization settings of every layer.
     #[config(default = "QuantSettings::new()")]
     pub quant: QuantSettings,
-    /// Feed `round(255·x)` (official, P7) rather than `x` itself.
-    #[config(default = true)]
-    pub pixel_input: bool,
+    /// What is done to the input images: `round(255·x)` by default (official, P7).
+    #[config(default = "InputTransform::Pixels")]
+    pub input: InputTransform,
 }
 
 /// A bottleneck block: 1×1 → 3×3 (stride) → 1×1 (×4 channels), plus the shortcut, then ReLU.
@@ -81,7 +82,8 @@ pub struct ImageNetResNet {
     basic: Vec<BasicBlock>,
     bottlenecks: Vec<Bottleneck>,
     classifier: QLinear,
-    pixel_input: bool,
+    #[module(skip)]
+    input: InputTransform,
 }
 
 impl ImageNetResNetConfig {
@@ -147,7 +149,7 @@ impl ImageNetResNetConfig {
             basic,
             bottlenecks,
             classifier: b.classifier(c_in, self.num_classes, eight()),
-            pixel_input: self.pixel_input,
+            input: self.input.clone(),
         }
     }
 }
@@ -225,7 +227,7 @@ impl ImageNetResNet {
     ///
     /// `images`: `[batch, 3, h, w]`; output `[batch, num_classes]`.
     pub fn forward(&self, images: Tensor<4>, bits: BitWidth) -> Tensor<2> {
-        let x = network_input(images, self.pixel_input);
+        let x = self.input.apply(images);
         let x = relu(self.stem_bn.forward(self.stem.forward(x, bits), bits));
         let mut x = max_pool2d(x, MAX_POOL);
         for block in &self.basic {

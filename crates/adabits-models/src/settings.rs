@@ -2,8 +2,59 @@
 
 use adabits_quant::{ActQuantConfig, LinearEval, QuantScheme, RescaleType, WeightQuantConfig};
 use burn::config::Config;
+use burn::tensor::{Tensor, TensorData};
+use serde::{Deserialize, Serialize};
 
 use crate::BnSharing;
+
+/// What the network does to its input images (values in `[0, 1]`) before the first conv.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputTransform {
+    /// `round(255·x)`: integer pixel values 0..255, no mean or std (the official input, P7).
+    Pixels,
+    /// `x` itself.
+    Unit,
+    /// `(x − mean) / std` per channel (the official `normalize` flag); see
+    /// [`InputTransform::imagenet`].
+    Normalize {
+        /// Per-channel mean.
+        mean: [f64; 3],
+        /// Per-channel standard deviation.
+        std: [f64; 3],
+    },
+}
+
+impl InputTransform {
+    /// Normalisation with the ImageNet statistics torchvision uses.
+    pub fn imagenet() -> Self {
+        Self::Normalize {
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+        }
+    }
+
+    /// Applies the transform.
+    ///
+    /// # Shapes
+    ///
+    /// `images`: `[batch, 3, h, w]` (any channel count for [`Pixels`](Self::Pixels) and
+    /// [`Unit`](Self::Unit)); output the same.
+    pub fn apply(&self, images: Tensor<4>) -> Tensor<4> {
+        match self {
+            Self::Pixels => adabits_quant::input_pixels(images),
+            Self::Unit => images,
+            Self::Normalize { mean, std } => {
+                let device = images.device();
+                let column = |v: &[f64; 3]| {
+                    let values: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+                    Tensor::<4>::from_data(TensorData::new(values, [1, 3, 1, 1]), &device)
+                };
+                (images - column(mean)) / column(std)
+            }
+        }
+    }
+}
 
 /// The official code's global quantization flags, applied to every layer of a model.
 ///

@@ -158,3 +158,38 @@ fn imagenet_resnets_run_forward_and_backward_at_every_bit_width() {
         check_every_bit_width(&model, images, 10, |m, x, b| m.forward(x, b));
     }
 }
+
+#[test]
+fn the_input_transforms_give_pixels_unit_values_or_normalised_values() {
+    use adabits_models::InputTransform;
+    let device = crate::device();
+    let values = vec![0.0f32, 0.5, 0.502, 1.0, 0.2, 0.9];
+    let images = Tensor::<4>::from_data(
+        burn::tensor::TensorData::new(values.clone(), [1, 3, 1, 2]),
+        &device,
+    );
+    let read = |t: Tensor<4>| -> Vec<f64> { t.into_data().iter::<f64>().collect() };
+    // 127.5 rounds to the even 128, as torch.round does.
+    let pixels = read(InputTransform::Pixels.apply(images.clone()));
+    assert_eq!(pixels, [0.0, 128.0, 128.0, 255.0, 51.0, 230.0]);
+    assert_eq!(
+        read(InputTransform::Unit.apply(images.clone())),
+        read(images.clone())
+    );
+    let normalised = read(InputTransform::imagenet().apply(images));
+    let (mean, std) = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
+    for (i, (&got, &x)) in normalised.iter().zip(&values).enumerate() {
+        let c = i / 2;
+        let want = (f64::from(x) - mean[c]) / std[c];
+        assert!((got - want).abs() < 1e-5, "{i}: {got} vs {want}");
+    }
+    // The transform is part of the model's configuration.
+    let bits: BitWidths = "4".parse().unwrap();
+    let config = CifarResNetConfig::new(20, bits).with_input(InputTransform::imagenet());
+    let model = config.init(&device);
+    let out = model.forward(
+        Tensor::<4>::random([2, 3, 8, 8], Distribution::Uniform(0.0, 1.0), &device),
+        BitWidth::new(4).unwrap(),
+    );
+    assert!(out.into_data().iter::<f64>().all(f64::is_finite));
+}
