@@ -36,6 +36,7 @@ impl LayerBuilder<'_> {
             .with_weight_quant(self.quant.conv_weight())
             .with_act_quant(self.quant.act(double_sided))
             .with_switchable_alpha(self.quant.switchable_alpha)
+            .with_alpha_init(self.quant.conv_alpha_init)
             .init(self.device)
     }
 
@@ -72,6 +73,8 @@ impl LayerBuilder<'_> {
             .with_weight_quant(self.quant.linear_weight())
             .with_act_quant(self.quant.act(false))
             .with_switchable_alpha(self.quant.switchable_alpha)
+            .with_init_std(self.quant.classifier_init_std)
+            .with_alpha_init(self.quant.linear_alpha_init)
             .init(self.device)
     }
 }

@@ -127,7 +127,11 @@ fn format_error(path: &Path, e: impl std::fmt::Display) -> CheckpointError {
 
 /// Writes `bytes` to a temporary file beside `path`, flushes it to disk and renames it over
 /// `path`; on failure the temporary file is removed and `path` is untouched.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+///
+/// # Errors
+///
+/// The I/O error of creating, writing, syncing or renaming the file.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -19,9 +19,10 @@ mod profile;
 mod resnet_cifar;
 mod resnet_imagenet;
 mod settings;
+mod zoo;
 
 pub use adabits_quant;
-pub use checkpoint::{CheckpointError, load_model, save_model};
+pub use checkpoint::{CheckpointError, load_model, save_model, write_atomically};
 pub use import::{
     ImportError, ImportMode, ImportReport, LayerMut, OfficialLayout, StateDict, StateTensor,
     adapt_from, export_official, import_official, import_pytorch,
@@ -36,3 +37,4 @@ pub use profile::{Accounting, CostReport, LayerCost, LayerShape, OpKind, avg_poo
 pub use resnet_cifar::{BasicBlock, CifarResNet, CifarResNetConfig};
 pub use resnet_imagenet::{Bottleneck, ImageNetResNet, ImageNetResNetConfig};
 pub use settings::{InputTransform, QuantSettings};
+pub use zoo::{Architecture, Model, ModelConfig};

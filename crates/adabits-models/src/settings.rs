@@ -92,6 +92,15 @@ pub struct QuantSettings {
     /// Eval-mode behaviour of linear layers (parity default P1).
     #[config(default = "LinearEval::Official")]
     pub linear_eval: LinearEval,
+    /// Standard deviation of the classifier's initial weights (official: 0.01).
+    #[config(default = 0.01)]
+    pub classifier_init_std: f64,
+    /// Initial clipping level of every quantized conv (official: 8).
+    #[config(default = "adabits_quant::CONV_ALPHA_INIT")]
+    pub conv_alpha_init: f64,
+    /// Initial clipping level of every quantized linear layer (official: 10).
+    #[config(default = "adabits_quant::LINEAR_ALPHA_INIT")]
+    pub linear_alpha_init: f64,
 }
 
 impl QuantSettings {

@@ -1,7 +1,22 @@
-//! Training of switchable-precision models: data pipelines, the individual / joint / direct /
-//! progressive strategies, and checkpoints.
-//!
-//! Not implemented yet: this crate is an empty placeholder in the workspace until training
-//! lands. It builds on [`adabits_models`].
+//! Training of switchable-precision models: data pipelines (CIFAR-10/100, image folders, the
+//! built-in synthetic set), the individual / joint / direct / progressive strategies, the
+//! official optimiser and schedules, metrics, and resumable runs with atomic checkpoints.
+
+mod config;
+pub mod data;
+mod metrics;
+mod optim;
+mod progress;
+mod rng;
+mod run;
 
 pub use adabits_models;
+pub use config::{BestBy, RunOptions, Strategy, TrainConfig, merge_json};
+pub use metrics::{Meter, Scores, cross_entropy, distillation};
+pub use optim::{DecayGroups, LrPlan, OptimConfig, Schedule, Sgd, decays};
+pub use progress::TerminalProgress;
+pub use rng::Rng;
+pub use run::{
+    BitResult, EpochRecord, Evaluation, Progress, Quiet, RunResults, RunStatus, StepInfo,
+    TrainError, train, train_on,
+};

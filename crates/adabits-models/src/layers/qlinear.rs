@@ -38,6 +38,9 @@ pub struct QLinearConfig {
     /// Initial clipping level.
     #[config(default = "LINEAR_ALPHA_INIT")]
     pub alpha_init: f64,
+    /// Standard deviation of the initial weights (official: 0.01).
+    #[config(default = 0.01)]
+    pub init_std: f64,
 }
 
 /// A quantized linear layer with the PyTorch weight layout `[out, in]`.
@@ -62,12 +65,12 @@ pub struct QLinear {
 }
 
 impl QLinearConfig {
-    /// Creates the layer with the official initialisation (METHOD.md §7): weights `N(0, 0.01)`,
-    /// bias 0, clipping levels at `alpha_init`.
+    /// Creates the layer with the official initialisation (METHOD.md §7): weights
+    /// `N(0, init_std)` (`init_std` = 0.01), bias 0, clipping levels at `alpha_init`.
     pub fn init(&self, device: &Device) -> QLinear {
         let weight = Tensor::random(
             [self.d_output, self.d_input],
-            Distribution::Normal(0.0, 0.01),
+            Distribution::Normal(0.0, self.init_std),
             device,
         );
         QLinear {

@@ -133,6 +133,29 @@ impl SwitchBatchNorm2d {
         }
     }
 
+    /// The running-statistics momentum.
+    pub fn momentum(&self) -> f64 {
+        self.momentum
+    }
+
+    /// Sets the running-statistics momentum; `1/(k+1)` on the `k`-th batch (from 0) after
+    /// [`reset_statistics`](Self::reset_statistics) gives the plain average over the batches
+    /// (PyTorch's `momentum = None`), which is how BatchNorm calibration re-estimates them.
+    pub fn set_momentum(&mut self, momentum: f64) {
+        self.momentum = momentum;
+    }
+
+    /// Resets the running statistics of the entry of `bits` (mean 0, variance 1).
+    pub fn reset_statistics(&mut self, bits: BitWidth) {
+        let index = self.index(bits);
+        let entry = &mut self.entries[index];
+        let mean = entry.running_mean.value_sync();
+        let device = mean.device();
+        let [c] = mean.dims();
+        entry.running_mean = RunningState::new(Tensor::zeros([c], &device));
+        entry.running_var = RunningState::new(Tensor::ones([c], &device));
+    }
+
     /// The entry used for `bits`.
     pub fn index(&self, bits: BitWidth) -> usize {
         if self.entries.len() == 1 {

@@ -1,0 +1,235 @@
+//! Every model behind one configuration and one module type, so training, evaluation and the
+//! command line can name an architecture at run time.
+
+use std::fmt;
+use std::str::FromStr;
+
+use adabits_quant::{BitWidth, BitWidths};
+use burn::config::Config;
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    CifarResNet, CifarResNetConfig, ImageNetResNet, ImageNetResNetConfig, InputTransform, LayerMut,
+    LayerShape, MobileNetV1, MobileNetV1Config, MobileNetV2, MobileNetV2Config, OfficialLayout,
+    QuantSettings, SwitchBatchNorm2d,
+};
+
+/// An architecture of the zoo.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Architecture {
+    /// CIFAR ResNet of depth `6n + 2` (20, 32, 44, 56, 110).
+    CifarResNet(usize),
+    /// ImageNet (torchvision-layout) ResNet of depth 18, 34, 50, 101 or 152.
+    ImageNetResNet(usize),
+    /// MobileNet-V1.
+    MobileNetV1,
+    /// MobileNet-V2.
+    MobileNetV2,
+}
+
+impl Architecture {
+    /// The names [`FromStr`] accepts.
+    pub const NAMES: [&'static str; 12] = [
+        "resnet20",
+        "resnet32",
+        "resnet44",
+        "resnet56",
+        "resnet110",
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "resnet101",
+        "resnet152",
+        "mobilenet_v1",
+        "mobilenet_v2",
+    ];
+
+    /// The input size the architecture is made for: 32×32 (CIFAR ResNets) or 224×224.
+    pub fn default_input_size(self) -> usize {
+        match self {
+            Self::CifarResNet(_) => 32,
+            _ => 224,
+        }
+    }
+}
+
+impl fmt::Display for Architecture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::CifarResNet(d) | Self::ImageNetResNet(d) => write!(f, "resnet{d}"),
+            Self::MobileNetV1 => f.write_str("mobilenet_v1"),
+            Self::MobileNetV2 => f.write_str("mobilenet_v2"),
+        }
+    }
+}
+
+impl FromStr for Architecture {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let name = s.trim().to_ascii_lowercase().replace('-', "_");
+        let arch = match name.as_str() {
+            "mobilenet_v1" | "mobilenetv1" => Self::MobileNetV1,
+            "mobilenet_v2" | "mobilenetv2" => Self::MobileNetV2,
+            _ => match name.strip_prefix("resnet").and_then(|d| d.parse().ok()) {
+                Some(d @ (20 | 32 | 44 | 56 | 110)) => Self::CifarResNet(d),
+                Some(d @ (18 | 34 | 50 | 101 | 152)) => Self::ImageNetResNet(d),
+                _ => {
+                    return Err(format!(
+                        "unknown model `{s}`: expected one of {}",
+                        Self::NAMES.join(", ")
+                    ));
+                }
+            },
+        };
+        Ok(arch)
+    }
+}
+
+impl TryFrom<String> for Architecture {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<Architecture> for String {
+    fn from(a: Architecture) -> Self {
+        a.to_string()
+    }
+}
+
+/// The configuration of any model of the zoo.
+#[derive(Config, Debug, PartialEq)]
+pub struct ModelConfig {
+    /// The architecture.
+    pub arch: Architecture,
+    /// The bit-widths the model is trained for, in training order.
+    pub bits: BitWidths,
+    /// Output classes.
+    #[config(default = 10)]
+    pub num_classes: usize,
+    /// Width multiplier.
+    #[config(default = 1.0)]
+    pub width_mult: f64,
+    /// Quantization settings of every layer.
+    #[config(default = "QuantSettings::new()")]
+    pub quant: QuantSettings,
+    /// What is done to the input images: `round(255·x)` by default (official, P7).
+    #[config(default = "InputTransform::Pixels")]
+    pub input: InputTransform,
+    /// MobileNet-V2 only: clip the linear-bottleneck outputs symmetrically (`double_side`).
+    #[config(default = false)]
+    pub double_side: bool,
+}
+
+impl ModelConfig {
+    /// Creates the model with the official initialisation; seed the device for reproducibility.
+    ///
+    /// # Panics
+    ///
+    /// Panics on a depth the architecture does not have (impossible for a parsed
+    /// [`Architecture`]).
+    pub fn init(&self, device: &Device) -> Model {
+        let (bits, quant, input) = (self.bits.clone(), self.quant.clone(), self.input.clone());
+        match self.arch {
+            Architecture::CifarResNet(depth) => Model::CifarResNet(
+                CifarResNetConfig::new(depth, bits)
+                    .with_num_classes(self.num_classes)
+                    .with_width_mult(self.width_mult)
+                    .with_quant(quant)
+                    .with_input(input)
+                    .init(device),
+            ),
+            Architecture::ImageNetResNet(depth) => Model::ImageNetResNet(
+                ImageNetResNetConfig::new(depth, bits)
+                    .with_num_classes(self.num_classes)
+                    .with_width_mult(self.width_mult)
+                    .with_quant(quant)
+                    .with_input(input)
+                    .init(device),
+            ),
+            Architecture::MobileNetV1 => Model::MobileNetV1(
+                MobileNetV1Config::new(bits)
+                    .with_num_classes(self.num_classes)
+                    .with_width_mult(self.width_mult)
+                    .with_quant(quant)
+                    .with_input(input)
+                    .init(device),
+            ),
+            Architecture::MobileNetV2 => Model::MobileNetV2(
+                MobileNetV2Config::new(bits)
+                    .with_num_classes(self.num_classes)
+                    .with_width_mult(self.width_mult)
+                    .with_quant(quant)
+                    .with_input(input)
+                    .with_double_side(self.double_side)
+                    .init(device),
+            ),
+        }
+    }
+}
+
+/// Any model of the zoo.
+#[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum Model {
+    /// A CIFAR ResNet.
+    CifarResNet(CifarResNet),
+    /// An ImageNet ResNet.
+    ImageNetResNet(ImageNetResNet),
+    /// MobileNet-V1.
+    MobileNetV1(MobileNetV1),
+    /// MobileNet-V2.
+    MobileNetV2(MobileNetV2),
+}
+
+impl Model {
+    /// Logits at `bits` for images with values in `[0, 1]`.
+    ///
+    /// # Shapes
+    ///
+    /// `images`: `[batch, 3, h, w]`; output `[batch, num_classes]`.
+    pub fn forward(&self, images: Tensor<4>, bits: BitWidth) -> Tensor<2> {
+        match self {
+            Self::CifarResNet(m) => m.forward(images, bits),
+            Self::ImageNetResNet(m) => m.forward(images, bits),
+            Self::MobileNetV1(m) => m.forward(images, bits),
+            Self::MobileNetV2(m) => m.forward(images, bits),
+        }
+    }
+
+    /// The static cost description of every layer for `h`×`w` inputs (see [`crate::cost`]).
+    pub fn layer_shapes(&self, input: [usize; 2]) -> Vec<LayerShape> {
+        match self {
+            Self::CifarResNet(m) => m.layer_shapes(input),
+            Self::ImageNetResNet(m) => m.layer_shapes(input),
+            Self::MobileNetV1(m) => m.layer_shapes(input),
+            Self::MobileNetV2(m) => m.layer_shapes(input),
+        }
+    }
+
+    /// Calls `f` on every switchable BatchNorm.
+    pub fn for_each_norm(&mut self, mut f: impl FnMut(&mut SwitchBatchNorm2d)) {
+        self.visit_official(&mut |_, layer| {
+            if let LayerMut::Norm(bn) = layer {
+                f(bn);
+            }
+        });
+    }
+}
+
+impl OfficialLayout for Model {
+    fn visit_official(&mut self, visit: &mut dyn FnMut(&str, LayerMut<'_>)) {
+        match self {
+            Self::CifarResNet(m) => m.visit_official(visit),
+            Self::ImageNetResNet(m) => m.visit_official(visit),
+            Self::MobileNetV1(m) => m.visit_official(visit),
+            Self::MobileNetV2(m) => m.visit_official(visit),
+        }
+    }
+}

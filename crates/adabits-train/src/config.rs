@@ -1,0 +1,297 @@
+//! The configuration of a training run, as saved beside its results.
+
+use std::path::PathBuf;
+
+use adabits_models::{BnSharing, ModelConfig};
+use adabits_quant::BitWidth;
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+use crate::data::DataSource;
+use crate::optim::OptimConfig;
+
+/// How the bit-widths are trained (METHOD.md §9).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Strategy {
+    /// One bit-width: the model's list must hold exactly one.
+    Individual,
+    /// AdaBits: every step runs a forward and backward pass at each bit-width of the list, in
+    /// order, summing the gradients, then takes one optimiser step.
+    Joint {
+        /// Each lower bit-width also learns from the next higher one's soft outputs
+        /// (KL divergence, the Any-Precision recipe).
+        #[serde(default)]
+        distill: bool,
+    },
+    /// Train at the highest bit-width, evaluate at every bit-width, with and without BatchNorm
+    /// calibration. The model shares one BatchNorm and one clipping level across bit-widths.
+    Direct,
+    /// Train at the highest bit-width, then fine-tune at each lower one in turn (or from the
+    /// lowest up), reporting every bit-width (BatchNorm-calibrated) after each stage. Shared
+    /// BatchNorm and clipping levels, as for [`Strategy::Direct`].
+    Progressive {
+        /// Go from the lowest bit-width up instead.
+        #[serde(default)]
+        low_to_high: bool,
+    },
+}
+
+impl Strategy {
+    /// The name used on the command line and in reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Individual => "individual",
+            Self::Joint { .. } => "joint",
+            Self::Direct => "direct",
+            Self::Progressive { .. } => "progressive",
+        }
+    }
+}
+
+/// Which checkpoint is the best.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BestBy {
+    /// The highest mean validation top-1 over the bit-widths (official).
+    #[default]
+    Mean,
+    /// The highest worst-bit-width top-1.
+    Min,
+    /// The highest top-1 at the lowest bit-width.
+    Lowest,
+}
+
+/// Everything a training run depends on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// The model (its `num_classes` is set from the data). In JSON only `arch` and `bits` are
+    /// required; every other field defaults as in [`ModelConfig::new`].
+    #[serde(deserialize_with = "model_with_defaults")]
+    pub model: ModelConfig,
+    /// The data.
+    pub data: DataSource,
+    /// The strategy.
+    pub strategy: Strategy,
+    /// Training epochs (of the first stage, for progressive training).
+    pub epochs: usize,
+    /// Training batch size.
+    pub batch_size: usize,
+    /// Evaluation batch size.
+    #[serde(default = "default_eval_batch")]
+    pub eval_batch_size: usize,
+    /// The optimiser and schedule.
+    #[serde(default)]
+    pub optim: OptimConfig,
+    /// Seed of the initialisation, data order and augmentation.
+    #[serde(default)]
+    pub seed: u64,
+    /// Which checkpoint is the best.
+    #[serde(default)]
+    pub best_by: BestBy,
+    /// Batches used to re-estimate BatchNorm statistics (calibration).
+    #[serde(default = "default_calibration")]
+    pub calibration_batches: usize,
+    /// Stop (with a checkpoint) after this many optimiser steps in all.
+    #[serde(default)]
+    pub max_steps: Option<usize>,
+    /// Epochs of each fine-tuning stage of progressive training (default: half of `epochs`,
+    /// at least 1), at a tenth of the learning rate.
+    #[serde(default)]
+    pub finetune_epochs: Option<usize>,
+}
+
+/// Deserialises a [`ModelConfig`] whose JSON may leave out any field but `arch` and `bits`
+/// (Burn's `Config` derive needs every field).
+fn model_with_defaults<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ModelConfig, D::Error> {
+    use serde::de::Error;
+    let given = serde_json::Value::deserialize(d)?;
+    let field = |name: &str| {
+        given
+            .get(name)
+            .cloned()
+            .ok_or_else(|| D::Error::custom(format!("model: missing field `{name}`")))
+    };
+    let arch = serde_json::from_value(field("arch")?).map_err(D::Error::custom)?;
+    let bits = serde_json::from_value(field("bits")?).map_err(D::Error::custom)?;
+    let mut full = serde_json::to_value(ModelConfig::new(arch, bits)).map_err(D::Error::custom)?;
+    merge_json(&mut full, given);
+    serde_json::from_value(full).map_err(|e| D::Error::custom(format!("model: {e}")))
+}
+
+/// Writes `over` into `base`, object fields recursively, anything else replacing.
+pub fn merge_json(base: &mut serde_json::Value, over: serde_json::Value) {
+    match (base, over) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge_json(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+fn default_eval_batch() -> usize {
+    256
+}
+
+fn default_calibration() -> usize {
+    20
+}
+
+/// One stage of training: the bit-widths trained at each step, for how long, how fast.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Stage {
+    pub(crate) bits: Vec<BitWidth>,
+    pub(crate) epochs: usize,
+    pub(crate) lr_factor: f64,
+}
+
+impl TrainConfig {
+    /// A configuration with the official optimiser on `data`.
+    pub fn new(model: ModelConfig, data: DataSource, strategy: Strategy) -> Self {
+        Self {
+            model,
+            data,
+            strategy,
+            epochs: 2,
+            batch_size: 128,
+            eval_batch_size: default_eval_batch(),
+            optim: OptimConfig::default(),
+            seed: 0,
+            best_by: BestBy::Mean,
+            calibration_batches: default_calibration(),
+            max_steps: None,
+            finetune_epochs: None,
+        }
+    }
+
+    /// Checks the configuration and applies what the strategy implies: a shared BatchNorm and
+    /// clipping level for direct and progressive training.
+    ///
+    /// # Errors
+    ///
+    /// [`TrainError::Config`] naming the field.
+    pub fn resolve(mut self) -> Result<Self, TrainError> {
+        let bad = |field: &str, expected: &str, found: String| {
+            Err(TrainError::Config {
+                field: field.to_string(),
+                expected: expected.to_string(),
+                found,
+            })
+        };
+        if self.epochs == 0 {
+            return bad("epochs", "at least 1", "0".into());
+        }
+        if self.batch_size < 2 {
+            return bad(
+                "batch_size",
+                "at least 2 (BatchNorm needs two values)",
+                self.batch_size.to_string(),
+            );
+        }
+        if self.eval_batch_size == 0 {
+            return bad("eval_batch_size", "at least 1", "0".into());
+        }
+        if !(self.optim.lr.is_finite() && self.optim.lr > 0.0) {
+            return bad("optim.lr", "a positive number", self.optim.lr.to_string());
+        }
+        match self.strategy {
+            Strategy::Individual if self.model.bits.len() != 1 => {
+                return bad(
+                    "model.bits",
+                    "exactly one bit-width for the individual strategy",
+                    self.model.bits.to_string(),
+                );
+            }
+            Strategy::Direct | Strategy::Progressive { .. } => {
+                self.model.quant.switchable_alpha = false;
+                self.model.quant.bn = BnSharing::Shared;
+            }
+            _ => {}
+        }
+        Ok(self)
+    }
+
+    /// The stages of training.
+    pub(crate) fn stages(&self) -> Vec<Stage> {
+        let bits: Vec<BitWidth> = self.model.bits.iter().collect();
+        let top = self.model.bits.max();
+        match self.strategy {
+            Strategy::Individual | Strategy::Joint { .. } => vec![Stage {
+                bits,
+                epochs: self.epochs,
+                lr_factor: 1.0,
+            }],
+            Strategy::Direct => vec![Stage {
+                bits: vec![top],
+                epochs: self.epochs,
+                lr_factor: 1.0,
+            }],
+            Strategy::Progressive { low_to_high } => {
+                let mut order = bits;
+                order.sort_unstable_by(|a, b| b.cmp(a));
+                if low_to_high {
+                    order.reverse();
+                }
+                let finetune = self.finetune_epochs.unwrap_or((self.epochs / 2).max(1));
+                order
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, b)| Stage {
+                        bits: vec![b],
+                        epochs: if i == 0 { self.epochs } else { finetune },
+                        lr_factor: if i == 0 { 1.0 } else { 0.1 },
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+/// Where a run writes, and how it may be stopped.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The run directory.
+    pub out: PathBuf,
+    /// Continue from the run directory's latest checkpoint.
+    pub resume: bool,
+    /// Set from another thread (Ctrl-C) to stop after the current step with a checkpoint.
+    pub stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl RunOptions {
+    /// A fresh run in `out`.
+    pub fn new(out: impl Into<PathBuf>) -> Self {
+        Self {
+            out: out.into(),
+            resume: false,
+            stop: Default::default(),
+        }
+    }
+
+    /// Makes Ctrl-C (SIGINT, and SIGTERM) set [`stop`](Self::stop): the run then finishes its
+    /// current step, saves a checkpoint and returns [`crate::RunStatus::Interrupted`]. A second
+    /// Ctrl-C while the first is handled exits at once with status 130. Only one handler can be
+    /// installed per process.
+    ///
+    /// # Errors
+    ///
+    /// The message of the signal library when a handler cannot be installed.
+    pub fn stop_on_ctrl_c(&self) -> Result<(), String> {
+        let stop = self.stop.clone();
+        ctrlc::set_handler(move || {
+            if stop.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("\nstopping after this step (Ctrl-C again to quit at once)");
+        })
+        .map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,780 @@
+//! A training run: stages, epochs, steps, evaluation, calibration, checkpoints and resumption.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use adabits_models::{
+    Accounting, CheckpointError, Model, StateDict, cost, load_model, save_model, write_atomically,
+};
+use adabits_quant::BitWidth;
+use burn::module::Module;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{BestBy, RunOptions, Stage, Strategy, TrainConfig};
+use crate::data::{DataError, Dataset, Loader};
+use crate::metrics::{Meter, Scores, cross_entropy, distillation};
+use crate::optim::{LrPlan, Sgd};
+
+/// Why a run stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrainError {
+    /// The configuration is invalid.
+    #[error("invalid configuration: `{field}`: expected {expected}, found {found}")]
+    Config {
+        /// The field.
+        field: String,
+        /// What was expected.
+        expected: String,
+        /// What was found.
+        found: String,
+    },
+    /// The data could not be read.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// A checkpoint could not be written or read.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// A run file could not be written or read.
+    #[error("{path}: {reason}")]
+    RunFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The loss became NaN or infinite; the last good checkpoint is kept.
+    #[error(
+        "the loss at {bits} bits became {loss} at step {step} (stage {stage}, epoch {epoch}); stopped, the last good checkpoint is kept"
+    )]
+    NonFinite {
+        /// The optimiser step (from 0).
+        step: usize,
+        /// The stage.
+        stage: usize,
+        /// The epoch within the stage.
+        epoch: usize,
+        /// The bit-width.
+        bits: BitWidth,
+        /// The loss value.
+        loss: f64,
+    },
+}
+
+fn run_file(path: &Path, reason: impl std::fmt::Display) -> TrainError {
+    TrainError::RunFile {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+/// What is reported after every step.
+#[derive(Clone, Debug)]
+pub struct StepInfo {
+    /// The stage (from 0).
+    pub stage: usize,
+    /// The epoch within the stage (from 0).
+    pub epoch: usize,
+    /// The batch within the epoch (from 0).
+    pub batch: usize,
+    /// Batches in the epoch.
+    pub batches: usize,
+    /// This step's loss per trained bit-width.
+    pub losses: Vec<(BitWidth, f64)>,
+    /// Training images per second over the epoch so far (each image counted once per step).
+    pub images_per_second: f64,
+    /// The learning rate of the step.
+    pub lr: f64,
+}
+
+/// Receives the progress of a run (a progress bar, a log).
+pub trait Progress {
+    /// A stage begins.
+    fn stage(&mut self, _stage: usize, _bits: &[BitWidth], _epochs: usize) {}
+    /// An epoch begins.
+    fn epoch_start(&mut self, _stage: usize, _epoch: usize, _batches: usize) {}
+    /// A step is done.
+    fn step(&mut self, _info: &StepInfo) {}
+    /// An epoch is done and evaluated.
+    fn epoch_end(&mut self, _record: &EpochRecord) {}
+    /// A message for the user.
+    fn note(&mut self, _message: &str) {}
+}
+
+/// Reports nothing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Quiet;
+
+impl Progress for Quiet {}
+
+/// One epoch's metrics: a line of `metrics.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// The stage (from 0).
+    pub stage: usize,
+    /// The epoch within the stage (from 0).
+    pub epoch: usize,
+    /// The bit-widths trained in this stage.
+    pub trained_bits: Vec<BitWidth>,
+    /// The learning rate at the end of the epoch.
+    pub lr: f64,
+    /// Training loss and accuracy per trained bit-width (keys: bits).
+    pub train: BTreeMap<String, Scores>,
+    /// Validation loss and accuracy per bit-width.
+    pub val: BTreeMap<String, Scores>,
+    /// Training images per second (each image counted once per step).
+    pub images_per_second: f64,
+    /// Seconds spent training this epoch (without evaluation).
+    pub train_seconds: f64,
+}
+
+/// One bit-width's final figures.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BitResult {
+    /// Top-1 accuracy, percent.
+    pub top1: f64,
+    /// Top-5 accuracy, percent.
+    pub top5: f64,
+    /// Mean validation cross-entropy.
+    pub loss: f64,
+    /// GBitOPs per image (official accounting).
+    pub gbitops: f64,
+    /// Model size in bytes at this bit-width (official accounting).
+    pub bytes: f64,
+}
+
+/// An evaluation of every bit-width under one label (e.g. `direct` and
+/// `direct + BN calibration`, or `after stage 2 (4 bits)`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    /// What was evaluated.
+    pub label: String,
+    /// The figures per bit-width (keys: bits).
+    pub bits: BTreeMap<String, BitResult>,
+}
+
+/// How a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Every epoch ran.
+    Completed,
+    /// Stopped at the configured step limit, with a checkpoint.
+    StepLimit,
+    /// Stopped on request (Ctrl-C), with a checkpoint.
+    Interrupted,
+}
+
+/// `results.json`: the run's headline figures.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunResults {
+    /// How the run ended.
+    pub status: RunStatus,
+    /// The strategy.
+    pub strategy: String,
+    /// The model.
+    pub model: String,
+    /// The data.
+    pub dataset: String,
+    /// The headline figures per bit-width: the last evaluation (the calibrated one for direct
+    /// training, the one after the last stage for progressive training).
+    pub bits: BTreeMap<String, BitResult>,
+    /// Every evaluation of the run.
+    pub evaluations: Vec<Evaluation>,
+    /// Wall-clock seconds of the whole run, evaluation included, over all sessions.
+    pub wall_seconds: f64,
+    /// Training images per second (each image counted once per step).
+    pub train_images_per_second: f64,
+    /// Optimiser steps taken.
+    pub steps: usize,
+}
+
+/// Where a run stands: saved with every checkpoint.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct RunState {
+    stage: usize,
+    epoch: usize,
+    batch: usize,
+    step: usize,
+    best: Option<f64>,
+    history: Vec<EpochRecord>,
+    evaluations: Vec<Evaluation>,
+    meters: BTreeMap<String, Meter>,
+    epoch_seconds: f64,
+    epoch_images: u64,
+    train_seconds: f64,
+    train_images: u64,
+    wall_seconds: f64,
+}
+
+fn key(b: BitWidth) -> String {
+    b.get().to_string()
+}
+
+/// Trains as `config` says, writing into `options.out`: `config.json`, `metrics.jsonl`,
+/// `results.json` and `checkpoints/` (`latest` and `best`, each a pointer to a checkpoint
+/// folder written in full before the pointer moves).
+///
+/// # Errors
+///
+/// [`TrainError`]: a bad configuration or data, a file that cannot be written, a NaN or
+/// infinite loss.
+pub fn train(
+    config: TrainConfig,
+    device: &Device,
+    options: &RunOptions,
+    progress: &mut dyn Progress,
+) -> Result<RunResults, TrainError> {
+    let (train_set, val_set) = config.data.open()?;
+    train_on(
+        config,
+        Arc::from(train_set),
+        Arc::from(val_set),
+        device,
+        options,
+        progress,
+    )
+}
+
+/// [`train`] on given datasets (`config.data` then only names them in reports).
+///
+/// # Errors
+///
+/// As [`train`].
+pub fn train_on(
+    config: TrainConfig,
+    train_set: Arc<dyn Dataset>,
+    val_set: Arc<dyn Dataset>,
+    device: &Device,
+    options: &RunOptions,
+    progress: &mut dyn Progress,
+) -> Result<RunResults, TrainError> {
+    let started = Instant::now();
+    let mut config = config.resolve()?;
+    config.model.num_classes = train_set.num_classes();
+    if train_set.len() < config.batch_size {
+        return Err(TrainError::Config {
+            field: "batch_size".into(),
+            expected: format!("at most the {} training samples", train_set.len()),
+            found: config.batch_size.to_string(),
+        });
+    }
+    let out = &options.out;
+    std::fs::create_dir_all(out.join("checkpoints")).map_err(|e| run_file(out, e))?;
+    let config_path = out.join("config.json");
+    let ad = device.clone().autodiff();
+    let mut run = Run::new(&config, device, &ad, train_set, val_set);
+    if options.resume {
+        run.resume(out, &config_path)?;
+        progress.note(&format!(
+            "resumed from stage {}, epoch {}, batch {} (step {})",
+            run.state.stage, run.state.epoch, run.state.batch, run.state.step
+        ));
+    } else {
+        let json = serde_json::to_string_pretty(&config).expect("a config serialises");
+        write_atomically(&config_path, json.as_bytes()).map_err(|e| run_file(&config_path, e))?;
+        std::fs::write(out.join("metrics.jsonl"), b"").map_err(|e| run_file(out, e))?;
+    }
+    let status = run.train_all(options, progress, started)?;
+    let results = run.results(status);
+    let json = serde_json::to_string_pretty(&results).expect("results serialise");
+    let path = out.join("results.json");
+    write_atomically(&path, json.as_bytes()).map_err(|e| run_file(&path, e))?;
+    Ok(results)
+}
+
+struct Run<'a> {
+    config: &'a TrainConfig,
+    device: &'a Device,
+    ad: &'a Device,
+    model: Model,
+    sgd: Sgd,
+    train_loader: Loader,
+    val_loader: Loader,
+    stages: Vec<Stage>,
+    state: RunState,
+    side: usize,
+}
+
+impl<'a> Run<'a> {
+    fn new(
+        config: &'a TrainConfig,
+        device: &'a Device,
+        ad: &'a Device,
+        train_set: Arc<dyn Dataset>,
+        val_set: Arc<dyn Dataset>,
+    ) -> Self {
+        let side = train_set.image_size();
+        let model = {
+            // The device's random generator is shared by every run of the process: seed and
+            // draw the initial weights without another run drawing in between.
+            static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+            let _guard = INIT
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            ad.seed(config.seed);
+            config.model.init(ad)
+        };
+        Self {
+            config,
+            device,
+            ad,
+            model,
+            sgd: Sgd::new(config.optim.clone()),
+            train_loader: Loader::new(train_set, config.batch_size, true, config.seed),
+            val_loader: Loader::new(val_set, config.eval_batch_size, false, config.seed),
+            stages: config.stages(),
+            state: RunState::default(),
+            side,
+        }
+    }
+
+    fn train_all(
+        &mut self,
+        options: &RunOptions,
+        progress: &mut dyn Progress,
+        started: Instant,
+    ) -> Result<RunStatus, TrainError> {
+        let session_start = self.state.wall_seconds;
+        let batches = self.train_loader.batches_per_epoch();
+        while self.state.stage < self.stages.len() {
+            let stage = self.stages[self.state.stage].clone();
+            let plan = LrPlan::new(
+                &self.config.optim,
+                self.config.batch_size,
+                stage.epochs,
+                batches,
+            );
+            if self.state.epoch == 0 && self.state.batch == 0 {
+                progress.stage(self.state.stage, &stage.bits, stage.epochs);
+            }
+            while self.state.epoch < stage.epochs {
+                progress.epoch_start(self.state.stage, self.state.epoch, batches);
+                let stage_step0 = self.state.epoch * batches;
+                let epoch_clock = Instant::now();
+                let seconds_before = self.state.epoch_seconds;
+                let loader = self.train_loader.clone();
+                let global_epoch = self.global_epoch();
+                for batch in loader.epoch(global_epoch, self.state.batch, self.ad) {
+                    let batch = batch?;
+                    let lr = plan.lr(stage_step0 + self.state.batch) * stage.lr_factor;
+                    let losses = self.step(&stage, &batch, lr)?;
+                    self.state.step += 1;
+                    self.state.batch += 1;
+                    let n = batch.targets.len() as u64;
+                    self.state.epoch_images += n;
+                    self.state.train_images += n;
+                    let elapsed = seconds_before + epoch_clock.elapsed().as_secs_f64();
+                    progress.step(&StepInfo {
+                        stage: self.state.stage,
+                        epoch: self.state.epoch,
+                        batch: self.state.batch - 1,
+                        batches,
+                        losses,
+                        images_per_second: self.state.epoch_images as f64 / elapsed.max(1e-9),
+                        lr,
+                    });
+                    let limit = self.config.max_steps.is_some_and(|m| self.state.step >= m);
+                    let stop = options.stop.load(Ordering::SeqCst);
+                    if (limit || stop) && self.state.batch < batches {
+                        self.state.epoch_seconds = elapsed;
+                        self.close_session(session_start, started);
+                        self.checkpoint(&options.out, false)?;
+                        return Ok(if stop {
+                            RunStatus::Interrupted
+                        } else {
+                            RunStatus::StepLimit
+                        });
+                    }
+                }
+                let seconds = seconds_before + epoch_clock.elapsed().as_secs_f64();
+                self.state.train_seconds += seconds;
+                let lr = plan.lr((stage_step0 + batches).saturating_sub(1)) * stage.lr_factor;
+                let record = self.end_epoch(&stage, lr, seconds)?;
+                progress.epoch_end(&record);
+                self.append_metrics(&options.out, &record)?;
+                self.state.history.push(record.clone());
+                let score = self.score(&record);
+                let best = self.state.best.is_none_or(|b| score > b);
+                if best {
+                    self.state.best = Some(score);
+                }
+                self.state.epoch += 1;
+                self.state.batch = 0;
+                self.state.meters.clear();
+                self.state.epoch_seconds = 0.0;
+                self.state.epoch_images = 0;
+                if self.state.epoch == stage.epochs {
+                    self.end_stage(&stage, progress)?;
+                }
+                self.close_session(session_start, started);
+                self.checkpoint(&options.out, best)?;
+                let limit = self.config.max_steps.is_some_and(|m| self.state.step >= m);
+                let stop = options.stop.load(Ordering::SeqCst);
+                let more =
+                    self.state.epoch < stage.epochs || self.state.stage + 1 < self.stages.len();
+                if (limit || stop) && more {
+                    return Ok(if stop {
+                        RunStatus::Interrupted
+                    } else {
+                        RunStatus::StepLimit
+                    });
+                }
+            }
+            self.state.stage += 1;
+            self.state.epoch = 0;
+            if self.state.stage < self.stages.len() {
+                // A new stage starts with fresh momentum.
+                self.sgd = Sgd::new(self.config.optim.clone());
+            }
+        }
+        Ok(RunStatus::Completed)
+    }
+
+    /// Adds the time of this session so far to the run's wall time (once per checkpoint).
+    fn close_session(&mut self, session_start: f64, started: Instant) {
+        self.state.wall_seconds = session_start + started.elapsed().as_secs_f64();
+    }
+
+    /// The epoch counted over all stages (drives the data order).
+    fn global_epoch(&self) -> usize {
+        self.stages[..self.state.stage]
+            .iter()
+            .map(|s| s.epochs)
+            .sum::<usize>()
+            + self.state.epoch
+    }
+
+    /// One optimiser step over the stage's bit-widths.
+    fn step(
+        &mut self,
+        stage: &Stage,
+        batch: &crate::data::Batch,
+        lr: f64,
+    ) -> Result<Vec<(BitWidth, f64)>, TrainError> {
+        let distill = matches!(self.config.strategy, Strategy::Joint { distill: true });
+        let mut accumulator = GradientsAccumulator::new();
+        let mut losses = Vec::with_capacity(stage.bits.len());
+        let mut teacher = None;
+        for &b in &stage.bits {
+            let logits = self.model.forward(batch.images.clone(), b);
+            let ce = cross_entropy(logits.clone(), batch.labels.clone());
+            let ce_value = ce.clone().into_scalar::<f64>();
+            if !ce_value.is_finite() {
+                return Err(TrainError::NonFinite {
+                    step: self.state.step,
+                    stage: self.state.stage,
+                    epoch: self.state.epoch,
+                    bits: b,
+                    loss: ce_value,
+                });
+            }
+            let loss = match (distill, teacher.take()) {
+                (true, Some(t)) => ce + distillation(logits.clone(), t),
+                _ => ce,
+            };
+            let grads = GradientsParams::from_grads(loss.backward(), &self.model);
+            accumulator.accumulate(&self.model, grads);
+            let values: Vec<f32> = logits.clone().detach().into_data().iter::<f32>().collect();
+            self.state
+                .meters
+                .entry(key(b))
+                .or_default()
+                .add(ce_value, &values, &batch.targets);
+            losses.push((b, ce_value));
+            if distill {
+                teacher = Some(logits.detach());
+            }
+        }
+        let model = self.model.clone();
+        self.model = self.sgd.step(model, accumulator.grads(), lr);
+        Ok(losses)
+    }
+
+    /// Evaluates `model` (a training-form model) at `bits` on the validation set.
+    fn evaluate(
+        &self,
+        model: &Model,
+        bits: &[BitWidth],
+    ) -> Result<BTreeMap<String, Scores>, TrainError> {
+        let eval = model.valid();
+        let mut meters: BTreeMap<String, Meter> = BTreeMap::new();
+        for batch in self.val_loader.epoch(0, 0, self.device) {
+            let batch = batch?;
+            for &b in bits {
+                let logits = eval.forward(batch.images.clone(), b);
+                let loss = cross_entropy(logits.clone(), batch.labels.clone()).into_scalar::<f64>();
+                let values: Vec<f32> = logits.into_data().iter::<f32>().collect();
+                meters
+                    .entry(key(b))
+                    .or_default()
+                    .add(loss, &values, &batch.targets);
+            }
+        }
+        Ok(meters.into_iter().map(|(k, m)| (k, m.summary())).collect())
+    }
+
+    /// A copy of the model whose BatchNorm statistics for `bits` are re-estimated as plain
+    /// averages over the first `calibration_batches` training batches.
+    fn calibrated(&self, bits: BitWidth) -> Result<Model, TrainError> {
+        let mut model = self.model.clone();
+        let momentum = {
+            let mut m = 0.1;
+            model.for_each_norm(|bn| {
+                m = bn.momentum();
+                bn.reset_statistics(bits);
+            });
+            m
+        };
+        let n = self
+            .config
+            .calibration_batches
+            .min(self.train_loader.batches_per_epoch());
+        for (k, batch) in self.train_loader.epoch(0, 0, self.ad).take(n).enumerate() {
+            let batch = batch?;
+            model.for_each_norm(|bn| bn.set_momentum(1.0 / (k + 1) as f64));
+            let _ = model.forward(batch.images, bits);
+        }
+        model.for_each_norm(|bn| bn.set_momentum(momentum));
+        Ok(model)
+    }
+
+    fn eval_bits(&self) -> Vec<BitWidth> {
+        self.config.model.bits.iter().collect()
+    }
+
+    fn end_epoch(
+        &mut self,
+        stage: &Stage,
+        lr: f64,
+        seconds: f64,
+    ) -> Result<EpochRecord, TrainError> {
+        let val = self.evaluate(&self.model, &self.eval_bits())?;
+        Ok(EpochRecord {
+            stage: self.state.stage,
+            epoch: self.state.epoch,
+            trained_bits: stage.bits.clone(),
+            lr,
+            train: self
+                .state
+                .meters
+                .iter()
+                .map(|(k, m)| (k.clone(), m.summary()))
+                .collect(),
+            val,
+            images_per_second: self.state.epoch_images as f64 / seconds.max(1e-9),
+            train_seconds: seconds,
+        })
+    }
+
+    /// The evaluations at the end of a stage.
+    fn end_stage(&mut self, stage: &Stage, progress: &mut dyn Progress) -> Result<(), TrainError> {
+        let bits = self.eval_bits();
+        let plain = self.evaluate(&self.model, &bits)?;
+        match self.config.strategy {
+            Strategy::Individual | Strategy::Joint { .. } => {
+                let label = self.config.strategy.name().to_string();
+                self.state.evaluations.push(self.evaluation(label, &plain));
+            }
+            Strategy::Direct => {
+                self.state
+                    .evaluations
+                    .push(self.evaluation("direct".into(), &plain));
+                progress.note("calibrating BatchNorm at every bit-width");
+                let calibrated = self.calibrated_scores(&bits)?;
+                self.state
+                    .evaluations
+                    .push(self.evaluation("direct + BN calibration".into(), &calibrated));
+            }
+            Strategy::Progressive { .. } => {
+                let calibrated = self.calibrated_scores(&bits)?;
+                let label = format!(
+                    "after stage {} ({} bits)",
+                    self.state.stage + 1,
+                    stage.bits[0]
+                );
+                self.state
+                    .evaluations
+                    .push(self.evaluation(label, &calibrated));
+            }
+        }
+        Ok(())
+    }
+
+    fn calibrated_scores(&self, bits: &[BitWidth]) -> Result<BTreeMap<String, Scores>, TrainError> {
+        let mut scores = BTreeMap::new();
+        for &b in bits {
+            let model = self.calibrated(b)?;
+            scores.extend(self.evaluate(&model, &[b])?);
+        }
+        Ok(scores)
+    }
+
+    fn evaluation(&self, label: String, scores: &BTreeMap<String, Scores>) -> Evaluation {
+        let shapes = self.model.layer_shapes([self.side, self.side]);
+        let bits = self
+            .config
+            .model
+            .bits
+            .iter()
+            .filter_map(|b| {
+                let s = scores.get(&key(b))?;
+                let c = cost(&shapes, b, Accounting::Official);
+                Some((
+                    key(b),
+                    BitResult {
+                        top1: s.top1,
+                        top5: s.top5,
+                        loss: s.loss,
+                        gbitops: c.gbitops,
+                        bytes: c.size_mb * 1e6,
+                    },
+                ))
+            })
+            .collect();
+        Evaluation { label, bits }
+    }
+
+    fn score(&self, record: &EpochRecord) -> f64 {
+        let top1: Vec<f64> = record.val.values().map(|s| s.top1).collect();
+        match self.config.best_by {
+            BestBy::Mean => top1.iter().sum::<f64>() / top1.len().max(1) as f64,
+            BestBy::Min => top1.iter().copied().fold(f64::INFINITY, f64::min),
+            BestBy::Lowest => record
+                .val
+                .get(&key(self.config.model.bits.min()))
+                .map_or(0.0, |s| s.top1),
+        }
+    }
+
+    fn append_metrics(&self, out: &Path, record: &EpochRecord) -> Result<(), TrainError> {
+        let path = out.join("metrics.jsonl");
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(|e| run_file(&path, e))?;
+        let line = serde_json::to_string(record).expect("records serialise");
+        writeln!(file, "{line}").map_err(|e| run_file(&path, e))
+    }
+
+    fn results(&self, status: RunStatus) -> RunResults {
+        let bits = self
+            .state
+            .evaluations
+            .last()
+            .map(|e| e.bits.clone())
+            .unwrap_or_default();
+        RunResults {
+            status,
+            strategy: self.config.strategy.name().to_string(),
+            model: self.config.model.arch.to_string(),
+            dataset: self.config.data.name().to_string(),
+            bits,
+            evaluations: self.state.evaluations.clone(),
+            wall_seconds: self.state.wall_seconds,
+            train_images_per_second: self.state.train_images as f64
+                / self.state.train_seconds.max(1e-9),
+            steps: self.state.step,
+        }
+    }
+
+    /// Writes a checkpoint folder, then moves the `latest` (and, if `best`, the `best`)
+    /// pointer to it, then removes folders no pointer names.
+    fn checkpoint(&self, out: &Path, best: bool) -> Result<(), TrainError> {
+        let dir = out.join("checkpoints");
+        let name = format!(
+            "s{}-e{:04}-b{:05}-step{}",
+            self.state.stage, self.state.epoch, self.state.batch, self.state.step
+        );
+        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| run_file(&tmp, e))?;
+        save_model(&self.model, &tmp.join("model.safetensors"))?;
+        self.sgd
+            .state()
+            .write(&tmp.join("optimizer.safetensors"))
+            .map_err(|e| run_file(&tmp, e))?;
+        let state = serde_json::to_string_pretty(&self.state).expect("state serialises");
+        write_atomically(&tmp.join("state.json"), state.as_bytes())
+            .map_err(|e| run_file(&tmp, e))?;
+        let target = dir.join(&name);
+        let _ = std::fs::remove_dir_all(&target);
+        std::fs::rename(&tmp, &target).map_err(|e| run_file(&target, e))?;
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        let point = |pointer: &str| -> Result<(), TrainError> {
+            let path = dir.join(pointer);
+            write_atomically(&path, name.as_bytes()).map_err(|e| run_file(&path, e))
+        };
+        point("latest")?;
+        if best {
+            point("best")?;
+        }
+        // Remove checkpoints no pointer names.
+        let keep: Vec<String> = ["latest", "best"]
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(dir.join(p)).ok())
+            .collect();
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                let file_name = entry.file_name().to_string_lossy().into_owned();
+                if entry.path().is_dir()
+                    && !file_name.starts_with('.')
+                    && !keep.contains(&file_name)
+                {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads the latest checkpoint of `out` and checks the configuration against the saved one.
+    fn resume(&mut self, out: &Path, config_path: &Path) -> Result<(), TrainError> {
+        let saved = std::fs::read_to_string(config_path).map_err(|e| run_file(config_path, e))?;
+        let saved: serde_json::Value =
+            serde_json::from_str(&saved).map_err(|e| run_file(config_path, e))?;
+        let mut now = serde_json::to_value(self.config).expect("a config serialises");
+        let mut then = saved;
+        for v in [&mut now, &mut then] {
+            if let Some(o) = v.as_object_mut() {
+                o.remove("max_steps");
+            }
+        }
+        if now != then {
+            return Err(run_file(
+                config_path,
+                "the run was started with another configuration; resume with the same settings (only max_steps may change) or use a new --out",
+            ));
+        }
+        let dir = out.join("checkpoints");
+        let pointer = dir.join("latest");
+        let name = std::fs::read_to_string(&pointer).map_err(|e| run_file(&pointer, e))?;
+        let ckpt = dir.join(name.trim());
+        let model = self.config.model.init(self.ad);
+        self.model = load_model(model, &ckpt.join("model.safetensors"))?;
+        let optim_path = ckpt.join("optimizer.safetensors");
+        let dict = StateDict::read(&optim_path).map_err(|e| run_file(&optim_path, e))?;
+        self.sgd.load_state(&dict, self.ad);
+        let state_path = ckpt.join("state.json");
+        let state = std::fs::read_to_string(&state_path).map_err(|e| run_file(&state_path, e))?;
+        self.state = serde_json::from_str(&state).map_err(|e| run_file(&state_path, e))?;
+        // metrics.jsonl holds exactly the checkpoint's history.
+        let mut lines = String::new();
+        for record in &self.state.history {
+            lines.push_str(&serde_json::to_string(record).expect("records serialise"));
+            lines.push('\n');
+        }
+        let metrics = out.join("metrics.jsonl");
+        write_atomically(&metrics, lines.as_bytes()).map_err(|e| run_file(&metrics, e))?;
+        Ok(())
+    }
+}
