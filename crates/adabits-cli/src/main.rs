@@ -1,12 +1,15 @@
 //! `adabits`: train, evaluate and deploy bit-switchable networks.
 //!
-//! This release carries the numeric core: `adabits check-numerics` runs the specification's test
-//! vectors on any compiled backend. Training, evaluation and export arrive with the next crates.
+//! `adabits train` trains a model (joint AdaBits training by default, on the built-in synthetic
+//! data), `adabits profile` prints a model's cost per bit-width, `adabits check-numerics` runs
+//! the specification's test vectors on any compiled backend, and `adabits bench` times the
+//! quantizers. Evaluation of a saved run and export are still to come.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod bench;
 mod device;
+mod train_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +31,19 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Train a model at several bit-widths at once (AdaBits) or with another strategy.
+    ///
+    /// Writes the run directory: config.json (the resolved settings), metrics.jsonl (one line
+    /// per epoch), results.json and checkpoints/ (latest and best). Ctrl-C saves a checkpoint
+    /// and stops; --resume continues. Settings come from --recipe, then --config, then the
+    /// flags.
+    Train(train_cmd::TrainArgs),
+    /// Print a model's parameters, MACs, BitOPs and size at every bit-width (no training).
+    ///
+    /// Uses the official profiler's rules (METHOD.md §10.3): the first conv at its resolved
+    /// bits, average pooling at 32×32 bits, BatchNorm left out; --paper counts the first
+    /// layer at 32×32 bits.
+    Profile(train_cmd::ProfileArgs),
     /// Check the quantizers against the specification's test vectors on a device.
     ///
     /// Runs every case of `testvectors.json` (forward values and gradients) on the chosen
@@ -80,6 +96,8 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Train(args) => train_cmd::run_train(args),
+        Command::Profile(args) => train_cmd::run_profile(args),
         Command::CheckNumerics {
             vectors,
             device,
@@ -172,4 +190,33 @@ fn check_numerics(
     } else {
         ExitCode::FAILURE
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, Command};
+
+    #[test]
+    fn every_preset_resolves_to_a_valid_configuration() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut count = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "json") {
+                let cli =
+                    Cli::try_parse_from(["adabits", "train", "--config", path.to_str().unwrap()])
+                        .unwrap();
+                let Command::Train(args) = cli.command else {
+                    unreachable!()
+                };
+                let config = crate::train_cmd::resolve(&args)
+                    .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                assert!(config.epochs >= 150, "{}", path.display());
+                count += 1;
+            }
+        }
+        assert_eq!(count, 4);
+    }
 }

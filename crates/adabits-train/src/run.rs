@@ -679,8 +679,9 @@ impl<'a> Run<'a> {
             bits,
             evaluations: self.state.evaluations.clone(),
             wall_seconds: self.state.wall_seconds,
+            // Completed epochs plus the part of the epoch a stop interrupted.
             train_images_per_second: self.state.train_images as f64
-                / self.state.train_seconds.max(1e-9),
+                / (self.state.train_seconds + self.state.epoch_seconds).max(1e-9),
             steps: self.state.step,
         }
     }

@@ -110,3 +110,149 @@ fn bench_measures_every_workload() {
         assert!(r["throughput"].as_f64().unwrap() > 0.0, "{r}");
     }
 }
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("adabits-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn train_runs_two_steps_and_writes_the_run_directory() {
+    let out = temp_dir("train");
+    let preset = out.with_extension("json");
+    // A tiny preset: the flags below override part of it.
+    std::fs::write(
+        &preset,
+        r#"{"model": {"width_mult": 0.25}, "data": {"kind": "synthetic", "train": 128, "val": 32, "side": 16}, "epochs": 1}"#,
+    )
+    .unwrap();
+    let out_str = out.to_str().unwrap();
+    let args = [
+        "train",
+        "--config",
+        preset.to_str().unwrap(),
+        "--bits",
+        "4,2",
+        "--batch-size",
+        "32",
+        "--max-steps",
+        "2",
+        "--out",
+        out_str,
+        "--json",
+    ];
+    let run = adabits(&args);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let results: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(
+        (results["status"].as_str(), results["steps"].as_u64()),
+        (Some("step_limit"), Some(2))
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["model"]["bits"], serde_json::json!([4, 2]));
+    assert_eq!(config["model"]["width_mult"], 0.25);
+    assert_eq!(config["model"]["quant"]["weight_scheme"], "centered");
+    assert_eq!(config["batch_size"], 32);
+    assert!(out.join("checkpoints/latest").is_file());
+    let speed = results["train_images_per_second"].as_f64().unwrap();
+    assert!(speed > 0.0 && speed < 1e6, "{speed}");
+    // The same directory again is refused; --resume finishes the epoch.
+    let again = adabits(&args);
+    assert!(!again.status.success());
+    let err = text(&again.stderr);
+    assert!(
+        err.contains("already holds a run") && err.contains("hint: pass --resume"),
+        "{err}"
+    );
+    let mut resume: Vec<&str> = args
+        .iter()
+        .copied()
+        .filter(|a| *a != "2" && *a != "--max-steps")
+        .collect();
+    resume.push("--resume");
+    let done = adabits(&resume);
+    assert!(done.status.success(), "{}", text(&done.stderr));
+    let results: serde_json::Value = serde_json::from_slice(&done.stdout).unwrap();
+    assert_eq!(
+        (results["status"].as_str(), results["steps"].as_u64()),
+        (Some("completed"), Some(4))
+    );
+    assert!(out.join("results.json").is_file() && out.join("metrics.jsonl").is_file());
+    std::fs::remove_dir_all(&out).unwrap();
+    std::fs::remove_file(&preset).unwrap();
+}
+
+#[test]
+fn bad_train_flags_and_files_are_one_line_errors_with_hints() {
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["train", "--model", "resnet19"],
+            "unknown model `resnet19`",
+        ),
+        (&["train", "--bits", "8,8"], "8"),
+        (
+            &["train", "--dataset", "cifar10"],
+            "the dataset cifar10 needs --data-dir DIR",
+        ),
+        (
+            &["train", "--config", "/nonexistent/preset.json"],
+            "/nonexistent/preset.json: cannot read the preset",
+        ),
+        (
+            &["train", "--schedule", "multistep"],
+            "--schedule multistep needs --milestones",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = adabits(args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains(expected), "{args:?}: {err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("backtrace"),
+            "{err}"
+        );
+    }
+    let missing = temp_dir("cifar-missing");
+    let out = adabits(&[
+        "train",
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        missing.to_str().unwrap(),
+        "--out",
+        temp_dir("cifar-out").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    // After the one-line banner, the error is one line naming the folder.
+    let err = text(&out.stderr);
+    let last = err.trim_end().lines().last().unwrap();
+    assert!(
+        last.starts_with("error: ") && last.contains("cifar-missing"),
+        "{err}"
+    );
+    assert!(
+        last.contains("CIFAR-10 binary files") && last.contains("no such folder"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 2, "{err}");
+}
+
+#[test]
+fn profile_prints_the_official_figures() {
+    let out = adabits(&["profile", "--model", "mobilenet_v1", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reports = json["reports"].as_array().unwrap();
+    assert_eq!(reports.len(), 5);
+    assert_eq!(reports[0]["macs"], 568_790_528u64);
+    assert_eq!(reports[0]["params"], 4_210_088u64);
+    let table = adabits(&["profile", "--model", "resnet20", "--bits", "5,4,3"]);
+    let stdout = text(&table.stdout);
+    assert!(
+        stdout.contains("40817280") && stdout.contains("1.084"),
+        "{stdout}"
+    );
+}

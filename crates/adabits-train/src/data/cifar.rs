@@ -47,6 +47,13 @@ impl CifarKind {
         }
     }
 
+    fn name(self) -> &'static str {
+        match self {
+            Self::Cifar10 => "CIFAR-10",
+            Self::Cifar100 => "CIFAR-100",
+        }
+    }
+
     fn classes(self) -> usize {
         match self {
             Self::Cifar10 => 10,
@@ -69,7 +76,7 @@ pub fn load_cifar(
     if !dir.is_dir() {
         return Err(DataError::invalid(
             dir,
-            format!("a folder with the {kind:?} binary files"),
+            format!("a folder with the {} binary files", kind.name()),
             if dir.exists() {
                 "a file".to_string()
             } else {
