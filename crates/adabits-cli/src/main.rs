@@ -3,12 +3,13 @@
 //! `adabits train` trains a model (joint AdaBits training by default, on the built-in synthetic
 //! data), `adabits profile` prints a model's cost per bit-width, `adabits check-numerics` runs
 //! the specification's test vectors on any compiled backend, and `adabits bench` times the
-//! quantizers. Evaluation of a saved run and export are still to come.
+//! quantizers; `adabits eval` and `adabits info` read a run back. Export is still to come.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod bench;
 mod device;
+mod eval_cmd;
 mod train_cmd;
 
 use std::path::PathBuf;
@@ -44,6 +45,11 @@ enum Command {
     /// bits, average pooling at 32×32 bits, BatchNorm left out; --paper counts the first
     /// layer at 32×32 bits.
     Profile(train_cmd::ProfileArgs),
+    /// Evaluate a trained run's checkpoint at every bit-width (or --bits), optionally after
+    /// BatchNorm calibration.
+    Eval(eval_cmd::EvalArgs),
+    /// Show what a run directory or a checkpoint file holds.
+    Info(eval_cmd::InfoArgs),
     /// Check the quantizers against the specification's test vectors on a device.
     ///
     /// Runs every case of `testvectors.json` (forward values and gradients) on the chosen
@@ -98,6 +104,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Train(args) => train_cmd::run_train(args),
         Command::Profile(args) => train_cmd::run_profile(args),
+        Command::Eval(args) => eval_cmd::run_eval(args),
+        Command::Info(args) => eval_cmd::run_info(args),
         Command::CheckNumerics {
             vectors,
             device,

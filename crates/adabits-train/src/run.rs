@@ -217,6 +217,114 @@ fn key(b: BitWidth) -> String {
     b.get().to_string()
 }
 
+/// Evaluates `model` at each of `bits` on every batch of `loader` (evaluation form: running
+/// BatchNorm statistics, the official eval-form classifier), on `device`.
+///
+/// # Errors
+///
+/// [`TrainError::Data`] when a batch cannot be read.
+pub fn evaluate(
+    model: &Model,
+    bits: &[BitWidth],
+    loader: &Loader,
+    device: &Device,
+) -> Result<BTreeMap<String, Scores>, TrainError> {
+    let eval = model.valid();
+    let mut meters: BTreeMap<String, Meter> = BTreeMap::new();
+    for batch in loader.epoch(0, 0, device) {
+        let batch = batch?;
+        for &b in bits {
+            let logits = eval.forward(batch.images.clone(), b);
+            let loss = cross_entropy(logits.clone(), batch.labels.clone()).into_scalar::<f64>();
+            let values: Vec<f32> = logits.into_data().iter::<f32>().collect();
+            meters
+                .entry(key(b))
+                .or_default()
+                .add(loss, &values, &batch.targets);
+        }
+    }
+    Ok(meters.into_iter().map(|(k, m)| (k, m.summary())).collect())
+}
+
+/// A copy of `model` (on the autodiff device `ad`) whose BatchNorm statistics for `bits` are
+/// reset and re-estimated as plain averages over the first `batches` batches of `loader`
+/// (BatchNorm calibration).
+///
+/// # Errors
+///
+/// [`TrainError::Data`] when a batch cannot be read.
+pub fn calibrate(
+    model: &Model,
+    bits: BitWidth,
+    loader: &Loader,
+    batches: usize,
+    ad: &Device,
+) -> Result<Model, TrainError> {
+    let mut model = model.clone();
+    let mut momentum = 0.1;
+    model.for_each_norm(|bn| {
+        momentum = bn.momentum();
+        bn.reset_statistics(bits);
+    });
+    let n = batches.min(loader.batches_per_epoch());
+    for (k, batch) in loader.epoch(0, 0, ad).take(n).enumerate() {
+        let batch = batch?;
+        model.for_each_norm(|bn| bn.set_momentum(1.0 / (k + 1) as f64));
+        let _ = model.forward(batch.images, bits);
+    }
+    model.for_each_norm(|bn| bn.set_momentum(momentum));
+    Ok(model)
+}
+
+/// Which checkpoint of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Which {
+    /// The best by the run's criterion.
+    Best,
+    /// The latest.
+    Latest,
+}
+
+/// A run read back from its directory.
+#[derive(Debug)]
+pub struct SavedRun {
+    /// The resolved configuration (`config.json`).
+    pub config: TrainConfig,
+    /// The model of the checkpoint, on the autodiff form of the device it was loaded on.
+    pub model: Model,
+    /// The checkpoint folder.
+    pub checkpoint: PathBuf,
+}
+
+/// Loads a run directory's configuration and the model of its `which` checkpoint onto `device`
+/// (its autodiff form, so it can be calibrated).
+///
+/// # Errors
+///
+/// [`TrainError::RunFile`] naming the missing or unreadable file, [`TrainError::Checkpoint`]
+/// when the model file does not fit the configuration.
+pub fn load_run(dir: &Path, which: Which, device: &Device) -> Result<SavedRun, TrainError> {
+    let config_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&config_path).map_err(|e| run_file(&config_path, e))?;
+    let config: TrainConfig = serde_json::from_str(&text).map_err(|e| run_file(&config_path, e))?;
+    let pointer = dir.join("checkpoints").join(match which {
+        Which::Best => "best",
+        Which::Latest => "latest",
+    });
+    let name = std::fs::read_to_string(&pointer).map_err(|e| run_file(&pointer, e))?;
+    let checkpoint = dir.join("checkpoints").join(name.trim());
+    let ad = device.clone().autodiff();
+    let model = load_model(
+        config.model.init(&ad),
+        &checkpoint.join("model.safetensors"),
+    )?;
+    Ok(SavedRun {
+        config,
+        model,
+        checkpoint,
+    })
+}
+
 /// Trains as `config` says, writing into `options.out`: `config.json`, `metrics.jsonl`,
 /// `results.json` and `checkpoints/` (`latest` and `best`, each a pointer to a checkpoint
 /// folder written in full before the pointer moves).
@@ -497,52 +605,24 @@ impl<'a> Run<'a> {
         Ok(losses)
     }
 
-    /// Evaluates `model` (a training-form model) at `bits` on the validation set.
+    /// Evaluates `model` at `bits` on the validation set.
     fn evaluate(
         &self,
         model: &Model,
         bits: &[BitWidth],
     ) -> Result<BTreeMap<String, Scores>, TrainError> {
-        let eval = model.valid();
-        let mut meters: BTreeMap<String, Meter> = BTreeMap::new();
-        for batch in self.val_loader.epoch(0, 0, self.device) {
-            let batch = batch?;
-            for &b in bits {
-                let logits = eval.forward(batch.images.clone(), b);
-                let loss = cross_entropy(logits.clone(), batch.labels.clone()).into_scalar::<f64>();
-                let values: Vec<f32> = logits.into_data().iter::<f32>().collect();
-                meters
-                    .entry(key(b))
-                    .or_default()
-                    .add(loss, &values, &batch.targets);
-            }
-        }
-        Ok(meters.into_iter().map(|(k, m)| (k, m.summary())).collect())
+        evaluate(model, bits, &self.val_loader, self.device)
     }
 
-    /// A copy of the model whose BatchNorm statistics for `bits` are re-estimated as plain
-    /// averages over the first `calibration_batches` training batches.
+    /// A copy of the model with the BatchNorm statistics of `bits` re-estimated.
     fn calibrated(&self, bits: BitWidth) -> Result<Model, TrainError> {
-        let mut model = self.model.clone();
-        let momentum = {
-            let mut m = 0.1;
-            model.for_each_norm(|bn| {
-                m = bn.momentum();
-                bn.reset_statistics(bits);
-            });
-            m
-        };
-        let n = self
-            .config
-            .calibration_batches
-            .min(self.train_loader.batches_per_epoch());
-        for (k, batch) in self.train_loader.epoch(0, 0, self.ad).take(n).enumerate() {
-            let batch = batch?;
-            model.for_each_norm(|bn| bn.set_momentum(1.0 / (k + 1) as f64));
-            let _ = model.forward(batch.images, bits);
-        }
-        model.for_each_norm(|bn| bn.set_momentum(momentum));
-        Ok(model)
+        calibrate(
+            &self.model,
+            bits,
+            &self.train_loader,
+            self.config.calibration_batches,
+            self.ad,
+        )
     }
 
     fn eval_bits(&self) -> Vec<BitWidth> {

@@ -180,6 +180,41 @@ fn train_runs_two_steps_and_writes_the_run_directory() {
         (Some("completed"), Some(4))
     );
     assert!(out.join("results.json").is_file() && out.join("metrics.jsonl").is_file());
+    // eval reads the best checkpoint back and finds the run's own figures.
+    let eval = adabits(&["eval", out_str, "--json"]);
+    assert!(eval.status.success(), "{}", text(&eval.stderr));
+    let eval: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    for row in eval["results"].as_array().unwrap() {
+        let bits = row["bits"].to_string();
+        assert_eq!(row["top1"], results["bits"][&bits]["top1"], "{bits} bits");
+    }
+    let calibrated = adabits(&["eval", out_str, "--bits", "4,3", "--calibrate", "2"]);
+    assert!(calibrated.status.success(), "{}", text(&calibrated.stderr));
+    assert!(text(&calibrated.stdout).contains("calibrated on 2 batches"));
+    // info describes the run and a checkpoint file.
+    let info = adabits(&["info", out_str, "--json"]);
+    assert!(info.status.success(), "{}", text(&info.stderr));
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["checkpoints"]["latest"]["step"], 4);
+    assert_eq!(info["epochs_recorded"], 1);
+    let latest = std::fs::read_to_string(out.join("checkpoints/latest")).unwrap();
+    let file = out
+        .join("checkpoints")
+        .join(latest.trim())
+        .join("model.safetensors");
+    let info = adabits(&["info", file.to_str().unwrap()]);
+    assert!(
+        text(&info.stdout).contains("tensors"),
+        "{}",
+        text(&info.stderr)
+    );
+    let not_a_run = adabits(&["eval", std::env::temp_dir().to_str().unwrap()]);
+    assert!(!not_a_run.status.success());
+    assert!(
+        text(&not_a_run.stderr).contains("config.json"),
+        "{}",
+        text(&not_a_run.stderr)
+    );
     std::fs::remove_dir_all(&out).unwrap();
     std::fs::remove_file(&preset).unwrap();
 }

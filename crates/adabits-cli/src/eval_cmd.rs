@@ -1,0 +1,276 @@
+//! `adabits eval` and `adabits info`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use adabits_models::{Accounting, StateDict, cost};
+use adabits_quant::{BitWidth, BitWidths};
+use adabits_train::data::{DataSource, Loader};
+use adabits_train::{Which, calibrate, evaluate, load_run};
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use serde_json::{Value, json};
+
+use crate::device::DeviceArg;
+
+/// Which checkpoint of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum WhichArg {
+    /// The best by the run's criterion (mean top-1 by default).
+    Best,
+    /// The latest.
+    Latest,
+}
+
+/// The flags of `adabits eval`.
+#[derive(Debug, Args)]
+pub(crate) struct EvalArgs {
+    /// The run directory (what `adabits train --out` wrote).
+    #[arg(value_name = "RUN")]
+    run: PathBuf,
+    /// Which checkpoint.
+    #[arg(long, value_enum, default_value_t = WhichArg::Best)]
+    checkpoint: WhichArg,
+    /// The bit-widths to evaluate [default: the run's]; others run with the first bit-width's
+    /// BatchNorm and clipping level unless --calibrate is given.
+    #[arg(long, value_name = "LIST")]
+    bits: Option<BitWidths>,
+    /// Re-estimate each bit-width's BatchNorm statistics on N training batches first.
+    #[arg(long, value_name = "N")]
+    calibrate: Option<usize>,
+    /// The data folder, if it moved since training.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Evaluation batch size.
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// The device to run on (one of the backends compiled into this binary).
+    #[arg(long, value_enum, default_value_t = DeviceArg::default())]
+    device: DeviceArg,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `adabits eval`.
+pub(crate) fn run_eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
+    let device = args.device.device();
+    let which = match args.checkpoint {
+        WhichArg::Best => Which::Best,
+        WhichArg::Latest => Which::Latest,
+    };
+    let run = load_run(&args.run, which, &device)
+        .map_err(|e| anyhow::anyhow!("{e}\nhint: RUN is the folder `adabits train --out` wrote"))?;
+    let mut data = run.config.data.clone();
+    if let Some(dir) = &args.data_dir {
+        match &mut data {
+            DataSource::Cifar10 { dir: d }
+            | DataSource::Cifar100 { dir: d }
+            | DataSource::ImageFolder { dir: d, .. } => *d = dir.clone(),
+            DataSource::Synthetic(_) => {
+                anyhow::bail!("--data-dir given, but the run was trained on synthetic data")
+            }
+        }
+    }
+    let (train_set, val_set) = data.open()?;
+    let side = val_set.image_size();
+    let val = Loader::new(Arc::from(val_set), args.batch_size, false, run.config.seed);
+    let train = Loader::new(
+        Arc::from(train_set),
+        run.config.batch_size,
+        true,
+        run.config.seed,
+    );
+    let bits: Vec<BitWidth> = args
+        .bits
+        .as_ref()
+        .unwrap_or(&run.config.model.bits)
+        .iter()
+        .collect();
+    let shapes = run.model.layer_shapes([side, side]);
+    let mut rows = Vec::new();
+    for &b in &bits {
+        let scores = match args.calibrate {
+            Some(n) => {
+                let model = calibrate(&run.model, b, &train, n, &device.clone().autodiff())?;
+                evaluate(&model, &[b], &val, &device)?
+            }
+            None => evaluate(&run.model, &[b], &val, &device)?,
+        };
+        let s = scores[&b.get().to_string()];
+        let c = cost(&shapes, b, Accounting::Official);
+        rows.push(json!({
+            "bits": b.get(), "top1": s.top1, "top5": s.top5, "loss": s.loss,
+            "gbitops": c.gbitops, "bytes": c.size_mb * 1e6,
+        }));
+    }
+    if args.json {
+        let out = json!({
+            "run": args.run.display().to_string(),
+            "checkpoint": run.checkpoint.display().to_string(),
+            "calibration_batches": args.calibrate,
+            "results": rows,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "{} {} on {} ({}), checkpoint {}{}",
+            run.config.model.arch,
+            run.config.model.bits,
+            run.config.data.name(),
+            run.config.strategy.name(),
+            run.checkpoint.display(),
+            args.calibrate.map_or(String::new(), |n| format!(
+                ", BatchNorm calibrated on {n} batches"
+            ))
+        );
+        println!(
+            "{:>6} {:>8} {:>8} {:>8} {:>10} {:>12}",
+            "bits", "top-1", "top-5", "loss", "GBitOPs", "bytes"
+        );
+        for r in &rows {
+            println!(
+                "{:>6} {:>7.2}% {:>7.2}% {:>8.4} {:>10.4} {:>12.0}",
+                r["bits"].as_u64().unwrap_or_default(),
+                f(&r["top1"]),
+                f(&r["top5"]),
+                f(&r["loss"]),
+                f(&r["gbitops"]),
+                f(&r["bytes"])
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+/// A JSON value as text, strings without their quotes.
+fn t(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The flags of `adabits info`.
+#[derive(Debug, Args)]
+pub(crate) struct InfoArgs {
+    /// A run directory, or a checkpoint file (`.safetensors`).
+    #[arg(value_name = "PATH")]
+    path: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn read_json(path: &Path) -> anyhow::Result<Value> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))
+}
+
+/// `adabits info`.
+pub(crate) fn run_info(args: InfoArgs) -> anyhow::Result<ExitCode> {
+    let path = &args.path;
+    if path.is_file() {
+        let dict = StateDict::read(path)?;
+        let elements: usize = dict
+            .keys()
+            .map(|k| dict.get(k).map_or(0, |t| t.values.len()))
+            .sum();
+        let out = json!({
+            "file": path.display().to_string(),
+            "tensors": dict.len(),
+            "elements": elements,
+            "keys": dict.keys().collect::<Vec<_>>(),
+        });
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        } else {
+            println!(
+                "{}: {} tensors, {elements} values",
+                path.display(),
+                dict.len()
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    anyhow::ensure!(
+        path.join("config.json").is_file(),
+        "{}: neither a checkpoint file nor a run directory (no config.json)\nhint: pass the folder `adabits train --out` wrote",
+        path.display()
+    );
+    let config = read_json(&path.join("config.json"))?;
+    let mut checkpoints = serde_json::Map::new();
+    for which in ["latest", "best"] {
+        let pointer = path.join("checkpoints").join(which);
+        if let Ok(name) = std::fs::read_to_string(&pointer) {
+            let state = read_json(
+                &path
+                    .join("checkpoints")
+                    .join(name.trim())
+                    .join("state.json"),
+            )?;
+            checkpoints.insert(
+                which.into(),
+                json!({"name": name.trim(), "stage": state["stage"], "epoch": state["epoch"],
+                       "batch": state["batch"], "step": state["step"], "best": state["best"]}),
+            );
+        }
+    }
+    let results = read_json(&path.join("results.json")).ok();
+    let epochs = std::fs::read_to_string(path.join("metrics.jsonl"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0);
+    let out = json!({
+        "run": path.display().to_string(), "config": config, "checkpoints": checkpoints,
+        "epochs_recorded": epochs, "results": results,
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("run {}", path.display());
+    println!(
+        "  model {} bits {} width {}; data {}; strategy {}; {} epochs, batch {}",
+        t(&config["model"]["arch"]),
+        t(&config["model"]["bits"]),
+        t(&config["model"]["width_mult"]),
+        t(&config["data"]["kind"]),
+        t(&config["strategy"]["kind"]),
+        config["epochs"],
+        config["batch_size"]
+    );
+    println!("  epochs recorded in metrics.jsonl: {epochs}");
+    for (which, c) in &checkpoints {
+        println!(
+            "  checkpoint {which}: {} (stage {}, epoch {}, batch {}, step {})",
+            t(&c["name"]),
+            c["stage"],
+            c["epoch"],
+            c["batch"],
+            c["step"]
+        );
+    }
+    match &results {
+        Some(r) => {
+            println!("  results ({}):", t(&r["status"]));
+            if let Some(bits) = r["bits"].as_object() {
+                for (b, v) in bits {
+                    println!(
+                        "    {b:>2} bits: top-1 {:.2}%, top-5 {:.2}%",
+                        f(&v["top1"]),
+                        f(&v["top5"])
+                    );
+                }
+            }
+        }
+        None => println!("  no results.json yet"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
