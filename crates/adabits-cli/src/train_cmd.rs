@@ -132,7 +132,7 @@ pub(crate) struct TrainArgs {
     /// Seed of the initialisation, data order and augmentation [default: 0].
     #[arg(long)]
     seed: Option<u64>,
-    /// The run directory [default: runs/<model>-<strategy>].
+    /// The run directory [default: runs/MODEL-STRATEGY].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Continue the run in --out from its latest checkpoint.
