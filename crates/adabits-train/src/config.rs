@@ -100,6 +100,22 @@ pub struct TrainConfig {
     /// at least 1), at a tenth of the learning rate.
     #[serde(default)]
     pub finetune_epochs: Option<usize>,
+    /// Stop when a bit-width's smoothed training loss has stayed within `stuck_tolerance` of
+    /// `ln(classes)` (a model that predicts the same class for everything) for this many
+    /// steps; 0 turns the guard off.
+    #[serde(default = "default_stuck_steps")]
+    pub stuck_steps: usize,
+    /// How close to `ln(classes)` counts as stuck.
+    #[serde(default = "default_stuck_tolerance")]
+    pub stuck_tolerance: f64,
+}
+
+fn default_stuck_steps() -> usize {
+    100
+}
+
+fn default_stuck_tolerance() -> f64 {
+    0.02
 }
 
 /// Deserialises a [`ModelConfig`] whose JSON may leave out any field but `arch` and `bits`
@@ -169,6 +185,8 @@ impl TrainConfig {
             calibration_batches: default_calibration(),
             max_steps: None,
             finetune_epochs: None,
+            stuck_steps: default_stuck_steps(),
+            stuck_tolerance: default_stuck_tolerance(),
         }
     }
 

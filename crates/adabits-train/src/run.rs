@@ -8,7 +8,8 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use adabits_models::{
-    Accounting, CheckpointError, Model, StateDict, cost, load_model, save_model, write_atomically,
+    Accounting, CheckpointError, LayerMut, Model, OfficialLayout, StateDict, cost, load_model,
+    save_model, write_atomically,
 };
 use adabits_quant::BitWidth;
 use burn::module::Module;
@@ -41,6 +42,25 @@ pub enum TrainError {
     /// A checkpoint could not be written or read.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// A bit-width's loss has stayed at chance level: the model predicts the same class for
+    /// every image. The last good checkpoint is kept.
+    #[error(
+        "the loss at {bits} bits has stayed at ln({classes}) = {chance:.3}, chance level, for {steps} steps (up to step {step}): the model predicts the same class for every image. {diagnosis} Stopped; the last good checkpoint is kept. See docs/recipe.md: the official recipe does this from a random start, the default `adabits` recipe avoids it"
+    )]
+    Stuck {
+        /// The optimiser step (from 0).
+        step: usize,
+        /// The bit-width.
+        bits: BitWidth,
+        /// The number of classes.
+        classes: usize,
+        /// `ln(classes)`.
+        chance: f64,
+        /// For how many steps.
+        steps: usize,
+        /// What the model's classifier looks like.
+        diagnosis: String,
+    },
     /// A run file could not be written or read.
     #[error("{path}: {reason}")]
     RunFile {
@@ -208,6 +228,9 @@ struct RunState {
     meters: BTreeMap<String, Meter>,
     epoch_seconds: f64,
     epoch_images: u64,
+    /// Smoothed training loss and steps spent at chance level, per bit-width.
+    #[serde(default)]
+    guard: BTreeMap<String, (f64, usize)>,
     train_seconds: f64,
     train_images: u64,
     wall_seconds: f64,
@@ -274,6 +297,31 @@ pub fn calibrate(
     }
     model.for_each_norm(|bn| bn.set_momentum(momentum));
     Ok(model)
+}
+
+/// Describes the classifier's latent weights: their largest magnitude and how many sit where
+/// `tanh` is saturated (METHOD.md §17).
+fn classifier_diagnosis(model: &Model) -> String {
+    let mut model = model.clone();
+    let mut found = None;
+    model.visit_official(&mut |name, layer| {
+        if let LayerMut::Linear(linear) = layer {
+            let values: Vec<f32> = linear.weight.val().into_data().iter::<f32>().collect();
+            let max = values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let saturated = values.iter().filter(|v| v.tanh().abs() > 0.99).count();
+            let share = 100.0 * saturated as f64 / values.len().max(1) as f64;
+            found = Some((name.to_string(), max, share));
+        }
+    });
+    match found {
+        Some((name, max, share)) if share >= 10.0 => format!(
+            "Likely cause: the classifier `{name}` has saturated: its largest weight is {max:.1} and {share:.0}% of its weights have |tanh(w)| > 0.99, so its features no longer pass gradient."
+        ),
+        Some((name, max, share)) => format!(
+            "The classifier `{name}` is not saturated (largest weight {max:.2}, {share:.0}% with |tanh(w)| > 0.99); look at the learning rate and the weight scheme."
+        ),
+        None => String::new(),
+    }
 }
 
 /// Which checkpoint of a run.
@@ -596,6 +644,7 @@ impl<'a> Run<'a> {
                 .or_default()
                 .add(ce_value, &values, &batch.targets);
             losses.push((b, ce_value));
+            self.watch(b, ce_value)?;
             if distill {
                 teacher = Some(logits.detach());
             }
@@ -603,6 +652,35 @@ impl<'a> Run<'a> {
         let model = self.model.clone();
         self.model = self.sgd.step(model, accumulator.grads(), lr);
         Ok(losses)
+    }
+
+    /// The divergence guard: tracks the smoothed loss of `bits` and stops the run when it has
+    /// sat at `ln(classes)` for `stuck_steps` steps.
+    fn watch(&mut self, bits: BitWidth, loss: f64) -> Result<(), TrainError> {
+        let steps = self.config.stuck_steps;
+        if steps == 0 {
+            return Ok(());
+        }
+        let classes = self.config.model.num_classes;
+        let chance = (classes as f64).ln();
+        let entry = self.state.guard.entry(key(bits)).or_insert((loss, 0));
+        entry.0 = 0.9 * entry.0 + 0.1 * loss;
+        if (entry.0 - chance).abs() < self.config.stuck_tolerance {
+            entry.1 += 1;
+        } else {
+            entry.1 = 0;
+        }
+        if entry.1 < steps {
+            return Ok(());
+        }
+        Err(TrainError::Stuck {
+            step: self.state.step,
+            bits,
+            classes,
+            chance,
+            steps,
+            diagnosis: classifier_diagnosis(&self.model),
+        })
     }
 
     /// Evaluates `model` at `bits` on the validation set.

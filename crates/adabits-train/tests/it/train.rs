@@ -346,3 +346,32 @@ fn joint_runs_with_distillation_and_with_the_ablations_complete() {
         assert_eq!(saved["strategy"]["distill"], distill);
     }
 }
+
+#[test]
+fn the_official_recipe_collapses_from_a_random_start_and_the_guard_names_the_cause() {
+    // METHOD.md §17 in our port: the official flags (modified weights, classifier N(0, 0.01),
+    // rescaled) from a random start sit at chance; the guard stops the run and says why.
+    let model = ModelConfig::new(Architecture::CifarResNet(20), "8,4".parse().unwrap())
+        .with_width_mult(0.25);
+    let data = DataSource::Synthetic(SyntheticConfig {
+        train: 3200,
+        val: 200,
+        side: 16,
+        ..SyntheticConfig::default()
+    });
+    let mut config = TrainConfig::new(model, data, Strategy::Joint { distill: false });
+    config.batch_size = 64;
+    config.stuck_steps = 30;
+    let out = temp_dir("collapse");
+    let err = train(config, &crate::device(), &RunOptions::new(&out), &mut Quiet).unwrap_err();
+    let msg = err.to_string();
+    let TrainError::Stuck { step, steps, .. } = err else {
+        panic!("{msg}");
+    };
+    eprintln!("{msg}");
+    assert!(steps == 30 && step < 100, "{msg}");
+    assert!(
+        msg.contains("ln(10) = 2.303") && msg.contains("`classifier.0`"),
+        "{msg}"
+    );
+}
