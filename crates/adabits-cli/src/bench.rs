@@ -3,12 +3,16 @@
 
 use std::time::Instant;
 
+use adabits_models::ModelConfig;
 use adabits_quant::{
     ActQuantConfig, BitWidth, WeightQuantConfig, conv_fan_out, pact, quantize_weight,
 };
+use adabits_train::data::Batch;
+use adabits_train::{OptimConfig, Sgd, joint_step};
+use burn::module::Module;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 
 /// One measured workload.
 #[derive(Debug, serde::Serialize)]
@@ -117,5 +121,71 @@ pub(crate) fn run(
         throughput: batch as f64 / (ms * 1e-3),
         unit: "img/s",
     });
+    Ok(out)
+}
+
+/// The model workloads: one joint training step over `list` (each image counted once per
+/// step, whatever the number of bit-widths) and an evaluation forward pass at each bit-width.
+pub(crate) fn run_model(
+    device: &Device,
+    config: &ModelConfig,
+    batch: usize,
+    side: usize,
+    iters: usize,
+) -> anyhow::Result<Vec<Measurement>> {
+    anyhow::ensure!(batch >= 2, "--batch must be at least 2 for a training step");
+    let ad = device.clone().autodiff();
+    ad.seed(0);
+    let mut model = config.init(&ad);
+    let mut sgd = Sgd::new(OptimConfig::default());
+    let images = Tensor::<4>::random([batch, 3, side, side], Distribution::Uniform(0.0, 1.0), &ad);
+    let labels: Vec<i64> = (0..batch)
+        .map(|i| (i % config.num_classes) as i64)
+        .collect();
+    let batch_data = Batch {
+        images,
+        labels: Tensor::<1, Int>::from_data(TensorData::new(labels, [batch]), &ad),
+        targets: (0..batch).map(|i| i % config.num_classes).collect(),
+    };
+    let bits: Vec<BitWidth> = config.bits.iter().collect();
+    let name = format!("{} ×{} {}", config.arch, config.width_mult, config.bits);
+    let mut failure = None;
+    let ms = time_ms(device, 1, iters, || {
+        let stepped = joint_step(
+            model.clone(),
+            &mut sgd,
+            &bits,
+            &batch_data,
+            0.01,
+            false,
+            &mut |_, _, _| Ok(()),
+        );
+        match stepped {
+            Ok(m) => model = m,
+            Err(e) => failure = Some(e),
+        }
+    })?;
+    if let Some(e) = failure {
+        anyhow::bail!("training step failed: {e}");
+    }
+    let mut out = vec![Measurement {
+        name: format!("train step {name}, batch {batch}, {side}x{side}"),
+        ms,
+        throughput: batch as f64 / (ms * 1e-3),
+        unit: "img/s",
+    }];
+    let eval = model.valid();
+    let images = batch_data.images.clone().inner();
+    for &b in &bits {
+        let ms = time_ms(device, 1, iters, || {
+            let _ = eval.forward(images.clone(), b).into_data();
+        })?;
+        out.push(Measurement {
+            name: format!("eval forward {name} @{b}b, batch {batch}"),
+            ms,
+            throughput: batch as f64 / (ms * 1e-3),
+            unit: "img/s",
+        });
+    }
     Ok(out)
 }

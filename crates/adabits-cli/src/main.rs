@@ -83,6 +83,18 @@ enum Command {
         /// Timed iterations per workload (the median is reported).
         #[arg(long, default_value_t = 20)]
         iters: usize,
+        /// Also time a training step and evaluation of this model (e.g. resnet20).
+        #[arg(long)]
+        model: Option<String>,
+        /// The model's bit-widths.
+        #[arg(long, default_value = "8,6,5,4")]
+        list: adabits_quant::BitWidths,
+        /// The model's width multiplier.
+        #[arg(long, default_value_t = 1.0)]
+        width: f64,
+        /// The model's input side [default: 32 for CIFAR ResNets, 224 otherwise].
+        #[arg(long)]
+        input: Option<usize>,
         /// Print the results as JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -116,10 +128,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bits,
             batch,
             iters,
+            model,
+            list,
+            width,
+            input,
             json,
         } => {
             anyhow::ensure!(iters > 0, "--iters must be at least 1");
-            let results = bench::run(&device.device(), bits, batch, iters)?;
+            let mut results = bench::run(&device.device(), bits, batch, iters)?;
+            if let Some(model) = model {
+                let arch: adabits_models::Architecture =
+                    model.parse().map_err(anyhow::Error::msg)?;
+                let config = adabits_models::ModelConfig::new(arch, list).with_width_mult(width);
+                let side = input.unwrap_or(arch.default_input_size());
+                results.extend(bench::run_model(
+                    &device.device(),
+                    &config,
+                    batch,
+                    side,
+                    iters,
+                )?);
+            }
             if json {
                 let out = serde_json::json!({ "device": device.to_string(), "results": results });
                 println!("{}", serde_json::to_string_pretty(&out)?);

@@ -240,6 +240,49 @@ fn key(b: BitWidth) -> String {
     b.get().to_string()
 }
 
+/// What [`joint_step`] calls after each bit-width's forward pass: the bit-width, its mean
+/// cross-entropy and its logits.
+pub type BitHook<'a> = dyn FnMut(BitWidth, f64, &[f32]) -> Result<(), TrainError> + 'a;
+
+/// One optimiser step: for each of `bits` in order, a forward pass, the mean cross-entropy (plus,
+/// with `distill`, the KL divergence from the previous bit-width's detached outputs) and its
+/// backward pass, gradients summed; then one [`Sgd`] step at `lr`. `on_bit` sees each
+/// bit-width's cross-entropy and logits (`[batch, classes]`, row-major) right after its forward
+/// pass and may stop the step with an error, leaving the model unchanged.
+///
+/// # Errors
+///
+/// Whatever `on_bit` returns.
+pub fn joint_step(
+    model: Model,
+    sgd: &mut Sgd,
+    bits: &[BitWidth],
+    batch: &crate::data::Batch,
+    lr: f64,
+    distill: bool,
+    on_bit: &mut BitHook<'_>,
+) -> Result<Model, TrainError> {
+    let mut accumulator = GradientsAccumulator::new();
+    let mut teacher = None;
+    for &b in bits {
+        let logits = model.forward(batch.images.clone(), b);
+        let ce = cross_entropy(logits.clone(), batch.labels.clone());
+        let ce_value = ce.clone().into_scalar::<f64>();
+        let values: Vec<f32> = logits.clone().detach().into_data().iter::<f32>().collect();
+        on_bit(b, ce_value, &values)?;
+        let loss = match (distill, teacher.take()) {
+            (true, Some(t)) => ce + distillation(logits.clone(), t),
+            _ => ce,
+        };
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        accumulator.accumulate(&model, grads);
+        if distill {
+            teacher = Some(logits.detach());
+        }
+    }
+    Ok(sgd.step(model, accumulator.grads(), lr))
+}
+
 /// Evaluates `model` at each of `bits` on every batch of `loader` (evaluation form: running
 /// BatchNorm statistics, the official eval-form classifier), on `device`.
 ///
@@ -615,42 +658,37 @@ impl<'a> Run<'a> {
         lr: f64,
     ) -> Result<Vec<(BitWidth, f64)>, TrainError> {
         let distill = matches!(self.config.strategy, Strategy::Joint { distill: true });
-        let mut accumulator = GradientsAccumulator::new();
         let mut losses = Vec::with_capacity(stage.bits.len());
-        let mut teacher = None;
-        for &b in &stage.bits {
-            let logits = self.model.forward(batch.images.clone(), b);
-            let ce = cross_entropy(logits.clone(), batch.labels.clone());
-            let ce_value = ce.clone().into_scalar::<f64>();
-            if !ce_value.is_finite() {
-                return Err(TrainError::NonFinite {
-                    step: self.state.step,
-                    stage: self.state.stage,
-                    epoch: self.state.epoch,
-                    bits: b,
-                    loss: ce_value,
-                });
-            }
-            let loss = match (distill, teacher.take()) {
-                (true, Some(t)) => ce + distillation(logits.clone(), t),
-                _ => ce,
-            };
-            let grads = GradientsParams::from_grads(loss.backward(), &self.model);
-            accumulator.accumulate(&self.model, grads);
-            let values: Vec<f32> = logits.clone().detach().into_data().iter::<f32>().collect();
-            self.state
-                .meters
-                .entry(key(b))
-                .or_default()
-                .add(ce_value, &values, &batch.targets);
-            losses.push((b, ce_value));
-            self.watch(b, ce_value)?;
-            if distill {
-                teacher = Some(logits.detach());
-            }
-        }
         let model = self.model.clone();
-        self.model = self.sgd.step(model, accumulator.grads(), lr);
+        let mut sgd = std::mem::replace(&mut self.sgd, Sgd::new(self.config.optim.clone()));
+        let stepped = joint_step(
+            model,
+            &mut sgd,
+            &stage.bits,
+            batch,
+            lr,
+            distill,
+            &mut |b, ce, logits| {
+                if !ce.is_finite() {
+                    return Err(TrainError::NonFinite {
+                        step: self.state.step,
+                        stage: self.state.stage,
+                        epoch: self.state.epoch,
+                        bits: b,
+                        loss: ce,
+                    });
+                }
+                self.state
+                    .meters
+                    .entry(key(b))
+                    .or_default()
+                    .add(ce, logits, &batch.targets);
+                losses.push((b, ce));
+                self.watch(b, ce)
+            },
+        );
+        self.sgd = sgd;
+        self.model = stepped?;
         Ok(losses)
     }
 

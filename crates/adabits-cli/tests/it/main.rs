@@ -111,6 +111,33 @@ fn bench_measures_every_workload() {
     }
 }
 
+#[test]
+fn bench_times_a_training_step_and_every_bit_widths_evaluation() {
+    let out = adabits(&[
+        "bench", "--json", "--iters", "1", "--batch", "4", "--model", "resnet20", "--list", "4,2",
+        "--width", "0.25", "--input", "16",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = json["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 6, "{names:?}");
+    assert!(
+        names[3].starts_with("train step resnet20 ×0.25 4,2, batch 4"),
+        "{names:?}"
+    );
+    assert!(
+        names[4].contains("@4b") && names[5].contains("@2b"),
+        "{names:?}"
+    );
+    let bad = adabits(&["bench", "--model", "vgg16"]);
+    assert!(!bad.status.success() && text(&bad.stderr).contains("unknown model `vgg16`"));
+}
+
 fn temp_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("adabits-cli-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
