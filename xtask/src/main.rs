@@ -90,21 +90,15 @@ fn reproduce(args: &[String]) -> Result<(), String> {
     };
     fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
 
-    println!("[1/3] numeric core: the specification's test vectors on {device}");
-    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let output = Command::new(cargo)
+    println!("[1/3] building the release adabits binary ({features})");
+    let adabits = grid::build(&project_root(), features)?;
+
+    println!("[2/3] numeric core: the specification's test vectors on {device}");
+    let output = Command::new(&adabits)
         .current_dir(project_root())
-        .args([
-            "run",
-            "--quiet",
-            "-p",
-            "adabits-cli",
-            "--no-default-features",
-        ])
-        .args(["--features", features, "--", "check-numerics", "--json"])
-        .args(["--device", &device])
+        .args(["check-numerics", "--json", "--device", &device])
         .output()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
+        .map_err(|e| format!("cannot run {}: {e}", adabits.display()))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     if stdout.trim().is_empty() {
         return Err(format!(
@@ -126,8 +120,6 @@ fn reproduce(args: &[String]) -> Result<(), String> {
         ));
     }
 
-    println!("[2/3] building the release adabits binary ({features})");
-    let adabits = grid::build(&project_root(), features)?;
     let scale = if quick {
         &grid::Scale::QUICK
     } else {
