@@ -7,12 +7,13 @@ use std::sync::Arc;
 use adabits_models::{Accounting, StateDict, cost};
 use adabits_quant::{BitWidth, BitWidths};
 use adabits_train::data::{DataSource, Loader};
-use adabits_train::{Which, calibrate, evaluate, load_run};
+use adabits_train::{BitResult, Which, calibrate, evaluate, load_run};
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
 
 use crate::device::DeviceArg;
+use crate::train_cmd::print_results;
 
 /// Which checkpoint of a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -101,17 +102,31 @@ pub(crate) fn run_eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
         };
         let s = scores[&b.get().to_string()];
         let c = cost(&shapes, b, Accounting::Official);
-        rows.push(json!({
-            "bits": b.get(), "top1": s.top1, "top5": s.top5, "loss": s.loss,
-            "gbitops": c.gbitops, "bytes": c.size_mb * 1e6,
-        }));
+        rows.push((
+            b,
+            BitResult {
+                top1: s.top1,
+                top5: s.top5,
+                loss: s.loss,
+                gbitops: c.gbitops,
+                bytes: c.size_mb * 1e6,
+            },
+        ));
     }
     if args.json {
+        let results: Vec<Value> = rows
+            .iter()
+            .map(|(b, r)| {
+                let mut v = json!(r);
+                v["bits"] = json!(b.get());
+                v
+            })
+            .collect();
         let out = json!({
             "run": args.run.display().to_string(),
             "checkpoint": run.checkpoint.display().to_string(),
             "calibration_batches": args.calibrate,
-            "results": rows,
+            "results": results,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
@@ -126,21 +141,7 @@ pub(crate) fn run_eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
                 ", BatchNorm calibrated on {n} batches"
             ))
         );
-        println!(
-            "{:>6} {:>8} {:>8} {:>8} {:>10} {:>12}",
-            "bits", "top-1", "top-5", "loss", "GBitOPs", "bytes"
-        );
-        for r in &rows {
-            println!(
-                "{:>6} {:>7.2}% {:>7.2}% {:>8.4} {:>10.4} {:>12.0}",
-                r["bits"].as_u64().unwrap_or_default(),
-                f(&r["top1"]),
-                f(&r["top5"]),
-                f(&r["loss"]),
-                f(&r["gbitops"]),
-                f(&r["bytes"])
-            );
-        }
+        print_results(rows.iter().map(|(b, r)| (b.get().to_string(), r)));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use adabits_models::{Accounting, Architecture, ModelConfig, cost};
 use adabits_quant::{BitWidths, QuantScheme};
-use adabits_train::{RunOptions, RunStatus, TerminalProgress, TrainConfig, merge_json, train};
+use adabits_train::{
+    BitResult, RunOptions, RunStatus, TerminalProgress, TrainConfig, merge_json, train,
+};
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
@@ -334,16 +336,7 @@ pub(crate) fn run_train(args: TrainArgs) -> anyhow::Result<ExitCode> {
         }
         for evaluation in &results.evaluations {
             println!("{}", evaluation.label);
-            println!(
-                "{:>6} {:>8} {:>8} {:>8} {:>10} {:>12}",
-                "bits", "top-1", "top-5", "loss", "GBitOPs", "bytes"
-            );
-            for (bits, r) in &evaluation.bits {
-                println!(
-                    "{bits:>6} {:>7.2}% {:>7.2}% {:>8.4} {:>10.4} {:>12.0}",
-                    r.top1, r.top5, r.loss, r.gbitops, r.bytes
-                );
-            }
+            print_results(evaluation.bits.iter().map(|(b, r)| (b.clone(), r)));
         }
         println!(
             "{} steps, {:.0} training images/s, {:.1} s; results in {}",
@@ -354,6 +347,20 @@ pub(crate) fn run_train(args: TrainArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints one table row per bit-width: top-1, top-5, loss, GBitOPs and bytes.
+pub(crate) fn print_results<'a>(rows: impl IntoIterator<Item = (String, &'a BitResult)>) {
+    println!(
+        "{:>6} {:>8} {:>8} {:>8} {:>10} {:>12}",
+        "bits", "top-1", "top-5", "loss", "GBitOPs", "bytes"
+    );
+    for (bits, r) in rows {
+        println!(
+            "{bits:>6} {:>7.2}% {:>7.2}% {:>8.4} {:>10.4} {:>12.0}",
+            r.top1, r.top5, r.loss, r.gbitops, r.bytes
+        );
+    }
 }
 
 /// The flags of `adabits profile`.

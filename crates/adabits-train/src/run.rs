@@ -579,17 +579,13 @@ impl<'a> Run<'a> {
                         images_per_second: self.state.epoch_images as f64 / elapsed.max(1e-9),
                         lr,
                     });
-                    let limit = self.config.max_steps.is_some_and(|m| self.state.step >= m);
-                    let stop = options.stop.load(Ordering::SeqCst);
-                    if (limit || stop) && self.state.batch < batches {
+                    if let Some(status) = self.stop_reason(options)
+                        && self.state.batch < batches
+                    {
                         self.state.epoch_seconds = elapsed;
                         self.close_session(session_start, started);
                         self.checkpoint(&options.out, false)?;
-                        return Ok(if stop {
-                            RunStatus::Interrupted
-                        } else {
-                            RunStatus::StepLimit
-                        });
+                        return Ok(status);
                     }
                 }
                 let seconds = seconds_before + epoch_clock.elapsed().as_secs_f64();
@@ -614,16 +610,12 @@ impl<'a> Run<'a> {
                 }
                 self.close_session(session_start, started);
                 self.checkpoint(&options.out, best)?;
-                let limit = self.config.max_steps.is_some_and(|m| self.state.step >= m);
-                let stop = options.stop.load(Ordering::SeqCst);
                 let more =
                     self.state.epoch < stage.epochs || self.state.stage + 1 < self.stages.len();
-                if (limit || stop) && more {
-                    return Ok(if stop {
-                        RunStatus::Interrupted
-                    } else {
-                        RunStatus::StepLimit
-                    });
+                if let Some(status) = self.stop_reason(options)
+                    && more
+                {
+                    return Ok(status);
                 }
             }
             self.state.stage += 1;
@@ -634,6 +626,17 @@ impl<'a> Run<'a> {
             }
         }
         Ok(RunStatus::Completed)
+    }
+
+    /// Why the run should stop after this step, if it should: a stop request, or the step limit.
+    fn stop_reason(&self, options: &RunOptions) -> Option<RunStatus> {
+        if options.stop.load(Ordering::SeqCst) {
+            Some(RunStatus::Interrupted)
+        } else if self.config.max_steps.is_some_and(|m| self.state.step >= m) {
+            Some(RunStatus::StepLimit)
+        } else {
+            None
+        }
     }
 
     /// Adds the time of this session so far to the run's wall time (once per checkpoint).
