@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use adabits_models::{Accounting, StateDict, cost};
+use adabits_models::StateDict;
 use adabits_quant::{BitWidth, BitWidths};
 use adabits_train::data::{DataSource, Loader};
 use adabits_train::{BitResult, Which, calibrate, evaluate, load_run};
@@ -100,18 +100,8 @@ pub(crate) fn run_eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
             }
             None => evaluate(&run.model, &[b], &val, &device)?,
         };
-        let s = scores[&b.get().to_string()];
-        let c = cost(&shapes, b, Accounting::Official);
-        rows.push((
-            b,
-            BitResult {
-                top1: s.top1,
-                top5: s.top5,
-                loss: s.loss,
-                gbitops: c.gbitops,
-                bytes: c.size_mb * 1e6,
-            },
-        ));
+        let s = &scores[&b.get().to_string()];
+        rows.push((b, BitResult::new(s, &shapes, b)));
     }
     if args.json {
         let results: Vec<Value> = rows

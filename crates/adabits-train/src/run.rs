@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use adabits_models::{
-    Accounting, CheckpointError, LayerMut, Model, OfficialLayout, StateDict, cost, load_model,
-    save_model, write_atomically,
+    Accounting, CheckpointError, LayerMut, LayerShape, Model, OfficialLayout, StateDict, cost,
+    load_model, save_model, write_atomically,
 };
 use adabits_quant::BitWidth;
 use burn::module::Module;
@@ -167,6 +167,21 @@ pub struct BitResult {
     pub gbitops: f64,
     /// Model size in bytes at this bit-width (official accounting).
     pub bytes: f64,
+}
+
+impl BitResult {
+    /// The figures of bit-width `bits`: its `scores`, and the cost of a model with layer
+    /// `shapes` at that bit-width (official accounting).
+    pub fn new(scores: &Scores, shapes: &[LayerShape], bits: BitWidth) -> Self {
+        let c = cost(shapes, bits, Accounting::Official);
+        Self {
+            top1: scores.top1,
+            top5: scores.top5,
+            loss: scores.loss,
+            gbitops: c.gbitops,
+            bytes: c.size_mb * 1e6,
+        }
+    }
 }
 
 /// An evaluation of every bit-width under one label (e.g. `direct` and
@@ -824,17 +839,7 @@ impl<'a> Run<'a> {
             .iter()
             .filter_map(|b| {
                 let s = scores.get(&key(b))?;
-                let c = cost(&shapes, b, Accounting::Official);
-                Some((
-                    key(b),
-                    BitResult {
-                        top1: s.top1,
-                        top5: s.top5,
-                        loss: s.loss,
-                        gbitops: c.gbitops,
-                        bytes: c.size_mb * 1e6,
-                    },
-                ))
+                Some((key(b), BitResult::new(s, &shapes, b)))
             })
             .collect();
         Evaluation { label, bits }
