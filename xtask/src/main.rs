@@ -14,7 +14,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+mod full;
 mod grid;
+mod plot;
+mod recipes;
 
 const USAGE: &str = "\
 usage: cargo xtask <command>
@@ -22,9 +25,22 @@ usage: cargo xtask <command>
 commands:
   reproduce [--device DEVICE] [--out DIR] [--quick]
       Run the reproduction on the embedded default data (CPU unless --device names another
-      compiled backend): the numeric core, then the paper's experiment grid at small scale on
-      the synthetic data, {8,6,5,4} and {4,3,2}; write a Markdown report to DIR
-      [default: runs/reproduce]. --quick runs a tiny grid (a smoke test of the pipeline).
+      compiled backend: flex, ndarray or wgpu): the numeric core, then the paper's experiment
+      grid at small scale on the synthetic data, {8,6,5,4} and {4,3,2}; write a Markdown
+      report with plots to DIR [default: runs/reproduce]. --quick runs a tiny grid (a smoke
+      test of the pipeline).
+  reproduce --full --dataset cifar10|imagenet --data-dir DIR [--device DEVICE] [--out DIR]
+            [--max-steps N]
+      Train the paper's recipes at full length (configs/*.json): CIFAR-10 ResNet-20 {5,4,3},
+      or ImageNet MobileNet-V1 and -V2 {8,6,5,4} and ResNet-50 {4,3,2}, then write
+      report.md beside the paper's numbers [default DIR: runs/reproduce-full]. Resumable: run
+      the same command again after a stop and every unfinished run continues from its latest
+      checkpoint. --max-steps stops each run after N steps (a smoke test).
+  recipes [--device DEVICE] [--out DIR] [--model M]...
+      The recipe study of docs/recipe.md: one model of each family (resnet20, resnet18,
+      resnet50, mobilenet_v1, mobilenet_v2, or those named) trained jointly at {8,6,5,4} and
+      {4,3,2} with the default and the official recipe; a table and loss curves in
+      DIR/report.md [default: runs/recipes]. About 20 minutes on 2 cores.
   help
       Print this message.";
 
@@ -32,6 +48,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("reproduce") => reproduce(&args[1..]),
+        Some("recipes") => recipe_study(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             println!("{USAGE}");
             Ok(())
@@ -56,10 +73,22 @@ fn project_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn reproduce(args: &[String]) -> Result<(), String> {
+/// The cargo features of the binary that runs on `device`.
+fn features(device: &str) -> Result<&'static str, String> {
+    match device {
+        "flex" => Ok("flex"),
+        "ndarray" => Ok("ndarray"),
+        "wgpu" => Ok("flex,wgpu"),
+        other => Err(format!(
+            "unknown device {other:?}: expected flex, ndarray or wgpu"
+        )),
+    }
+}
+
+fn recipe_study(args: &[String]) -> Result<(), String> {
     let mut device = String::from("flex");
-    let mut out = project_root().join("runs/reproduce");
-    let mut quick = false;
+    let mut out = project_root().join("runs/recipes");
+    let mut models = Vec::new();
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         let mut value = |name: &str| {
@@ -70,7 +99,7 @@ fn reproduce(args: &[String]) -> Result<(), String> {
         match arg.as_str() {
             "--device" => device = value("--device")?,
             "--out" => out = PathBuf::from(value("--out")?),
-            "--quick" => quick = true,
+            "--model" => models.push(value("--model")?),
             other => {
                 return Err(format!(
                     "unknown argument {other:?}\nhint: run `cargo xtask help`"
@@ -78,16 +107,70 @@ fn reproduce(args: &[String]) -> Result<(), String> {
             }
         }
     }
-    let features = match device.as_str() {
-        "flex" => "flex",
-        "ndarray" => "ndarray",
-        "wgpu" => "flex,wgpu",
-        other => {
-            return Err(format!(
-                "unknown device {other:?}: expected flex, ndarray or wgpu"
-            ));
+    recipes::run(&project_root(), features(&device)?, &device, &out, &models)
+}
+
+fn reproduce(args: &[String]) -> Result<(), String> {
+    let mut device = String::from("flex");
+    let mut out = None;
+    let mut quick = false;
+    let mut full = false;
+    let mut dataset = None;
+    let mut data_dir = None;
+    let mut max_steps = None;
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        let mut value = |name: &str| {
+            iter.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value\nhint: run `cargo xtask help`"))
+        };
+        match arg.as_str() {
+            "--device" => device = value("--device")?,
+            "--out" => out = Some(PathBuf::from(value("--out")?)),
+            "--quick" => quick = true,
+            "--full" => full = true,
+            "--dataset" => dataset = Some(value("--dataset")?),
+            "--data-dir" => data_dir = Some(PathBuf::from(value("--data-dir")?)),
+            "--max-steps" => {
+                let v = value("--max-steps")?;
+                max_steps = Some(
+                    v.parse::<u64>()
+                        .map_err(|_| format!("--max-steps expects a whole number, found {v:?}"))?,
+                );
+            }
+            other => {
+                return Err(format!(
+                    "unknown argument {other:?}\nhint: run `cargo xtask help`"
+                ));
+            }
         }
-    };
+    }
+    let features = features(&device)?;
+    if !full && (dataset.is_some() || data_dir.is_some() || max_steps.is_some()) {
+        return Err(
+            "--dataset, --data-dir and --max-steps belong to --full\nhint: the default reproduction runs on the built-in synthetic data"
+                .into(),
+        );
+    }
+    if full && quick {
+        return Err("--quick and --full exclude each other".into());
+    }
+    if full {
+        let dataset = dataset.ok_or("--full needs --dataset cifar10 or imagenet")?;
+        let data_dir = data_dir.ok_or("--full needs --data-dir DIR (the dataset's folder)")?;
+        let out = out.unwrap_or_else(|| project_root().join("runs/reproduce-full"));
+        let options = full::Options {
+            dataset: &dataset,
+            data_dir: &data_dir,
+            device: &device,
+            features,
+            out: &out,
+            max_steps,
+        };
+        return full::run(&project_root(), &options);
+    }
+    let out = out.unwrap_or_else(|| project_root().join("runs/reproduce"));
     fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
 
     println!("[1/3] building the release adabits binary ({features})");
@@ -159,14 +242,15 @@ fn reproduce(args: &[String]) -> Result<(), String> {
          the official recipe collapses from a random start, see docs/recipe.md). Training took \
          {minutes:.1} minutes. The runs are in the `grid-*` folders (`results.json`, \
          `metrics.jsonl`), the tables in `grid.json`. The paper's own numbers are for ImageNet \
-         and CIFAR at full scale and are not comparable with these; METHOD.md §10 has them \
-         (second-hand).\n\n{sections}",
+         and CIFAR at full scale and are not comparable with these; each finding below quotes \
+         them, and the table after the grids lists them.\n\n{sections}{paper}",
         train = scale.train,
         val = scale.val,
         side = scale.side,
         width = scale.width,
         epochs = scale.epochs,
         batch = scale.batch,
+        paper = PAPER,
     );
     let report_path = out.join("report.md");
     fs::write(&report_path, &report)
@@ -174,6 +258,28 @@ fn reproduce(args: &[String]) -> Result<(), String> {
     println!("report: {}", report_path.display());
     Ok(())
 }
+
+/// The paper's ImageNet numbers as METHOD.md §9–10 has them (none first-hand).
+const PAPER: &str = "\
+## The paper's numbers, for reference
+
+ImageNet top-1 (%), joint training (AdaBits), as METHOD.md §10 records them: none is transcribed \
+first-hand from the paper.
+
+| model, bit-widths | 8 bits | 6 bits | 5 bits | 4 bits | 3 bits | 2 bits | source |
+|---|---|---|---|---|---|---|---|
+| MobileNet-V1 {8,6,5,4} | 72.4 | 72.1 | 72.1 | 71.1 | – | – | informal summary of the paper (§10.2), unverified |
+| MobileNet-V2 {8,6,5,4} | 72.3 | 72.3 | – | 70.3 | – | – | a later paper (§10.1) |
+| ResNet-50 {4,3,2} | – | – | – | 76.1 | 75.8 | 73.2 | a later paper (§10.1) |
+
+Other figures quoted in the findings: individual MobileNet-V1 models within 0.3 points of \
+AdaBits at every bit-width; S-CL +0.3 points over a shared α at 4 bits; direct adaptation \
+76.3 % → 41.1 % when a 4-bit model runs at 2 bits; progressive training 29.5 % at its lowest \
+(2-bit) setting (§9, §10.2).
+
+`cargo xtask reproduce --full --dataset imagenet --data-dir DIR` trains these recipes at full \
+length and sets its numbers beside them.
+";
 
 /// Reads a top-level integer field of the JSON that `check-numerics --json` prints.
 fn json_field(json: &str, field: &str) -> Option<u64> {

@@ -100,18 +100,23 @@ pub struct TrainConfig {
     /// at least 1), at a tenth of the learning rate.
     #[serde(default)]
     pub finetune_epochs: Option<usize>,
-    /// Stop when a bit-width's smoothed training loss has stayed within `stuck_tolerance` of
-    /// `ln(classes)` (a model that predicts the same class for everything) for this many
-    /// steps; 0 turns the guard off.
-    #[serde(default = "default_stuck_steps")]
-    pub stuck_steps: usize,
-    /// How close to `ln(classes)` counts as stuck.
+    /// Stop when a bit-width's smoothed training loss has not gone below `ln(classes)` (the
+    /// loss of a model that predicts the same class for everything) less `stuck_tolerance`
+    /// for this many steps in a row; `None` (the default) means one epoch, at least 100 steps;
+    /// `Some(0)` turns the guard off.
+    #[serde(default)]
+    pub stuck_steps: Option<usize>,
+    /// How far below `ln(classes)` the smoothed loss must go to count as learning.
     #[serde(default = "default_stuck_tolerance")]
     pub stuck_tolerance: f64,
+    /// Append the mean training loss of the last this-many steps, per bit-width, to
+    /// `losses.jsonl` (the loss curve); 0 writes no curve.
+    #[serde(default = "default_log_every")]
+    pub log_every: usize,
 }
 
-fn default_stuck_steps() -> usize {
-    100
+fn default_log_every() -> usize {
+    10
 }
 
 fn default_stuck_tolerance() -> f64 {
@@ -185,8 +190,9 @@ impl TrainConfig {
             calibration_batches: default_calibration(),
             max_steps: None,
             finetune_epochs: None,
-            stuck_steps: default_stuck_steps(),
+            stuck_steps: None,
             stuck_tolerance: default_stuck_tolerance(),
+            log_every: default_log_every(),
         }
     }
 

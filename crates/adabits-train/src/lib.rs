@@ -17,6 +17,7 @@ pub use optim::{DecayGroups, LrPlan, OptimConfig, Schedule, Sgd, decays};
 pub use progress::TerminalProgress;
 pub use rng::Rng;
 pub use run::{
-    BitHook, BitResult, EpochRecord, Evaluation, Progress, Quiet, RunResults, RunStatus, SavedRun,
-    StepInfo, TrainError, Which, calibrate, evaluate, joint_step, load_run, train, train_on,
+    BitHook, BitResult, EpochRecord, Evaluation, LossRecord, Progress, Quiet, RunResults,
+    RunStatus, SavedRun, StepInfo, TrainError, Which, calibrate, evaluate, joint_step, load_run,
+    train, train_on,
 };

@@ -42,10 +42,10 @@ pub enum TrainError {
     /// A checkpoint could not be written or read.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
-    /// A bit-width's loss has stayed at chance level: the model predicts the same class for
-    /// every image. The last good checkpoint is kept.
+    /// A bit-width's loss has not gone below chance level: the model predicts the same class
+    /// for every image. The last good checkpoint is kept.
     #[error(
-        "the loss at {bits} bits has stayed at ln({classes}) = {chance:.3}, chance level, for {steps} steps (up to step {step}): the model predicts the same class for every image. {diagnosis} Stopped; the last good checkpoint is kept. See docs/recipe.md: the official recipe does this from a random start, the default `adabits` recipe avoids it"
+        "the loss at {bits} bits has not gone below ln({classes}) = {chance:.3}, chance level, for {steps} steps (up to step {step}): the model predicts the same class for every image. {diagnosis} Stopped; the last good checkpoint is kept. See docs/recipe.md: the official recipe does this from a random start, the default `adabits` recipe avoids it"
     )]
     Stuck {
         /// The optimiser step (from 0).
@@ -154,6 +154,22 @@ pub struct EpochRecord {
     pub train_seconds: f64,
 }
 
+/// A point of the loss curve: a line of `losses.jsonl`, written every
+/// [`TrainConfig::log_every`] steps.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LossRecord {
+    /// Optimiser steps done so far in the run.
+    pub step: usize,
+    /// The stage (from 0).
+    pub stage: usize,
+    /// The epoch within the stage (from 0).
+    pub epoch: usize,
+    /// The learning rate of the last step.
+    pub lr: f64,
+    /// Mean training loss per trained bit-width over the steps since the previous point.
+    pub loss: BTreeMap<String, f64>,
+}
+
 /// One bit-width's final figures.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BitResult {
@@ -246,6 +262,9 @@ struct RunState {
     /// Smoothed training loss and steps spent at chance level, per bit-width.
     #[serde(default)]
     guard: BTreeMap<String, (f64, usize)>,
+    /// Sum and count of the training losses since the last point of the loss curve.
+    #[serde(default)]
+    loss_window: BTreeMap<String, (f64, usize)>,
     train_seconds: f64,
     train_images: u64,
     wall_seconds: f64,
@@ -432,7 +451,7 @@ pub fn load_run(dir: &Path, which: Which, device: &Device) -> Result<SavedRun, T
 }
 
 /// Trains as `config` says, writing into `options.out`: `config.json`, `metrics.jsonl`,
-/// `results.json` and `checkpoints/` (`latest` and `best`, each a pointer to a checkpoint
+/// `losses.jsonl` (the training loss curve), `results.json` and `checkpoints/` (`latest` and `best`, each a pointer to a checkpoint
 /// folder written in full before the pointer moves).
 ///
 /// # Errors
@@ -494,6 +513,7 @@ pub fn train_on(
         let json = serde_json::to_string_pretty(&config).expect("a config serialises");
         write_atomically(&config_path, json.as_bytes()).map_err(|e| run_file(&config_path, e))?;
         std::fs::write(out.join("metrics.jsonl"), b"").map_err(|e| run_file(out, e))?;
+        std::fs::write(out.join("losses.jsonl"), b"").map_err(|e| run_file(out, e))?;
     }
     let status = run.train_all(options, progress, started)?;
     let results = run.results(status);
@@ -580,6 +600,7 @@ impl<'a> Run<'a> {
                     let lr = plan.lr(stage_step0 + self.state.batch) * stage.lr_factor;
                     let losses = self.step(&stage, &batch, lr)?;
                     self.state.step += 1;
+                    self.log_losses(&options.out, &losses, lr)?;
                     self.state.batch += 1;
                     let n = batch.targets.len() as u64;
                     self.state.epoch_images += n;
@@ -711,9 +732,13 @@ impl<'a> Run<'a> {
     }
 
     /// The divergence guard: tracks the smoothed loss of `bits` and stops the run when it has
-    /// sat at `ln(classes)` for `stuck_steps` steps.
+    /// not gone below `ln(classes)` (less the tolerance) for `stuck_steps` steps (by default
+    /// one epoch, at least 100 steps).
     fn watch(&mut self, bits: BitWidth, loss: f64) -> Result<(), TrainError> {
-        let steps = self.config.stuck_steps;
+        let steps = self
+            .config
+            .stuck_steps
+            .unwrap_or_else(|| self.train_loader.batches_per_epoch().max(100));
         if steps == 0 {
             return Ok(());
         }
@@ -721,7 +746,9 @@ impl<'a> Run<'a> {
         let chance = (classes as f64).ln();
         let entry = self.state.guard.entry(key(bits)).or_insert((loss, 0));
         entry.0 = 0.9 * entry.0 + 0.1 * loss;
-        if (entry.0 - chance).abs() < self.config.stuck_tolerance {
+        // At chance, or above it: a model that predicts one class with confidence does worse
+        // than ln(classes).
+        if entry.0 > chance - self.config.stuck_tolerance {
             entry.1 += 1;
         } else {
             entry.1 = 0;
@@ -857,6 +884,46 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// Adds a step's losses to the window of the loss curve and writes a point every
+    /// `log_every` steps.
+    fn log_losses(
+        &mut self,
+        out: &Path,
+        losses: &[(BitWidth, f64)],
+        lr: f64,
+    ) -> Result<(), TrainError> {
+        let every = self.config.log_every;
+        if every == 0 {
+            return Ok(());
+        }
+        for &(b, loss) in losses {
+            let slot = self.state.loss_window.entry(key(b)).or_insert((0.0, 0));
+            slot.0 += loss;
+            slot.1 += 1;
+        }
+        if !self.state.step.is_multiple_of(every) {
+            return Ok(());
+        }
+        let record = LossRecord {
+            step: self.state.step,
+            stage: self.state.stage,
+            epoch: self.state.epoch,
+            lr,
+            loss: std::mem::take(&mut self.state.loss_window)
+                .into_iter()
+                .map(|(k, (sum, n))| (k, sum / n.max(1) as f64))
+                .collect(),
+        };
+        let path = out.join("losses.jsonl");
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(|e| run_file(&path, e))?;
+        let line = serde_json::to_string(&record).expect("records serialise");
+        writeln!(file, "{line}").map_err(|e| run_file(&path, e))
+    }
+
     fn append_metrics(&self, out: &Path, record: &EpochRecord) -> Result<(), TrainError> {
         let path = out.join("metrics.jsonl");
         let mut file = std::fs::OpenOptions::new()
@@ -980,6 +1047,19 @@ impl<'a> Run<'a> {
         }
         let metrics = out.join("metrics.jsonl");
         write_atomically(&metrics, lines.as_bytes()).map_err(|e| run_file(&metrics, e))?;
+        // So does losses.jsonl: points after the checkpoint's step are dropped.
+        let curve = out.join("losses.jsonl");
+        if let Ok(text) = std::fs::read_to_string(&curve) {
+            let kept: String = text
+                .lines()
+                .filter(|line| {
+                    serde_json::from_str::<LossRecord>(line)
+                        .is_ok_and(|r| r.step <= self.state.step)
+                })
+                .map(|line| format!("{line}\n"))
+                .collect();
+            write_atomically(&curve, kept.as_bytes()).map_err(|e| run_file(&curve, e))?;
+        }
         Ok(())
     }
 }

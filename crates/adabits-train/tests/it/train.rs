@@ -101,7 +101,9 @@ fn history(out: &std::path::Path) -> Vec<serde_json::Value> {
 #[test]
 fn a_resumed_run_reproduces_the_uninterrupted_run_exactly() {
     let device = crate::device();
-    let config = tiny_config("4,2", Strategy::Joint { distill: false });
+    let mut config = tiny_config("4,2", Strategy::Joint { distill: false });
+    // A point of the loss curve every 3 steps, so that both stops fall inside a window.
+    config.log_every = 3;
     let straight = temp_dir("straight");
     let whole = train(
         config.clone(),
@@ -126,6 +128,22 @@ fn a_resumed_run_reproduces_the_uninterrupted_run_exactly() {
     let resumed = train(config, &device, &options, &mut Quiet).unwrap();
     assert_eq!((resumed.status, resumed.steps), (RunStatus::Completed, 16));
     assert_eq!(history(&pieces), history(&straight));
+    // The loss curve too: points at steps 3, 6, …, 15, each the mean of its window, for both
+    // bit-widths, with the windows cut by the stops carried through the checkpoints.
+    let curve = |out: &std::path::Path| std::fs::read_to_string(out.join("losses.jsonl")).unwrap();
+    assert_eq!(curve(&pieces), curve(&straight));
+    let points: Vec<serde_json::Value> = curve(&straight)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let steps: Vec<u64> = points.iter().map(|p| p["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [3, 6, 9, 12, 15]);
+    for p in &points {
+        for b in ["4", "2"] {
+            let loss = p["loss"][b].as_f64().unwrap();
+            assert!(loss.is_finite() && loss > 0.0, "{p}");
+        }
+    }
     assert_eq!(resumed.evaluations, whole.evaluations);
     // Only the checkpoints that a pointer names are kept.
     let kept: Vec<String> = std::fs::read_dir(pieces.join("checkpoints"))
@@ -361,7 +379,7 @@ fn the_official_recipe_collapses_from_a_random_start_and_the_guard_names_the_cau
     });
     let mut config = TrainConfig::new(model, data, Strategy::Joint { distill: false });
     config.batch_size = 64;
-    config.stuck_steps = 30;
+    config.stuck_steps = Some(30);
     let out = temp_dir("collapse");
     let err = train(config, &crate::device(), &RunOptions::new(&out), &mut Quiet).unwrap_err();
     let msg = err.to_string();

@@ -1,0 +1,161 @@
+//! `cargo xtask recipes`: the recipe study of docs/recipe.md. Every shipped model family is
+//! trained jointly at {8,6,5,4} and at {4,3,2} from a random start on the synthetic data, once
+//! with the default `adabits` recipe and once with the official settings; the table and the
+//! loss curves go to a Markdown report.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use serde_json::{Value, json};
+
+use crate::grid;
+use crate::plot::{Chart, Reference, Series, svg};
+
+/// The models of the study: one of each family we ship, and the input side it is trained at.
+const MODELS: [(&str, usize); 5] = [
+    ("resnet20", 16),
+    ("resnet18", 32),
+    ("resnet50", 32),
+    ("mobilenet_v1", 32),
+    ("mobilenet_v2", 32),
+];
+
+const LISTS: [&str; 2] = ["8,6,5,4", "4,3,2"];
+const RECIPES: [&str; 2] = ["adabits", "official"];
+
+/// Runs the study into `out` with the binary built for `features`, on `device`.
+pub(crate) fn run(
+    root: &Path,
+    features: &str,
+    device: &str,
+    out: &Path,
+    models: &[String],
+) -> Result<(), String> {
+    let chosen: Vec<(&str, usize)> = if models.is_empty() {
+        MODELS.to_vec()
+    } else {
+        let mut chosen = Vec::new();
+        for m in models {
+            let entry = MODELS.iter().find(|(name, _)| name == m).ok_or_else(|| {
+                let names: Vec<&str> = MODELS.iter().map(|(n, _)| *n).collect();
+                format!("unknown model {m:?}: expected one of {}", names.join(", "))
+            })?;
+            chosen.push(*entry);
+        }
+        chosen
+    };
+    std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    println!("[1/2] building the release adabits binary ({features})");
+    let adabits = grid::build(root, features)?;
+    let total = chosen.len() * LISTS.len() * RECIPES.len();
+    let mut k = 0;
+    let mut table = String::from(
+        "| model | input | bit-widths | recipe | status | steps | top-1 per bit-width (%) | minutes |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    let mut figures = String::new();
+    for &(model, side) in &chosen {
+        let preset = out.join(format!("preset-{side}.json"));
+        let preset_json = json!({
+            "data": {"kind": "synthetic", "train": 3200, "val": 1000, "side": side},
+            "epochs": 3,
+            "batch_size": 64,
+        });
+        std::fs::write(&preset, preset_json.to_string())
+            .map_err(|e| format!("cannot write {}: {e}", preset.display()))?;
+        for list in LISTS {
+            let mut curves: Vec<Series> = Vec::new();
+            for recipe in RECIPES {
+                k += 1;
+                let name = format!("{model}-{}-{recipe}", list.replace(',', ""));
+                let dir = out.join(&name);
+                let _ = std::fs::remove_dir_all(&dir);
+                println!("[2/2] {k}/{total}: {model} {{{list}}}, {recipe} recipe");
+                let started = Instant::now();
+                let output = Command::new(&adabits)
+                    .arg("train")
+                    .args(["--recipe", recipe, "--config"])
+                    .arg(&preset)
+                    .args(["--model", model, "--width", "0.25", "--bits", list])
+                    .args(["--device", device, "--json", "--out"])
+                    .arg(&dir)
+                    .stderr(Stdio::inherit())
+                    .output()
+                    .map_err(|e| format!("cannot run {}: {e}", adabits.display()))?;
+                let minutes = started.elapsed().as_secs_f64() / 60.0;
+                // A run the divergence guard stops exits with an error and no results.json;
+                // its message is above and its loss curve is in losses.jsonl.
+                let (status, steps, top1) = if output.status.success() {
+                    let r: Value = serde_json::from_slice(&output.stdout)
+                        .map_err(|e| format!("{name}: unreadable results: {e}"))?;
+                    let mut bits: Vec<(u8, f64)> = r["bits"]
+                        .as_object()
+                        .map(|o| {
+                            o.iter()
+                                .filter_map(|(k, v)| Some((k.parse().ok()?, v["top1"].as_f64()?)))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    bits.sort_unstable_by_key(|b| std::cmp::Reverse(b.0));
+                    let cells: Vec<String> =
+                        bits.iter().map(|(b, t)| format!("{b}: {t:.1}")).collect();
+                    (
+                        "completed".to_string(),
+                        r["steps"].as_u64().unwrap_or(0),
+                        cells.join(", "),
+                    )
+                } else {
+                    let last = grid::loss_curve(&dir).last().map_or(0, |(s, _)| *s);
+                    ("stopped by the guard".to_string(), last as u64, "–".into())
+                };
+                let _ = writeln!(
+                    table,
+                    "| {model} | {side}×{side} | {{{list}}} | {recipe} | {status} | {steps} | {top1} | {minutes:.1} |"
+                );
+                // The curve of the lowest bit-width of each recipe, and of the highest.
+                let points = grid::loss_curve(&dir);
+                let lowest = list.rsplit(',').next().unwrap_or_default();
+                let highest = list.split(',').next().unwrap_or_default();
+                for b in [highest, lowest] {
+                    curves.push(Series {
+                        label: format!("{recipe}, {b} bits"),
+                        points: points
+                            .iter()
+                            .filter_map(|(s, losses)| Some((*s as f64, losses.get(b)?.as_f64()?)))
+                            .collect(),
+                    });
+                }
+            }
+            let file = format!("loss-{model}-{}.svg", list.replace(',', ""));
+            let doc = svg(&Chart {
+                title: &format!("{model} ×0.25, joint {{{list}}}: training loss"),
+                x_label: "optimiser step",
+                y_label: "training cross-entropy (mean of 10 steps)",
+                series: &curves,
+                reference: Some(Reference {
+                    label: "ln 10 (chance)".into(),
+                    y: 10f64.ln(),
+                }),
+                x_ticks: None,
+                markers: false,
+            });
+            let path = out.join(&file);
+            std::fs::write(&path, doc)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            let _ = writeln!(figures, "![{model} {{{list}}}]({file})\n");
+        }
+    }
+    let report = format!(
+        "# Recipe study\n\n`cargo xtask recipes` on `{device}`: each model at width 0.25, joint \
+         training from a random start on 3,200 synthetic images (1,000 for validation), 3 \
+         epochs, batch 64, lr 0.1 cosine. `adabits` is the default recipe (the official flags \
+         with centered weights and a classifier initialised at N(0, 1)); `official` is \
+         `--recipe official`. A run stopped by the divergence guard sat at ln 10 for 100 \
+         steps.\n\n{table}\n{figures}"
+    );
+    let path = out.join("report.md");
+    std::fs::write(&path, report).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    println!("report: {}", path.display());
+    Ok(())
+}
