@@ -143,7 +143,14 @@ pub(crate) fn run(root: &Path, options: &Options<'_>) -> Result<(), String> {
             serde_json::from_slice(&output.stdout)
                 .map_err(|e| format!("{}: unreadable results: {e}", recipe.name))?
         };
-        sections.push_str(&section(recipe, &results));
+        // A run stopped before its first evaluation has no per-bit results yet: its table
+        // still shows its bit-widths.
+        let configured = std::fs::read_to_string(out.join("config.json"))
+            .ok()
+            .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+            .map(|c| c["model"]["bits"].clone())
+            .unwrap_or(Value::Null);
+        sections.push_str(&section(recipe, &results, &configured));
     }
     let report = format!(
         "# adabits full-length reproduction ({dataset})\n\n\
@@ -166,10 +173,18 @@ fn read_results(out: &Path) -> Option<Value> {
 }
 
 /// One recipe's table: our top-1 beside the paper's, and the cost, per bit-width.
-fn section(recipe: &Recipe, results: &Value) -> String {
+fn section(recipe: &Recipe, results: &Value, configured: &Value) -> String {
     let mut bits: Vec<u8> = results["bits"]
         .as_object()
+        .filter(|o| !o.is_empty())
         .map(|o| o.keys().filter_map(|k| k.parse().ok()).collect())
+        .or_else(|| {
+            configured.as_array().map(|a| {
+                a.iter()
+                    .filter_map(|b| u8::try_from(b.as_u64()?).ok())
+                    .collect()
+            })
+        })
         .unwrap_or_default();
     bits.sort_unstable_by(|a, b| b.cmp(a));
     let status = match results["status"].as_str() {
@@ -228,7 +243,7 @@ mod tests {
         )
         .unwrap();
         let imagenet = recipes("imagenet").unwrap();
-        let md = section(&imagenet[0], &results);
+        let md = section(&imagenet[0], &results, &Value::Null);
         assert!(
             md.contains("Status: stopped (step_limit) after 20 steps."),
             "{md}"
@@ -237,6 +252,16 @@ mod tests {
         assert!(md.contains("| top-1, ours (%) | 72.0 | 70.2 |"), "{md}");
         assert!(md.contains("| top-1, paper (%) | 72.4 | 71.1 |"), "{md}");
         assert!(md.contains("| size (MB) | 4.214 | 2.621 |"), "{md}");
+        // Before the first evaluation: the configured bit-widths, no figures yet.
+        let empty: Value =
+            serde_json::from_str(r#"{"status": "step_limit", "steps": 1, "bits": {}}"#).unwrap();
+        let md = section(&imagenet[2], &empty, &serde_json::json!([4, 3, 2]));
+        assert!(md.contains("| | 4 bits | 3 bits | 2 bits |"), "{md}");
+        assert!(md.contains("| top-1, ours (%) | – | – | – |"), "{md}");
+        assert!(
+            md.contains("| top-1, paper (%) | 76.1 | 75.8 | 73.2 |"),
+            "{md}"
+        );
         assert!(
             recipes("mnist")
                 .unwrap_err()

@@ -58,7 +58,7 @@ pub(crate) fn run(
     for &(model, side) in &chosen {
         let preset = out.join(format!("preset-{side}.json"));
         let preset_json = json!({
-            "data": {"kind": "synthetic", "train": 3200, "val": 1000, "side": side},
+            "data": {"kind": "synthetic", "train": 6400, "val": 1000, "side": side},
             "epochs": 3,
             "batch_size": 64,
         });
@@ -148,11 +148,12 @@ pub(crate) fn run(
     }
     let report = format!(
         "# Recipe study\n\n`cargo xtask recipes` on `{device}`: each model at width 0.25, joint \
-         training from a random start on 3,200 synthetic images (1,000 for validation), 3 \
+         training from a random start on 6,400 synthetic images (1,000 for validation), 3 \
          epochs, batch 64, lr 0.1 cosine. `adabits` is the default recipe (the official flags \
-         with centered weights and a classifier initialised at N(0, 1)); `official` is \
-         `--recipe official`. A run stopped by the divergence guard sat at ln 10 for 100 \
-         steps.\n\n{table}\n{figures}"
+         with centered weights and a classifier initialised at N(0, 1) and rescaled by its fan-in); \
+         `official` is \
+         `--recipe official`. A run stopped by the divergence guard had not gone below \
+         ln 10 for an epoch (100 steps).\n\n{table}\n{figures}"
     );
     let path = out.join("report.md");
     std::fs::write(&path, report).map_err(|e| format!("cannot write {}: {e}", path.display()))?;

@@ -151,7 +151,7 @@ fn t(v: &Value) -> String {
 /// The flags of `adabits info`.
 #[derive(Debug, Args)]
 pub(crate) struct InfoArgs {
-    /// A run directory, or a checkpoint file (`.safetensors`).
+    /// A run directory, a checkpoint file (`.safetensors`) or an artifact (`.abq`).
     #[arg(value_name = "PATH")]
     path: PathBuf,
     /// Print JSON instead of text.
@@ -168,6 +168,38 @@ fn read_json(path: &Path) -> anyhow::Result<Value> {
 /// `adabits info`.
 pub(crate) fn run_info(args: InfoArgs) -> anyhow::Result<ExitCode> {
     let path = &args.path;
+    if path.is_file() && path.extension().is_some_and(|e| e == "abq") {
+        let artifact = adabits_models::Artifact::read(path)?;
+        let h = &artifact.header;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(h)?);
+        } else {
+            println!(
+                "{}: adabits artifact v{}, {} {} ({} weights, {} code bytes, {} scalars, CRC-32 {:08x} ok){}",
+                path.display(),
+                h.version,
+                h.model.arch,
+                h.model.bits,
+                h.weights,
+                h.code_bytes,
+                h.scalar_count,
+                h.crc32,
+                h.source
+                    .as_ref()
+                    .map_or(String::new(), |s| format!(", from {s}"))
+            );
+            for r in &h.table {
+                println!(
+                    "  {} bits: top-1 {}, {:.4} GBitOPs, {:.0} model bytes",
+                    r.bits,
+                    r.top1.map_or("unknown".into(), |t| format!("{t:.2} %")),
+                    r.gbitops,
+                    r.model_bytes
+                );
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if path.is_file() {
         let dict = StateDict::read(path)?;
         let elements: usize = dict

@@ -3,11 +3,14 @@
 //! `adabits train` trains a model (joint AdaBits training by default, on the built-in synthetic
 //! data), `adabits profile` prints a model's cost per bit-width, `adabits check-numerics` runs
 //! the specification's test vectors on any compiled backend, and `adabits bench` times the
-//! quantizers; `adabits eval` and `adabits info` read a run back. Export is still to come.
+//! quantizers; `adabits eval` and `adabits info` read a run back. `adabits export` writes the
+//! low-bit artifact, `verify` checks it against its checkpoint, `select` picks a bit-width for
+//! a budget and `calibrate` re-estimates BatchNorm for a bit-width, trained or not.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod bench;
+mod deploy_cmd;
 mod device;
 mod eval_cmd;
 mod train_cmd;
@@ -48,8 +51,26 @@ enum Command {
     /// Evaluate a trained run's checkpoint at every bit-width (or --bits), optionally after
     /// BatchNorm calibration.
     Eval(eval_cmd::EvalArgs),
-    /// Show what a run directory or a checkpoint file holds.
+    /// Show what a run directory, a checkpoint file or an artifact holds.
     Info(eval_cmd::InfoArgs),
+    /// Write a run's model as one low-bit artifact (.abq) that serves every bit-width.
+    ///
+    /// The file holds the integer weight codes at each layer's highest bit-width (lower
+    /// bit-widths follow by a right shift; the original scheme stores each), the scales,
+    /// every bit-width's clipping levels and folded BatchNorm, and a table of accuracy,
+    /// BitOPs and size per bit-width. Versioned and checksummed; see docs/artifact.md.
+    Export(deploy_cmd::ExportArgs),
+    /// Check that an artifact gives its checkpoint's predictions on every validation image, at
+    /// every bit-width (exit status 1 if not).
+    Verify(deploy_cmd::VerifyArgs),
+    /// Pick the bit-width of an artifact that fits a size, cost or accuracy budget, and say why.
+    ///
+    /// Within --max-bytes and --max-bitops: the most accurate bit-width; with only
+    /// --min-accuracy: the cheapest that reaches it. Exit status 1 if none fits.
+    Select(deploy_cmd::SelectArgs),
+    /// Re-estimate the BatchNorm statistics of one bit-width from N training batches and report
+    /// the accuracy before and after; a bit-width the model was not trained at is added.
+    Calibrate(deploy_cmd::CalibrateArgs),
     /// Check the quantizers against the specification's test vectors on a device.
     ///
     /// Runs every case of `testvectors.json` (forward values and gradients) on the chosen
@@ -118,6 +139,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Profile(args) => train_cmd::run_profile(args),
         Command::Eval(args) => eval_cmd::run_eval(args),
         Command::Info(args) => eval_cmd::run_info(args),
+        Command::Export(args) => deploy_cmd::run_export(args),
+        Command::Verify(args) => deploy_cmd::run_verify(args),
+        Command::Select(args) => deploy_cmd::run_select(args),
+        Command::Calibrate(args) => deploy_cmd::run_calibrate(args),
         Command::CheckNumerics {
             vectors,
             device,

@@ -7,10 +7,13 @@
 //! ResNets ([`ImageNetResNet`]); the cost profiler ([`cost`]); atomic checkpoints
 //! ([`save_model`], [`load_model`]); and PyTorch state dicts in the official layout
 //! ([`import_pytorch`], [`export_official`]), including the official full-precision import that
-//! copies one BatchNorm to every bit-width ([`ImportMode::FullPrecision`]).
+//! copies one BatchNorm to every bit-width ([`ImportMode::FullPrecision`]); and deployment: one
+//! low-bit [`Artifact`] for every bit-width and the [`Runtime`] that runs it, switching
+//! bit-width in memory, with [`select`] to pick a bit-width for a budget.
 
 mod builder;
 mod checkpoint;
+mod deploy;
 mod import;
 mod layers;
 mod mobilenet_v1;
@@ -23,6 +26,10 @@ mod zoo;
 
 pub use adabits_quant;
 pub use checkpoint::{CheckpointError, load_model, save_model, write_atomically};
+pub use deploy::{
+    ARTIFACT_FORMAT, ARTIFACT_VERSION, Artifact, ArtifactError, ArtifactHeader, BitRow, Budget,
+    Runtime, Selection, select, with_added_bits,
+};
 pub use import::{
     ImportError, ImportMode, ImportReport, LayerMut, OfficialLayout, StateDict, StateTensor,
     adapt_from, export_official, import_official, import_pytorch,

@@ -101,6 +101,10 @@ pub struct QuantSettings {
     /// Initial clipping level of every quantized linear layer (official: 10).
     #[config(default = "adabits_quant::LINEAR_ALPHA_INIT")]
     pub linear_alpha_init: f64,
+    /// The rescale constant of linear layers when it differs from `rescale_type` (the default
+    /// `adabits` recipe uses [`RescaleType::FanIn`] for the classifier; official: unset).
+    #[config(default = "None")]
+    pub linear_rescale_type: Option<RescaleType>,
 }
 
 impl QuantSettings {
@@ -112,6 +116,7 @@ impl QuantSettings {
     /// The weight quantizer of a linear layer.
     pub fn linear_weight(&self) -> WeightQuantConfig {
         self.weight(self.rescale)
+            .with_rescale_type(self.linear_rescale_type.unwrap_or(self.rescale_type))
     }
 
     /// The activation quantizer (`double_sided` only where a model asks for it).

@@ -77,6 +77,20 @@ pub fn quantize_weight(
     fan_out: usize,
     config: &WeightQuantConfig,
 ) -> WeightReference {
+    quantize_weight_fans(w, bitw, [fan_out, 0], config)
+}
+
+/// [`quantize_weight`] with both fans, `[fan_out, fan_in]`, for [`RescaleType::FanIn`].
+///
+/// # Panics
+///
+/// As [`quantize_weight`], and when [`RescaleType::FanIn`] rescales with a fan-in of 0.
+pub fn quantize_weight_fans(
+    w: &[f64],
+    bitw: BitWidth,
+    [fan_out, fan_in]: [usize; 2],
+    config: &WeightQuantConfig,
+) -> WeightReference {
     assert!(!w.is_empty(), "empty weight");
     let tanh: Vec<f64> = w.iter().map(|x| x.tanh()).collect();
     let max_abs = tanh.iter().fold(0.0_f64, |m, t| m.max(t.abs()));
@@ -99,6 +113,10 @@ pub fn quantize_weight(
         let c = match config.rescale_type {
             RescaleType::Constant => 1.0 / (fan_out as f64).sqrt(),
             RescaleType::Stddev => unbiased_std(w),
+            RescaleType::FanIn => {
+                assert!(fan_in > 0, "RescaleType::FanIn needs the fan-in");
+                1.0 / (fan_in as f64).sqrt()
+            }
         };
         c / unbiased_std(&w_hat)
     } else {

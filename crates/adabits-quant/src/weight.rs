@@ -16,6 +16,11 @@ pub enum RescaleType {
     Constant,
     /// `c = std(W)`, the unbiased standard deviation of the latent weights (detached).
     Stddev,
+    /// `c = 1/√m` with `m` the fan-in (`in·kh·kw/groups`, or `in` for a linear layer): not in
+    /// the official code. For a classifier it keeps the logits' scale independent of the
+    /// feature count, where the fan-out (the class count) lets it grow with √features
+    /// (docs/recipe.md).
+    FanIn,
 }
 
 /// Whether the layer runs in training or evaluation form. Only [`LinearEval`] depends on it.
@@ -197,6 +202,11 @@ pub fn quantize_weight_traced<const D: usize>(
         match config.rescale_type {
             RescaleType::Constant => std_w_hat.recip().mul_scalar(1.0 / (fan_out as f64).sqrt()),
             RescaleType::Stddev => unbiased_std(latent.detach()) / std_w_hat,
+            RescaleType::FanIn => {
+                let dims = latent.dims();
+                let fan_in = dims.iter().skip(1).product::<usize>().max(1);
+                std_w_hat.recip().mul_scalar(1.0 / (fan_in as f64).sqrt())
+            }
         }
     });
     WeightQuantTrace {

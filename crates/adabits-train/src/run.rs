@@ -577,6 +577,10 @@ impl<'a> Run<'a> {
     ) -> Result<RunStatus, TrainError> {
         let session_start = self.state.wall_seconds;
         let batches = self.train_loader.batches_per_epoch();
+        // A run resumed at its step limit takes no further step.
+        if self.stage_left() && self.config.max_steps.is_some_and(|m| self.state.step >= m) {
+            return Ok(RunStatus::StepLimit);
+        }
         while self.state.stage < self.stages.len() {
             let stage = self.stages[self.state.stage].clone();
             let plan = LrPlan::new(
@@ -662,6 +666,11 @@ impl<'a> Run<'a> {
             }
         }
         Ok(RunStatus::Completed)
+    }
+
+    /// Whether any training is left.
+    fn stage_left(&self) -> bool {
+        self.state.stage < self.stages.len()
     }
 
     /// Why the run should stop after this step, if it should: a stop request, or the step limit.

@@ -318,3 +318,143 @@ fn profile_prints_the_official_figures() {
         "{stdout}"
     );
 }
+
+#[test]
+fn export_verify_select_and_calibrate_a_trained_run() {
+    let dir = temp_dir("deploy");
+    std::fs::create_dir_all(&dir).unwrap();
+    let preset = dir.join("tiny.json");
+    std::fs::write(
+        &preset,
+        r#"{"model": {"width_mult": 0.25}, "data": {"kind": "synthetic", "train": 128, "val": 48, "side": 16}, "epochs": 1, "batch_size": 32}"#,
+    )
+    .unwrap();
+    let run = dir.join("run");
+    let (run_s, preset_s) = (run.to_str().unwrap(), preset.to_str().unwrap());
+    let out = adabits(&[
+        "train", "--config", preset_s, "--bits", "4,3,2", "--out", run_s,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // Export: the table holds each bit-width's accuracy, and the file its size.
+    let abq = dir.join("model.abq");
+    let abq_s = abq.to_str().unwrap();
+    let out = adabits(&["export", "--checkpoint", run_s, "--out", abq_s, "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["bytes"], std::fs::metadata(&abq).unwrap().len());
+    let table = report["header"]["table"].as_array().unwrap();
+    assert_eq!(table.len(), 3);
+    assert!(
+        table.iter().all(|r| r["top1"].as_f64().is_some()),
+        "{report}"
+    );
+
+    // Verify: every validation image at every bit-width.
+    let out = adabits(&[
+        "verify",
+        "--artifact",
+        abq_s,
+        "--checkpoint",
+        run_s,
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    let verdict: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(verdict["pass"], true);
+    for row in verdict["bits"].as_array().unwrap() {
+        assert_eq!(
+            (row["images"].as_u64(), row["same_prediction"].as_u64()),
+            (Some(48), Some(48))
+        );
+    }
+
+    // Select: the 4-bit model is over the byte limit; an impossible limit selects nothing.
+    let bytes4 = table[0]["model_bytes"].as_f64().unwrap();
+    let limit = (bytes4 - 1.0).to_string();
+    let out = adabits(&["select", "--artifact", abq_s, "--max-bytes", &limit]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(&format!("4 bits: {bytes4:.0} bytes > ")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("selected: 3 bits") || stdout.contains("selected: 2 bits"),
+        "{stdout}"
+    );
+    let out = adabits(&["select", "--artifact", abq_s, "--max-bitops", "0"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains("no bit-width of the artifact fits"));
+
+    // Calibrate a bit-width the model never trained at, save it, export and verify that.
+    let five = dir.join("run5");
+    let five_s = five.to_str().unwrap();
+    let out = adabits(&[
+        "calibrate",
+        "--checkpoint",
+        run_s,
+        "--bits",
+        "5",
+        "--batches",
+        "2",
+        "--out",
+        five_s,
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let cal: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(cal["added_to_list"], true);
+    assert!(cal["before"]["top1"].is_number() && cal["after"]["top1"].is_number());
+    let abq5 = dir.join("model5.abq");
+    let abq5_s = abq5.to_str().unwrap();
+    let out = adabits(&[
+        "export",
+        "--checkpoint",
+        five_s,
+        "--out",
+        abq5_s,
+        "--no-eval",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = adabits(&["verify", "--artifact", abq5_s, "--checkpoint", five_s]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("reproduces the checkpoint at every bit-width"));
+    // The wrong checkpoint for an artifact is named.
+    let out = adabits(&["verify", "--artifact", abq5_s, "--checkpoint", run_s]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("differs from the run's"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A damaged artifact: one error line naming the file, and a non-zero exit.
+    let mut bytes = std::fs::read(&abq).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    let bad = dir.join("bad.abq");
+    std::fs::write(&bad, &bytes).unwrap();
+    let out = adabits(&["info", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!("error: {}: checksum mismatch", bad.display())),
+        "{stderr}"
+    );
+    std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
+    let out = adabits(&[
+        "select",
+        "--artifact",
+        bad.to_str().unwrap(),
+        "--max-bytes",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("not a readable artifact"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -146,6 +146,24 @@ impl QConv2d {
         conv2d(x, w_eff, self.bias.as_ref().map(Param::val), options)
     }
 
+    /// The weight quantizer.
+    pub fn weight_quant(&self) -> &WeightQuantConfig {
+        &self.weight_quant
+    }
+
+    /// Deploys the layer with a fixed effective weight and bias (`W_eff = s·ŵ`, decoded from an
+    /// artifact): afterwards the weight is used as it is (full-precision path, no tanh, no
+    /// rescale), while the input activations are still quantized at the active bit-width.
+    pub fn deploy(&mut self, weight: Tensor<4>, bias: Option<Tensor<1>>) {
+        self.weight = Param::from_tensor(weight);
+        self.bias = bias.map(Param::from_tensor);
+        self.weight_quant = WeightQuantConfig::new()
+            .with_scheme(self.weight_quant.scheme)
+            .with_clamp(false)
+            .with_rescale(false);
+        self.policy.bitw_min = Some(BitWidth::FULL);
+    }
+
     /// The layer's precision policy.
     pub fn policy(&self) -> BitPolicy {
         self.policy

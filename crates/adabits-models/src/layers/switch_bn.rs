@@ -4,7 +4,7 @@
 use adabits_quant::{BitWidth, BitWidths};
 use burn::config::Config;
 use burn::module::{Module, Param, RunningState};
-use burn::tensor::module::{batch_norm, batch_norm_train};
+use burn::tensor::module::batch_norm_train;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -176,43 +176,110 @@ impl SwitchBatchNorm2d {
     /// Panics if the channel count differs from the layer's, or if the training form gets a
     /// batch of a single value per channel.
     pub fn forward(&self, x: Tensor<4>, bits: BitWidth) -> Tensor<4> {
-        let entry = &self.entries[self.index(bits)];
         let [n, c, h, w] = x.dims();
         let device = x.device();
+        if !device.is_autodiff() {
+            // Evaluation: the folded per-channel scale and bias (shared affine included), the
+            // values a deployment artifact stores, so that both compute alike.
+            let (scale, bias) = self.folded(bits);
+            let scale = scale.to_device(&device).reshape([1, c, 1, 1]);
+            let bias = bias.to_device(&device).reshape([1, c, 1, 1]);
+            return x * scale + bias;
+        }
+        let entry = &self.entries[self.index(bits)];
         let (gamma, beta) = match (&entry.gamma, &entry.beta) {
             (Some(g), Some(b)) => (g.val(), b.val()),
             _ => (Tensor::ones([c], &device), Tensor::zeros([c], &device)),
         };
-        let y = if device.is_autodiff() {
-            let count = n * h * w;
-            assert!(
-                count > 1,
-                "batch norm training needs more than one value per channel"
-            );
-            let out = batch_norm_train(x, gamma, beta, self.epsilon);
-            let unbiased = out.variance.mul_scalar(count as f64 / (count - 1) as f64);
-            let m = self.momentum;
-            let mean = entry.running_mean.value_sync().to_device(&device);
-            let var = entry.running_var.value_sync().to_device(&device);
-            entry
-                .running_mean
-                .update((mean.mul_scalar(1.0 - m) + out.mean.mul_scalar(m)).detach());
-            entry
-                .running_var
-                .update((var.mul_scalar(1.0 - m) + unbiased.mul_scalar(m)).detach());
-            // Fold this thread's update into the stored value now, so that `valid()`, saving and
-            // evaluation all see it (Burn's `value()` may otherwise lag by one update).
-            let _ = entry.running_mean.value_sync();
-            let _ = entry.running_var.value_sync();
-            out.output
-        } else {
-            let mean = entry.running_mean.value_sync().to_device(&device);
-            let var = entry.running_var.value_sync().to_device(&device);
-            batch_norm(x, gamma, beta, mean, var, self.epsilon)
-        };
+        let count = n * h * w;
+        assert!(
+            count > 1,
+            "batch norm training needs more than one value per channel"
+        );
+        let out = batch_norm_train(x, gamma, beta, self.epsilon);
+        let unbiased = out.variance.mul_scalar(count as f64 / (count - 1) as f64);
+        let m = self.momentum;
+        let mean = entry.running_mean.value_sync().to_device(&device);
+        let var = entry.running_var.value_sync().to_device(&device);
+        entry
+            .running_mean
+            .update((mean.mul_scalar(1.0 - m) + out.mean.mul_scalar(m)).detach());
+        entry
+            .running_var
+            .update((var.mul_scalar(1.0 - m) + unbiased.mul_scalar(m)).detach());
+        // Fold this thread's update into the stored value now, so that `valid()`, saving and
+        // evaluation all see it (Burn's `value()` may otherwise lag by one update).
+        let _ = entry.running_mean.value_sync();
+        let _ = entry.running_var.value_sync();
+        let y = out.output;
         match (&self.shared_gamma, &self.shared_beta) {
             (Some(g), Some(b)) => y * g.val().reshape([1, c, 1, 1]) + b.val().reshape([1, c, 1, 1]),
             _ => y,
         }
+    }
+
+    /// The evaluation form of the entry of `bits` as one per-channel scale and bias:
+    /// `y = x·scale + bias` with `scale = γ/√(var + ε)` and `bias = β − mean·scale`, then the
+    /// shared affine `g`, `b` folded in (`scale·g`, `bias·g + b`).
+    ///
+    /// # Shapes
+    ///
+    /// Both `[C]`.
+    pub fn folded(&self, bits: BitWidth) -> (Tensor<1>, Tensor<1>) {
+        self.folded_entry(self.index(bits))
+    }
+
+    /// [`folded`](Self::folded) for entry `index` (see [`index`](Self::index)).
+    ///
+    /// # Panics
+    ///
+    /// Panics if `index` is not below [`entry_count`](Self::entry_count).
+    pub fn folded_entry(&self, index: usize) -> (Tensor<1>, Tensor<1>) {
+        let entry = &self.entries[index];
+        let mean = entry.running_mean.value_sync();
+        let var = entry.running_var.value_sync();
+        let device = mean.device();
+        let [c] = mean.dims();
+        let mut scale = var.add_scalar(self.epsilon).sqrt().recip();
+        if let Some(g) = &entry.gamma {
+            scale = scale * g.val().to_device(&device);
+        }
+        let mut bias = Tensor::zeros([c], &device) - mean * scale.clone();
+        if let Some(b) = &entry.beta {
+            bias = bias + b.val().to_device(&device);
+        }
+        if let (Some(g), Some(b)) = (&self.shared_gamma, &self.shared_beta) {
+            let g = g.val().to_device(&device);
+            scale = scale * g.clone();
+            bias = bias * g + b.val().to_device(&device);
+        }
+        (scale, bias)
+    }
+
+    /// Makes every bit-width's entry the given folded scale and bias (deployment): afterwards
+    /// [`folded`](Self::folded) returns exactly these values (`γ = scale`, `β = bias`, mean 0,
+    /// variance 1, `ε = 0`, no shared affine).
+    ///
+    /// # Panics
+    ///
+    /// Panics unless there is one `(scale, bias)` pair of `[C]` tensors per entry.
+    pub fn deploy(&mut self, folded: Vec<(Tensor<1>, Tensor<1>)>) {
+        assert_eq!(folded.len(), self.entries.len(), "one pair per entry");
+        for (entry, (scale, bias)) in self.entries.iter_mut().zip(folded) {
+            let device = scale.device();
+            let [c] = scale.dims();
+            entry.gamma = Some(Param::from_tensor(scale));
+            entry.beta = Some(Param::from_tensor(bias));
+            entry.running_mean = RunningState::new(Tensor::zeros([c], &device));
+            entry.running_var = RunningState::new(Tensor::ones([c], &device));
+        }
+        self.shared_gamma = None;
+        self.shared_beta = None;
+        self.epsilon = 0.0;
+    }
+
+    /// The number of entries (one per bit-width, or one when shared).
+    pub fn entry_count(&self) -> usize {
+        self.entries.len()
     }
 }

@@ -3,6 +3,7 @@
 //! The backend is the CPU (flex) by default.
 
 mod checkpoint;
+mod deploy;
 mod import;
 mod layers;
 mod models;

@@ -268,3 +268,21 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_fan_in_rescale_uses_the_input_count_of_a_linear_weight() {
+    // A [3, 5] linear weight: fan-out 3, fan-in 5. c = 1/√5, s = c / std(ŵ).
+    let w: Vec<f32> = (0..15).map(|i| ((i * 7 % 11) as f32 - 5.0) / 4.0).collect();
+    let config = WeightQuantConfig::new()
+        .with_scheme(adabits_quant::QuantScheme::Centered)
+        .with_rescale_type(adabits_quant::RescaleType::FanIn);
+    let w64: Vec<f64> = w.iter().map(|&v| f64::from(v)).collect();
+    let bits = crate::bw(4);
+    let r = reference::quantize_weight_fans(&w64, bits, [3, 5], &config);
+    let expected = 1.0 / 5f64.sqrt() / reference::unbiased_std(&r.w_hat);
+    assert!(close(r.scale, expected, 1e-12));
+    let wt = Tensor::<2>::from_data(TensorData::new(w, [3, 5]), &device());
+    let q = quantize_weight(wt, bits, 3, &config);
+    let scale = values(q.scale.unwrap())[0];
+    assert!(close(scale, r.scale, 1e-5), "{scale} vs {}", r.scale);
+}

@@ -123,6 +123,9 @@ fn a_resumed_run_reproduces_the_uninterrupted_run_exactly() {
     options.resume = true;
     let mut second = config.clone();
     second.max_steps = Some(11);
+    let r = train(second.clone(), &device, &options, &mut Quiet).unwrap();
+    assert_eq!((r.status, r.steps), (RunStatus::StepLimit, 11));
+    // Resumed at its limit, a run takes no further step.
     let r = train(second, &device, &options, &mut Quiet).unwrap();
     assert_eq!((r.status, r.steps), (RunStatus::StepLimit, 11));
     let resumed = train(config, &device, &options, &mut Quiet).unwrap();

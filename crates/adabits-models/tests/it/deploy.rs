@@ -1,0 +1,269 @@
+//! The deployment artifact and its runtime.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use adabits_models::adabits_quant::{BitWidth, QuantScheme};
+use adabits_models::{
+    Architecture, Artifact, ArtifactError, BnSharing, Model, ModelConfig, QuantSettings, Runtime,
+};
+use burn::module::Module;
+use burn::tensor::{Device, Distribution, Tensor};
+
+/// A model whose BatchNorm statistics differ per bit-width (training-form passes at each),
+/// returned in evaluation form.
+fn trained(config: &ModelConfig, side: usize, seed: u64) -> Model {
+    let train = crate::device().autodiff();
+    train.seed(seed);
+    let model = config.init(&train);
+    let images = Tensor::<4>::random([4, 3, side, side], Distribution::Uniform(0.0, 1.0), &train);
+    for b in config.bits.iter() {
+        let _ = model.forward(images.clone(), b);
+    }
+    model.valid()
+}
+
+fn logits(t: Tensor<2>) -> Vec<Vec<f64>> {
+    let [_, classes] = t.dims();
+    let v: Vec<f64> = t.into_data().iter::<f64>().collect();
+    v.chunks(classes).map(<[f64]>::to_vec).collect()
+}
+
+fn argmax(row: &[f64]) -> usize {
+    (0..row.len())
+        .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+        .unwrap_or(0)
+}
+
+/// Asserts that the runtime gives the fake-quantized model's predictions, and logits within
+/// 1e-4 relative, at every bit-width, switching in both directions.
+fn assert_runtime_matches(model: &Model, config: &ModelConfig, side: usize, device: &Device) {
+    let artifact = Artifact::from_model(model, config, side, &HashMap::new(), None).unwrap();
+    let bytes = artifact.to_bytes();
+    let artifact = Artifact::from_bytes(&bytes, Path::new("test.abq")).unwrap();
+    let mut runtime = Runtime::new(artifact, device).unwrap();
+    let images = Tensor::<4>::random([8, 3, side, side], Distribution::Uniform(0.0, 1.0), device);
+    let order: Vec<BitWidth> = config
+        .bits
+        .iter()
+        .chain(config.bits.as_slice().iter().rev().copied())
+        .collect();
+    for b in order {
+        runtime.set_bits(b).unwrap();
+        assert_eq!(runtime.bits(), b);
+        let expected = logits(model.forward(images.clone(), b));
+        let found = logits(runtime.forward(images.clone()));
+        for (e, f) in expected.iter().zip(&found) {
+            assert_eq!(argmax(e), argmax(f), "{b} bits: {e:?} vs {f:?}");
+            let scale = e.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-6);
+            for (x, y) in e.iter().zip(f) {
+                assert!(
+                    (x - y).abs() <= 1e-4 * scale,
+                    "{} at {b} bits: {x} vs {y}",
+                    config.arch
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_runtime_reproduces_the_fake_quantized_model_at_every_bit_width() {
+    let device = crate::device();
+    let cases = [
+        (QuantScheme::Modified, QuantSettings::new()),
+        (
+            QuantScheme::Centered,
+            QuantSettings::new().with_rescale_conv(true),
+        ),
+        // No shift property: every weight bit-width's codes are stored.
+        (QuantScheme::Original, QuantSettings::new()),
+        // Shared clipping level, shared BatchNorm, shared affine.
+        (
+            QuantScheme::Centered,
+            QuantSettings::new().with_switchable_alpha(false),
+        ),
+        (
+            QuantScheme::Modified,
+            QuantSettings::new().with_bn(BnSharing::Shared),
+        ),
+        (
+            QuantScheme::Centered,
+            QuantSettings::new().with_bn(BnSharing::SharedAffine),
+        ),
+    ];
+    for (i, (scheme, quant)) in cases.into_iter().enumerate() {
+        let config = ModelConfig::new(Architecture::CifarResNet(20), "8,6,5,4".parse().unwrap())
+            .with_width_mult(0.25)
+            .with_quant(quant.with_weight_scheme(scheme));
+        let model = trained(&config, 16, 40 + i as u64);
+        assert_runtime_matches(&model, &config, 16, &device);
+    }
+}
+
+#[test]
+fn the_runtime_runs_the_imagenet_models_at_every_bit_width() {
+    let device = crate::device();
+    for (i, arch) in ["mobilenet_v1", "mobilenet_v2", "resnet18", "resnet50"]
+        .into_iter()
+        .enumerate()
+    {
+        let config = ModelConfig::new(arch.parse().unwrap(), "4,3,2".parse().unwrap())
+            .with_width_mult(0.25)
+            .with_quant(QuantSettings::new().with_weight_scheme(QuantScheme::Centered));
+        let model = trained(&config, 32, 60 + i as u64);
+        assert_runtime_matches(&model, &config, 32, &device);
+    }
+}
+
+#[test]
+fn the_artifact_stays_within_two_percent_of_the_ideal_size() {
+    // ResNet-20 at full width, {8,6,5,4}: 270k weights at 8 bits.
+    let config = ModelConfig::new(Architecture::CifarResNet(20), "8,6,5,4".parse().unwrap())
+        .with_quant(QuantSettings::new().with_weight_scheme(QuantScheme::Centered));
+    let model = config.init(&crate::device());
+    let artifact = Artifact::from_model(&model, &config, 32, &HashMap::new(), None).unwrap();
+    let header = &artifact.header;
+    // Every weight at 8 bits (the shift serves 6, 5 and 4), each layer rounded up to a byte.
+    assert!(header.code_bytes >= header.weights && header.code_bytes <= header.weights + 30);
+    let size = artifact.to_bytes().len() as f64;
+    let ideal = header.ideal_bytes() as f64;
+    assert!(
+        size <= 1.02 * ideal,
+        "{size} bytes against an ideal {ideal}"
+    );
+    // The original scheme stores 8 + 6 + 5 + 4 bits per weight.
+    let original = config
+        .clone()
+        .with_quant(QuantSettings::new().with_weight_scheme(QuantScheme::Original));
+    let model = original.init(&crate::device());
+    let artifact = Artifact::from_model(&model, &original, 32, &HashMap::new(), None).unwrap();
+    // The first convolution (3·16·3·3) and the classifier (64·10) run at max(list) = 8 bits
+    // whatever the active bit-width, so only their 8-bit codes are stored.
+    let n = artifact.header.weights;
+    let fixed = 3 * 16 * 9 + 64 * 10;
+    let bits = 23 * (n - fixed) + 8 * fixed;
+    let stored = artifact.header.code_bytes * 8;
+    // Each code set starts on a byte: at most 7 bits of padding for each of 4 sets per layer.
+    assert!(
+        stored >= bits && stored < bits + 7 * 4 * 22,
+        "{stored} bits stored, {bits} needed"
+    );
+}
+
+#[test]
+fn a_damaged_artifact_is_refused_with_a_named_error() {
+    let config = ModelConfig::new(Architecture::CifarResNet(20), "4,2".parse().unwrap())
+        .with_width_mult(0.25);
+    let model = config.init(&crate::device());
+    let mut top1 = HashMap::new();
+    top1.insert(4, 51.5);
+    let artifact = Artifact::from_model(&model, &config, 16, &top1, Some("runs/x".into())).unwrap();
+    assert_eq!(artifact.header.table[0].top1, Some(51.5));
+    assert_eq!(artifact.header.table[1].top1, None);
+    let good = artifact.to_bytes();
+    let path = Path::new("model.abq");
+
+    // A flipped bit in the payload (the last byte is a scalar).
+    let mut flipped = good.clone();
+    *flipped.last_mut().unwrap() ^= 0x10;
+    let err = Artifact::from_bytes(&flipped, path).unwrap_err();
+    assert!(matches!(err, ArtifactError::Checksum { .. }), "{err}");
+    assert!(
+        err.to_string().starts_with("model.abq: checksum mismatch"),
+        "{err}"
+    );
+
+    // Truncated.
+    let err = Artifact::from_bytes(&good[..good.len() - 100], path).unwrap_err();
+    assert!(matches!(err, ArtifactError::Format { .. }), "{err}");
+    let err = Artifact::from_bytes(&good[..5], path).unwrap_err();
+    assert!(matches!(err, ArtifactError::Format { .. }), "{err}");
+
+    // Another version, a missing tensor, a foreign SafeTensors file.
+    let (header_text, tensors) = split(&good);
+    let newer = header_text.replace("\"version\":1", "\"version\":7");
+    let err =
+        Artifact::from_bytes(&rebuild(&newer, &tensors, &["codes", "scalars"]), path).unwrap_err();
+    assert!(
+        matches!(err, ArtifactError::Version { found: 7, .. }),
+        "{err}"
+    );
+    let err = Artifact::from_bytes(&rebuild(&header_text, &tensors, &["codes"]), path).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "model.abq: tensor `scalars`: expected F32 of 1240 elements, found no such tensor"
+            .replace("1240", &artifact.header.scalar_count.to_string())
+    );
+    let foreign = safetensors::serialize(
+        [(
+            "x",
+            safetensors::tensor::TensorView::new(safetensors::Dtype::U8, vec![1], &[0u8]).unwrap(),
+        )],
+        None,
+    )
+    .unwrap();
+    let err = Artifact::from_bytes(&foreign, path).unwrap_err();
+    assert!(matches!(err, ArtifactError::Header { .. }), "{err}");
+
+    // A bit-width the artifact does not hold.
+    let mut runtime =
+        Runtime::new(Artifact::from_bytes(&good, path).unwrap(), &crate::device()).unwrap();
+    let err = runtime.set_bits(BitWidth::new(3).unwrap()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "3 bits is not one of the artifact's bit-widths (4,2)"
+    );
+
+    // A missing file.
+    let err = Artifact::read(Path::new("/nonexistent/model.abq")).unwrap_err();
+    assert!(
+        err.to_string().starts_with("/nonexistent/model.abq: "),
+        "{err}"
+    );
+}
+
+/// The header JSON and the tensors (name, dtype, shape, bytes) of artifact bytes.
+#[allow(clippy::type_complexity)]
+fn split(
+    bytes: &[u8],
+) -> (
+    String,
+    Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>,
+) {
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(bytes).unwrap();
+    let header = metadata.metadata().as_ref().unwrap()["adabits"].clone();
+    let st = safetensors::SafeTensors::deserialize(bytes).unwrap();
+    let tensors = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            (
+                name,
+                view.dtype(),
+                view.shape().to_vec(),
+                view.data().to_vec(),
+            )
+        })
+        .collect();
+    (header, tensors)
+}
+
+fn rebuild(
+    header: &str,
+    tensors: &[(String, safetensors::Dtype, Vec<usize>, Vec<u8>)],
+    keep: &[&str],
+) -> Vec<u8> {
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .filter(|(name, ..)| keep.contains(&name.as_str()))
+        .map(|(name, dtype, shape, data)| {
+            (
+                name.clone(),
+                safetensors::tensor::TensorView::new(*dtype, shape.clone(), data).unwrap(),
+            )
+        })
+        .collect();
+    let metadata = HashMap::from([("adabits".to_string(), header.to_string())]);
+    safetensors::serialize(views, Some(metadata)).unwrap()
+}
