@@ -55,8 +55,9 @@ pub(crate) enum ScheduleArg {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum RecipeArg {
     /// The official flags with the two changes that make a random start train (docs/recipe.md):
-    /// the centered weight scheme, a classifier initialised at N(0, 1) and rescaled by its
-    /// fan-in.
+    /// the centered weight scheme, a classifier initialised at N(0, 1), rescaled by its fan-in
+    /// and evaluated in its training form, and MobileNet-V2's bottleneck outputs clipped on
+    /// both sides.
     Adabits,
     /// The official code's settings exactly (parity); stays at chance from a random start.
     Official,
@@ -161,11 +162,15 @@ fn base(recipe: RecipeArg) -> Value {
     if recipe == RecipeArg::Adabits {
         merge_json(
             &mut config,
-            json!({"model": {"quant": {
-                "weight_scheme": "centered",
-                "classifier_init_std": 1.0,
-                "linear_rescale_type": "fanin",
-            }}}),
+            json!({"model": {
+                "double_side": true,
+                "quant": {
+                    "weight_scheme": "centered",
+                    "classifier_init_std": 1.0,
+                    "linear_rescale_type": "fanin",
+                    "linear_eval": "train_form",
+                },
+            }}),
         );
     }
     config
@@ -323,7 +328,7 @@ pub(crate) fn run_train(args: TrainArgs) -> anyhow::Result<ExitCode> {
             args.device,
             match args.recipe {
                 RecipeArg::Adabits =>
-                    "adabits (centered weights, classifier N(0, 1) rescaled by its fan-in; see docs/recipe.md)",
+                    "adabits (centered weights; classifier N(0, 1), rescaled by its fan-in; see docs/recipe.md)",
                 RecipeArg::Official => "official (parity; collapses from a random start)",
             },
             out.display()
