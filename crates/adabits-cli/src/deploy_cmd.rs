@@ -9,7 +9,7 @@ use std::sync::Arc;
 use adabits_models::{Artifact, BitRow, Budget, Runtime, select, with_added_bits};
 use adabits_quant::BitWidth;
 use adabits_train::data::{DataSource, Loader};
-use adabits_train::{BitResult, SavedRun, Which, calibrate, evaluate, load_run};
+use adabits_train::{BitResult, SavedRun, Which, calibrate, cross_entropy, evaluate, load_run};
 use anyhow::Context;
 use burn::module::Module;
 use clap::Args;
@@ -110,6 +110,11 @@ pub(crate) struct CalibrateArgs {
     /// Training batches over which the BatchNorm statistics are re-estimated.
     #[arg(long, default_value_t = 20)]
     batches: usize,
+    /// Also re-estimate the bit-width's clipping levels: try every α of that bit-width scaled
+    /// by 0.5, 0.7, 1, 1.4 and 2 (BatchNorm recalibrated each time) and keep the factor with the
+    /// lowest training loss on the calibration batches. Needs switchable clipping levels (S-CL).
+    #[arg(long)]
+    alpha: bool,
     /// Write the calibrated model as a new run directory (for `adabits export`).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -394,7 +399,32 @@ pub(crate) fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
     let key = args.bits.get().to_string();
     let shapes = model.layer_shapes([side, side]);
     let before = evaluate(&model.valid(), &[args.bits], &val, &device)?;
-    let calibrated = calibrate(&model, args.bits, &train, args.batches, &ad)?;
+    let mut calibrated = calibrate(&model, args.bits, &train, args.batches, &ad)?;
+    let mut alpha_factor = None;
+    if args.alpha {
+        anyhow::ensure!(
+            model_config.quant.switchable_alpha,
+            "--alpha needs one clipping level per bit-width (S-CL); this model shares one across all bit-widths"
+        );
+        let position = model_config
+            .bits
+            .position(args.bits)
+            .context("the bit-width is in the list")?;
+        let mut best = (
+            calibration_loss(&calibrated, args.bits, &train, args.batches, &device)?,
+            1.0,
+        );
+        for factor in [0.5, 0.7, 1.4, 2.0] {
+            let scaled = scale_alpha(&model, position, factor);
+            let candidate = calibrate(&scaled, args.bits, &train, args.batches, &ad)?;
+            let loss = calibration_loss(&candidate, args.bits, &train, args.batches, &device)?;
+            if loss < best.0 {
+                best = (loss, factor);
+                calibrated = candidate;
+            }
+        }
+        alpha_factor = Some(best.1);
+    }
     let after = evaluate(&calibrated.valid(), &[args.bits], &val, &device)?;
     let before = BitResult::new(&before[&key], &shapes, args.bits);
     let after = BitResult::new(&after[&key], &shapes, args.bits);
@@ -406,6 +436,7 @@ pub(crate) fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
             "bits": args.bits.get(),
             "added_to_list": added,
             "batches": args.batches,
+            "alpha_factor": alpha_factor,
             "before": before,
             "after": after,
             "out": args.out.as_ref().map(|p| p.display().to_string()),
@@ -422,6 +453,12 @@ pub(crate) fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
             },
             args.batches
         );
+        if let Some(f) = alpha_factor {
+            println!(
+                "clipping levels of {} bits scaled by {f} (the lowest training loss of 0.5, 0.7, 1, 1.4, 2)",
+                args.bits
+            );
+        }
         println!("{:>8} {:>8} {:>8} {:>8}", "", "top-1", "top-5", "loss");
         for (label, r) in [("before", &before), ("after", &after)] {
             println!(
@@ -444,6 +481,58 @@ pub(crate) fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The mean training loss of `model` at `bits` over the first `batches` batches of `loader`
+/// (evaluation form).
+fn calibration_loss(
+    model: &adabits_models::Model,
+    bits: BitWidth,
+    loader: &Loader,
+    batches: usize,
+    device: &burn::tensor::Device,
+) -> anyhow::Result<f64> {
+    let model = model.valid();
+    let (mut sum, mut n) = (0.0, 0usize);
+    for batch in loader.epoch(0, 0, device).take(batches) {
+        let batch = batch?;
+        let loss = cross_entropy(model.forward(batch.images, bits), batch.labels);
+        sum += loss.into_data().iter::<f64>().next().unwrap_or(f64::NAN);
+        n += 1;
+    }
+    Ok(sum / n.max(1) as f64)
+}
+
+/// A copy of `model` whose clipping levels at list position `position` are multiplied by
+/// `factor`.
+fn scale_alpha(
+    model: &adabits_models::Model,
+    position: usize,
+    factor: f64,
+) -> adabits_models::Model {
+    use adabits_models::{LayerMut, OfficialLayout};
+    use burn::module::Param;
+    let mut model = model.clone();
+    model.visit_official(&mut |_, layer| {
+        let alpha = match layer {
+            LayerMut::Conv(c) => &mut c.alpha.alpha,
+            LayerMut::Linear(l) => &mut l.alpha.alpha,
+            LayerMut::Norm(_) => return,
+        };
+        let values = alpha.val();
+        let [len] = values.dims();
+        if position < len {
+            let device = values.device();
+            let mut v: Vec<f32> = values.into_data().iter::<f32>().collect();
+            v[position] *= factor as f32;
+            let t = burn::tensor::Tensor::<1>::from_data(
+                burn::tensor::TensorData::new(v, [len]),
+                &device,
+            );
+            *alpha = Param::from_tensor(t);
+        }
+    });
+    model
 }
 
 /// Writes `model` as a run directory that `load_run` reads: `config.json` and a checkpoint

@@ -406,6 +406,23 @@ fn export_verify_select_and_calibrate_a_trained_run() {
     let cal: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(cal["added_to_list"], true);
     assert!(cal["before"]["top1"].is_number() && cal["after"]["top1"].is_number());
+    // With the clipping levels too: one of the tried factors is kept.
+    let out = adabits(&[
+        "calibrate",
+        "--checkpoint",
+        run_s,
+        "--bits",
+        "3",
+        "--batches",
+        "2",
+        "--alpha",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let cal: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(cal["added_to_list"], false);
+    let factor = cal["alpha_factor"].as_f64().unwrap();
+    assert!([0.5, 0.7, 1.0, 1.4, 2.0].contains(&factor), "{cal}");
     let abq5 = dir.join("model5.abq");
     let abq5_s = abq5.to_str().unwrap();
     let out = adabits(&[
