@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
-use crate::plot::{Chart, Reference, Series, svg};
+use crate::plot::{Chart, Reference, Series, loss_chart, svg};
 
 /// The size of every run of the grid.
 pub(crate) struct Scale {
@@ -342,18 +342,10 @@ fn plots(
                 .collect(),
         })
         .collect();
-    let losses = svg(&Chart {
-        title: &format!("Training loss of the AdaBits (S-CL) run, {{{name}}}"),
-        x_label: "optimiser step",
-        y_label: "training cross-entropy (mean of 10 steps)",
-        series: &curves,
-        reference: Some(Reference {
-            label: "ln 10 (chance)".into(),
-            y: 10f64.ln(),
-        }),
-        x_ticks: None,
-        markers: false,
-    });
+    let losses = loss_chart(
+        &format!("Training loss of the AdaBits (S-CL) run, {{{name}}}"),
+        &curves,
+    );
     for (file, doc) in [
         ("accuracy-vs-bits.svg", by_bits),
         ("accuracy-vs-bitops.svg", by_bitops),

@@ -47,6 +47,23 @@ const RIGHT: f64 = 300.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 55.0;
 
+/// A training-loss chart against optimiser steps, with `ln 10` (chance with 10 classes) as
+/// the reference line.
+pub(crate) fn loss_chart(title: &str, series: &[Series]) -> String {
+    svg(&Chart {
+        title,
+        x_label: "optimiser step",
+        y_label: "training cross-entropy (mean of 10 steps)",
+        series,
+        reference: Some(Reference {
+            label: "ln 10 (chance)".into(),
+            y: 10f64.ln(),
+        }),
+        x_ticks: None,
+        markers: false,
+    })
+}
+
 /// Round tick values covering `[lo, hi]`: steps of 1, 2 or 5 times a power of ten.
 pub(crate) fn ticks(lo: f64, hi: f64, target: usize) -> Vec<f64> {
     if !(lo.is_finite() && hi.is_finite()) || hi <= lo {

@@ -11,7 +11,7 @@ use std::time::Instant;
 use serde_json::{Value, json};
 
 use crate::grid;
-use crate::plot::{Chart, Reference, Series, svg};
+use crate::plot::{Series, loss_chart};
 
 /// The models of the study: one of each family we ship, and the input side it is trained at.
 const MODELS: [(&str, usize); 5] = [
@@ -128,18 +128,10 @@ pub(crate) fn run(
                 }
             }
             let file = format!("loss-{model}-{}.svg", list.replace(',', ""));
-            let doc = svg(&Chart {
-                title: &format!("{model} ×0.25, joint {{{list}}}: training loss"),
-                x_label: "optimiser step",
-                y_label: "training cross-entropy (mean of 10 steps)",
-                series: &curves,
-                reference: Some(Reference {
-                    label: "ln 10 (chance)".into(),
-                    y: 10f64.ln(),
-                }),
-                x_ticks: None,
-                markers: false,
-            });
+            let doc = loss_chart(
+                &format!("{model} ×0.25, joint {{{list}}}: training loss"),
+                &curves,
+            );
             let path = out.join(&file);
             std::fs::write(&path, doc)
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;

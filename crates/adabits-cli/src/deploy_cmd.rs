@@ -18,15 +18,28 @@ use serde_json::{Value, json};
 use crate::device::DeviceArg;
 use crate::eval_cmd::WhichArg;
 
-/// The flags of `adabits export`.
+/// The run a command reads, and where.
 #[derive(Debug, Args)]
-pub(crate) struct ExportArgs {
+pub(crate) struct RunArgs {
     /// The run directory (what `adabits train --out` wrote).
     #[arg(long, value_name = "RUN")]
     checkpoint: PathBuf,
     /// Which of the run's checkpoints.
     #[arg(long, value_enum, default_value_t = WhichArg::Best)]
     which: WhichArg,
+    /// The data folder, if it moved since training.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// The device to run on (one of the backends compiled into this binary).
+    #[arg(long, value_enum, default_value_t = DeviceArg::default())]
+    device: DeviceArg,
+}
+
+/// The flags of `adabits export`.
+#[derive(Debug, Args)]
+pub(crate) struct ExportArgs {
+    #[command(flatten)]
+    run: RunArgs,
     /// The artifact file to write.
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
@@ -34,12 +47,6 @@ pub(crate) struct ExportArgs {
     /// on the run's validation data.
     #[arg(long)]
     no_eval: bool,
-    /// The data folder, if it moved since training.
-    #[arg(long, value_name = "DIR")]
-    data_dir: Option<PathBuf>,
-    /// The device to run on (one of the backends compiled into this binary).
-    #[arg(long, value_enum, default_value_t = DeviceArg::default())]
-    device: DeviceArg,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -51,24 +58,14 @@ pub(crate) struct VerifyArgs {
     /// The artifact.
     #[arg(long, value_name = "FILE")]
     artifact: PathBuf,
-    /// The run directory it was exported from.
-    #[arg(long, value_name = "RUN")]
-    checkpoint: PathBuf,
-    /// Which of the run's checkpoints.
-    #[arg(long, value_enum, default_value_t = WhichArg::Best)]
-    which: WhichArg,
+    #[command(flatten)]
+    run: RunArgs,
     /// Largest relative logit difference allowed (relative to each image's largest logit).
     #[arg(long, default_value_t = 1e-4)]
     tolerance: f64,
-    /// The data folder, if it moved since training.
-    #[arg(long, value_name = "DIR")]
-    data_dir: Option<PathBuf>,
     /// Evaluation batch size.
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
-    /// The device to run on (one of the backends compiled into this binary).
-    #[arg(long, value_enum, default_value_t = DeviceArg::default())]
-    device: DeviceArg,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -97,12 +94,8 @@ pub(crate) struct SelectArgs {
 /// The flags of `adabits calibrate`.
 #[derive(Debug, Args)]
 pub(crate) struct CalibrateArgs {
-    /// The run directory.
-    #[arg(long, value_name = "RUN")]
-    checkpoint: PathBuf,
-    /// Which of the run's checkpoints.
-    #[arg(long, value_enum, default_value_t = WhichArg::Best)]
-    which: WhichArg,
+    #[command(flatten)]
+    run: RunArgs,
     /// The bit-width to calibrate; one the model was not trained at is added to its list, its
     /// BatchNorm and clipping levels first copied from the nearest trained bit-width.
     #[arg(long)]
@@ -118,12 +111,6 @@ pub(crate) struct CalibrateArgs {
     /// Write the calibrated model as a new run directory (for `adabits export`).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// The data folder, if it moved since training.
-    #[arg(long, value_name = "DIR")]
-    data_dir: Option<PathBuf>,
-    /// The device to run on (one of the backends compiled into this binary).
-    #[arg(long, value_enum, default_value_t = DeviceArg::default())]
-    device: DeviceArg,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -159,10 +146,10 @@ fn data_of(run: &SavedRun, data_dir: Option<&PathBuf>) -> anyhow::Result<DataSou
 
 /// `adabits export`.
 pub(crate) fn run_export(args: ExportArgs) -> anyhow::Result<ExitCode> {
-    let device = args.device.device();
-    let run = open_run(&args.checkpoint, args.which, &device)?;
+    let device = args.run.device.device();
+    let run = open_run(&args.run.checkpoint, args.run.which, &device)?;
     let model = run.model.valid();
-    let data = data_of(&run, args.data_dir.as_ref())?;
+    let data = data_of(&run, args.run.data_dir.as_ref())?;
     let (_, val_set) = data
         .open()
         .with_context(|| "the run's data is needed for the artifact's table (or give --no-eval)")?;
@@ -222,19 +209,19 @@ fn print_table(table: &[BitRow]) {
 /// `adabits verify`.
 pub(crate) fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
-    let device = args.device.device();
+    let device = args.run.device.device();
     let artifact = Artifact::read(&args.artifact)?;
-    let run = open_run(&args.checkpoint, args.which, &device)?;
+    let run = open_run(&args.run.checkpoint, args.run.which, &device)?;
     let ours = serde_json::to_value(&artifact.header.model)?;
     let theirs = serde_json::to_value(&run.config.model)?;
     anyhow::ensure!(
         ours == theirs,
         "{}: the artifact's model configuration differs from the run's ({})\nhint: verify against the run the artifact was exported from",
         args.artifact.display(),
-        args.checkpoint.join("config.json").display()
+        args.run.checkpoint.join("config.json").display()
     );
     let model = run.model.valid();
-    let data = data_of(&run, args.data_dir.as_ref())?;
+    let data = data_of(&run, args.run.data_dir.as_ref())?;
     let (_, val_set) = data.open()?;
     let val = Loader::new(Arc::from(val_set), args.batch_size, false, run.config.seed);
     let mut runtime = Runtime::new(artifact, &device)?;
@@ -376,10 +363,10 @@ pub(crate) fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
             out.display()
         );
     }
-    let device = args.device.device();
+    let device = args.run.device.device();
     let ad = device.clone().autodiff();
-    let run = open_run(&args.checkpoint, args.which, &device)?;
-    let data = data_of(&run, args.data_dir.as_ref())?;
+    let run = open_run(&args.run.checkpoint, args.run.which, &device)?;
+    let data = data_of(&run, args.run.data_dir.as_ref())?;
     let (train_set, val_set) = data.open()?;
     let side = val_set.image_size();
     let val = Loader::new(Arc::from(val_set), 256, false, run.config.seed);

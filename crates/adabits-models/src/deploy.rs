@@ -300,55 +300,46 @@ impl Artifact {
                 config.bits
             )));
         }
-        let scheme = config.quant.weight_scheme;
         let mut codes = Vec::new();
         let mut scalars = Vec::new();
         let mut weights = 0u64;
         let mut model = model.clone();
+        let mut layer_out = Exported {
+            config,
+            codes: &mut codes,
+            scalars: &mut scalars,
+            weights: &mut weights,
+        };
         model.visit_official(&mut |_, layer| match layer {
             LayerMut::Conv(c) => {
                 let w = c.weight.val();
                 let fan_out = conv_fan_out(w.dims());
-                let plan = WeightPlan::new(config, c.policy(), w.dims().iter().product());
-                weights += plan.count as u64;
-                export_weight(
+                layer_out.layer(
                     w,
                     fan_out,
-                    &plan,
-                    scheme,
+                    c.policy(),
                     c.weight_quant(),
-                    &mut codes,
-                    &mut scalars,
+                    c.bias.as_ref().map(Param::val),
+                    c.alpha.alpha.val(),
                 );
-                if let Some(b) = &c.bias {
-                    scalars.extend(floats(b.val()));
-                }
-                scalars.extend(floats(c.alpha.alpha.val()));
             }
             LayerMut::Linear(l) => {
                 let w = l.weight.val();
                 let fan_out = linear_fan_out(w.dims());
-                let plan = WeightPlan::new(config, l.policy(), w.dims().iter().product());
-                weights += plan.count as u64;
-                export_weight(
+                layer_out.layer(
                     w,
                     fan_out,
-                    &plan,
-                    scheme,
+                    l.policy(),
                     l.weight_quant(),
-                    &mut codes,
-                    &mut scalars,
+                    l.bias.as_ref().map(Param::val),
+                    l.alpha.alpha.val(),
                 );
-                if let Some(b) = &l.bias {
-                    scalars.extend(floats(b.val()));
-                }
-                scalars.extend(floats(l.alpha.alpha.val()));
             }
             LayerMut::Norm(n) => {
                 for i in 0..n.entry_count() {
                     let (scale, bias) = n.folded_entry(i);
-                    scalars.extend(floats(scale));
-                    scalars.extend(floats(bias));
+                    layer_out.scalars.extend(floats(scale));
+                    layer_out.scalars.extend(floats(bias));
                 }
             }
         });
@@ -533,27 +524,44 @@ impl Artifact {
     }
 }
 
-/// Appends one layer's codes and scales.
-fn export_weight<const D: usize>(
-    w: Tensor<D>,
-    fan_out: usize,
-    plan: &WeightPlan,
-    scheme: QuantScheme,
-    quant: &adabits_quant::WeightQuantConfig,
-    codes: &mut Vec<u8>,
-    scalars: &mut Vec<f32>,
-) {
-    for &bits in plan.code_sets() {
-        let k: Vec<u32> = weight_codes(w.clone(), bits, scheme)
-            .into_data()
-            .iter::<i64>()
-            .map(|k| k as u32)
-            .collect();
-        pack(&k, bits.get(), codes);
-    }
-    for &bits in &plan.stored {
-        let q = quantize_weight(w.clone(), bits, fan_out, quant);
-        scalars.push(q.scale.map_or(1.0, |s| floats(s)[0]));
+/// Where [`Artifact::from_model`] appends each layer.
+struct Exported<'a> {
+    config: &'a ModelConfig,
+    codes: &'a mut Vec<u8>,
+    scalars: &'a mut Vec<f32>,
+    weights: &'a mut u64,
+}
+
+impl Exported<'_> {
+    /// Appends one quantized layer: its codes, the scale of each of its weight bit-widths, its
+    /// bias and its clipping levels.
+    fn layer<const D: usize>(
+        &mut self,
+        w: Tensor<D>,
+        fan_out: usize,
+        policy: adabits_quant::BitPolicy,
+        quant: &adabits_quant::WeightQuantConfig,
+        bias: Option<Tensor<1>>,
+        alpha: Tensor<1>,
+    ) {
+        let plan = WeightPlan::new(self.config, policy, w.dims().iter().product());
+        *self.weights += plan.count as u64;
+        for &bits in plan.code_sets() {
+            let k: Vec<u32> = weight_codes(w.clone(), bits, self.config.quant.weight_scheme)
+                .into_data()
+                .iter::<i64>()
+                .map(|k| k as u32)
+                .collect();
+            pack(&k, bits.get(), self.codes);
+        }
+        for &bits in &plan.stored {
+            let q = quantize_weight(w.clone(), bits, fan_out, quant);
+            self.scalars.push(q.scale.map_or(1.0, |s| floats(s)[0]));
+        }
+        if let Some(b) = bias {
+            self.scalars.extend(floats(b));
+        }
+        self.scalars.extend(floats(alpha));
     }
 }
 
@@ -646,7 +654,6 @@ impl Runtime {
                 list: config.bits.to_string(),
             });
         }
-        let scheme = config.quant.weight_scheme;
         let linear_eval = config.quant.linear_eval;
         let mut cursor = Cursor {
             codes: &self.artifact.codes,
@@ -661,59 +668,33 @@ impl Runtime {
             }
             let result = match layer {
                 LayerMut::Conv(c) => {
-                    let dims = c.weight.dims();
-                    let plan = WeightPlan::new(config, c.policy(), dims.iter().product());
-                    decode_weight(
-                        &mut cursor,
-                        &plan,
-                        c.policy().resolve(bits).bitw,
-                        scheme,
-                        device,
+                    let spec = LayerSpec {
+                        policy: c.policy(),
+                        rescale: c.weight_quant().rescale,
+                        bias: c.bias.is_some(),
+                        alpha: c.alpha.alpha.dims()[0],
+                    };
+                    decode_layer(&mut cursor, config, &spec, c.weight.dims(), bits, device).map(
+                        |(q, bias, alpha)| {
+                            c.deploy(q.effective(), bias);
+                            c.alpha.alpha = Param::from_tensor(alpha);
+                        },
                     )
-                    .and_then(|(w_hat, scale)| {
-                        let bias = match &c.bias {
-                            Some(_) => Some(cursor.take(dims[0])?),
-                            None => None,
-                        };
-                        let alpha = cursor.take(c.alpha.alpha.dims()[0])?;
-                        let q = QuantizedWeight {
-                            w_hat: w_hat.reshape(dims),
-                            scale: c.weight_quant().rescale.then(|| tensor1(&[scale], device)),
-                        };
-                        c.deploy(q.effective(), bias.map(|b| tensor1(&b, device)));
-                        c.alpha.alpha = Param::from_tensor(tensor1(&alpha, device));
-                        Ok(())
-                    })
                 }
                 LayerMut::Linear(l) => {
-                    let dims = l.weight.dims();
-                    let plan = WeightPlan::new(config, l.policy(), dims.iter().product());
-                    decode_weight(
-                        &mut cursor,
-                        &plan,
-                        l.policy().resolve(bits).bitw,
-                        scheme,
-                        device,
+                    let spec = LayerSpec {
+                        policy: l.policy(),
+                        rescale: l.weight_quant().rescale,
+                        bias: l.bias.is_some(),
+                        alpha: l.alpha.alpha.dims()[0],
+                    };
+                    decode_layer(&mut cursor, config, &spec, l.weight.dims(), bits, device).map(
+                        |(q, bias, alpha)| {
+                            let (w, b) = q.linear_params(bias, QuantMode::Eval, linear_eval);
+                            l.deploy(w, b);
+                            l.alpha.alpha = Param::from_tensor(alpha);
+                        },
                     )
-                    .and_then(|(w_hat, scale)| {
-                        let bias = match &l.bias {
-                            Some(_) => Some(cursor.take(dims[0])?),
-                            None => None,
-                        };
-                        let alpha = cursor.take(l.alpha.alpha.dims()[0])?;
-                        let q = QuantizedWeight {
-                            w_hat: w_hat.reshape(dims),
-                            scale: l.weight_quant().rescale.then(|| tensor1(&[scale], device)),
-                        };
-                        let (w, b) = q.linear_params(
-                            bias.map(|b| tensor1(&b, device)),
-                            QuantMode::Eval,
-                            linear_eval,
-                        );
-                        l.deploy(w, b);
-                        l.alpha.alpha = Param::from_tensor(tensor1(&alpha, device));
-                        Ok(())
-                    })
                 }
                 LayerMut::Norm(n) => {
                     let c = n.num_features();
@@ -758,6 +739,41 @@ impl Runtime {
 
 fn tensor1(values: &[f32], device: &Device) -> Tensor<1> {
     Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), device)
+}
+
+/// What the decoder needs to know of a quantized layer.
+struct LayerSpec {
+    policy: adabits_quant::BitPolicy,
+    rescale: bool,
+    bias: bool,
+    alpha: usize,
+}
+
+/// A quantized layer's weight at `bits` (with its scale if the layer rescales), bias and
+/// clipping levels, read from the cursor.
+#[allow(clippy::type_complexity)]
+fn decode_layer<const D: usize>(
+    cursor: &mut Cursor<'_>,
+    config: &ModelConfig,
+    spec: &LayerSpec,
+    dims: [usize; D],
+    bits: BitWidth,
+    device: &Device,
+) -> Result<(QuantizedWeight<D>, Option<Tensor<1>>, Tensor<1>), ArtifactError> {
+    let plan = WeightPlan::new(config, spec.policy, dims.iter().product());
+    let bitw = spec.policy.resolve(bits).bitw;
+    let (w_hat, scale) = decode_weight(cursor, &plan, bitw, config.quant.weight_scheme, device)?;
+    let bias = if spec.bias {
+        Some(tensor1(&cursor.take(dims[0])?, device))
+    } else {
+        None
+    };
+    let alpha = tensor1(&cursor.take(spec.alpha)?, device);
+    let q = QuantizedWeight {
+        w_hat: w_hat.reshape(dims),
+        scale: spec.rescale.then(|| tensor1(&[scale], device)),
+    };
+    Ok((q, bias, alpha))
 }
 
 /// Reads a layer's codes and scales and returns `ŵ` (flat) and the scale of weight bit-width

@@ -157,11 +157,7 @@ impl QConv2d {
     pub fn deploy(&mut self, weight: Tensor<4>, bias: Option<Tensor<1>>) {
         self.weight = Param::from_tensor(weight);
         self.bias = bias.map(Param::from_tensor);
-        self.weight_quant = WeightQuantConfig::new()
-            .with_scheme(self.weight_quant.scheme)
-            .with_clamp(false)
-            .with_rescale(false);
-        self.policy.bitw_min = Some(BitWidth::FULL);
+        (self.weight_quant, self.policy) = super::deployed(&self.weight_quant, self.policy);
     }
 
     /// The layer's precision policy.
