@@ -123,13 +123,13 @@ fn which(arg: WhichArg) -> Which {
     }
 }
 
-fn open_run(dir: &Path, arg: WhichArg, device: &burn::tensor::Device) -> anyhow::Result<SavedRun> {
+pub(crate) fn open_run(dir: &Path, arg: WhichArg, device: &burn::tensor::Device) -> anyhow::Result<SavedRun> {
     load_run(dir, which(arg), device)
         .map_err(|e| anyhow::anyhow!("{e}\nhint: RUN is the folder `adabits train --out` wrote"))
 }
 
 /// The run's data, with `data_dir` replacing its folder.
-fn data_of(run: &SavedRun, data_dir: Option<&PathBuf>) -> anyhow::Result<DataSource> {
+pub(crate) fn data_of(run: &SavedRun, data_dir: Option<&PathBuf>) -> anyhow::Result<DataSource> {
     let mut data = run.config.data.clone();
     if let Some(dir) = data_dir {
         match &mut data {

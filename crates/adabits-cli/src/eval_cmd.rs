@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use adabits_models::StateDict;
 use adabits_quant::{BitWidth, BitWidths};
-use adabits_train::data::{DataSource, Loader};
-use adabits_train::{BitResult, Which, calibrate, evaluate, load_run};
+use adabits_train::data::Loader;
+use adabits_train::{BitResult, calibrate, evaluate};
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
@@ -58,23 +58,8 @@ pub(crate) struct EvalArgs {
 pub(crate) fn run_eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
     let device = args.device.device();
-    let which = match args.checkpoint {
-        WhichArg::Best => Which::Best,
-        WhichArg::Latest => Which::Latest,
-    };
-    let run = load_run(&args.run, which, &device)
-        .map_err(|e| anyhow::anyhow!("{e}\nhint: RUN is the folder `adabits train --out` wrote"))?;
-    let mut data = run.config.data.clone();
-    if let Some(dir) = &args.data_dir {
-        match &mut data {
-            DataSource::Cifar10 { dir: d }
-            | DataSource::Cifar100 { dir: d }
-            | DataSource::ImageFolder { dir: d, .. } => *d = dir.clone(),
-            DataSource::Synthetic(_) => {
-                anyhow::bail!("--data-dir given, but the run was trained on synthetic data")
-            }
-        }
-    }
+    let run = crate::deploy_cmd::open_run(&args.run, args.checkpoint, &device)?;
+    let data = crate::deploy_cmd::data_of(&run, args.data_dir.as_ref())?;
     let (train_set, val_set) = data.open()?;
     let side = val_set.image_size();
     let val = Loader::new(Arc::from(val_set), args.batch_size, false, run.config.seed);
