@@ -50,11 +50,20 @@ const BOTTOM: f64 = 55.0;
 /// A training-loss chart against optimiser steps, with `ln 10` (chance with 10 classes) as
 /// the reference line.
 pub(crate) fn loss_chart(title: &str, series: &[Series]) -> String {
+    // The first steps can sit far above chance; clip them so the rest stays readable.
+    let top = 2.0 * 10f64.ln();
+    let clipped: Vec<Series> = series
+        .iter()
+        .map(|s| Series {
+            label: s.label.clone(),
+            points: s.points.iter().map(|&(x, y)| (x, y.min(top))).collect(),
+        })
+        .collect();
     svg(&Chart {
         title,
         x_label: "optimiser step",
-        y_label: "training cross-entropy (mean of 10 steps)",
-        series,
+        y_label: "training cross-entropy (mean of 10 steps, clipped at 2 ln 10)",
+        series: &clipped,
         reference: Some(Reference {
             label: "ln 10 (chance)".into(),
             y: 10f64.ln(),

@@ -123,7 +123,11 @@ fn which(arg: WhichArg) -> Which {
     }
 }
 
-pub(crate) fn open_run(dir: &Path, arg: WhichArg, device: &burn::tensor::Device) -> anyhow::Result<SavedRun> {
+pub(crate) fn open_run(
+    dir: &Path,
+    arg: WhichArg,
+    device: &burn::tensor::Device,
+) -> anyhow::Result<SavedRun> {
     load_run(dir, which(arg), device)
         .map_err(|e| anyhow::anyhow!("{e}\nhint: RUN is the folder `adabits train --out` wrote"))
 }

@@ -102,8 +102,9 @@ pub struct TrainConfig {
     pub finetune_epochs: Option<usize>,
     /// Stop when a bit-width's smoothed training loss has not gone below `ln(classes)` (the
     /// loss of a model that predicts the same class for everything) less `stuck_tolerance`
-    /// for this many steps in a row; `None` (the default) means one epoch, at least 100 steps;
-    /// `Some(0)` turns the guard off.
+    /// for this many steps in a row, and has not come down by more than 0.05 over them (a slow
+    /// start is not stopped); `None` (the default) means one epoch, at least 100
+    /// steps; `Some(0)` turns the guard off.
     #[serde(default)]
     pub stuck_steps: Option<usize>,
     /// How far below `ln(classes)` the smoothed loss must go to count as learning.
@@ -120,7 +121,7 @@ fn default_log_every() -> usize {
 }
 
 fn default_stuck_tolerance() -> f64 {
-    0.02
+    0.05
 }
 
 /// Deserialises a [`ModelConfig`] whose JSON may leave out any field but `arch` and `bits`

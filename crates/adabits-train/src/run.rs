@@ -45,7 +45,7 @@ pub enum TrainError {
     /// A bit-width's loss has not gone below chance level: the model predicts the same class
     /// for every image. The last good checkpoint is kept.
     #[error(
-        "the loss at {bits} bits has not gone below ln({classes}) = {chance:.3}, chance level, for {steps} steps (up to step {step}): the model predicts the same class for every image. {diagnosis} Stopped; the last good checkpoint is kept. See docs/recipe.md: the official recipe does this from a random start, the default `adabits` recipe avoids it"
+        "the loss at {bits} bits has stayed at chance level (above ln({classes}) − {tolerance} = {floor:.3}) for {steps} steps without coming down (up to step {step}): the model predicts the same class for every image. {diagnosis} Stopped; the last good checkpoint is kept. See docs/recipe.md: the official recipe does this from a random start, the default `adabits` recipe avoids it"
     )]
     Stuck {
         /// The optimiser step (from 0).
@@ -58,6 +58,10 @@ pub enum TrainError {
         chance: f64,
         /// For how many steps.
         steps: usize,
+        /// How far below `ln(classes)` the loss had to go.
+        tolerance: f64,
+        /// `ln(classes) − tolerance`.
+        floor: f64,
         /// What the model's classifier looks like.
         diagnosis: String,
     },
@@ -262,6 +266,9 @@ struct RunState {
     /// Smoothed training loss and steps spent at chance level, per bit-width.
     #[serde(default)]
     guard: BTreeMap<String, (f64, usize)>,
+    /// The smoothed loss per bit-width when its current stretch at chance began.
+    #[serde(default)]
+    guard_start: BTreeMap<String, f64>,
     /// Sum and count of the training losses since the last point of the loss curve.
     #[serde(default)]
     loss_window: BTreeMap<String, (f64, usize)>,
@@ -272,6 +279,37 @@ struct RunState {
 
 fn key(b: BitWidth) -> String {
     b.get().to_string()
+}
+
+/// How much the smoothed loss must come down over the guard's window for a run at chance to
+/// count as a slow start rather than a dead model.
+const STUCK_TREND: f64 = 0.05;
+
+/// One step of the divergence guard for one bit-width. `ema` is the smoothed loss and the
+/// length of the current stretch at chance, `start` the smoothed loss when that stretch
+/// began; `floor` is `ln(classes)` less the tolerance. True when the loss has stayed above
+/// `floor` for `steps` steps without coming down by more than [`STUCK_TREND`] (a loss still
+/// coming down, from a high start towards chance, is a slow start: the stretch starts again).
+fn stuck(ema: &mut (f64, usize), start: &mut f64, loss: f64, floor: f64, steps: usize) -> bool {
+    ema.0 = 0.9 * ema.0 + 0.1 * loss;
+    // At chance, or above it: a model that predicts one class with confidence does worse
+    // than ln(classes).
+    if ema.0 <= floor {
+        ema.1 = 0;
+        return false;
+    }
+    if ema.1 == 0 {
+        *start = ema.0;
+    }
+    ema.1 += 1;
+    if ema.1 < steps {
+        return false;
+    }
+    if *start - ema.0 > STUCK_TREND {
+        ema.1 = 0;
+        return false;
+    }
+    true
 }
 
 /// What [`joint_step`] calls after each bit-width's forward pass: the bit-width, its mean
@@ -742,7 +780,7 @@ impl<'a> Run<'a> {
 
     /// The divergence guard: tracks the smoothed loss of `bits` and stops the run when it has
     /// not gone below `ln(classes)` (less the tolerance) for `stuck_steps` steps (by default
-    /// one epoch, at least 100 steps).
+    /// one epoch, at least 100 steps) without coming down by more than 0.05 over them.
     fn watch(&mut self, bits: BitWidth, loss: f64) -> Result<(), TrainError> {
         let steps = self
             .config
@@ -753,16 +791,10 @@ impl<'a> Run<'a> {
         }
         let classes = self.config.model.num_classes;
         let chance = (classes as f64).ln();
+        let tolerance = self.config.stuck_tolerance;
         let entry = self.state.guard.entry(key(bits)).or_insert((loss, 0));
-        entry.0 = 0.9 * entry.0 + 0.1 * loss;
-        // At chance, or above it: a model that predicts one class with confidence does worse
-        // than ln(classes).
-        if entry.0 > chance - self.config.stuck_tolerance {
-            entry.1 += 1;
-        } else {
-            entry.1 = 0;
-        }
-        if entry.1 < steps {
+        let start = self.state.guard_start.entry(key(bits)).or_insert(loss);
+        if !stuck(entry, start, loss, chance - tolerance, steps) {
             return Ok(());
         }
         Err(TrainError::Stuck {
@@ -771,6 +803,8 @@ impl<'a> Run<'a> {
             classes,
             chance,
             steps,
+            tolerance,
+            floor: chance - tolerance,
             diagnosis: classifier_diagnosis(&self.model),
         })
     }
@@ -1070,5 +1104,60 @@ impl<'a> Run<'a> {
             write_atomically(&curve, kept.as_bytes()).map_err(|e| run_file(&curve, e))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The step at which the guard fires on `losses`, if it does.
+    fn fires(losses: impl IntoIterator<Item = f64>, steps: usize) -> Option<usize> {
+        let floor = 10f64.ln() - 0.05;
+        let (mut ema, mut start) = ((f64::NAN, 0), 0.0);
+        for (i, loss) in losses.into_iter().enumerate() {
+            if i == 0 {
+                ema.0 = loss;
+            }
+            if stuck(&mut ema, &mut start, loss, floor, steps) {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn a_loss_flat_at_chance_stops_the_run_after_the_window() {
+        // ±0.02 of noise around ln 10.
+        let flat = (0..300).map(|i| 10f64.ln() + 0.02 * ((i * 7 % 5) as f64 - 2.0) / 2.0);
+        assert_eq!(fires(flat, 100), Some(99));
+        // Far above chance counts too (a confident wrong class).
+        assert_eq!(fires(std::iter::repeat_n(4.0, 300), 100), Some(99));
+    }
+
+    #[test]
+    fn a_collapse_from_a_high_start_is_caught_after_it_settles() {
+        // 10 → ln 10 over 30 steps, then flat: the first window is a descent, the second not.
+        let losses = (0..300).map(|i| {
+            if i < 30 {
+                10.0 - (10.0 - 10f64.ln()) * i as f64 / 30.0
+            } else {
+                10f64.ln()
+            }
+        });
+        let step = fires(losses, 50).expect("fires");
+        // The smoothed loss lags the descent: at most two windows after it ends.
+        assert!((60..160).contains(&step), "{step}");
+    }
+
+    #[test]
+    fn a_slow_start_is_not_stopped() {
+        // From 2.6 down to 2.2 over 400 steps: above the floor for about 300 of them, but
+        // coming down by about 0.1 every 100 steps.
+        let slow = (0..400).map(|i| 2.6 - 0.4 * i as f64 / 400.0);
+        assert_eq!(fires(slow, 100), None);
+        // A learning run, below chance after 20 steps.
+        let healthy = (0..400).map(|i| if i < 20 { 2.5 } else { 1.5 });
+        assert_eq!(fires(healthy, 100), None);
     }
 }
