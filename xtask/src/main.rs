@@ -240,7 +240,8 @@ fn reproduce(args: &[String]) -> Result<(), String> {
          fine-tuning stages), batch {batch}, on `{device}`, with the default `adabits` recipe \
          (the official flags plus centered weights and a classifier initialised at N(0, 1) and rescaled \
          by its fan-in: \
-         the official recipe collapses from a random start, see docs/recipe.md). Training took \
+         the official recipe collapses from a random start, see docs/recipe.md); the divergence \
+         guard is off, so that a model that stays at chance is reported as such. Training took \
          {minutes:.1} minutes. The runs are in the `grid-*` folders (`results.json`, \
          `metrics.jsonl`), the tables in `grid.json`. The paper's own numbers are for ImageNet \
          and CIFAR at full scale and are not comparable with these; each finding below quotes \
