@@ -142,9 +142,9 @@ pub(crate) fn run(
         "# Recipe study\n\n`cargo xtask recipes` on `{device}`: each model at width 0.25, joint \
          training from a random start on 6,400 synthetic images (1,000 for validation), 3 \
          epochs, batch 64, lr 0.1 cosine. `adabits` is the default recipe (the official flags \
-         with centered weights and a classifier initialised at N(0, 1) and rescaled by its fan-in); \
-         `official` is \
-         `--recipe official`. A run stopped by the divergence guard had not gone below \
+         with centered weights, a classifier initialised at N(0, 1), rescaled by its fan-in and \
+         evaluated in its training form, and MobileNet-V2's bottleneck outputs clipped on both \
+         sides); `official` is `--recipe official`. A run stopped by the divergence guard had not gone below \
          ln 10 for an epoch (100 steps).\n\n{table}\n{figures}"
     );
     let path = out.join("report.md");
