@@ -85,26 +85,29 @@ fn features(device: &str) -> Result<&'static str, String> {
     }
 }
 
+/// The value after flag `name`, or the error that it is missing.
+fn value_of(iter: &mut std::slice::Iter<'_, String>, name: &str) -> Result<String, String> {
+    iter.next()
+        .cloned()
+        .ok_or_else(|| format!("{name} needs a value\nhint: run `cargo xtask help`"))
+}
+
+fn unknown_argument(arg: &str) -> String {
+    format!("unknown argument {arg:?}\nhint: run `cargo xtask help`")
+}
+
 fn recipe_study(args: &[String]) -> Result<(), String> {
     let mut device = String::from("flex");
     let mut out = project_root().join("runs/recipes");
     let mut models = Vec::new();
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
-        let mut value = |name: &str| {
-            iter.next()
-                .cloned()
-                .ok_or_else(|| format!("{name} needs a value\nhint: run `cargo xtask help`"))
-        };
+        let mut value = |name: &str| value_of(&mut iter, name);
         match arg.as_str() {
             "--device" => device = value("--device")?,
             "--out" => out = PathBuf::from(value("--out")?),
             "--model" => models.push(value("--model")?),
-            other => {
-                return Err(format!(
-                    "unknown argument {other:?}\nhint: run `cargo xtask help`"
-                ));
-            }
+            other => return Err(unknown_argument(other)),
         }
     }
     recipes::run(&project_root(), features(&device)?, &device, &out, &models)
@@ -120,11 +123,7 @@ fn reproduce(args: &[String]) -> Result<(), String> {
     let mut max_steps = None;
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
-        let mut value = |name: &str| {
-            iter.next()
-                .cloned()
-                .ok_or_else(|| format!("{name} needs a value\nhint: run `cargo xtask help`"))
-        };
+        let mut value = |name: &str| value_of(&mut iter, name);
         match arg.as_str() {
             "--device" => device = value("--device")?,
             "--out" => out = Some(PathBuf::from(value("--out")?)),
@@ -139,11 +138,7 @@ fn reproduce(args: &[String]) -> Result<(), String> {
                         .map_err(|_| format!("--max-steps expects a whole number, found {v:?}"))?,
                 );
             }
-            other => {
-                return Err(format!(
-                    "unknown argument {other:?}\nhint: run `cargo xtask help`"
-                ));
-            }
+            other => return Err(unknown_argument(other)),
         }
     }
     let features = features(&device)?;
