@@ -460,6 +460,38 @@ pub fn adapt_from<M: OfficialLayout>(
     )
 }
 
+/// Copies the first bit-width's BatchNorm entries and clipping levels to every other bit-width
+/// of `model`: what a model trained at full precision (which runs on the first entry, see
+/// [`BitWidths::index_or_first`](adabits_quant::BitWidths::index_or_first)) hands to the
+/// adaptive stage that follows, as the official `fp_pretrained` loading does (METHOD.md §7).
+/// Weights, shared BatchNorm and shared clipping levels are unchanged.
+///
+/// # Errors
+///
+/// [`ImportError::Mismatch`] only if the model's own layout is inconsistent (a bug).
+pub fn spread_first<M: OfficialLayout>(model: M) -> Result<M, ImportError> {
+    let mut dict = export_official(&model);
+    let keys: Vec<String> = dict.keys().map(str::to_string).collect();
+    for key in keys {
+        let Some(tensor) = dict.get(&key).cloned() else {
+            continue;
+        };
+        if let Some((head, rest)) = key.rsplit_once(".bn.")
+            && let Some((index, field)) = rest.split_once('.')
+            && index.parse::<usize>().is_ok_and(|i| i > 0)
+        {
+            if let Some(first) = dict.get(&format!("{head}.bn.0.{field}")).cloned() {
+                dict.insert(key, first);
+            }
+        } else if key.ends_with(".alpha") && tensor.shape.len() == 1 {
+            let mut spread = tensor.clone();
+            spread.values.fill(tensor.values[0]);
+            dict.insert(key, spread);
+        }
+    }
+    import_official(model, &dict, ImportMode::Adaptive).map(|(model, _)| model)
+}
+
 /// Reads a SafeTensors state dict in the official layout and imports it (see
 /// [`import_official`]).
 ///

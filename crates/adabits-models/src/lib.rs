@@ -32,7 +32,7 @@ pub use deploy::{
 };
 pub use import::{
     ImportError, ImportMode, ImportReport, LayerMut, OfficialLayout, StateDict, StateTensor,
-    adapt_from, export_official, import_official, import_pytorch,
+    adapt_from, export_official, import_official, import_pytorch, spread_first,
 };
 pub use layers::{
     BnEntry, BnSharing, QConv2d, QConv2dConfig, QLinear, QLinearConfig, SwitchBatchNorm2d,

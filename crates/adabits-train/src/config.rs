@@ -76,6 +76,13 @@ pub struct TrainConfig {
     pub strategy: Strategy,
     /// Training epochs (of the first stage, for progressive training).
     pub epochs: usize,
+    /// Epochs at full precision before the strategy's stages (0, the default, for none): the
+    /// model trains with full-precision weights and activations on the first bit-width's
+    /// BatchNorm and clipping levels, which are then copied to every bit-width
+    /// ([`adabits_models::spread_first`]), as the official runs start from a full-precision
+    /// model (`fp_pretrained`). The following stage starts its own schedule and momentum.
+    #[serde(default)]
+    pub fp_epochs: usize,
     /// Training batch size.
     pub batch_size: usize,
     /// Evaluation batch size.
@@ -173,6 +180,8 @@ pub(crate) struct Stage {
     pub(crate) bits: Vec<BitWidth>,
     pub(crate) epochs: usize,
     pub(crate) lr_factor: f64,
+    /// The full-precision stage of `fp_epochs`.
+    pub(crate) full_precision: bool,
 }
 
 impl TrainConfig {
@@ -183,6 +192,7 @@ impl TrainConfig {
             data,
             strategy,
             epochs: 2,
+            fp_epochs: 0,
             batch_size: 128,
             eval_batch_size: default_eval_batch(),
             optim: OptimConfig::default(),
@@ -227,6 +237,15 @@ impl TrainConfig {
         if !(self.optim.lr.is_finite() && self.optim.lr > 0.0) {
             return bad("optim.lr", "a positive number", self.optim.lr.to_string());
         }
+        if let Some(max) = self.optim.clip_grad_norm
+            && !(max.is_finite() && max > 0.0)
+        {
+            return bad(
+                "optim.clip_grad_norm",
+                "a positive number (or null for no clipping)",
+                max.to_string(),
+            );
+        }
         match self.strategy {
             Strategy::Individual if self.model.bits.len() != 1 => {
                 return bad(
@@ -245,20 +264,33 @@ impl TrainConfig {
     }
 
     /// The stages of training.
+    /// How many stages the run has: the full-precision stage if any, then one for joint,
+    /// individual and direct training, or one per bit-width for progressive training.
+    pub fn stage_count(&self) -> usize {
+        self.stages().len()
+    }
+
     pub(crate) fn stages(&self) -> Vec<Stage> {
         let bits: Vec<BitWidth> = self.model.bits.iter().collect();
         let top = self.model.bits.max();
+        let stage = |bits: Vec<BitWidth>, epochs: usize, lr_factor: f64| Stage {
+            bits,
+            epochs,
+            lr_factor,
+            full_precision: false,
+        };
+        let mut stages = Vec::new();
+        if self.fp_epochs > 0 {
+            stages.push(Stage {
+                full_precision: true,
+                ..stage(vec![BitWidth::FULL], self.fp_epochs, 1.0)
+            });
+        }
         match self.strategy {
-            Strategy::Individual | Strategy::Joint { .. } => vec![Stage {
-                bits,
-                epochs: self.epochs,
-                lr_factor: 1.0,
-            }],
-            Strategy::Direct => vec![Stage {
-                bits: vec![top],
-                epochs: self.epochs,
-                lr_factor: 1.0,
-            }],
+            Strategy::Individual | Strategy::Joint { .. } => {
+                stages.push(stage(bits, self.epochs, 1.0));
+            }
+            Strategy::Direct => stages.push(stage(vec![top], self.epochs, 1.0)),
             Strategy::Progressive { low_to_high } => {
                 let mut order = bits;
                 order.sort_unstable_by(|a, b| b.cmp(a));
@@ -266,17 +298,16 @@ impl TrainConfig {
                     order.reverse();
                 }
                 let finetune = self.finetune_epochs.unwrap_or((self.epochs / 2).max(1));
-                order
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, b)| Stage {
-                        bits: vec![b],
-                        epochs: if i == 0 { self.epochs } else { finetune },
-                        lr_factor: if i == 0 { 1.0 } else { 0.1 },
-                    })
-                    .collect()
+                for (i, b) in order.into_iter().enumerate() {
+                    stages.push(if i == 0 {
+                        stage(vec![b], self.epochs, 1.0)
+                    } else {
+                        stage(vec![b], finetune, 0.1)
+                    });
+                }
             }
         }
+        stages
     }
 }
 

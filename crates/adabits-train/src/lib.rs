@@ -13,11 +13,11 @@ mod run;
 pub use adabits_models;
 pub use config::{BestBy, RunOptions, Strategy, TrainConfig, merge_json};
 pub use metrics::{Meter, Scores, cross_entropy, distillation};
-pub use optim::{DecayGroups, LrPlan, OptimConfig, Schedule, Sgd, decays};
+pub use optim::{DecayGroups, LrPlan, OptimConfig, Schedule, Sgd, decays, grad_norm};
 pub use progress::TerminalProgress;
 pub use rng::Rng;
 pub use run::{
     BitHook, BitResult, EpochRecord, Evaluation, LossRecord, Progress, Quiet, RunResults,
     RunStatus, SavedRun, StepInfo, TrainError, Which, calibrate, evaluate, joint_step, load_run,
-    train, train_on,
+    non_finite_parameter, train, train_on,
 };

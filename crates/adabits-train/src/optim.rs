@@ -45,6 +45,10 @@ pub struct OptimConfig {
     pub warmup_epochs: Option<usize>,
     /// Scale the learning rate by `batch/256` for batches above 256 (official).
     pub scale_lr: bool,
+    /// Scale the summed gradient down to this global L2 norm when it is longer (over every
+    /// trainable tensor, before weight decay and momentum, as PyTorch's `clip_grad_norm_`);
+    /// `None` (official) never clips.
+    pub clip_grad_norm: Option<f64>,
 }
 
 impl Default for OptimConfig {
@@ -57,6 +61,7 @@ impl Default for OptimConfig {
             schedule: Schedule::Cosine,
             warmup_epochs: None,
             scale_lr: true,
+            clip_grad_norm: None,
         }
     }
 }
@@ -165,12 +170,25 @@ impl Sgd {
     }
 
     /// Applies one step with `grads` at learning rate `lr`; parameters without a gradient are
-    /// left alone.
+    /// left alone. With [`OptimConfig::clip_grad_norm`] the gradients are first scaled down to
+    /// that global norm when they are longer.
     pub fn step<M: Module>(&mut self, model: M, grads: GradientsParams, lr: f64) -> M {
+        let scale = match self.config.clip_grad_norm {
+            Some(max) => {
+                let norm = grad_norm(&model, &grads);
+                if norm.is_finite() && norm > max {
+                    max / norm
+                } else {
+                    1.0
+                }
+            }
+            None => 1.0,
+        };
         let mut mapper = SgdMapper {
             sgd: self,
             grads,
             lr,
+            scale,
             path: Vec::new(),
         };
         model.map(&mut mapper)
@@ -223,10 +241,37 @@ impl burn::module::ModuleVisitor for DecayGroups {
     }
 }
 
+/// The global L2 norm of `grads` over `model`'s float parameters (one value read back).
+pub fn grad_norm<M: Module>(model: &M, grads: &GradientsParams) -> f64 {
+    struct Norm<'a> {
+        grads: &'a GradientsParams,
+        total: Option<Tensor<1>>,
+    }
+    impl burn::module::ModuleVisitor for Norm<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.grads.get::<D>(param.id) {
+                let squares = g.clone().mul(g).sum();
+                self.total = Some(match self.total.take() {
+                    Some(t) => {
+                        let device = t.device();
+                        t + squares.to_device(&device)
+                    }
+                    None => squares,
+                });
+            }
+        }
+    }
+    let mut norm = Norm { grads, total: None };
+    model.visit(&mut norm);
+    norm.total.map_or(0.0, |t| t.into_scalar::<f64>().sqrt())
+}
+
 struct SgdMapper<'a> {
     sgd: &'a mut Sgd,
     grads: GradientsParams,
     lr: f64,
+    /// The gradient clip's factor (1 without clipping).
+    scale: f64,
     path: Vec<String>,
 }
 
@@ -251,6 +296,9 @@ impl ModuleMapper for SgdMapper<'_> {
         let n: usize = shape.iter().product();
         let config = &self.sgd.config;
         let mut d = grad.reshape([n]);
+        if self.scale != 1.0 {
+            d = d.mul_scalar(self.scale);
+        }
         let w = weights.reshape([n]);
         if config.weight_decay != 0.0 && decays(&shape) {
             d = d + w.clone().mul_scalar(config.weight_decay);

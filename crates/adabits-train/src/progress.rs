@@ -24,11 +24,15 @@ impl Progress for TerminalProgress {
     fn stage(&mut self, stage: usize, bits: &[BitWidth], epochs: usize) {
         if self.stages > 1 {
             let bits: Vec<String> = bits.iter().map(ToString::to_string).collect();
+            let what = if bits == ["32"] {
+                "full precision".to_string()
+            } else {
+                format!("{} bits", bits.join(","))
+            };
             eprintln!(
-                "stage {}/{}: {} bits, {epochs} epochs",
+                "stage {}/{}: {what}, {epochs} epochs",
                 stage + 1,
-                self.stages,
-                bits.join(",")
+                self.stages
             );
         }
     }

@@ -73,6 +73,20 @@ pub enum TrainError {
         /// What went wrong.
         reason: String,
     },
+    /// A parameter became NaN or infinite while the loss stayed finite (a layer's clipping
+    /// level or weights blew up); the last good checkpoint is kept.
+    #[error(
+        "the parameter `{name}` became NaN or infinite at step {step} while the loss stayed finite: a gradient too large for the learning rate blew it up (clipping levels are the usual victims). Stopped; the last good checkpoint is kept. hint: clip the gradient (`optim.clip_grad_norm`), lower the learning rate, or start with a full-precision stage (`fp_epochs`); see docs/recipe.md"
+    )]
+    NonFiniteParameter {
+        /// The optimiser step (from 0) after which it was found.
+        step: usize,
+        /// The parameter's path in the model.
+        name: String,
+    },
+    /// A step of the run that cannot fail did (a bug; please report it).
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The loss became NaN or infinite; the last good checkpoint is kept.
     #[error(
         "the loss at {bits} bits became {loss} at step {step} (stage {stage}, epoch {epoch}); stopped, the last good checkpoint is kept"
@@ -414,6 +428,56 @@ pub fn calibrate(
     Ok(model)
 }
 
+/// The path of the first parameter of `model` holding a NaN or an infinity, if one does. One
+/// value is read back when every parameter is finite.
+pub fn non_finite_parameter<M: Module>(model: &M) -> Option<String> {
+    use burn::module::{ModuleVisitor, Param};
+    use burn::tensor::Tensor;
+    /// Sums every parameter (a NaN or infinity anywhere makes the total non-finite).
+    struct Total(Option<Tensor<1>>);
+    impl ModuleVisitor for Total {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let sum = param.val().sum();
+            self.0 = Some(match self.0.take() {
+                Some(t) => {
+                    let device = t.device();
+                    t + sum.to_device(&device)
+                }
+                None => sum,
+            });
+        }
+    }
+    /// Finds the first parameter that is not finite, by path.
+    struct Find {
+        path: Vec<String>,
+        found: Option<String>,
+    }
+    impl ModuleVisitor for Find {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if self.found.is_none() && !param.val().sum().into_scalar::<f64>().is_finite() {
+                self.found = Some(self.path.join("."));
+            }
+        }
+    }
+    let mut total = Total(None);
+    model.visit(&mut total);
+    if total.0?.into_scalar::<f64>().is_finite() {
+        return None;
+    }
+    let mut find = Find {
+        path: Vec::new(),
+        found: None,
+    };
+    model.visit(&mut find);
+    Some(find.found.unwrap_or_else(|| "(unnamed)".into()))
+}
+
 /// Describes the classifier's latent weights: their largest magnitude and how many sit where
 /// `tanh` is saturated (METHOD.md §17).
 fn classifier_diagnosis(model: &Model) -> String {
@@ -673,8 +737,9 @@ impl<'a> Run<'a> {
                 progress.epoch_end(&record);
                 self.append_metrics(&options.out, &record)?;
                 self.state.history.push(record.clone());
+                // The full-precision stage's model is not a candidate for the best checkpoint.
                 let score = self.score(&record);
-                let best = self.state.best.is_none_or(|b| score > b);
+                let best = !stage.full_precision && self.state.best.is_none_or(|b| score > b);
                 if best {
                     self.state.best = Some(score);
                 }
@@ -774,7 +839,14 @@ impl<'a> Run<'a> {
             },
         );
         self.sgd = sgd;
-        self.model = stepped?;
+        let stepped = stepped?;
+        if let Some(name) = non_finite_parameter(&stepped) {
+            return Err(TrainError::NonFiniteParameter {
+                step: self.state.step,
+                name,
+            });
+        }
+        self.model = stepped;
         Ok(losses)
     }
 
@@ -839,7 +911,12 @@ impl<'a> Run<'a> {
         lr: f64,
         seconds: f64,
     ) -> Result<EpochRecord, TrainError> {
-        let val = self.evaluate(&self.model, &self.eval_bits())?;
+        let bits = if stage.full_precision {
+            stage.bits.clone()
+        } else {
+            self.eval_bits()
+        };
+        let val = self.evaluate(&self.model, &bits)?;
         Ok(EpochRecord {
             stage: self.state.stage,
             epoch: self.state.epoch,
@@ -859,6 +936,13 @@ impl<'a> Run<'a> {
 
     /// The evaluations at the end of a stage.
     fn end_stage(&mut self, stage: &Stage, progress: &mut dyn Progress) -> Result<(), TrainError> {
+        if stage.full_precision {
+            progress.note("full-precision stage done: its BatchNorm and clipping levels go to every bit-width");
+            self.model = adabits_models::spread_first(self.model.clone()).map_err(|e| {
+                TrainError::Internal(format!("spreading the full-precision stage: {e}"))
+            })?;
+            return Ok(());
+        }
         let bits = self.eval_bits();
         let plain = self.evaluate(&self.model, &bits)?;
         match self.config.strategy {

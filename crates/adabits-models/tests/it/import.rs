@@ -485,3 +485,54 @@ fn the_mobilenets_and_imagenet_resnets_use_the_official_and_torchvision_names() 
     assert!(r50.get("layer3.6.conv1.weight").is_none());
     assert!(r50.get("layer4.2.bn3.bn.1.weight").is_some());
 }
+
+#[test]
+fn spreading_the_first_bit_width_copies_its_batch_norm_and_alpha_to_every_other() {
+    let device = crate::device();
+    let bits: BitWidths = "8,4,2".parse().unwrap();
+    let model = resnet8("8,4,2", QuantSettings::new(), &device);
+    train_statistics(&model, &bits, &device);
+    // Every BatchNorm entry and every clipping level different.
+    let mut dict = export_official(&model);
+    let keys: Vec<String> = dict.keys().map(str::to_string).collect();
+    for key in &keys {
+        let mut t = dict.get(key).unwrap().clone();
+        if key.ends_with(".alpha") || key.contains(".bn.") && key.ends_with("weight") {
+            t.values = values(key, t.values.len())
+                .into_iter()
+                .map(|v| 2.0 + v)
+                .collect();
+            dict.insert(key.clone(), t);
+        }
+    }
+    let (model, _) = import_official(model, &dict, ImportMode::Adaptive).unwrap();
+    let images = Tensor::<4>::random([2, 3, 8, 8], Distribution::Uniform(0.0, 1.0), &device);
+    let at_full = |m: &CifarResNet| -> Vec<f64> {
+        m.forward(images.clone(), BitWidth::FULL)
+            .into_data()
+            .iter()
+            .collect()
+    };
+    let before = at_full(&model);
+    let spread = adabits_models::spread_first(model).unwrap();
+    let back = export_official(&spread);
+    let mut checked = (0, 0);
+    for key in &keys {
+        let got = &back.get(key).unwrap().values;
+        let original = &dict.get(key).unwrap().values;
+        if let Some((head, rest)) = key.rsplit_once(".bn.") {
+            let field = rest.split_once('.').unwrap().1;
+            let first = &dict.get(&format!("{head}.bn.0.{field}")).unwrap().values;
+            assert_eq!(got, first, "{key}");
+            checked.0 += 1;
+        } else if key.ends_with(".alpha") {
+            assert_eq!(got, &vec![original[0]; 3], "{key}");
+            checked.1 += 1;
+        } else {
+            assert_eq!(got, original, "{key}");
+        }
+    }
+    assert!(checked.0 > 20 && checked.1 > 5, "{checked:?}");
+    // Full precision runs on the first entry, so it computes what it computed before.
+    assert_eq!(at_full(&spread), before);
+}

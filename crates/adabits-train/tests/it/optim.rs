@@ -149,3 +149,50 @@ fn the_schedules_follow_the_official_formulas() {
     close(plan.lr(1000), 0.01);
     close(plan.lr(1500), 0.001);
 }
+
+#[test]
+fn a_gradient_longer_than_the_clip_is_scaled_down_to_it() {
+    let ad = crate::device().autodiff();
+    let (w0, dw0, b0) = ([0.5f32, -1.0, 2.0, 0.25], [1.0f32, -2.0], [0.3f32]);
+    // Loss = Σ c·w: the gradients are the constants c, of global norm √10.5625 = 3.25.
+    let (cw, cdw, cb) = ([1.0f32, 2.0, -1.0, 0.5], [0.25f32, -0.5], [2.0f32]);
+    let step = |clip: Option<f64>| -> Vec<f64> {
+        let model = Tiny {
+            linear: Param::from_tensor(tensor(&w0, [2, 2], &ad)),
+            depthwise: Param::from_tensor(tensor(&dw0, [2, 1, 1, 1], &ad)),
+            bias: Param::from_tensor(tensor(&b0, [1], &ad)),
+        };
+        let loss = (model.linear.val() * tensor(&cw, [2, 2], &ad)).sum()
+            + (model.depthwise.val() * tensor(&cdw, [2, 1, 1, 1], &ad)).sum()
+            + (model.bias.val() * tensor(&cb, [1], &ad)).sum();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        assert!((adabits_train::grad_norm(&model, &grads) - 3.25).abs() < 1e-6);
+        let mut sgd = Sgd::new(OptimConfig {
+            clip_grad_norm: clip,
+            ..sgd_config(1.0, 0.0, 0.0)
+        });
+        let model = sgd.step(model, grads, 1.0);
+        let mut out: Vec<f64> = model.linear.val().into_data().iter::<f64>().collect();
+        out.extend(model.depthwise.val().into_data().iter::<f64>());
+        out.extend(model.bias.val().into_data().iter::<f64>());
+        out
+    };
+    let expected = |factor: f64| -> Vec<f64> {
+        w0.iter()
+            .chain(&dw0)
+            .chain(&b0)
+            .zip(cw.iter().chain(&cdw).chain(&cb))
+            .map(|(&w, &c)| f64::from(w) - factor * f64::from(c))
+            .collect()
+    };
+    let close = |got: Vec<f64>, want: Vec<f64>| {
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-6, "{got:?} vs {want:?}");
+        }
+    };
+    // Clipped to 1.3: every gradient × 1.3/3.25 = 0.4.
+    close(step(Some(1.3)), expected(0.4));
+    // A clip above the norm, and no clip, leave the gradient alone.
+    close(step(Some(5.0)), expected(1.0));
+    close(step(None), expected(1.0));
+}
