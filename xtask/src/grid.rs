@@ -146,6 +146,7 @@ pub(crate) fn run(
     let grid = entries(list);
     let runs = grid.iter().filter(|e| !e.flags.is_empty()).count();
     let mut results: Vec<(String, Value)> = Vec::new();
+    let mut failed: Vec<String> = Vec::new();
     let mut k = 0;
     for entry in grid.iter().filter(|e| !e.flags.is_empty()) {
         k += 1;
@@ -168,10 +169,14 @@ pub(crate) fn run(
             .output()
             .map_err(|e| format!("cannot run {}: {e}", adabits.display()))?;
         if !output.status.success() {
-            return Err(format!(
-                "adabits train for {} failed (its message is above)",
+            // A run that diverges is a result too: its cells stay empty and the report says
+            // why, instead of the whole grid stopping.
+            println!(
+                "            {} stopped with an error (its message is above)",
                 entry.name
-            ));
+            );
+            failed.push(entry.name.clone());
+            continue;
         }
         let value: Value = serde_json::from_slice(&output.stdout)
             .map_err(|e| format!("{}: unreadable results: {e}", entry.name))?;
@@ -238,6 +243,14 @@ pub(crate) fn run(
         .collect();
     let _ = writeln!(md, "| GBitOPs per image | {} |", gbitops.join(" | "));
     let _ = writeln!(md, "| model size (bytes) | {} |", bytes.join(" | "));
+    if !failed.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nThese runs stopped with an error (a NaN or an infinity; see their directories), so \
+             their cells are empty: {}.",
+            failed.join(", ")
+        );
+    }
     md.push('\n');
     md.push_str(&plots(dir, list, &rows, &cost)?);
     // Progressive training: the first-trained bit-width after its own stage and at the end.

@@ -36,11 +36,11 @@ commands:
       report.md beside the paper's numbers [default DIR: runs/reproduce-full]. Resumable: run
       the same command again after a stop and every unfinished run continues from its latest
       checkpoint. --max-steps stops each run after N steps (a smoke test).
-  recipes [--device DEVICE] [--out DIR] [--model M]...
+  recipes [--device DEVICE] [--out DIR] [--model M]... [--recipe adabits|official]
       The recipe study of docs/recipe.md: one model of each family (resnet20, resnet18,
       resnet50, mobilenet_v1, mobilenet_v2, or those named) trained jointly at {8,6,5,4} and
-      {4,3,2} with the default and the official recipe; a table and loss curves in
-      DIR/report.md [default: runs/recipes]. About 20 minutes on 2 cores.
+      {4,3,2} with the default and the official recipe (or the one named); a table and loss
+      curves in DIR/report.md [default: runs/recipes]. About an hour on 2 cores.
   help
       Print this message.";
 
@@ -100,6 +100,7 @@ fn recipe_study(args: &[String]) -> Result<(), String> {
     let mut device = String::from("flex");
     let mut out = project_root().join("runs/recipes");
     let mut models = Vec::new();
+    let mut recipe = None;
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         let mut value = |name: &str| value_of(&mut iter, name);
@@ -107,10 +108,18 @@ fn recipe_study(args: &[String]) -> Result<(), String> {
             "--device" => device = value("--device")?,
             "--out" => out = PathBuf::from(value("--out")?),
             "--model" => models.push(value("--model")?),
+            "--recipe" => recipe = Some(value("--recipe")?),
             other => return Err(unknown_argument(other)),
         }
     }
-    recipes::run(&project_root(), features(&device)?, &device, &out, &models)
+    recipes::run(
+        &project_root(),
+        features(&device)?,
+        &device,
+        &out,
+        &models,
+        recipe.as_deref(),
+    )
 }
 
 fn reproduce(args: &[String]) -> Result<(), String> {

@@ -32,7 +32,18 @@ pub(crate) fn run(
     device: &str,
     out: &Path,
     models: &[String],
+    recipe: Option<&str>,
 ) -> Result<(), String> {
+    let recipes: Vec<&str> = match recipe {
+        None => RECIPES.to_vec(),
+        Some(r) if RECIPES.contains(&r) => vec![r],
+        Some(r) => {
+            return Err(format!(
+                "unknown recipe {r:?}: expected one of {}",
+                RECIPES.join(", ")
+            ));
+        }
+    };
     let chosen: Vec<(&str, usize)> = if models.is_empty() {
         MODELS.to_vec()
     } else {
@@ -49,10 +60,10 @@ pub(crate) fn run(
     std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     println!("[1/2] building the release adabits binary ({features})");
     let adabits = grid::build(root, features)?;
-    let total = chosen.len() * LISTS.len() * RECIPES.len();
+    let total = chosen.len() * LISTS.len() * recipes.len();
     let mut k = 0;
     let mut table = String::from(
-        "| model | input | bit-widths | recipe | status | steps | top-1 per bit-width (%) | minutes |\n|---|---|---|---|---|---|---|---|\n",
+        "| model | input | bit-widths | recipe | full-precision stage top-1 (%) | status | steps | top-1 per bit-width (%) | minutes |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut figures = String::new();
     for &(model, side) in &chosen {
@@ -66,7 +77,7 @@ pub(crate) fn run(
             .map_err(|e| format!("cannot write {}: {e}", preset.display()))?;
         for list in LISTS {
             let mut curves: Vec<Series> = Vec::new();
-            for recipe in RECIPES {
+            for &recipe in &recipes {
                 k += 1;
                 let name = format!("{model}-{}-{recipe}", list.replace(',', ""));
                 let dir = out.join(&name);
@@ -80,9 +91,11 @@ pub(crate) fn run(
                     .args(["--model", model, "--width", "0.25", "--bits", list])
                     .args(["--device", device, "--json", "--out"])
                     .arg(&dir)
-                    .stderr(Stdio::inherit())
+                    .stderr(Stdio::piped())
                     .output()
                     .map_err(|e| format!("cannot run {}: {e}", adabits.display()))?;
+                let errors = String::from_utf8_lossy(&output.stderr);
+                eprint!("{errors}");
                 let minutes = started.elapsed().as_secs_f64() / 60.0;
                 // A run the divergence guard stops exits with an error and no results.json;
                 // its message is above and its loss curve is in losses.jsonl.
@@ -107,19 +120,34 @@ pub(crate) fn run(
                     )
                 } else {
                     let last = grid::loss_curve(&dir).last().map_or(0, |(s, _)| *s);
-                    ("stopped by the guard".to_string(), last as u64, "–".into())
+                    let why = if errors.contains("became NaN or infinite") {
+                        "diverged (a parameter became NaN)"
+                    } else if errors.contains("chance level") {
+                        "stopped by the guard"
+                    } else {
+                        "failed"
+                    };
+                    (why.to_string(), last as u64, "–".into())
                 };
+                let fp = full_precision_top1(&dir).map_or("–".into(), |t| format!("{t:.1}"));
                 let _ = writeln!(
                     table,
-                    "| {model} | {side}×{side} | {{{list}}} | {recipe} | {status} | {steps} | {top1} | {minutes:.1} |"
+                    "| {model} | {side}×{side} | {{{list}}} | {recipe} | {fp} | {status} | {steps} | {top1} | {minutes:.1} |"
                 );
                 // The curve of the lowest bit-width of each recipe, and of the highest.
                 let points = grid::loss_curve(&dir);
                 let lowest = list.rsplit(',').next().unwrap_or_default();
                 let highest = list.split(',').next().unwrap_or_default();
-                for b in [highest, lowest] {
+                // The full-precision stage, where the recipe has one, then the bit-widths.
+                let has_fp = points.iter().any(|(_, losses)| losses.contains_key("32"));
+                let fp_series = has_fp.then_some("32");
+                for b in fp_series.into_iter().chain([highest, lowest]) {
                     curves.push(Series {
-                        label: format!("{recipe}, {b} bits"),
+                        label: if b == "32" {
+                            format!("{recipe}, full precision")
+                        } else {
+                            format!("{recipe}, {b} bits")
+                        },
                         points: points
                             .iter()
                             .filter_map(|(s, losses)| Some((*s as f64, losses.get(b)?.as_f64()?)))
@@ -143,12 +171,23 @@ pub(crate) fn run(
          training from a random start on 6,400 synthetic images (1,000 for validation), 3 \
          epochs, batch 64, lr 0.1 cosine. `adabits` is the default recipe (the official flags \
          with centered weights, a classifier initialised at N(0, 1), rescaled by its fan-in and \
-         evaluated in its training form, and MobileNet-V2's bottleneck outputs clipped on both \
-         sides); `official` is `--recipe official`. A run stopped by the divergence guard had not gone below \
-         ln 10 for an epoch (100 steps).\n\n{table}\n{figures}"
+         evaluated in its training form, MobileNet-V2's bottleneck outputs clipped on both \
+         sides, the gradient clipped to norm 5, and a full-precision stage as long as the \
+         joint one before it); `official` is `--recipe official`. A run stopped by the \
+         divergence guard had not gone below ln 10 for an epoch (100 steps).\n\n{table}\n{figures}"
     );
     let path = out.join("report.md");
     std::fs::write(&path, report).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     println!("report: {}", path.display());
     Ok(())
+}
+
+/// The validation top-1 at the end of a run's full-precision stage, if it has one.
+fn full_precision_top1(dir: &Path) -> Option<f64> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .ok()?
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .rfind(|r| r["trained_bits"] == json!([32]))?["val"]["32"]["top1"]
+        .as_f64()
 }

@@ -41,7 +41,7 @@ enum Command {
     /// per epoch), results.json and checkpoints/ (latest and best). Ctrl-C saves a checkpoint
     /// and stops; --resume continues. Settings come from --recipe, then --config, then the
     /// flags.
-    Train(train_cmd::TrainArgs),
+    Train(Box<train_cmd::TrainArgs>),
     /// Print a model's parameters, MACs, BitOPs and size at every bit-width (no training).
     ///
     /// Uses the official profiler's rules (METHOD.md §10.3): the first conv at its resolved
@@ -135,7 +135,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Train(args) => train_cmd::run_train(args),
+        Command::Train(args) => train_cmd::run_train(*args),
         Command::Profile(args) => train_cmd::run_profile(args),
         Command::Eval(args) => eval_cmd::run_eval(args),
         Command::Info(args) => eval_cmd::run_info(args),

@@ -54,10 +54,11 @@ pub(crate) enum ScheduleArg {
 /// The starting settings that flags and --config adjust.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum RecipeArg {
-    /// The official flags with the two changes that make a random start train (docs/recipe.md):
+    /// The official flags with the changes that make a random start train (docs/recipe.md):
     /// the centered weight scheme, a classifier initialised at N(0, 1), rescaled by its fan-in
-    /// and evaluated in its training form, and MobileNet-V2's bottleneck outputs clipped on
-    /// both sides.
+    /// and evaluated in its training form, MobileNet-V2's bottleneck outputs clipped on both
+    /// sides, the gradient clipped to norm 5, and a full-precision stage as long as the
+    /// training that follows (unless --fp-epochs says otherwise).
     Adabits,
     /// The official code's settings exactly (parity); stays at chance from a random start.
     Official,
@@ -130,6 +131,16 @@ pub(crate) struct TrainArgs {
     /// Weight decay of conv and linear weights [default: 4e-5].
     #[arg(long)]
     weight_decay: Option<f64>,
+    /// Epochs at full precision before the bit-widths train; their BatchNorm and clipping
+    /// levels then go to every bit-width (the official runs start from a full-precision model).
+    #[arg(long, value_name = "N")]
+    fp_epochs: Option<usize>,
+    /// Learning-rate warm-up epochs [default: 0, or 5 for batches above 256].
+    #[arg(long, value_name = "N")]
+    warmup_epochs: Option<usize>,
+    /// Scale the gradient down to this global L2 norm when it is longer; 0 turns clipping off.
+    #[arg(long, value_name = "NORM")]
+    clip_grad_norm: Option<f64>,
     /// Stop (with a checkpoint) after this many optimiser steps.
     #[arg(long, value_name = "N")]
     max_steps: Option<usize>,
@@ -170,7 +181,8 @@ fn base(recipe: RecipeArg) -> Value {
                     "linear_rescale_type": "fanin",
                     "linear_eval": "train_form",
                 },
-            }}),
+            },
+            "optim": {"clip_grad_norm": 5.0}}),
         );
     }
     config
@@ -260,6 +272,7 @@ pub(crate) fn resolve(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
         ("epochs", args.epochs.map(|v| json!(v))),
         ("batch_size", args.batch_size.map(|v| json!(v))),
         ("max_steps", args.max_steps.map(|v| json!(v))),
+        ("fp_epochs", args.fp_epochs.map(|v| json!(v))),
         ("seed", args.seed.map(|v| json!(v))),
     ] {
         if let Some(v) = value {
@@ -271,6 +284,17 @@ pub(crate) fn resolve(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     }
     if let Some(wd) = args.weight_decay {
         set(json!({"optim": {"weight_decay": wd}}));
+    }
+    if let Some(w) = args.warmup_epochs {
+        set(json!({"optim": {"warmup_epochs": w}}));
+    }
+    if let Some(norm) = args.clip_grad_norm {
+        let value = if norm == 0.0 {
+            Value::Null
+        } else {
+            json!(norm)
+        };
+        set(json!({"optim": {"clip_grad_norm": value}}));
     }
     match args.schedule {
         Some(ScheduleArg::Cosine) => set(json!({"optim": {"schedule": {"kind": "cosine"}}})),
@@ -286,6 +310,14 @@ pub(crate) fn resolve(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
             }}}));
         }
         None => {}
+    }
+    // The recipe's full-precision stage is as long as the training that follows it, unless
+    // the preset or --fp-epochs says otherwise.
+    if args.recipe == RecipeArg::Adabits
+        && config.get("fp_epochs").is_none()
+        && let Some(epochs) = config.get("epochs").cloned()
+    {
+        merge_json(&mut config, json!({ "fp_epochs": epochs }));
     }
     let source = args
         .config
@@ -319,22 +351,27 @@ pub(crate) fn run_train(args: TrainArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("cannot install the Ctrl-C handler: {e}"))?;
     if !args.json {
         eprintln!(
-            "training {} {} on {} ({}, {} epochs) on {}; recipe: {}; run directory {}",
+            "training {} {} on {} ({}, {} epochs{}) on {}; recipe: {}; run directory {}",
             config.model.arch,
             config.model.bits,
             config.data.name(),
             config.strategy.name(),
             config.epochs,
+            if config.fp_epochs > 0 {
+                format!(" after {} at full precision", config.fp_epochs)
+            } else {
+                String::new()
+            },
             args.device,
             match args.recipe {
                 RecipeArg::Adabits =>
-                    "adabits (centered weights; classifier N(0, 1), rescaled by its fan-in; see docs/recipe.md)",
+                    "adabits (full-precision stage first; centered weights; classifier N(0, 1), rescaled by its fan-in; gradient clipped to norm 5; see docs/recipe.md)",
                 RecipeArg::Official => "official (parity; collapses from a random start)",
             },
             out.display()
         );
     }
-    let mut progress = TerminalProgress::new(1);
+    let mut progress = TerminalProgress::new(config.stage_count());
     let results = train(config, &args.device.device(), &options, &mut progress)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
@@ -473,4 +510,42 @@ pub(crate) fn run_profile(args: ProfileArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        train: TrainArgs,
+    }
+
+    fn resolved(flags: &[&str]) -> TrainConfig {
+        let cli =
+            Cli::try_parse_from(std::iter::once("train").chain(flags.iter().copied())).unwrap();
+        resolve(&cli.train).unwrap()
+    }
+
+    #[test]
+    fn the_recipe_sets_the_full_precision_stage_and_the_clip_and_flags_override_them() {
+        let config = resolved(&["--epochs", "7"]);
+        assert_eq!(config.fp_epochs, 7);
+        assert_eq!(config.optim.clip_grad_norm, Some(5.0));
+        let config = resolved(&["--epochs", "7", "--fp-epochs", "0", "--clip-grad-norm", "0"]);
+        assert_eq!(config.fp_epochs, 0);
+        assert_eq!(config.optim.clip_grad_norm, None);
+        let config = resolved(&["--fp-epochs", "2", "--clip-grad-norm", "1.5"]);
+        assert_eq!(config.fp_epochs, 2);
+        assert_eq!(config.optim.clip_grad_norm, Some(1.5));
+        // The official recipe has neither.
+        let config = resolved(&["--recipe", "official", "--epochs", "7"]);
+        assert_eq!(config.fp_epochs, 0);
+        assert_eq!(config.optim.clip_grad_norm, None);
+        let config = resolved(&["--warmup-epochs", "3"]);
+        assert_eq!(config.optim.warmup_epochs, Some(3));
+    }
 }

@@ -182,6 +182,9 @@ fn train_runs_two_steps_and_writes_the_run_directory() {
     assert_eq!(config["model"]["width_mult"], 0.25);
     assert_eq!(config["model"]["quant"]["weight_scheme"], "centered");
     assert_eq!(config["batch_size"], 32);
+    // The recipe's full-precision stage is as long as the joint one; the gradient is clipped.
+    assert_eq!(config["fp_epochs"], 1);
+    assert_eq!(config["optim"]["clip_grad_norm"], 5.0);
     assert!(out.join("checkpoints/latest").is_file());
     let speed = results["train_images_per_second"].as_f64().unwrap();
     assert!(speed > 0.0 && speed < 1e6, "{speed}");
@@ -202,9 +205,10 @@ fn train_runs_two_steps_and_writes_the_run_directory() {
     let done = adabits(&resume);
     assert!(done.status.success(), "{}", text(&done.stderr));
     let results: serde_json::Value = serde_json::from_slice(&done.stdout).unwrap();
+    // 4 steps at full precision, then 4 joint.
     assert_eq!(
         (results["status"].as_str(), results["steps"].as_u64()),
-        (Some("completed"), Some(4))
+        (Some("completed"), Some(8))
     );
     assert!(out.join("results.json").is_file() && out.join("metrics.jsonl").is_file());
     // eval reads the best checkpoint back and finds the run's own figures.
@@ -222,8 +226,8 @@ fn train_runs_two_steps_and_writes_the_run_directory() {
     let info = adabits(&["info", out_str, "--json"]);
     assert!(info.status.success(), "{}", text(&info.stderr));
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
-    assert_eq!(info["checkpoints"]["latest"]["step"], 4);
-    assert_eq!(info["epochs_recorded"], 1);
+    assert_eq!(info["checkpoints"]["latest"]["step"], 8);
+    assert_eq!(info["epochs_recorded"], 2);
     let latest = std::fs::read_to_string(out.join("checkpoints/latest")).unwrap();
     let file = out
         .join("checkpoints")
