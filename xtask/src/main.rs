@@ -240,11 +240,13 @@ fn reproduce(args: &[String]) -> Result<(), String> {
          ## The paper's experiment grid, at small scale\n\n\
          Every row is trained from a random start on the built-in synthetic data ({train} \
          training and {val} validation images of {side}×{side}, 10 classes) with ResNet-20 at \
-         width {width}, {epochs} epochs (progressive: {epochs} for the first stage, then \
-         fine-tuning stages), batch {batch}, on `{device}`, with the default `adabits` recipe \
-         (the official flags with centered weights and a classifier initialised at N(0, 1), \
-         rescaled by its fan-in and evaluated in its training form: the official recipe \
-         collapses from a random start, see docs/recipe.md); the divergence \
+         width {width}, {epochs} epochs at full precision and then {epochs} epochs \
+         (progressive: {epochs} for the first stage, then fine-tuning stages), batch {batch}, \
+         on `{device}`, with the default `adabits` recipe (the official flags with centered \
+         weights, a classifier initialised at N(0, 1), rescaled by its fan-in and evaluated in \
+         its training form, the gradient clipped to norm 5, and that full-precision stage \
+         first: the official recipe collapses from a random start, see docs/recipe.md); the \
+         divergence \
          guard is off, so that a model that stays at chance is reported as such. Training took \
          {minutes:.1} minutes. The runs are in the `grid-*` folders (`results.json`, \
          `metrics.jsonl`), the tables in `grid.json`. The paper's own numbers are for ImageNet \

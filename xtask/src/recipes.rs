@@ -77,62 +77,22 @@ pub(crate) fn run(
             .map_err(|e| format!("cannot write {}: {e}", preset.display()))?;
         for list in LISTS {
             let mut curves: Vec<Series> = Vec::new();
-            for &recipe in &recipes {
-                k += 1;
+            for recipe in RECIPES {
                 let name = format!("{model}-{}-{recipe}", list.replace(',', ""));
                 let dir = out.join(&name);
-                let _ = std::fs::remove_dir_all(&dir);
-                println!("[2/2] {k}/{total}: {model} {{{list}}}, {recipe} recipe");
-                let started = Instant::now();
-                let output = Command::new(&adabits)
-                    .arg("train")
-                    .args(["--recipe", recipe, "--config"])
-                    .arg(&preset)
-                    .args(["--model", model, "--width", "0.25", "--bits", list])
-                    .args(["--device", device, "--json", "--out"])
-                    .arg(&dir)
-                    .stderr(Stdio::piped())
-                    .output()
-                    .map_err(|e| format!("cannot run {}: {e}", adabits.display()))?;
-                let errors = String::from_utf8_lossy(&output.stderr);
-                eprint!("{errors}");
-                let minutes = started.elapsed().as_secs_f64() / 60.0;
-                // A run the divergence guard stops exits with an error and no results.json;
-                // its message is above and its loss curve is in losses.jsonl.
-                let (status, steps, top1) = if output.status.success() {
-                    let r: Value = serde_json::from_slice(&output.stdout)
-                        .map_err(|e| format!("{name}: unreadable results: {e}"))?;
-                    let mut bits: Vec<(u8, f64)> = r["bits"]
-                        .as_object()
-                        .map(|o| {
-                            o.iter()
-                                .filter_map(|(k, v)| Some((k.parse().ok()?, v["top1"].as_f64()?)))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    bits.sort_unstable_by_key(|b| std::cmp::Reverse(b.0));
-                    let cells: Vec<String> =
-                        bits.iter().map(|(b, t)| format!("{b}: {t:.1}")).collect();
-                    (
-                        "completed".to_string(),
-                        r["steps"].as_u64().unwrap_or(0),
-                        cells.join(", "),
-                    )
-                } else {
-                    let last = grid::loss_curve(&dir).last().map_or(0, |(s, _)| *s);
-                    let why = if errors.contains("became NaN or infinite") {
-                        "diverged (a parameter became NaN)"
-                    } else if errors.contains("chance level") {
-                        "stopped by the guard"
-                    } else {
-                        "failed"
-                    };
-                    (why.to_string(), last as u64, "–".into())
-                };
+                if recipes.contains(&recipe) {
+                    k += 1;
+                    println!("[2/2] {k}/{total}: {model} {{{list}}}, {recipe} recipe");
+                    train(&adabits, device, &preset, model, list, recipe, &dir)?;
+                } else if !dir.join("study.json").is_file() {
+                    // Not asked for and not run before into this folder.
+                    continue;
+                }
+                let (status, steps, top1, minutes) = summary(&dir)?;
                 let fp = full_precision_top1(&dir).map_or("–".into(), |t| format!("{t:.1}"));
                 let _ = writeln!(
                     table,
-                    "| {model} | {side}×{side} | {{{list}}} | {recipe} | {fp} | {status} | {steps} | {top1} | {minutes:.1} |"
+                    "| {model} | {side}×{side} | {{{list}}} | {recipe} | {fp} | {status} | {steps} | {top1} | {minutes} |"
                 );
                 // The curve of the lowest bit-width of each recipe, and of the highest.
                 let points = grid::loss_curve(&dir);
@@ -190,4 +150,83 @@ fn full_precision_top1(dir: &Path) -> Option<f64> {
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .rfind(|r| r["trained_bits"] == json!([32]))?["val"]["32"]["top1"]
         .as_f64()
+}
+
+/// Trains one run of the study into `dir`, keeping its messages in `dir/train.log` and its
+/// wall time in `dir/study.json`.
+fn train(
+    adabits: &Path,
+    device: &str,
+    preset: &Path,
+    model: &str,
+    list: &str,
+    recipe: &str,
+    dir: &Path,
+) -> Result<(), String> {
+    let _ = std::fs::remove_dir_all(dir);
+    let started = Instant::now();
+    let output = Command::new(adabits)
+        .arg("train")
+        .args(["--recipe", recipe, "--config"])
+        .arg(preset)
+        .args(["--model", model, "--width", "0.25", "--bits", list])
+        .args(["--device", device, "--json", "--out"])
+        .arg(dir)
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", adabits.display()))?;
+    let errors = String::from_utf8_lossy(&output.stderr);
+    eprint!("{errors}");
+    let minutes = started.elapsed().as_secs_f64() / 60.0;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let write = |file: &str, text: String| {
+        let path = dir.join(file);
+        std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    };
+    write("train.log", errors.into_owned())?;
+    write(
+        "study.json",
+        json!({"minutes": minutes, "success": output.status.success()}).to_string(),
+    )
+}
+
+/// A study run's status, steps, top-1 per bit-width (highest first) and minutes, from its
+/// folder. A run stopped by the guard or by a NaN has no results.json; its message is in
+/// train.log and its loss curve in losses.jsonl.
+fn summary(dir: &Path) -> Result<(String, u64, String, String), String> {
+    let read = |file: &str| std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+    let study: Value = serde_json::from_str(&read("study.json")).unwrap_or(Value::Null);
+    let minutes = study["minutes"]
+        .as_f64()
+        .map_or("–".into(), |m| format!("{m:.1}"));
+    if study["success"].as_bool() == Some(true) {
+        let r: Value = serde_json::from_str(&read("results.json"))
+            .map_err(|e| format!("{}: unreadable results: {e}", dir.display()))?;
+        let mut bits: Vec<(u8, f64)> = r["bits"]
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .filter_map(|(k, v)| Some((k.parse().ok()?, v["top1"].as_f64()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        bits.sort_unstable_by_key(|b| std::cmp::Reverse(b.0));
+        let cells: Vec<String> = bits.iter().map(|(b, t)| format!("{b}: {t:.1}")).collect();
+        return Ok((
+            "completed".into(),
+            r["steps"].as_u64().unwrap_or(0),
+            cells.join(", "),
+            minutes,
+        ));
+    }
+    let errors = read("train.log");
+    let last = grid::loss_curve(dir).last().map_or(0, |(s, _)| *s);
+    let why = if errors.contains("became NaN or infinite") {
+        "diverged (a parameter became NaN)"
+    } else if errors.contains("chance level") {
+        "stopped by the guard"
+    } else {
+        "failed"
+    };
+    Ok((why.into(), last as u64, "–".into(), minutes))
 }
