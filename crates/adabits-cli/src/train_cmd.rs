@@ -180,6 +180,7 @@ fn base(recipe: RecipeArg) -> Value {
                     "classifier_init_std": 1.0,
                     "linear_rescale_type": "fanin",
                     "linear_eval": "train_form",
+                    "depthwise_bita_min": 4,
                 },
             },
             "optim": {"clip_grad_norm": 5.0}}),
@@ -535,6 +536,10 @@ mod tests {
         let config = resolved(&["--epochs", "7"]);
         assert_eq!(config.fp_epochs, 7);
         assert_eq!(config.optim.clip_grad_norm, Some(5.0));
+        assert_eq!(
+            config.model.quant.depthwise_bita_min.map(|b| b.get()),
+            Some(4)
+        );
         let config = resolved(&["--epochs", "7", "--fp-epochs", "0", "--clip-grad-norm", "0"]);
         assert_eq!(config.fp_epochs, 0);
         assert_eq!(config.optim.clip_grad_norm, None);
@@ -545,6 +550,7 @@ mod tests {
         let config = resolved(&["--recipe", "official", "--epochs", "7"]);
         assert_eq!(config.fp_epochs, 0);
         assert_eq!(config.optim.clip_grad_norm, None);
+        assert_eq!(config.model.quant.depthwise_bita_min, None);
         let config = resolved(&["--warmup-epochs", "3"]);
         assert_eq!(config.optim.warmup_epochs, Some(3));
     }

@@ -28,6 +28,13 @@ impl LayerBuilder<'_> {
         policy: BitPolicy,
         double_sided: bool,
     ) -> QConv2d {
+        let mut policy = policy;
+        if groups > 1 && groups == c_in && groups == c_out {
+            // Depthwise: its input may have a floor of its own.
+            if let Some(min) = self.quant.depthwise_bita_min {
+                policy.bita_min = Some(policy.bita_min.map_or(min, |b| b.max(min)));
+            }
+        }
         QConv2dConfig::new([c_in, c_out], [k, k], self.bits.clone())
             .with_stride([stride, stride])
             .with_padding([k / 2, k / 2])

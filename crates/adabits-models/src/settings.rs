@@ -1,6 +1,8 @@
 //! The quantization settings shared by every layer of a model (the official global flags).
 
-use adabits_quant::{ActQuantConfig, LinearEval, QuantScheme, RescaleType, WeightQuantConfig};
+use adabits_quant::{
+    ActQuantConfig, BitWidth, LinearEval, QuantScheme, RescaleType, WeightQuantConfig,
+};
 use burn::config::Config;
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
@@ -105,6 +107,13 @@ pub struct QuantSettings {
     /// `adabits` recipe uses [`RescaleType::FanIn`] for the classifier; official: unset).
     #[config(default = "None")]
     pub linear_rescale_type: Option<RescaleType>,
+    /// The fewest activation bits of a depthwise convolution's input (official: unset, the
+    /// active bit-width). A depthwise filter sees one channel only, and at 2 bits most of it
+    /// quantizes to zero; the default `adabits` recipe keeps these inputs at 4 bits or more,
+    /// which makes 2-bit MobileNets train from a random start (docs/recipe.md, runs P14–P15).
+    /// The profiler and the artifact count the bits each layer really uses.
+    #[config(default = "None")]
+    pub depthwise_bita_min: Option<BitWidth>,
 }
 
 impl QuantSettings {

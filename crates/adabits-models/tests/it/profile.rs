@@ -165,3 +165,58 @@ fn imagenet_resnet_macs_match_the_commonly_reported_figures() {
         assert!(prints_as(macs, 2, gmacs), "ResNet-{depth}: {macs} GMACs");
     }
 }
+
+#[test]
+fn a_floor_on_depthwise_inputs_shows_in_every_depthwise_row_and_nowhere_else() {
+    use adabits_models::{MobileNetV1Config, MobileNetV2Config, QuantSettings};
+    let bits: BitWidths = "4,3,2".parse().unwrap();
+    let four = BitWidth::new(4).unwrap();
+    let quant = QuantSettings::new().with_depthwise_bita_min(Some(four));
+    let device = crate::device();
+    let shapes = [
+        (
+            "mobilenet_v1",
+            MobileNetV1Config::new(bits.clone())
+                .with_width_mult(0.25)
+                .with_quant(quant.clone())
+                .init(&device)
+                .layer_shapes([32, 32]),
+            MobileNetV1Config::new(bits.clone())
+                .with_width_mult(0.25)
+                .init(&device)
+                .layer_shapes([32, 32]),
+        ),
+        (
+            "mobilenet_v2",
+            MobileNetV2Config::new(bits.clone())
+                .with_width_mult(0.25)
+                .with_quant(quant)
+                .init(&device)
+                .layer_shapes([32, 32]),
+            MobileNetV2Config::new(bits)
+                .with_width_mult(0.25)
+                .init(&device)
+                .layer_shapes([32, 32]),
+        ),
+    ];
+    for (name, floored, plain) in shapes {
+        let two = BitWidth::new(2).unwrap();
+        let with = cost(&floored, two, Accounting::Official);
+        let without = cost(&plain, two, Accounting::Official);
+        let mut depthwise = 0;
+        for (a, b) in with.layers.iter().zip(&without.layers) {
+            if a.name.contains("dw") {
+                depthwise += 1;
+                assert_eq!((a.bitw, a.bita), (2, 4), "{name} {}", a.name);
+                assert_eq!(a.bitops, 2 * b.bitops, "{name} {}", a.name);
+            } else {
+                assert_eq!((a.bitw, a.bita), (b.bitw, b.bita), "{name} {}", a.name);
+            }
+        }
+        assert!(depthwise >= 13, "{name}: {depthwise} depthwise rows");
+        // At 4 bits and above the floor changes nothing.
+        let four_bits =
+            |s: &[adabits_models::LayerShape]| cost(s, four, Accounting::Official).gbitops;
+        assert_eq!(four_bits(&floored), four_bits(&plain), "{name}");
+    }
+}
