@@ -132,7 +132,8 @@ pub(crate) fn run(
          epochs, batch 64, lr 0.1 cosine. `adabits` is the default recipe (the official flags \
          with centered weights, a classifier initialised at N(0, 1), rescaled by its fan-in and \
          evaluated in its training form, MobileNet-V2's bottleneck outputs clipped on both \
-         sides, the gradient clipped to norm 5, and a full-precision stage as long as the \
+         sides, depthwise convolutions' inputs at 4 bits or more, the gradient clipped to norm \
+         5, and a full-precision stage as long as the \
          joint one before it); `official` is `--recipe official`. A run stopped by the \
          divergence guard had not gone below ln 10 for an epoch (100 steps).\n\n{table}\n{figures}"
     );

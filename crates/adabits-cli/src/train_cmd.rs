@@ -57,8 +57,9 @@ pub(crate) enum RecipeArg {
     /// The official flags with the changes that make a random start train (docs/recipe.md):
     /// the centered weight scheme, a classifier initialised at N(0, 1), rescaled by its fan-in
     /// and evaluated in its training form, MobileNet-V2's bottleneck outputs clipped on both
-    /// sides, the gradient clipped to norm 5, and a full-precision stage as long as the
-    /// training that follows (unless --fp-epochs says otherwise).
+    /// sides, depthwise convolutions' inputs at 4 bits or more, the gradient clipped to norm 5,
+    /// and a full-precision stage as long as the training that follows (unless --fp-epochs
+    /// says otherwise).
     Adabits,
     /// The official code's settings exactly (parity); stays at chance from a random start.
     Official,
