@@ -263,13 +263,13 @@ impl TrainConfig {
         Ok(self)
     }
 
-    /// The stages of training.
     /// How many stages the run has: the full-precision stage if any, then one for joint,
     /// individual and direct training, or one per bit-width for progressive training.
     pub fn stage_count(&self) -> usize {
         self.stages().len()
     }
 
+    /// The stages of training.
     pub(crate) fn stages(&self) -> Vec<Stage> {
         let bits: Vec<BitWidth> = self.model.bits.iter().collect();
         let top = self.model.bits.max();

@@ -241,6 +241,18 @@ impl burn::module::ModuleVisitor for DecayGroups {
     }
 }
 
+/// Adds the one-element `value` to the running `total` (on the total's device), starting it
+/// if there is none: a sum over a model's tensors that is read back once.
+pub(crate) fn accumulate(total: &mut Option<Tensor<1>>, value: Tensor<1>) {
+    *total = Some(match total.take() {
+        Some(t) => {
+            let device = t.device();
+            t + value.to_device(&device)
+        }
+        None => value,
+    });
+}
+
 /// The global L2 norm of `grads` over `model`'s float parameters (one value read back).
 pub fn grad_norm<M: Module>(model: &M, grads: &GradientsParams) -> f64 {
     struct Norm<'a> {
@@ -250,14 +262,7 @@ pub fn grad_norm<M: Module>(model: &M, grads: &GradientsParams) -> f64 {
     impl burn::module::ModuleVisitor for Norm<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
             if let Some(g) = self.grads.get::<D>(param.id) {
-                let squares = g.clone().mul(g).sum();
-                self.total = Some(match self.total.take() {
-                    Some(t) => {
-                        let device = t.device();
-                        t + squares.to_device(&device)
-                    }
-                    None => squares,
-                });
+                accumulate(&mut self.total, g.clone().mul(g).sum());
             }
         }
     }

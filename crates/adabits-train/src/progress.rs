@@ -23,10 +23,10 @@ impl TerminalProgress {
 impl Progress for TerminalProgress {
     fn stage(&mut self, stage: usize, bits: &[BitWidth], epochs: usize) {
         if self.stages > 1 {
-            let bits: Vec<String> = bits.iter().map(ToString::to_string).collect();
-            let what = if bits == ["32"] {
+            let what = if bits == [BitWidth::FULL] {
                 "full precision".to_string()
             } else {
+                let bits: Vec<String> = bits.iter().map(ToString::to_string).collect();
                 format!("{} bits", bits.join(","))
             };
             eprintln!(

@@ -437,14 +437,7 @@ pub fn non_finite_parameter<M: Module>(model: &M) -> Option<String> {
     struct Total(Option<Tensor<1>>);
     impl ModuleVisitor for Total {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let sum = param.val().sum();
-            self.0 = Some(match self.0.take() {
-                Some(t) => {
-                    let device = t.device();
-                    t + sum.to_device(&device)
-                }
-                None => sum,
-            });
+            crate::optim::accumulate(&mut self.0, param.val().sum());
         }
     }
     /// Finds the first parameter that is not finite, by path.

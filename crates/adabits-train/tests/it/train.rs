@@ -98,21 +98,35 @@ fn history(out: &std::path::Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Trains `config` without a stop into a fresh folder named `name`; it must complete in
+/// `steps` steps.
+fn completed_run(
+    config: &TrainConfig,
+    name: &str,
+    steps: usize,
+) -> (std::path::PathBuf, adabits_train::RunResults) {
+    let out = temp_dir(name);
+    let results = train(
+        config.clone(),
+        &crate::device(),
+        &RunOptions::new(&out),
+        &mut Quiet,
+    )
+    .unwrap();
+    assert_eq!(
+        (results.status, results.steps),
+        (RunStatus::Completed, steps)
+    );
+    (out, results)
+}
+
 #[test]
 fn a_resumed_run_reproduces_the_uninterrupted_run_exactly() {
     let device = crate::device();
     let mut config = tiny_config("4,2", Strategy::Joint { distill: false });
     // A point of the loss curve every 3 steps, so that both stops fall inside a window.
     config.log_every = 3;
-    let straight = temp_dir("straight");
-    let whole = train(
-        config.clone(),
-        &device,
-        &RunOptions::new(&straight),
-        &mut Quiet,
-    )
-    .unwrap();
-    assert_eq!((whole.status, whole.steps), (RunStatus::Completed, 16));
+    let (straight, whole) = completed_run(&config, "straight", 16);
     // Stopped mid-way through the first epoch, then mid-way through the second.
     let pieces = temp_dir("pieces");
     let mut options = RunOptions::new(&pieces);
@@ -165,15 +179,7 @@ fn a_full_precision_first_stage_hands_over_to_the_bit_widths_and_resumes_exactly
     let mut config = tiny_config("4,2", Strategy::Joint { distill: false });
     config.fp_epochs = 1;
     config.epochs = 1;
-    let straight = temp_dir("fp-straight");
-    let whole = train(
-        config.clone(),
-        &device,
-        &RunOptions::new(&straight),
-        &mut Quiet,
-    )
-    .unwrap();
-    assert_eq!((whole.status, whole.steps), (RunStatus::Completed, 16));
+    let (straight, whole) = completed_run(&config, "fp-straight", 16);
     let records = history(&straight);
     assert_eq!(records.len(), 2, "{records:?}");
     let keys =
