@@ -29,8 +29,22 @@ use crate::device::DeviceArg;
 #[derive(Debug, Parser)]
 #[command(name = "adabits", version, about, long_about = None)]
 struct Cli {
+    /// The quantizers' implementation: the fused kernels where the backend has them (flex), or
+    /// the composed tensor ops everywhere (the reference; same values up to the order of
+    /// full-tensor sums).
+    #[arg(long, global = true, value_enum, default_value_t = KernelsArg::Fused)]
+    kernels: KernelsArg,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The `--kernels` flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum KernelsArg {
+    /// Fused kernels where the backend has them, composed ops elsewhere.
+    Fused,
+    /// Composed tensor ops on every backend.
+    Composed,
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,6 +148,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    adabits_quant::set_kernels(match cli.kernels {
+        KernelsArg::Fused => adabits_quant::Kernels::Fused,
+        KernelsArg::Composed => adabits_quant::Kernels::Composed,
+    });
     match cli.command {
         Command::Train(args) => train_cmd::run_train(*args),
         Command::Profile(args) => train_cmd::run_profile(args),

@@ -41,7 +41,27 @@ pub struct ActQuantConfig {
 /// # Shapes
 ///
 /// `x`: any shape; `alpha_param`: `[1]`. The output has the shape of `x`.
+///
+/// On a backend with the fused kernels (Flex, [`crate::fused`]) this is one operation forward
+/// and one backward; elsewhere it is [`pact_composed`].
 pub fn pact<const D: usize>(
+    x: Tensor<D>,
+    alpha_param: Tensor<1>,
+    bita: BitWidth,
+    config: &ActQuantConfig,
+) -> Tensor<D> {
+    if bita.is_full_precision() && !config.pact_fp {
+        return x;
+    }
+    match crate::fused::fused_pact(&x, &alpha_param, bita, config) {
+        Some(y) => y,
+        None => pact_composed(x, alpha_param, bita, config),
+    }
+}
+
+/// [`pact`] as a chain of Burn tensor ops, on every backend: the reference that the fused
+/// kernels are tested against.
+pub fn pact_composed<const D: usize>(
     x: Tensor<D>,
     alpha_param: Tensor<1>,
     bita: BitWidth,

@@ -12,6 +12,8 @@
 //! - [`quantize_weight`]: tanh normalisation, `Q_b`, and SAT's constant rescale.
 //! - [`pact`] and [`ClippingLevels`]: PACT with one clipping level per bit-width (S-CL).
 //! - [`BitPolicy`]: per-layer resolution of weight and activation bits.
+//! - [`fused`]: the quantizers as one backend operation each (Flex), with the composed ops
+//!   ([`pact_composed`], [`quantize_weight_composed`]) as the reference and the fallback.
 //!
 //! The crate enables no Burn backend: pass any [`burn::tensor::Device`].
 
@@ -20,6 +22,7 @@ mod bits;
 mod clip;
 pub mod conformance;
 mod error;
+pub mod fused;
 mod input;
 pub mod reference;
 mod resolve;
@@ -27,15 +30,17 @@ mod scheme;
 mod unit;
 mod weight;
 
-pub use activation::{ActQuantConfig, pact};
+pub use activation::{ActQuantConfig, pact, pact_composed};
 pub use bits::{BitWidth, BitWidths};
 pub use clip::{CONV_ALPHA_INIT, ClippingLevels, ClippingLevelsConfig, LINEAR_ALPHA_INIT};
 pub use error::QuantError;
+pub use fused::{Kernels, kernels, set_kernels};
 pub use input::input_pixels;
 pub use resolve::{BitPolicy, LayerBits};
 pub use scheme::QuantScheme;
 pub use unit::{codes_to_unit, shift_codes, unit_codes, unit_quantize, unit_quantize_value};
 pub use weight::{
     LinearEval, QuantMode, QuantizedWeight, RescaleType, WeightQuantConfig, WeightQuantTrace,
-    conv_fan_out, linear_fan_out, quantize_weight, quantize_weight_traced, weight_codes,
+    conv_fan_out, linear_fan_out, quantize_weight, quantize_weight_composed,
+    quantize_weight_traced, weight_codes,
 };

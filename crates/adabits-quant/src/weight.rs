@@ -229,7 +229,36 @@ pub fn quantize_weight_traced<const D: usize>(
 /// # Panics
 ///
 /// As [`quantize_weight_traced`].
+///
+/// On a backend with the fused kernels (Flex, [`crate::fused`]) this is one operation forward
+/// and one backward; elsewhere it is [`quantize_weight_composed`].
 pub fn quantize_weight<const D: usize>(
+    weight: Tensor<D>,
+    bitw: BitWidth,
+    fan_out: usize,
+    config: &WeightQuantConfig,
+) -> QuantizedWeight<D> {
+    assert!(fan_out > 0, "the fan-out of a weight must be positive");
+    if config.rescale {
+        assert!(
+            weight.shape().num_elements() > 1,
+            "rescaling needs at least two weight elements for an unbiased std, got shape {:?}",
+            weight.dims()
+        );
+    }
+    match crate::fused::fused_weight(&weight, bitw, fan_out, config) {
+        Some((w_hat, scale)) => QuantizedWeight { w_hat, scale },
+        None => quantize_weight_composed(weight, bitw, fan_out, config),
+    }
+}
+
+/// [`quantize_weight`] as a chain of Burn tensor ops, on every backend: the reference that the
+/// fused kernels are tested against.
+///
+/// # Panics
+///
+/// As [`quantize_weight_traced`].
+pub fn quantize_weight_composed<const D: usize>(
     weight: Tensor<D>,
     bitw: BitWidth,
     fan_out: usize,

@@ -6,6 +6,7 @@
 
 mod clip;
 mod codes;
+mod fused;
 mod properties;
 mod vectors;
 
