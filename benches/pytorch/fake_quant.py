@@ -1,7 +1,7 @@
 """PyTorch baseline for `adabits bench`: the same three workloads on the same device.
 
 Written from METHOD.md (not from the authors' code). Run: python3 fake_quant.py [--bits 4]
-[--batch 32] [--iters 20] [--device cuda]. Prints JSON shaped like `adabits bench --json`.
+[--batch 32] [--iters 20] [--device cuda] [--threads N]. Prints JSON shaped like `adabits bench --json`.
 """
 import argparse
 import json
@@ -66,7 +66,10 @@ def main():
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--device", default="cuda")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     torch.manual_seed(0)
     b, n = args.bits, args.batch

@@ -61,7 +61,7 @@ pub(crate) fn run(
     batch: usize,
     iters: usize,
 ) -> anyhow::Result<Vec<Measurement>> {
-    let mut out = Vec::new();
+    let mut out = vec![memory_copy(batch * 64 * 32 * 32, iters)];
     device.seed(0);
 
     // 1. PACT on an activation tensor: bytes read + written per second.
@@ -122,6 +122,33 @@ pub(crate) fn run(
         unit: "img/s",
     });
     Ok(out)
+}
+
+/// The host's memory-copy bandwidth on a buffer the size of the PACT workload's input, copied
+/// by every rayon thread in parallel (GB/s counts bytes read and written, as the quantizer
+/// workloads do): the yardstick for the fused quantizers' bandwidth.
+fn memory_copy(elems: usize, iters: usize) -> Measurement {
+    use rayon::prelude::*;
+    let src = vec![1.0f32; elems];
+    let mut dst = vec![0.0f32; elems];
+    let mut samples: Vec<f64> = (0..iters + 2)
+        .map(|_| {
+            let start = Instant::now();
+            dst.par_chunks_mut(1 << 16)
+                .zip(src.par_chunks(1 << 16))
+                .for_each(|(d, s)| d.copy_from_slice(s));
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .skip(2)
+        .collect();
+    samples.sort_by(f64::total_cmp);
+    let ms = samples[samples.len() / 2];
+    Measurement {
+        name: format!("host memory copy [{:.1} MB]", elems as f64 * 4.0 / 1e6),
+        ms,
+        throughput: elems as f64 * 8.0 / (ms * 1e-3) / 1e9,
+        unit: "GB/s",
+    }
 }
 
 /// The model workloads: one joint training step over `list` (each image counted once per
