@@ -13,6 +13,7 @@ mod bench;
 mod deploy_cmd;
 mod device;
 mod eval_cmd;
+mod malloc;
 mod train_cmd;
 
 use std::path::PathBuf;
@@ -137,6 +138,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    malloc::tune();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

@@ -11,8 +11,13 @@
 //!
 //! The loops are written so that the compiler vectorises them: no calls into `libm` on the hot
 //! path (rounding is done with the `2^23` trick, exact for the `|y| < 2^22` that a unit
-//! quantizer of at most 16 bits produces), selects instead of branches.
+//! quantizer of at most 16 bits produces), selects instead of branches. Each chunk's loop is
+//! compiled for every instruction set macerator knows (AVX-512, AVX2, SSE4.1, NEON, ...) and the
+//! best one this CPU has is picked at run time ([`Isa::Detected`]); [`Isa::Portable`] runs the
+//! same loop compiled for the target's baseline. Both give the same bits: the per-element
+//! operations are IEEE operations in a fixed order, and the sums run in fixed lanes.
 
+use macerator::{AutoArch, Simd, WithSimd};
 use rayon::prelude::*;
 
 use super::{PactSpec, Rescale, WeightSpec};
@@ -21,6 +26,34 @@ use crate::QuantScheme;
 /// Elements per parallel task: large enough to amortise rayon's scheduling, small enough to
 /// keep both cores busy on a `[32, 16, 32, 32]` activation.
 const CHUNK: usize = 1 << 15;
+
+/// Which instruction set a kernel's loops are compiled for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Isa {
+    /// The best this CPU has, detected at run time.
+    Detected,
+    /// The compilation target's baseline (SSE2 on x86-64): the portable fallback, which the
+    /// tests hold the detected one against.
+    #[cfg_attr(not(test), allow(dead_code))]
+    Portable,
+}
+
+/// Runs `f` compiled for `isa`.
+#[inline(always)]
+fn run<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
+    struct Op<F>(F);
+    impl<R, F: FnOnce() -> R> WithSimd for Op<F> {
+        type Output = R;
+        #[inline(always)]
+        fn with_simd<S: Simd>(self) -> R {
+            (self.0)()
+        }
+    }
+    match isa {
+        Isa::Detected => AutoArch::new().dispatch(Op(f)),
+        Isa::Portable => f(),
+    }
+}
 
 /// `2^23`: adding and subtracting it rounds an `f32` in `[0, 2^22)` to the nearest integer,
 /// ties to even (the default rounding mode), as `torch.round` and Burn's `round` do.
@@ -145,13 +178,13 @@ fn pact_level<const S: u8, const DOUBLE: bool>(c: f32, alpha: f32, unit: Unit<S>
 }
 
 /// PACT forward: `y = α·z` for every element of `x`, with `α = |alpha_param|`.
-pub(crate) fn pact_forward(x: &[f32], alpha_param: f32, spec: PactSpec) -> Vec<f32> {
+pub(crate) fn pact_forward(x: &[f32], alpha_param: f32, spec: PactSpec, isa: Isa) -> Vec<f32> {
     let alpha = alpha_param.abs();
     let mut out = vec![0.0f32; x.len()];
     with_unit!(spec.scheme, spec.bits, |unit| if spec.double_sided {
-        pact_forward_with::<_, true>(x, &mut out, alpha, unit)
+        pact_forward_with::<_, true>(x, &mut out, alpha, unit, isa)
     } else {
-        pact_forward_with::<_, false>(x, &mut out, alpha, unit)
+        pact_forward_with::<_, false>(x, &mut out, alpha, unit, isa)
     });
     out
 }
@@ -161,15 +194,18 @@ fn pact_forward_with<const S: u8, const DOUBLE: bool>(
     out: &mut [f32],
     alpha: f32,
     unit: Unit<S>,
+    isa: Isa,
 ) {
     out.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
         .for_each(|(out, x)| {
-            for (y, &x) in out.iter_mut().zip(x) {
-                let (c, _) = pact_clip::<DOUBLE>(x, alpha);
-                let (z, _) = pact_level::<S, DOUBLE>(c, alpha, unit);
-                *y = alpha * z;
-            }
+            run(isa, || {
+                for (y, &x) in out.iter_mut().zip(x) {
+                    let (c, _) = pact_clip::<DOUBLE>(x, alpha);
+                    let (z, _) = pact_level::<S, DOUBLE>(c, alpha, unit);
+                    *y = alpha * z;
+                }
+            })
         });
 }
 
@@ -183,6 +219,7 @@ pub(crate) fn pact_backward(
     grad: &[f32],
     alpha_param: f32,
     spec: PactSpec,
+    isa: Isa,
 ) -> (Vec<f32>, f64) {
     assert_eq!(
         x.len(),
@@ -192,9 +229,9 @@ pub(crate) fn pact_backward(
     let alpha = alpha_param.abs();
     let mut grad_x = vec![0.0f32; x.len()];
     let sum = with_unit!(spec.scheme, spec.bits, |unit| if spec.double_sided {
-        pact_backward_with::<_, true>(x, grad, &mut grad_x, alpha, unit)
+        pact_backward_with::<_, true>(x, grad, &mut grad_x, alpha, unit, isa)
     } else {
-        pact_backward_with::<_, false>(x, grad, &mut grad_x, alpha, unit)
+        pact_backward_with::<_, false>(x, grad, &mut grad_x, alpha, unit, isa)
     });
     (grad_x, f64::from(sign(alpha_param)) * sum)
 }
@@ -205,25 +242,28 @@ fn pact_backward_with<const S: u8, const DOUBLE: bool>(
     grad_x: &mut [f32],
     alpha: f32,
     unit: Unit<S>,
+    isa: Isa,
 ) -> f64 {
     let partials: Vec<f64> = grad_x
         .par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK).zip(grad.par_chunks(CHUNK)))
         .map(|(gx, (x, g))| {
-            // Eight f32 lanes of per-element terms, summed into f64 every 8 elements: the
-            // inner loop vectorises, the sum stays accurate.
-            let mut acc = 0.0f64;
-            for ((gx, x), g) in gx.chunks_mut(8).zip(x.chunks(8)).zip(g.chunks(8)) {
-                let mut lane = [0.0f32; 8];
-                for (i, ((gx, &x), &g)) in gx.iter_mut().zip(x).zip(g).enumerate() {
-                    let (c, inside) = pact_clip::<DOUBLE>(x, alpha);
-                    let (z, v) = pact_level::<S, DOUBLE>(c, alpha, unit);
-                    *gx = if inside { (g * alpha) / alpha } else { 0.0 };
-                    lane[i] = g * if inside { z - v } else { z };
+            run(isa, || {
+                // Eight f32 lanes of per-element terms, summed into f64 every 8 elements: the
+                // inner loop vectorises, the sum stays accurate.
+                let mut acc = 0.0f64;
+                for ((gx, x), g) in gx.chunks_mut(8).zip(x.chunks(8)).zip(g.chunks(8)) {
+                    let mut lane = [0.0f32; 8];
+                    for (i, ((gx, &x), &g)) in gx.iter_mut().zip(x).zip(g).enumerate() {
+                        let (c, inside) = pact_clip::<DOUBLE>(x, alpha);
+                        let (z, v) = pact_level::<S, DOUBLE>(c, alpha, unit);
+                        *gx = if inside { (g * alpha) / alpha } else { 0.0 };
+                        lane[i] = g * if inside { z - v } else { z };
+                    }
+                    acc += lane.iter().map(|&l| f64::from(l)).sum::<f64>();
                 }
-                acc += lane.iter().map(|&l| f64::from(l)).sum::<f64>();
-            }
-            acc
+                acc
+            })
         })
         .collect();
     partials.iter().sum()
@@ -435,6 +475,52 @@ mod tests {
             assert_eq!(floor_pos(y + 0.25), y);
         }
         assert_eq!(floor_pos(0.999_999_94), 0.0);
+    }
+
+    #[test]
+    fn the_detected_instruction_set_and_the_portable_fallback_give_the_same_bits() {
+        // Inputs over every PACT region, with exact boundaries (x/α a multiple of 1/8).
+        let alpha = 3.7f32;
+        let x: Vec<f32> = (0..100_003)
+            .map(|i| {
+                let k = (i * 7919 % 10_007) as f32 / 10_007.0;
+                if i % 5 == 0 {
+                    alpha * ((i % 17) as f32 / 8.0 - 1.0)
+                } else {
+                    (k - 0.4) * 3.0 * alpha
+                }
+            })
+            .collect();
+        let g: Vec<f32> = (0..x.len())
+            .map(|i| ((i * 31 % 97) as f32 - 48.0) / 48.0)
+            .collect();
+        for scheme in QuantScheme::ALL {
+            for bits in [1, 2, 4, 8, 16] {
+                for double_sided in [false, true] {
+                    let spec = PactSpec {
+                        bits,
+                        scheme,
+                        double_sided,
+                    };
+                    let fast = pact_forward(&x, -alpha, spec, Isa::Detected);
+                    let portable = pact_forward(&x, -alpha, spec, Isa::Portable);
+                    assert!(
+                        fast.iter()
+                            .zip(&portable)
+                            .all(|(a, b)| a.to_bits() == b.to_bits())
+                    );
+                    let (gx_fast, ga_fast) = pact_backward(&x, &g, -alpha, spec, Isa::Detected);
+                    let (gx_port, ga_port) = pact_backward(&x, &g, -alpha, spec, Isa::Portable);
+                    assert!(
+                        gx_fast
+                            .iter()
+                            .zip(&gx_port)
+                            .all(|(a, b)| a.to_bits() == b.to_bits())
+                    );
+                    assert_eq!(ga_fast.to_bits(), ga_port.to_bits(), "{spec:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@ use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{Shape, TensorData};
 
-use super::cpu::{self, WeightStats};
+use super::cpu::{self, Isa, WeightStats};
 use super::{FusedQuantOps, PactSpec, QuantKernels, WeightSpec};
 
 /// The `f32` elements of `tensor` in row-major order (copied only if it is not contiguous).
@@ -42,7 +42,7 @@ impl QuantKernels for Flex {
     fn pact_forward(x: FlexTensor, alpha_param: FlexTensor, spec: PactSpec) -> FlexTensor {
         let alpha = scalar(&alpha_param);
         let shape = x.layout().shape().clone();
-        let y = with_f32(&x, |x| cpu::pact_forward(x, alpha, spec));
+        let y = with_f32(&x, |x| cpu::pact_forward(x, alpha, spec, Isa::Detected));
         tensor(y, shape)
     }
 
@@ -55,7 +55,9 @@ impl QuantKernels for Flex {
         let alpha = scalar(&alpha_param);
         let shape = x.layout().shape().clone();
         let (grad_x, grad_alpha) = with_f32(&x, |x| {
-            with_f32(&grad, |g| cpu::pact_backward(x, g, alpha, spec))
+            with_f32(&grad, |g| {
+                cpu::pact_backward(x, g, alpha, spec, Isa::Detected)
+            })
         });
         (
             tensor(grad_x, shape),
