@@ -22,8 +22,20 @@ def q_modified(u, bits):
     return torch.clamp(torch.floor(u * a), max=a - 1) / a
 
 
-def ste(u, q):
-    return q.detach() + (u - u.detach())
+class Ste(torch.autograd.Function):
+    """`q(u)` forward, identity backward: one autograd node, as the official `q_k`."""
+
+    @staticmethod
+    def forward(ctx, u, q, bits):
+        return q(u, bits)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, None, None
+
+
+def ste(u, q, bits):
+    return Ste.apply(u, q, bits)
 
 
 def pact(x, alpha, bits):
@@ -31,14 +43,14 @@ def pact(x, alpha, bits):
     c = torch.relu(x)
     c = torch.where(c < a, c, a)
     v = c / a
-    return a * ste(v, q_original(v.detach(), bits))
+    return a * ste(v, q_original, bits)
 
 
 def quantize_weight(w, bits, fan_out, rescale=True):
     t = torch.tanh(w)
     m = t.abs().max()
     u = (t / m + 1) / 2
-    w_hat = 2 * ste(u, q_modified(u.detach(), bits)) - 1
+    w_hat = 2 * ste(u, q_modified, bits) - 1
     if not rescale:
         return w_hat
     s = (1 / math.sqrt(fan_out)) / w_hat.detach().std()
@@ -80,6 +92,19 @@ def main():
     ms = time_ms(lambda: pact(x, alpha, b), dev, 3, args.iters)
     out.append({"name": f"pact forward [{n},64,32,32] @{b}b", "ms": ms,
                 "throughput": x.numel() * 8 / (ms * 1e-3) / 1e9, "unit": "GB/s"})
+
+    xg = (torch.randn(n, 64, 32, 32, device=dev) * 4).requires_grad_()
+    alpha_g = torch.full((1,), 8.0, device=dev, requires_grad=True)
+    upstream = torch.randn(n, 64, 32, 32, device=dev)
+
+    def pact_step():
+        xg.grad = None
+        alpha_g.grad = None
+        (pact(xg, alpha_g, b) * upstream).sum().backward()
+
+    ms = time_ms(pact_step, dev, 2, args.iters)
+    out.append({"name": f"pact fwd+bwd [{n},64,32,32] @{b}b", "ms": ms,
+                "throughput": xg.numel() * 20 / (ms * 1e-3) / 1e9, "unit": "GB/s"})
 
     w = torch.randn(256, 256, 3, 3, device=dev) * 0.05
     ms = time_ms(lambda: quantize_weight(w, b, 256 * 9), dev, 3, args.iters)

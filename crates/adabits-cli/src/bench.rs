@@ -79,6 +79,26 @@ pub(crate) fn run(
         unit: "GB/s",
     });
 
+    // 1b. PACT forward and backward (the input and clipping-level gradients), as in training:
+    //     bytes counted are the forward's read and write and the backward's reads of x and
+    //     the incoming gradient and write of ∂x (20 per element).
+    let ad = device.clone().autodiff();
+    let xg = Tensor::<4>::random([batch, 64, 32, 32], Distribution::Normal(0.0, 4.0), &ad)
+        .require_grad();
+    let alpha_g = Tensor::<1>::full([1], 8.0, &ad).require_grad();
+    let upstream = Tensor::<4>::random([batch, 64, 32, 32], Distribution::Normal(0.0, 1.0), &ad);
+    let ms = time_ms(device, 2, iters, || {
+        let y = pact(xg.clone(), alpha_g.clone(), bits, &act);
+        let grads = (y * upstream.clone()).sum().backward();
+        let _ = xg.grad(&grads);
+    })?;
+    out.push(Measurement {
+        name: format!("pact fwd+bwd [{batch},64,32,32] @{bits}b"),
+        ms,
+        throughput: elems * 20.0 / (ms * 1e-3) / 1e9,
+        unit: "GB/s",
+    });
+
     // 2. Weight quantization of a 3x3 conv weight.
     let w = Tensor::<4>::random([256, 256, 3, 3], Distribution::Normal(0.0, 0.05), device);
     let wq = WeightQuantConfig::new();

@@ -33,7 +33,7 @@ struct Cli {
     /// The quantizers' implementation: the fused kernels where the backend has them (flex), or
     /// the composed tensor ops everywhere (the reference; same values up to the order of
     /// full-tensor sums).
-    #[arg(long, global = true, value_enum, default_value_t = KernelsArg::Fused)]
+    #[arg(long, global = true, value_enum, env = "ADABITS_KERNELS", default_value_t = KernelsArg::Fused)]
     kernels: KernelsArg,
     #[command(subcommand)]
     command: Command,

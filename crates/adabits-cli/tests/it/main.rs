@@ -104,7 +104,7 @@ fn bench_measures_every_workload() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let results = json["results"].as_array().unwrap();
-    assert_eq!(results.len(), 4, "{json}");
+    assert_eq!(results.len(), 5, "{json}");
     assert!(
         results[0]["name"]
             .as_str()
@@ -132,13 +132,13 @@ fn bench_times_a_training_step_and_every_bit_widths_evaluation() {
         .iter()
         .map(|r| r["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names.len(), 7, "{names:?}");
+    assert_eq!(names.len(), 8, "{names:?}");
     assert!(
-        names[4].starts_with("train step resnet20 ×0.25 4,2, batch 4"),
+        names[5].starts_with("train step resnet20 ×0.25 4,2, batch 4"),
         "{names:?}"
     );
     assert!(
-        names[5].contains("@4b") && names[6].contains("@2b"),
+        names[6].contains("@4b") && names[7].contains("@2b"),
         "{names:?}"
     );
     let bad = adabits(&["bench", "--model", "vgg16"]);

@@ -38,20 +38,86 @@ pub(crate) enum Isa {
     Portable,
 }
 
-/// Runs `f` compiled for `isa`.
+/// A loop over one chunk. Its `call` is `#[inline(always)]`, so that it is compiled into each
+/// instruction set's dispatch function (a closure would be called from it, compiled once for
+/// the baseline).
+trait Kernel {
+    type Output;
+    fn call(self) -> Self::Output;
+}
+
+/// Runs `kernel` compiled for `isa`.
 #[inline(always)]
-fn run<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
-    struct Op<F>(F);
-    impl<R, F: FnOnce() -> R> WithSimd for Op<F> {
-        type Output = R;
+fn run<K: Kernel>(isa: Isa, kernel: K) -> K::Output {
+    struct Op<K>(K);
+    impl<K: Kernel> WithSimd for Op<K> {
+        type Output = K::Output;
         #[inline(always)]
-        fn with_simd<S: Simd>(self) -> R {
-            (self.0)()
+        fn with_simd<S: Simd>(self) -> K::Output {
+            self.0.call()
         }
     }
     match isa {
-        Isa::Detected => AutoArch::new().dispatch(Op(f)),
-        Isa::Portable => f(),
+        Isa::Detected => AutoArch::new().dispatch(Op(kernel)),
+        Isa::Portable => kernel.call(),
+    }
+}
+
+/// PACT's forward loop over one chunk.
+struct PactForward<'a, const S: u8, const DOUBLE: bool> {
+    x: &'a [f32],
+    out: &'a mut [f32],
+    alpha: f32,
+    unit: Unit<S>,
+}
+
+impl<const S: u8, const DOUBLE: bool> Kernel for PactForward<'_, S, DOUBLE> {
+    type Output = ();
+
+    #[inline(always)]
+    fn call(self) {
+        for (y, &x) in self.out.iter_mut().zip(self.x) {
+            let (c, _) = pact_clip::<DOUBLE>(x, self.alpha);
+            let (z, _) = pact_level::<S, DOUBLE>(c, self.alpha, self.unit);
+            *y = self.alpha * z;
+        }
+    }
+}
+
+/// PACT's backward loop over one chunk: writes `∂L/∂x` and returns the chunk's `Σ g·∂y/∂α`.
+struct PactBackward<'a, const S: u8, const DOUBLE: bool> {
+    x: &'a [f32],
+    grad: &'a [f32],
+    grad_x: &'a mut [f32],
+    alpha: f32,
+    unit: Unit<S>,
+}
+
+impl<const S: u8, const DOUBLE: bool> Kernel for PactBackward<'_, S, DOUBLE> {
+    type Output = f64;
+
+    #[inline(always)]
+    fn call(self) -> f64 {
+        let (alpha, unit) = (self.alpha, self.unit);
+        // Eight lanes, each summed in f64 in element order: the loop vectorises (the lanes are
+        // independent), and the sum is the same at every vector width.
+        let mut acc = [0.0f64; 8];
+        let (gx8, gx_tail) = self.grad_x.as_chunks_mut::<8>();
+        let (x8, x_tail) = self.x.as_chunks::<8>();
+        let (g8, g_tail) = self.grad.as_chunks::<8>();
+        for ((gx, x), g) in gx8.iter_mut().zip(x8).zip(g8) {
+            for i in 0..8 {
+                let (term, grad) = pact_grad::<S, DOUBLE>(x[i], g[i], alpha, unit);
+                gx[i] = grad;
+                acc[i] += f64::from(term);
+            }
+        }
+        for (i, ((gx, &x), &g)) in gx_tail.iter_mut().zip(x_tail).zip(g_tail).enumerate() {
+            let (term, grad) = pact_grad::<S, DOUBLE>(x, g, alpha, unit);
+            *gx = grad;
+            acc[i] += f64::from(term);
+        }
+        acc.iter().sum()
     }
 }
 
@@ -199,13 +265,15 @@ fn pact_forward_with<const S: u8, const DOUBLE: bool>(
     out.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
         .for_each(|(out, x)| {
-            run(isa, || {
-                for (y, &x) in out.iter_mut().zip(x) {
-                    let (c, _) = pact_clip::<DOUBLE>(x, alpha);
-                    let (z, _) = pact_level::<S, DOUBLE>(c, alpha, unit);
-                    *y = alpha * z;
-                }
-            })
+            run(
+                isa,
+                PactForward::<S, DOUBLE> {
+                    x,
+                    out,
+                    alpha,
+                    unit,
+                },
+            )
         });
 }
 
@@ -247,26 +315,34 @@ fn pact_backward_with<const S: u8, const DOUBLE: bool>(
     let partials: Vec<f64> = grad_x
         .par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK).zip(grad.par_chunks(CHUNK)))
-        .map(|(gx, (x, g))| {
-            run(isa, || {
-                // Eight f32 lanes of per-element terms, summed into f64 every 8 elements: the
-                // inner loop vectorises, the sum stays accurate.
-                let mut acc = 0.0f64;
-                for ((gx, x), g) in gx.chunks_mut(8).zip(x.chunks(8)).zip(g.chunks(8)) {
-                    let mut lane = [0.0f32; 8];
-                    for (i, ((gx, &x), &g)) in gx.iter_mut().zip(x).zip(g).enumerate() {
-                        let (c, inside) = pact_clip::<DOUBLE>(x, alpha);
-                        let (z, v) = pact_level::<S, DOUBLE>(c, alpha, unit);
-                        *gx = if inside { (g * alpha) / alpha } else { 0.0 };
-                        lane[i] = g * if inside { z - v } else { z };
-                    }
-                    acc += lane.iter().map(|&l| f64::from(l)).sum::<f64>();
-                }
-                acc
-            })
+        .map(|(grad_x, (x, grad))| {
+            run(
+                isa,
+                PactBackward::<S, DOUBLE> {
+                    x,
+                    grad,
+                    grad_x,
+                    alpha,
+                    unit,
+                },
+            )
         })
         .collect();
     partials.iter().sum()
+}
+
+/// One element of PACT's backward pass: `(g·∂y/∂α, ∂L/∂x)`.
+#[inline(always)]
+fn pact_grad<const S: u8, const DOUBLE: bool>(
+    x: f32,
+    g: f32,
+    alpha: f32,
+    unit: Unit<S>,
+) -> (f32, f32) {
+    let (c, inside) = pact_clip::<DOUBLE>(x, alpha);
+    let (z, v) = pact_level::<S, DOUBLE>(c, alpha, unit);
+    let grad = if inside { (g * alpha) / alpha } else { 0.0 };
+    (g * if inside { z - v } else { z }, grad)
 }
 
 /// `sign(x)` as the backward of `abs`: 0 at 0.
