@@ -1,0 +1,87 @@
+//! One joint training step with the fused quantizers against the same step with the composed
+//! ops (the reference). Its own test binary: the kernel choice is process-wide.
+//!
+//! Every forward pass of the step sees the same parameters, and the fused forward values are
+//! bit-identical, so the per-bit-width losses must be equal to the last bit; the gradients
+//! differ only in the order of full-tensor sums, so the parameters after the SGD step must agree
+//! to 1e-5.
+
+use adabits_models::{Architecture, ModelConfig, export_official};
+use adabits_quant::{Kernels, QuantScheme, set_kernels};
+use adabits_train::data::Batch;
+use adabits_train::{OptimConfig, Sgd, joint_step};
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+
+fn device() -> Device {
+    Device::flex().autodiff()
+}
+
+/// The losses of each bit-width's pass and every parameter after one step with `kernels`.
+fn one_step(kernels: Kernels, scheme: QuantScheme) -> (Vec<f64>, Vec<(String, Vec<f32>)>) {
+    set_kernels(kernels);
+    let ad = device();
+    ad.seed(7);
+    let mut config = ModelConfig::new(Architecture::CifarResNet(20), "8,5,3".parse().unwrap())
+        .with_width_mult(0.25);
+    config.quant.weight_scheme = scheme;
+    config.quant.rescale_conv = true;
+    let model = config.init(&ad);
+    let batch = 8;
+    let images = Tensor::<4>::random([batch, 3, 16, 16], Distribution::Uniform(0.0, 1.0), &ad);
+    let labels: Vec<i64> = (0..batch as i64).map(|i| i % 10).collect();
+    let batch = Batch {
+        images,
+        labels: Tensor::<1, Int>::from_data(TensorData::new(labels, [batch]), &ad),
+        targets: (0..batch).map(|i| i % 10).collect(),
+    };
+    let bits: Vec<_> = config.bits.iter().collect();
+    let mut losses = Vec::new();
+    let mut sgd = Sgd::new(OptimConfig::default());
+    let model = joint_step(
+        model,
+        &mut sgd,
+        &bits,
+        &batch,
+        0.1,
+        false,
+        &mut |_, loss, _| {
+            losses.push(loss);
+            Ok(())
+        },
+    )
+    .unwrap();
+    let state = export_official(&model);
+    let mut params: Vec<(String, Vec<f32>)> = state
+        .keys()
+        .map(|k| (k.to_string(), state.get(k).unwrap().values.clone()))
+        .collect();
+    params.sort_by(|a, b| a.0.cmp(&b.0));
+    (losses, params)
+}
+
+#[test]
+fn a_fused_joint_step_matches_the_composed_step() {
+    for scheme in [QuantScheme::Modified, QuantScheme::Centered] {
+        let (fused_losses, fused) = one_step(Kernels::Fused, scheme);
+        let (composed_losses, composed) = one_step(Kernels::Composed, scheme);
+        set_kernels(Kernels::Fused);
+        assert_eq!(fused_losses.len(), 3);
+        for (f, c) in fused_losses.iter().zip(&composed_losses) {
+            assert_eq!(
+                f.to_bits(),
+                c.to_bits(),
+                "{scheme}: losses {fused_losses:?} vs {composed_losses:?}"
+            );
+        }
+        assert_eq!(fused.len(), composed.len());
+        let mut largest = 0.0f64;
+        for ((name, f), (_, c)) in fused.iter().zip(&composed) {
+            for (a, b) in f.iter().zip(c) {
+                let d = f64::from((a - b).abs()) / f64::from(b.abs()).max(1.0);
+                largest = largest.max(d);
+                assert!(d <= 1e-5, "{scheme}: {name}: fused {a} vs composed {b}");
+            }
+        }
+        eprintln!("{scheme}: largest parameter difference after one step {largest:e}");
+    }
+}
