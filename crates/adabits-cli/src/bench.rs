@@ -27,6 +27,18 @@ pub(crate) struct Measurement {
     pub(crate) unit: &'static str,
 }
 
+impl Measurement {
+    /// A memory-bound workload that moved `bytes` in `ms` milliseconds, in GB/s.
+    fn bandwidth(name: String, bytes: f64, ms: f64) -> Self {
+        Self {
+            name,
+            ms,
+            throughput: bytes / (ms * 1e-3) / 1e9,
+            unit: "GB/s",
+        }
+    }
+}
+
 /// Times `f` `iters` times after `warmup` untimed runs, synchronising the device inside the timed
 /// region (GPU work is asynchronous), and returns the median in milliseconds.
 fn time_ms(
@@ -72,12 +84,11 @@ pub(crate) fn run(
     let ms = time_ms(device, 3, iters, || {
         let _ = pact(x.clone(), alpha.clone(), bits, &act);
     })?;
-    out.push(Measurement {
-        name: format!("pact forward [{batch},64,32,32] @{bits}b"),
+    out.push(Measurement::bandwidth(
+        format!("pact forward [{batch},64,32,32] @{bits}b"),
+        elems * 8.0,
         ms,
-        throughput: elems * 8.0 / (ms * 1e-3) / 1e9,
-        unit: "GB/s",
-    });
+    ));
 
     // 1b. PACT forward and backward (the input and clipping-level gradients), as in training:
     //     bytes counted are the forward's read and write and the backward's reads of x and
@@ -92,12 +103,11 @@ pub(crate) fn run(
         let grads = (y * upstream.clone()).sum().backward();
         let _ = xg.grad(&grads);
     })?;
-    out.push(Measurement {
-        name: format!("pact fwd+bwd [{batch},64,32,32] @{bits}b"),
+    out.push(Measurement::bandwidth(
+        format!("pact fwd+bwd [{batch},64,32,32] @{bits}b"),
+        elems * 20.0,
         ms,
-        throughput: elems * 20.0 / (ms * 1e-3) / 1e9,
-        unit: "GB/s",
-    });
+    ));
 
     // 2. Weight quantization of a 3x3 conv weight.
     let w = Tensor::<4>::random([256, 256, 3, 3], Distribution::Normal(0.0, 0.05), device);
@@ -107,12 +117,11 @@ pub(crate) fn run(
     let ms = time_ms(device, 3, iters, || {
         let _ = quantize_weight(w.clone(), bits, fan_out, &wq).effective();
     })?;
-    out.push(Measurement {
-        name: format!("weight quant [256,256,3,3] @{bits}b"),
+    out.push(Measurement::bandwidth(
+        format!("weight quant [256,256,3,3] @{bits}b"),
+        welems * 8.0,
         ms,
-        throughput: welems * 8.0 / (ms * 1e-3) / 1e9,
-        unit: "GB/s",
-    });
+    ));
 
     // 3. A quantized 3x3 conv layer (ResNet-20 stage 1: 16→16 channels, 32x32), forward and
     //    backward, as in one bit-width's pass of a training step.
@@ -163,12 +172,11 @@ fn memory_copy(elems: usize, iters: usize) -> Measurement {
         .collect();
     samples.sort_by(f64::total_cmp);
     let ms = samples[samples.len() / 2];
-    Measurement {
-        name: format!("host memory copy [{:.1} MB]", elems as f64 * 4.0 / 1e6),
+    Measurement::bandwidth(
+        format!("host memory copy [{:.1} MB]", elems as f64 * 4.0 / 1e6),
+        elems as f64 * 8.0,
         ms,
-        throughput: elems as f64 * 8.0 / (ms * 1e-3) / 1e9,
-        unit: "GB/s",
-    }
+    )
 }
 
 /// The model workloads: one joint training step over `list` (each image counted once per

@@ -103,9 +103,10 @@ enum Command {
     },
     /// Measure the throughput of the quantizers and of a quantized conv layer's training step.
     ///
-    /// Times PACT and weight quantization (GB/s of data read and written) and the forward and
-    /// backward pass of a quantized 3x3 conv layer (images/s), synchronising the device inside
-    /// every timed region. Reports the median of --iters runs.
+    /// Times the host's memory copy (the yardstick), PACT forward and forward+backward and
+    /// weight quantization (GB/s of data read and written), and the forward and backward pass
+    /// of a quantized 3x3 conv layer (images/s), synchronising the device inside every timed
+    /// region. Reports the median of --iters runs. --kernels composed times the reference ops.
     Bench {
         /// The device to run on (one of the backends compiled into this binary).
         #[arg(long, value_enum, default_value_t = DeviceArg::default())]
