@@ -7,7 +7,7 @@
 //! kernel and whose backward is one kernel (two passes for the weight: `Σ G·t`, then the
 //! gradient), recorded as a single autodiff node.
 //!
-//! - Flex: [`cpu`]'s kernels, one pass over contiguous `f32` memory, vectorised by the
+//! - Flex: the kernels of `fused/cpu.rs`, one pass over contiguous `f32` memory, vectorised by the
 //!   compiler and split over threads with rayon (feature `flex`).
 //! - Every other backend, and any case the kernels do not cover (a dtype other than `f32`,
 //!   PACT's `pact_fp` clip at full precision, no `clamp` at full precision), takes the composed
@@ -91,8 +91,8 @@ pub struct WeightSpec {
 /// The fused quantizers as a Burn backend extension.
 ///
 /// Implemented for Flex (feature `flex`) and for `Autodiff` over a backend with
-/// [`QuantKernels`]; the tensor-level entry points ([`fused_pact`], [`fused_weight`]) route here
-/// only for those backends.
+/// [`QuantKernels`]; [`crate::pact`] and [`crate::quantize_weight`] route here only for those
+/// backends.
 #[backend_extension(Flex: cfg(feature = "flex"), Autodiff)]
 pub trait FusedQuantOps: Backend {
     // Without `flex` the generated dispatch has no backend to pass the arguments to.
