@@ -11,11 +11,13 @@
 //!
 //! The loops are written so that the compiler vectorises them: no calls into `libm` on the hot
 //! path (rounding is done with the `2^23` trick, exact for the `|y| < 2^22` that a unit
-//! quantizer of at most 16 bits produces), selects instead of branches. Each chunk's loop is
+//! quantizer of at most 16 bits produces), selects instead of branches. PACT's chunk loops are
 //! compiled for every instruction set macerator knows (AVX-512, AVX2, SSE4.1, NEON, ...) and the
 //! best one this CPU has is picked at run time ([`Isa::Detected`]); [`Isa::Portable`] runs the
 //! same loop compiled for the target's baseline. Both give the same bits: the per-element
-//! operations are IEEE operations in a fixed order, and the sums run in fixed lanes.
+//! operations are IEEE operations in a fixed order (Rust never contracts them into FMAs), and
+//! the sums run in fixed lanes. The weight quantizer's loops stay at the baseline: they are
+//! bound by `tanh`, which must be the same `f32::tanh` that Flex's composed `tanh` calls.
 
 use macerator::{AutoArch, Simd, WithSimd};
 use rayon::prelude::*;
