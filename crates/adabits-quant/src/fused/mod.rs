@@ -7,7 +7,7 @@
 //! kernel and whose backward is one kernel (two passes for the weight: `Σ G·t`, then the
 //! gradient), recorded as a single autodiff node.
 //!
-//! - Flex: the kernels of `fused/cpu.rs`, one pass over contiguous `f32` memory, vectorised by the
+//! - Flex: the kernels of `fused/cpu/`, one pass over contiguous `f32` memory, vectorised by the
 //!   compiler and split over threads with rayon (feature `flex`).
 //! - Every other backend, and any case the kernels do not cover (a dtype other than `f32`,
 //!   PACT's `pact_fp` clip at full precision, no `clamp` at full precision), takes the composed
