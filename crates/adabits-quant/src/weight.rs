@@ -175,7 +175,7 @@ pub fn quantize_weight_traced<const D: usize>(
     fan_out: usize,
     config: &WeightQuantConfig,
 ) -> WeightQuantTrace<D> {
-    assert!(fan_out > 0, "the fan-out of a weight must be positive");
+    check_arguments(&weight, fan_out, config);
     let latent = weight.clone();
     let (tanh, max_abs, unit, q, w_hat) = if bitw.is_full_precision() && !config.clamp {
         (None, None, None, None, weight)
@@ -193,20 +193,10 @@ pub fn quantize_weight_traced<const D: usize>(
         }
     };
     let scale = config.rescale.then(|| {
-        assert!(
-            w_hat.shape().num_elements() > 1,
-            "rescaling needs at least two weight elements for an unbiased std, got shape {:?}",
-            w_hat.dims()
-        );
         let std_w_hat = unbiased_std(w_hat.clone().detach());
-        match config.rescale_type {
-            RescaleType::Constant => std_w_hat.recip().mul_scalar(1.0 / (fan_out as f64).sqrt()),
-            RescaleType::Stddev => unbiased_std(latent.detach()) / std_w_hat,
-            RescaleType::FanIn => {
-                let dims = latent.dims();
-                let fan_in = dims.iter().skip(1).product::<usize>().max(1);
-                std_w_hat.recip().mul_scalar(1.0 / (fan_in as f64).sqrt())
-            }
+        match rescale_constant(config.rescale_type, fan_out, &latent.dims()) {
+            Some(c) => std_w_hat.recip().mul_scalar(c),
+            None => unbiased_std(latent.detach()) / std_w_hat,
         }
     });
     WeightQuantTrace {
@@ -238,14 +228,7 @@ pub fn quantize_weight<const D: usize>(
     fan_out: usize,
     config: &WeightQuantConfig,
 ) -> QuantizedWeight<D> {
-    assert!(fan_out > 0, "the fan-out of a weight must be positive");
-    if config.rescale {
-        assert!(
-            weight.shape().num_elements() > 1,
-            "rescaling needs at least two weight elements for an unbiased std, got shape {:?}",
-            weight.dims()
-        );
-    }
+    check_arguments(&weight, fan_out, config);
     match crate::fused::fused_weight(&weight, bitw, fan_out, config) {
         Some((w_hat, scale)) => QuantizedWeight { w_hat, scale },
         None => quantize_weight_composed(weight, bitw, fan_out, config),
@@ -269,6 +252,39 @@ pub fn quantize_weight_composed<const D: usize>(
         w_hat: trace.w_hat,
         scale: trace.scale,
     }
+}
+
+/// The numerator `c` of the SAT scale `s = c/std(ŵ)` when it is a constant: `1/√fan_out`
+/// ([`RescaleType::Constant`]) or `1/√fan_in` with `fan_in` the product of every dimension but
+/// the first ([`RescaleType::FanIn`]); `None` for [`RescaleType::Stddev`], whose numerator is the
+/// latent weights' standard deviation. Shared by the composed and the fused quantizers.
+pub(crate) fn rescale_constant(
+    rescale_type: RescaleType,
+    fan_out: usize,
+    dims: &[usize],
+) -> Option<f64> {
+    match rescale_type {
+        RescaleType::Constant => Some(1.0 / (fan_out as f64).sqrt()),
+        RescaleType::FanIn => {
+            let fan_in = dims.iter().skip(1).product::<usize>().max(1);
+            Some(1.0 / (fan_in as f64).sqrt())
+        }
+        RescaleType::Stddev => None,
+    }
+}
+
+/// The weight quantizer's preconditions, checked before either path runs.
+///
+/// # Panics
+///
+/// Panics if `fan_out` is zero, or if rescaling a tensor of fewer than two elements.
+fn check_arguments<const D: usize>(weight: &Tensor<D>, fan_out: usize, config: &WeightQuantConfig) {
+    assert!(fan_out > 0, "the fan-out of a weight must be positive");
+    assert!(
+        !config.rescale || weight.shape().num_elements() > 1,
+        "rescaling needs at least two weight elements for an unbiased std, got shape {:?}",
+        weight.dims()
+    );
 }
 
 /// The integer code of every weight element at `bitw` bits: the `k` with `ŵ = 2·Q_b(u) − 1`,

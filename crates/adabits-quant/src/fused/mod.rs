@@ -28,7 +28,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, backend_extension};
 use burn::tensor::{DType, Tensor};
 
-use crate::{ActQuantConfig, BitWidth, QuantScheme, RescaleType, WeightQuantConfig};
+use crate::{ActQuantConfig, BitWidth, QuantScheme, WeightQuantConfig};
 
 /// Which implementation the quantizers use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -202,13 +202,11 @@ pub(crate) fn fused_weight<const D: usize>(
     if (bitw.is_full_precision() && !config.clamp) || !routable(weight) {
         return None;
     }
-    let rescale = config.rescale.then(|| match config.rescale_type {
-        RescaleType::Constant => Rescale::Constant(1.0 / (fan_out as f64).sqrt()),
-        RescaleType::FanIn => {
-            let fan_in = weight.dims().iter().skip(1).product::<usize>().max(1);
-            Rescale::Constant(1.0 / (fan_in as f64).sqrt())
+    let rescale = config.rescale.then(|| {
+        match crate::weight::rescale_constant(config.rescale_type, fan_out, &weight.dims()) {
+            Some(c) => Rescale::Constant(c),
+            None => Rescale::LatentStd,
         }
-        RescaleType::Stddev => Rescale::LatentStd,
     });
     let spec = WeightSpec {
         bits: (!bitw.is_full_precision()).then(|| bitw.get()),
