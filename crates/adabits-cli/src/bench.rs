@@ -5,12 +5,11 @@ use std::time::Instant;
 
 use adabits_models::ModelConfig;
 use adabits_quant::{
-    ActQuantConfig, BitWidth, WeightQuantConfig, conv_fan_out, pact, quantize_weight,
+    ActQuantConfig, BitWidth, WeightQuantConfig, conv_fan_out, conv2d, pact, quantize_weight,
 };
 use adabits_train::data::Batch;
 use adabits_train::{OptimConfig, Sgd, joint_step};
 use burn::module::Module;
-use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 

@@ -14,6 +14,9 @@
 //! - [`BitPolicy`]: per-layer resolution of weight and activation bits.
 //! - [`fused`]: the quantizers as one backend operation each (Flex), with the composed ops
 //!   ([`pact_composed`], [`quantize_weight_composed`]) as the reference and the fallback.
+//! - [`conv2d`] ([`mod@conv`]): the convolution the quantized layers run, one backend operation
+//!   with a hand-written backward on Flex, Burn's `conv2d` elsewhere; [`batch_norm_train`]
+//!   ([`mod@norm`]) likewise for BatchNorm in training mode.
 //!
 //! The crate enables no Burn backend: pass any [`burn::tensor::Device`].
 
@@ -21,9 +24,11 @@ mod activation;
 mod bits;
 mod clip;
 pub mod conformance;
+pub mod conv;
 mod error;
 pub mod fused;
 mod input;
+pub mod norm;
 pub mod reference;
 mod resolve;
 mod scheme;
@@ -32,10 +37,12 @@ mod weight;
 
 pub use activation::{ActQuantConfig, pact, pact_composed};
 pub use bits::{BitWidth, BitWidths};
+pub use conv::conv2d;
 pub use clip::{CONV_ALPHA_INIT, ClippingLevels, ClippingLevelsConfig, LINEAR_ALPHA_INIT};
 pub use error::QuantError;
 pub use fused::{Kernels, kernels, set_kernels};
 pub use input::input_pixels;
+pub use norm::batch_norm_train;
 pub use resolve::{BitPolicy, LayerBits};
 pub use scheme::QuantScheme;
 pub use unit::{codes_to_unit, shift_codes, unit_codes, unit_quantize, unit_quantize_value};

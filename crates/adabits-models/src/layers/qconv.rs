@@ -3,11 +3,10 @@
 
 use adabits_quant::{
     ActQuantConfig, BitPolicy, BitWidth, BitWidths, CONV_ALPHA_INIT, ClippingLevels,
-    ClippingLevelsConfig, WeightQuantConfig, conv_fan_out, pact, quantize_weight,
+    ClippingLevelsConfig, WeightQuantConfig, conv_fan_out, conv2d, pact, quantize_weight,
 };
 use burn::config::Config;
 use burn::module::{Module, Param};
-use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, Tensor};
 

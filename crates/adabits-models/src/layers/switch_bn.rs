@@ -1,10 +1,9 @@
 //! Switchable BatchNorm: one set of BatchNorm statistics (and affine parameters) per bit-width
 //! (METHOD.md §6).
 
-use adabits_quant::{BitWidth, BitWidths};
+use adabits_quant::{BitWidth, BitWidths, batch_norm_train};
 use burn::config::Config;
 use burn::module::{Module, Param, RunningState};
-use burn::tensor::module::batch_norm_train;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 

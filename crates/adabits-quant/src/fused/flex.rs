@@ -1,4 +1,5 @@
-//! The fused quantizers on Flex: [`super::cpu`]'s kernels over the tensors' `f32` storage.
+//! The fused quantizers on Flex: [`super::cpu`]'s kernels over the tensors' `f32` storage, and
+//! the storage helpers the fused convolution shares.
 
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
@@ -8,7 +9,7 @@ use super::cpu::{self, Isa, WeightStats};
 use super::{FusedQuantOps, PactSpec, QuantKernels, WeightSpec};
 
 /// The `f32` elements of `tensor` in row-major order (copied only if it is not contiguous).
-fn with_f32<R>(tensor: &FlexTensor, f: impl FnOnce(&[f32]) -> R) -> R {
+pub(crate) fn with_f32<R>(tensor: &FlexTensor, f: impl FnOnce(&[f32]) -> R) -> R {
     match tensor.as_slice::<f32>() {
         Some(values) => f(values),
         None => {
@@ -25,7 +26,7 @@ fn scalar(tensor: &FlexTensor) -> f32 {
     with_f32(tensor, |v| v[0])
 }
 
-fn tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
+pub(crate) fn tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 

@@ -20,7 +20,7 @@ mod autodiff;
 #[cfg(feature = "flex")]
 mod cpu;
 #[cfg(feature = "flex")]
-mod flex;
+pub(crate) mod flex;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -146,7 +146,7 @@ pub trait QuantKernels: Backend {
 
 /// Whether `tensor` lives on a backend with the fused kernels, in `f32`, and the process has
 /// not chosen the composed ops.
-fn routable<const D: usize>(tensor: &Tensor<D>) -> bool {
+pub(crate) fn routable<const D: usize>(tensor: &Tensor<D>) -> bool {
     if kernels() == Kernels::Composed || tensor.dtype() != DType::F32 {
         return false;
     }

@@ -15,29 +15,7 @@ use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 
-use crate::{bw, device, values};
-
-/// A small deterministic generator for shapes and data (the tests must not depend on a seed
-/// that changes from run to run).
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        self.0 >> 33
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * (self.next() as f32 / (1u64 << 31) as f32)
-    }
-}
+use crate::{Lcg, assert_close, bw, device, values};
 
 fn assert_bitwise(fused: &[f64], composed: &[f64], what: &str) {
     assert_eq!(fused.len(), composed.len(), "{what}: lengths");
@@ -45,19 +23,6 @@ fn assert_bitwise(fused: &[f64], composed: &[f64], what: &str) {
         assert!(
             f.to_bits() == c.to_bits() || (f.is_nan() && c.is_nan()),
             "{what}: element {i}: fused {f} vs composed {c}"
-        );
-    }
-}
-
-/// Every element within `tol` of the composed value, relative to the largest composed magnitude
-/// (a gradient's small elements are sums of cancelling terms).
-fn assert_close(fused: &[f64], composed: &[f64], tol: f64, what: &str) {
-    assert_eq!(fused.len(), composed.len(), "{what}: lengths");
-    let scale = composed.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
-    for (i, (f, c)) in fused.iter().zip(composed).enumerate() {
-        assert!(
-            (f - c).abs() <= tol * scale,
-            "{what}: element {i}: fused {f} vs composed {c} (scale {scale})"
         );
     }
 }
