@@ -37,8 +37,8 @@ mod weight;
 
 pub use activation::{ActQuantConfig, pact, pact_composed};
 pub use bits::{BitWidth, BitWidths};
-pub use conv::conv2d;
 pub use clip::{CONV_ALPHA_INIT, ClippingLevels, ClippingLevelsConfig, LINEAR_ALPHA_INIT};
+pub use conv::conv2d;
 pub use error::QuantError;
 pub use fused::{Kernels, kernels, set_kernels};
 pub use input::input_pixels;

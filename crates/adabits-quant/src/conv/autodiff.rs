@@ -37,8 +37,7 @@ where
                 let grad = grads.consume::<B>(&ops.node);
                 let [node_x, node_weight] = ops.parents;
                 if let Some(node) = node_x {
-                    let grad_x =
-                        B::conv_backward_x(x.clone(), weight.clone(), grad.clone(), spec);
+                    let grad_x = B::conv_backward_x(x.clone(), weight.clone(), grad.clone(), spec);
                     grads.register::<B>(node.id, grad_x);
                 }
                 if let Some(node) = node_weight {

@@ -131,7 +131,10 @@ impl Geometry {
             [self.batch, self.c_out, self.h_out, self.w_out],
             [self.c_in, self.c_out, kh, kw],
             [1, 1],
-            [(kh - 1 - pad_h, kh - 1 - pad_end[0]), (kw - 1 - pad_w, kw - 1 - pad_end[1])],
+            [
+                (kh - 1 - pad_h, kh - 1 - pad_end[0]),
+                (kw - 1 - pad_w, kw - 1 - pad_end[1]),
+            ],
         )?;
         (g.h_out == self.h && g.w_out == self.w).then_some((flipped, g))
     }
@@ -187,7 +190,10 @@ fn im2col(x_b: &[f32], col: &mut [f32], g: &Geometry) {
                     if g.stride[1] == 1 {
                         out[lo..hi].copy_from_slice(&x_r[first..first + (hi - lo)]);
                     } else {
-                        for (o, v) in out[lo..hi].iter_mut().zip(x_r[first..].iter().step_by(g.stride[1])) {
+                        for (o, v) in out[lo..hi]
+                            .iter_mut()
+                            .zip(x_r[first..].iter().step_by(g.stride[1]))
+                        {
                             *o = *v;
                         }
                     }
@@ -217,14 +223,20 @@ fn im2col_shifted(x_b: &[f32], col: &mut [f32], g: &Geometry) {
                 // Flat offset from an output position to its input position.
                 let d = (ki * w + kj) as isize - (g.pad[0] * w + g.pad[1]) as isize;
                 let start = ((row_lo * w) as isize).max(-d) as usize;
-                let end = ((row_hi * w) as isize).min(plane as isize - d).max(start as isize) as usize;
+                let end = ((row_hi * w) as isize)
+                    .min(plane as isize - d)
+                    .max(start as isize) as usize;
                 out[..start].fill(0.0);
                 out[end..].fill(0.0);
                 let from = (start as isize + d) as usize;
                 out[start..end].copy_from_slice(&x_c[from..from + (end - start)]);
                 let (lo, hi) = g.valid_cols(kj);
                 for j in (0..lo).chain(hi..w) {
-                    for v in out[start..end].iter_mut().skip((j + w - start % w) % w).step_by(w) {
+                    for v in out[start..end]
+                        .iter_mut()
+                        .skip((j + w - start % w) % w)
+                        .step_by(w)
+                    {
                         *v = 0.0;
                     }
                 }
@@ -256,7 +268,11 @@ fn col2im(col: &[f32], dx_b: &mut [f32], g: &Geometry) {
                             *d += *t;
                         }
                     } else {
-                        for (d, t) in dx_r[first..].iter_mut().step_by(g.stride[1]).zip(&taps[lo..hi]) {
+                        for (d, t) in dx_r[first..]
+                            .iter_mut()
+                            .step_by(g.stride[1])
+                            .zip(&taps[lo..hi])
+                        {
                             *d += *t;
                         }
                     }
@@ -293,7 +309,12 @@ pub(crate) fn forward(x: &[f32], weight: &[f32], g: &Geometry) -> Vec<f32> {
                 rows: g.c_out,
                 cols: g.positions(),
             };
-            matmul(dst, false, w, MatRef::row_major(col, g.taps(), g.positions()));
+            matmul(
+                dst,
+                false,
+                w,
+                MatRef::row_major(col, g.taps(), g.positions()),
+            );
         });
     y
 }
@@ -397,7 +418,8 @@ mod tests {
                                     if r < 0 || c < 0 || r >= g.h as isize || c >= g.w as isize {
                                         continue;
                                     }
-                                    let xi = ((b * g.c_in + ci) * g.h + r as usize) * g.w + c as usize;
+                                    let xi =
+                                        ((b * g.c_in + ci) * g.h + r as usize) * g.w + c as usize;
                                     let wi = ((co * g.c_in + ci) * g.kh + ki) * g.kw + kj;
                                     acc += f64::from(x[xi]) * f64::from(w[wi]);
                                 }
@@ -412,7 +434,9 @@ mod tests {
     }
 
     fn data(n: usize, seed: usize) -> Vec<f32> {
-        (0..n).map(|i| (((i * 2_654_435_761 + seed * 97) >> 7) % 1000) as f32 / 500.0 - 1.0).collect()
+        (0..n)
+            .map(|i| (((i * 2_654_435_761 + seed * 97) >> 7) % 1000) as f32 / 500.0 - 1.0)
+            .collect()
     }
 
     #[test]
@@ -446,8 +470,16 @@ mod tests {
         im2col(&x, &mut col, &g);
         let mut back = vec![0.0; x.len()];
         col2im(&c, &mut back, &g);
-        let lhs: f64 = back.iter().zip(&x).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
-        let rhs: f64 = c.iter().zip(&col).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
+        let lhs: f64 = back
+            .iter()
+            .zip(&x)
+            .map(|(a, b)| f64::from(*a) * f64::from(*b))
+            .sum();
+        let rhs: f64 = c
+            .iter()
+            .zip(&col)
+            .map(|(a, b)| f64::from(*a) * f64::from(*b))
+            .sum();
         assert!((lhs - rhs).abs() < 1e-4, "{lhs} vs {rhs}");
     }
 
@@ -458,7 +490,10 @@ mod tests {
         let x = data(11 * g.in_image(), 5);
         let d = data(11 * g.out_image(), 6);
         let run = |threads| {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
             pool.install(|| backward_weight(&x, &d, &g))
         };
         assert_eq!(run(1), run(3));
@@ -466,6 +501,9 @@ mod tests {
 
     #[test]
     fn a_kernel_larger_than_the_padded_input_has_no_output() {
-        assert_eq!(Geometry::new([1, 1, 2, 2], [1, 1, 5, 5], [1, 1], [(1, 1), (1, 1)]), None);
+        assert_eq!(
+            Geometry::new([1, 1, 2, 2], [1, 1, 5, 5], [1, 1], [(1, 1), (1, 1)]),
+            None
+        );
     }
 }

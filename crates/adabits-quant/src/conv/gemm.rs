@@ -74,7 +74,10 @@ pub(crate) fn matmul(dst: MatMut<'_>, accumulate: bool, lhs: MatRef<'_>, rhs: Ma
         rhs.cols
     );
     assert!(dst.data.len() >= m * n, "matmul: destination too short");
-    assert!(lhs.in_bounds() && rhs.in_bounds(), "matmul: operand view out of bounds");
+    assert!(
+        lhs.in_bounds() && rhs.in_bounds(),
+        "matmul: operand view out of bounds"
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -137,9 +140,20 @@ mod tests {
 
     #[test]
     fn products_and_transposed_views_match_a_naive_product() {
-        for &(m, n, k) in &[(1, 1, 1), (3, 5, 7), (16, 33, 9), (17, 64, 40), (5, 0, 3), (4, 3, 0)] {
-            let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 4.0).collect();
-            let b: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 11) as f32 - 5.0) / 8.0).collect();
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (3, 5, 7),
+            (16, 33, 9),
+            (17, 64, 40),
+            (5, 0, 3),
+            (4, 3, 0),
+        ] {
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7 % 13) as f32 - 6.0) / 4.0)
+                .collect();
+            let b: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 5 % 11) as f32 - 5.0) / 8.0)
+                .collect();
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                 let lhs = if ta {
                     MatRef::transposed(&a, m, k)
@@ -153,11 +167,32 @@ mod tests {
                 };
                 let want = naive(m, n, k, &lhs, &rhs);
                 let mut dst = vec![1.0f32; m * n];
-                matmul(MatMut { data: &mut dst, rows: m, cols: n }, true, lhs, rhs);
+                matmul(
+                    MatMut {
+                        data: &mut dst,
+                        rows: m,
+                        cols: n,
+                    },
+                    true,
+                    lhs,
+                    rhs,
+                );
                 for (d, w) in dst.iter().zip(&want) {
-                    assert!((f64::from(*d) - (w + 1.0)).abs() < 1e-5, "{m}×{n}×{k} {ta} {tb}");
+                    assert!(
+                        (f64::from(*d) - (w + 1.0)).abs() < 1e-5,
+                        "{m}×{n}×{k} {ta} {tb}"
+                    );
                 }
-                matmul(MatMut { data: &mut dst, rows: m, cols: n }, false, lhs, rhs);
+                matmul(
+                    MatMut {
+                        data: &mut dst,
+                        rows: m,
+                        cols: n,
+                    },
+                    false,
+                    lhs,
+                    rhs,
+                );
                 for (d, w) in dst.iter().zip(&want) {
                     assert!((f64::from(*d) - w).abs() < 1e-5, "{m}×{n}×{k} {ta} {tb}");
                 }
@@ -172,7 +207,11 @@ mod tests {
         let b = vec![0.0f32; 9];
         let mut dst = vec![0.0f32; 6];
         matmul(
-            MatMut { data: &mut dst, rows: 2, cols: 3 },
+            MatMut {
+                data: &mut dst,
+                rows: 2,
+                cols: 3,
+            },
             false,
             MatRef::row_major(&a, 2, 3),
             MatRef::row_major(&b, 3, 3),

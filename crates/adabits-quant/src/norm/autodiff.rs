@@ -64,10 +64,9 @@ where
         let (y, mean, variance) =
             B::batch_norm_forward(x.clone(), gamma.clone(), beta.into_primitive(), epsilon);
         let y = match BatchNorm.prepare::<C>(guards).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish(
-                (x, gamma, mean.clone(), variance.clone(), epsilon),
-                y,
-            ),
+            OpsKind::Tracked(prep) => {
+                prep.finish((x, gamma, mean.clone(), variance.clone(), epsilon), y)
+            }
             OpsKind::UnTracked(prep) => prep.finish(y),
         };
         (y, Self::from_inner(mean), Self::from_inner(variance))

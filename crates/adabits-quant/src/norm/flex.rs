@@ -48,7 +48,9 @@ impl BatchNormKernels for Flex {
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
         let l = layout(&x);
         let stats = with_f32(&mean, |m| {
-            with_f32(&variance, |v| with_f32(&gamma, |g| cpu::Channels::new(m, v, g, epsilon as f32)))
+            with_f32(&variance, |v| {
+                with_f32(&gamma, |g| cpu::Channels::new(m, v, g, epsilon as f32))
+            })
         });
         let (dx, dgamma, dbeta) =
             with_f32(&x, |x| with_f32(&grad, |d| cpu::backward(x, d, &stats, l)));

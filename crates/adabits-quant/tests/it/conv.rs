@@ -48,7 +48,10 @@ fn random_case(rng: &mut Lcg) -> Case {
 
 fn random_tensor<const D: usize>(rng: &mut Lcg, shape: [usize; D]) -> TensorData {
     let n = shape.iter().product();
-    TensorData::new((0..n).map(|_| rng.uniform(-1.0, 1.0)).collect::<Vec<f32>>(), shape)
+    TensorData::new(
+        (0..n).map(|_| rng.uniform(-1.0, 1.0)).collect::<Vec<f32>>(),
+        shape,
+    )
 }
 
 type Conv = fn(Tensor<4>, Tensor<4>, Option<Tensor<1>>, ConvOptions<2>) -> Tensor<4>;

@@ -14,7 +14,13 @@ use crate::{Lcg, assert_close, device, values};
 type Norm = fn(Tensor<4>, Tensor<1>, Tensor<1>, f64) -> BatchNormTrainOutput<4>;
 
 /// `[y, mean, variance, ∂x, ∂γ, ∂β]` for `L = Σ y·r`.
-fn with_grads(f: Norm, x: &TensorData, g: &TensorData, b: &TensorData, r: &TensorData) -> [Vec<f64>; 6] {
+fn with_grads(
+    f: Norm,
+    x: &TensorData,
+    g: &TensorData,
+    b: &TensorData,
+    r: &TensorData,
+) -> [Vec<f64>; 6] {
     let ad = device().autodiff();
     let x = Tensor::<4>::from_data(x.clone(), &ad).require_grad();
     let g = Tensor::<1>::from_data(g.clone(), &ad).require_grad();
@@ -34,7 +40,10 @@ fn with_grads(f: Norm, x: &TensorData, g: &TensorData, b: &TensorData, r: &Tenso
 
 fn random(rng: &mut Lcg, shape: &[usize], lo: f32, hi: f32) -> TensorData {
     let n = shape.iter().product();
-    TensorData::new((0..n).map(|_| rng.uniform(lo, hi)).collect::<Vec<f32>>(), shape.to_vec())
+    TensorData::new(
+        (0..n).map(|_| rng.uniform(lo, hi)).collect::<Vec<f32>>(),
+        shape.to_vec(),
+    )
 }
 
 #[test]
@@ -43,7 +52,14 @@ fn the_fused_batch_norm_matches_burns_on_random_shapes() {
     let reference: Norm = burn::tensor::module::batch_norm_train;
     let fused: Norm = batch_norm_train;
     let mut shapes: Vec<[usize; 4]> = (0..30)
-        .map(|_| [1 + rng.below(4), 1 + rng.below(6), 1 + rng.below(9), 1 + rng.below(9)])
+        .map(|_| {
+            [
+                1 + rng.below(4),
+                1 + rng.below(6),
+                1 + rng.below(9),
+                1 + rng.below(9),
+            ]
+        })
         .filter(|s| s[0] * s[2] * s[3] > 1)
         .collect();
     shapes.push([32, 16, 32, 32]);
