@@ -222,12 +222,15 @@ fn im2col_shifted(x_b: &[f32], col: &mut [f32], g: &Geometry) {
                 let out = rows.next().expect("col has C_in·kh·kw rows");
                 // Flat offset from an output position to its input position.
                 let d = (ki * w + kj) as isize - (g.pad[0] * w + g.pad[1]) as isize;
-                let start = ((row_lo * w) as isize).max(-d) as usize;
+                let start = ((row_lo * w) as isize).max(-d).min((row_hi * w) as isize) as usize;
                 let end = ((row_hi * w) as isize)
                     .min(plane as isize - d)
                     .max(start as isize) as usize;
                 out[..start].fill(0.0);
                 out[end..].fill(0.0);
+                if start == end {
+                    continue;
+                }
                 let from = (start as isize + d) as usize;
                 out[start..end].copy_from_slice(&x_c[from..from + (end - start)]);
                 let (lo, hi) = g.valid_cols(kj);
@@ -449,6 +452,12 @@ mod tests {
             ([1, 1, 2, 2], [1, 1, 3, 3], [1, 1], [(1, 1), (1, 1)]),
             ([2, 3, 5, 7], [2, 3, 2, 2], [1, 1], [(0, 1), (1, 0)]),
             ([1, 2, 9, 9], [3, 2, 3, 3], [1, 1], [(2, 0), (1, 1)]),
+            // Planes smaller than the kernel: the shifted copy starts past the plane's end.
+            ([2, 2, 1, 1], [3, 2, 3, 3], [1, 1], [(1, 1), (1, 1)]),
+            ([1, 1, 1, 3], [2, 1, 3, 3], [1, 1], [(1, 1), (1, 1)]),
+            ([1, 1, 2, 1], [2, 1, 3, 3], [1, 1], [(1, 1), (1, 1)]),
+            ([1, 1, 2, 2], [1, 1, 5, 5], [1, 1], [(2, 2), (2, 2)]),
+            ([1, 1, 1, 1], [2, 1, 3, 3], [2, 2], [(1, 1), (1, 1)]),
         ] {
             let g = Geometry::new(x, w, stride, padding).unwrap();
             let xs = data(x.iter().product(), 1);

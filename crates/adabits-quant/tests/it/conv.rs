@@ -130,6 +130,10 @@ fn the_fused_convolution_matches_burns_on_resnet_shapes() {
         ([4, 16, 32, 32], [32, 16, 3, 3], 2, 1),
         ([4, 16, 32, 32], [32, 16, 1, 1], 2, 0),
         ([4, 3, 32, 32], [16, 3, 3, 3], 1, 1),
+        // The last stages of the ImageNet models at small inputs: planes of 1 and 2 pixels.
+        ([2, 8, 1, 1], [8, 8, 3, 3], 1, 1),
+        ([2, 8, 2, 2], [16, 8, 3, 3], 2, 1),
+        ([2, 8, 2, 2], [8, 8, 3, 3], 1, 1),
     ] {
         let case = Case {
             x,

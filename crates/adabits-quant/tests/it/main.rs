@@ -49,7 +49,7 @@ pub struct Lcg(pub u64);
 
 impl Lcg {
     /// The next 31 random bits.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_bits(&mut self) -> u64 {
         self.0 = self
             .0
             .wrapping_mul(6_364_136_223_846_793_005)
@@ -59,12 +59,12 @@ impl Lcg {
 
     /// Uniform in `0..n`.
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        (self.next_bits() % n as u64) as usize
     }
 
     /// Uniform in `[lo, hi)`.
     pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * (self.next() as f32 / (1u64 << 31) as f32)
+        lo + (hi - lo) * (self.next_bits() as f32 / (1u64 << 31) as f32)
     }
 }
 
