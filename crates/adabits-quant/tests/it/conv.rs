@@ -3,8 +3,8 @@
 //! of the input, the weight and the bias, to 1e-5 relative to each tensor's largest magnitude
 //! (the products sum in another order).
 //!
-//! On Flex `adabits_quant::conv2d` takes the fused kernels for every case here; on other
-//! backends both sides are Burn's.
+//! Flex only (`adabits_quant::conv2d` takes the fused kernels for every case here): on other
+//! backends both sides would be Burn's, and the module is left out.
 
 use adabits_quant::conv2d;
 use burn::tensor::ops::ConvOptions;

@@ -2,8 +2,8 @@
 //! values: the output, the batch statistics and the gradients of the input, γ and β, to 1e-5
 //! relative to each tensor's largest magnitude (the sums run in another order and precision).
 //!
-//! On Flex `adabits_quant::batch_norm_train` takes the fused kernels; on other backends both
-//! sides are Burn's.
+//! Flex only (`adabits_quant::batch_norm_train` takes the fused kernels): on other backends both
+//! sides would be Burn's, and the module is left out.
 
 use adabits_quant::batch_norm_train;
 use burn::tensor::module::BatchNormTrainOutput;
