@@ -65,7 +65,8 @@ where
         struct Weight;
 
         impl<B: Backend + QuantKernels> Backward<B, 1> for Weight {
-            type State = B::WeightState;
+            /// `t = tanh(W)` and the forward statistics.
+            type State = (FloatTensor<B>, FloatTensor<B>);
 
             fn backward(
                 self,
@@ -76,15 +77,16 @@ where
                 let grad = grads.consume::<B>(&ops.node);
                 let [node] = ops.parents;
                 if let Some(node) = node {
-                    grads.register::<B>(node.id, B::weight_backward(ops.state, grad));
+                    let (tanh, stats) = ops.state;
+                    grads.register::<B>(node.id, B::weight_backward(tanh, stats, grad));
                 }
             }
         }
 
         let guards = [weight.node()];
-        let (w_hat, scale, state) = B::weight_forward(weight.into_primitive(), spec);
+        let (w_hat, scale, tanh, stats) = B::weight_forward(weight.into_primitive(), spec);
         let w_hat = match Weight.prepare::<C>(guards).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish(state, w_hat),
+            OpsKind::Tracked(prep) => prep.finish((tanh, stats), w_hat),
             OpsKind::UnTracked(prep) => prep.finish(w_hat),
         };
         // The scale is detached: a constant of the graph.

@@ -6,7 +6,10 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::{Shape, TensorData};
 
 use super::cpu::{self, Isa, WeightStats};
-use super::{FusedQuantOps, PactSpec, QuantKernels, WeightSpec};
+use super::{
+    FusedQuantOps, PactSpec, QuantKernels, STAT_MAX, STAT_SCALE, STAT_TIED, WEIGHT_STATS,
+    WeightSpec,
+};
 
 /// The `f32` elements of `tensor` in row-major order (copied only if it is not contiguous).
 pub(crate) fn with_f32<R>(tensor: &FlexTensor, f: impl FnOnce(&[f32]) -> R) -> R {
@@ -30,16 +33,7 @@ pub(crate) fn tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
-/// The weight quantizer's backward state on Flex: `t = tanh(W)` and the forward statistics.
-#[derive(Clone, Debug)]
-pub struct FlexWeightState {
-    tanh: FlexTensor,
-    stats: WeightStats,
-}
-
 impl QuantKernels for Flex {
-    type WeightState = FlexWeightState;
-
     fn pact_forward(x: FlexTensor, alpha_param: FlexTensor, spec: PactSpec) -> FlexTensor {
         let alpha = scalar(&alpha_param);
         let shape = x.layout().shape().clone();
@@ -69,24 +63,39 @@ impl QuantKernels for Flex {
     fn weight_forward(
         weight: FlexTensor,
         spec: WeightSpec,
-    ) -> (FlexTensor, FlexTensor, FlexWeightState) {
+    ) -> (FlexTensor, FlexTensor, FlexTensor, FlexTensor) {
         let shape = weight.layout().shape().clone();
         let (w_hat, t, stats) = with_f32(&weight, |w| cpu::weight_forward(w, spec));
         let scale = tensor(vec![stats.scale.unwrap_or(1.0)], Shape::new([1]));
-        let state = FlexWeightState {
-            tanh: tensor(t, shape.clone()),
-            stats,
-        };
-        (tensor(w_hat, shape), scale, state)
+        (
+            tensor(w_hat, shape.clone()),
+            scale,
+            tensor(t, shape),
+            tensor(stats_values(stats), Shape::new([WEIGHT_STATS])),
+        )
     }
 
-    fn weight_backward(state: FlexWeightState, grad: FlexTensor) -> FlexTensor {
-        let shape = state.tanh.layout().shape().clone();
-        let g = with_f32(&state.tanh, |t| {
-            with_f32(&grad, |g| cpu::weight_backward(t, g, state.stats))
+    fn weight_backward(tanh: FlexTensor, stats: FlexTensor, grad: FlexTensor) -> FlexTensor {
+        let shape = tanh.layout().shape().clone();
+        let stats = with_f32(&stats, |s| WeightStats {
+            max_abs: s[STAT_MAX],
+            tied: s[STAT_TIED],
+            scale: Some(s[STAT_SCALE]),
+        });
+        let g = with_f32(&tanh, |t| {
+            with_f32(&grad, |g| cpu::weight_backward(t, g, stats))
         });
         tensor(g, shape)
     }
+}
+
+/// The statistics tensor's slots from the kernel's statistics.
+fn stats_values(stats: WeightStats) -> Vec<f32> {
+    let mut values = vec![0.0; WEIGHT_STATS];
+    values[STAT_MAX] = stats.max_abs;
+    values[STAT_TIED] = stats.tied;
+    values[STAT_SCALE] = stats.scale.unwrap_or(1.0);
+    values
 }
 
 impl FusedQuantOps for Flex {
@@ -95,7 +104,9 @@ impl FusedQuantOps for Flex {
     }
 
     fn fused_weight(weight: FlexTensor, spec: WeightSpec) -> (FlexTensor, FlexTensor) {
-        let (w_hat, scale, _) = Self::weight_forward(weight, spec);
-        (w_hat, scale)
+        let shape = weight.layout().shape().clone();
+        let (w_hat, _, stats) = with_f32(&weight, |w| cpu::weight_forward(w, spec));
+        let scale = tensor(vec![stats.scale.unwrap_or(1.0)], Shape::new([1]));
+        (tensor(w_hat, shape), scale)
     }
 }

@@ -9,7 +9,11 @@
 //!
 //! - Flex: the kernels of `fused/cpu/`, one pass over contiguous `f32` memory, vectorised by the
 //!   compiler and split over threads with rayon (feature `flex`).
-//! - Every other backend, and any case the kernels do not cover (a dtype other than `f32`,
+//! - Burn's CubeCL backend (wgpu, and any CubeCL runtime; feature `cube`, on through `wgpu`):
+//!   the CubeCL kernels of `fused/cube/`, each pass one kernel launch, the full-tensor sums
+//!   reduced on the device in a fixed order; Burn's Fusion runs them as opaque operations of its
+//!   lazy stream ([`QuantKernels`] is a backend extension for that).
+//! - ndarray, and any case the kernels do not cover (a dtype other than `f32`,
 //!   PACT's `pact_fp` clip at full precision, no `clamp` at full precision), takes the composed
 //!   ops, which stay the reference: the test suite checks the fused paths against them and the
 //!   specification's vectors, forward and gradients.
@@ -19,6 +23,8 @@
 mod autodiff;
 #[cfg(feature = "flex")]
 mod cpu;
+#[cfg(feature = "cube")]
+mod cube;
 #[cfg(feature = "flex")]
 pub(crate) mod flex;
 
@@ -90,12 +96,12 @@ pub struct WeightSpec {
 
 /// The fused quantizers as a Burn backend extension.
 ///
-/// Implemented for Flex (feature `flex`) and for `Autodiff` over a backend with
-/// [`QuantKernels`]; [`crate::pact`] and [`crate::quantize_weight`] route here only for those
-/// backends.
-#[backend_extension(Flex: cfg(feature = "flex"), Autodiff)]
+/// Implemented for Flex (feature `flex`), for Burn's CubeCL backend (feature `cube`, through
+/// `wgpu`) and for `Autodiff` over a backend with [`QuantKernels`]; [`crate::pact`] and
+/// [`crate::quantize_weight`] route here only for those backends.
+#[backend_extension(Flex: cfg(feature = "flex"), Cube: cfg(feature = "cube"), Autodiff)]
 pub trait FusedQuantOps: Backend {
-    // Without `flex` the generated dispatch has no backend to pass the arguments to.
+    // Without a kernel feature the generated dispatch has no backend to pass the arguments to.
     #[allow(unused_variables)]
     /// PACT: `y = α·Q_b(clip(x)/α)` with `α = |alpha_param|` (see [`crate::pact`]).
     fn fused_pact(
@@ -113,20 +119,38 @@ pub trait FusedQuantOps: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 }
 
-/// The forward and backward kernels of a backend, which its `Autodiff` wrapper records as one
-/// node each.
-pub trait QuantKernels: Backend {
-    /// What the weight quantizer keeps for its backward pass.
-    type WeightState: Clone + Send + std::fmt::Debug + 'static;
+/// The length of the weight quantizer's statistics tensor, the state its backward pass reads
+/// beside `t = tanh(W)`; its slots are [`STAT_MAX`], [`STAT_TIED`], [`STAT_SCALE`] and
+/// backend-specific scratch.
+pub const WEIGHT_STATS: usize = 8;
+/// [`WEIGHT_STATS`] slot: `M = max|t|`.
+pub const STAT_MAX: usize = 0;
+/// [`WEIGHT_STATS`] slot: how many elements have `|t| = M`, as an `f32`.
+pub const STAT_TIED: usize = 1;
+/// [`WEIGHT_STATS`] slot: the SAT scale `s` (1 without a rescale).
+pub const STAT_SCALE: usize = 2;
 
+/// The forward and backward kernels of a backend, which its `Autodiff` wrapper records as one
+/// node each; a backend extension so that Burn's Fusion wrapper of the CubeCL backend runs them
+/// as opaque operations in its lazy stream.
+#[backend_extension(
+    Flex: cfg(feature = "flex"),
+    Cube: cfg(feature = "cube"),
+    Fusion: cfg(feature = "cube")
+)]
+pub trait QuantKernels: Backend {
+    #[allow(unused_variables)]
     /// PACT's forward value.
+    #[fusion(dtype = x, shape = x)]
     fn pact_forward(
         x: FloatTensor<Self>,
         alpha_param: FloatTensor<Self>,
         spec: PactSpec,
     ) -> FloatTensor<Self>;
 
+    #[allow(unused_variables)]
     /// PACT's gradients: `(∂L/∂x, ∂L/∂alpha_param)`, the second of shape `[1]`.
+    #[fusion(meta = |x, alpha_param, _grad, _spec| (x.clone(), alpha_param.clone()))]
     fn pact_backward(
         x: FloatTensor<Self>,
         alpha_param: FloatTensor<Self>,
@@ -134,14 +158,49 @@ pub trait QuantKernels: Backend {
         spec: PactSpec,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
-    /// The weight quantizer's forward value `(ŵ, s)` and its backward state.
+    #[allow(unused_variables)]
+    /// The weight quantizer's forward pass: `(ŵ, s, t, stats)`, with `s` of shape `[1]`,
+    /// `t = tanh(W)` and `stats` of shape `[WEIGHT_STATS]`, the last two for the backward.
+    #[fusion(meta = weight_forward_meta)]
     fn weight_forward(
         weight: FloatTensor<Self>,
         spec: WeightSpec,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, Self::WeightState);
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    );
 
-    /// `∂L/∂W` from `∂L/∂ŵ`.
-    fn weight_backward(state: Self::WeightState, grad: FloatTensor<Self>) -> FloatTensor<Self>;
+    #[allow(unused_variables)]
+    /// `∂L/∂W` from `t = tanh(W)`, the forward statistics and `∂L/∂ŵ`.
+    #[fusion(dtype = tanh, shape = tanh)]
+    fn weight_backward(
+        tanh: FloatTensor<Self>,
+        stats: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+}
+
+/// The shapes and dtypes of [`QuantKernels::weight_forward`]'s outputs.
+#[cfg(feature = "cube")]
+fn weight_forward_meta(
+    weight: &burn::backend::fusion::custom::TensorSpec,
+    _spec: &WeightSpec,
+) -> (
+    burn::backend::fusion::custom::TensorSpec,
+    burn::backend::fusion::custom::TensorSpec,
+    burn::backend::fusion::custom::TensorSpec,
+    burn::backend::fusion::custom::TensorSpec,
+) {
+    use burn::backend::fusion::custom::TensorSpec;
+    use burn::tensor::Shape;
+    (
+        weight.clone(),
+        TensorSpec::new(Shape::new([1]), weight.dtype),
+        weight.clone(),
+        TensorSpec::new(Shape::new([WEIGHT_STATS]), weight.dtype),
+    )
 }
 
 /// Whether `tensor` lives on a backend with the fused kernels, in `f32`, and the process has
@@ -153,17 +212,14 @@ pub(crate) fn routable<const D: usize>(tensor: &Tensor<D>) -> bool {
     on_fused_backend(&tensor.device())
 }
 
-#[cfg(feature = "flex")]
 fn on_fused_backend(device: &burn::tensor::Device) -> bool {
-    matches!(
-        device.clone().inner().as_dispatch(),
-        burn::backend::DispatchDevice::Flex(_)
-    )
-}
-
-#[cfg(not(feature = "flex"))]
-fn on_fused_backend(_device: &burn::tensor::Device) -> bool {
-    false
+    match device.clone().inner().as_dispatch() {
+        #[cfg(feature = "flex")]
+        burn::backend::DispatchDevice::Flex(_) => true,
+        #[cfg(feature = "cube")]
+        burn::backend::DispatchDevice::Cube(_) => true,
+        _ => false,
+    }
 }
 
 /// PACT through the fused kernel, or `None` where the composed ops must run (another backend,

@@ -1,11 +1,11 @@
 //! The fused quantizers against the composed ops (the reference), on random shapes, forward and
 //! gradients, with exact ties and the clipping boundaries.
 //!
-//! On Flex (feature `flex`, on in `cargo test --workspace`) `pact` and `quantize_weight` take
-//! the fused kernels and `pact_composed` / `quantize_weight_composed` the tensor ops; forward
-//! values must agree bit for bit (the kernels do the same `f32` operations), gradients to 1e-5
-//! relative (full-tensor sums are accumulated in another order). On other backends both sides
-//! are the composed ops.
+//! On Flex (feature `flex`, on in `cargo test --workspace`) and on wgpu (`--features
+//! test-wgpu`, the CubeCL kernels) `pact` and `quantize_weight` take the fused kernels and
+//! `pact_composed` / `quantize_weight_composed` the tensor ops; forward values must agree bit
+//! for bit (the kernels do the same `f32` operations), gradients to 1e-5 relative (full-tensor
+//! sums are accumulated in another order). On ndarray both sides are the composed ops.
 
 use adabits_quant::{
     ActQuantConfig, BitWidth, QuantScheme, RescaleType, WeightQuantConfig, conv_fan_out, pact,
@@ -254,6 +254,113 @@ fn fused_weight_quantizer_splits_the_maximum_gradient_among_exact_ties() {
         (fused.2[0] - untied).abs() > 1e-3,
         "the tie takes part of ∂L/∂M"
     );
+}
+
+#[test]
+fn fused_quantizers_match_the_composed_ops_on_large_tensors_and_repeat_bit_for_bit() {
+    // Large enough that the CubeCL reductions reach their cap of cubes (2^20 elements) and
+    // Flex's span many chunks; each fused result must also repeat exactly from run to run.
+    let mut rng = Lcg(23);
+    let d = device();
+    let shape = [2, 40, 128, 128];
+    let n: usize = shape.iter().product();
+    let alpha = 2.5f32;
+    let x = tensor4(pact_input(&mut rng, n, alpha), shape, &d);
+    let r = tensor4((0..n).map(|_| rng.uniform(-1.0, 1.0)).collect(), shape, &d);
+    let config = ActQuantConfig::new().with_scheme(QuantScheme::Centered);
+    let fused = pact_with_grads(pact, &x, alpha, &r, bw(4), &config);
+    let again = pact_with_grads(pact, &x, alpha, &r, bw(4), &config);
+    let composed = pact_with_grads(pact_composed, &x, alpha, &r, bw(4), &config);
+    assert_bitwise(&fused.0, &composed.0, "large PACT: y");
+    assert_close(&fused.1, &composed.1, 1e-6, "large PACT: ∂x");
+    let (exact, magnitude) = alpha_grad_in_f64(&values(x), &values(r), &fused.0, alpha, &config);
+    assert!(
+        (fused.2[0] - exact).abs() <= 1e-5 * magnitude,
+        "large PACT: ∂α fused {} vs f64 {exact}",
+        fused.2[0]
+    );
+    assert_bitwise(&fused.2, &again.2, "large PACT: ∂α repeated");
+
+    let shape = [256, 256, 3, 3];
+    let n: usize = shape.iter().product();
+    let mut data: Vec<f32> = (0..n).map(|_| rng.uniform(-0.3, 0.3)).collect();
+    data[n / 3] = 0.5;
+    data[n - 7] = -0.5;
+    let w = tensor4(data, shape, &d);
+    let r = tensor4((0..n).map(|_| rng.uniform(-1.0, 1.0)).collect(), shape, &d);
+    let config = WeightQuantConfig::new().with_rescale_type(RescaleType::Stddev);
+    let fused = weight_with_grads(quantize_weight, &w, &r, bw(5), &config);
+    let again = weight_with_grads(quantize_weight, &w, &r, bw(5), &config);
+    let composed = weight_with_grads(quantize_weight_composed, &w, &r, bw(5), &config);
+    assert_bitwise(&fused.0, &composed.0, "large weight: ŵ");
+    // Over 590k elements the composed path's `f32` variance drifts (on lavapipe by about 1e-3
+    // relative), so the scale and the gradient, which carries it, are held against `f64`.
+    let f = fused.1.unwrap();
+    let (w_values, r_values) = (values(w), values(r));
+    let exact = std_f64(&w_values) / std_f64(&fused.0);
+    assert!(
+        (f - exact).abs() <= 1e-5 * exact,
+        "large weight: s fused {f} vs f64 {exact} (composed {:?})",
+        composed.1
+    );
+    // Away from the maximum, ∂W is element-wise; at the two tied elements it carries Σ G·t over
+    // every element, whose rounding error scales with Σ|G·t|, as for PACT's ∂α.
+    let (reference, through_max_magnitude) = weight_grad_f64(&w_values, &r_values, exact);
+    let ties = [n / 3, n - 7];
+    let untied = |g: &[f64]| -> Vec<f64> {
+        g.iter()
+            .enumerate()
+            .filter(|(i, _)| !ties.contains(i))
+            .map(|(_, &g)| g)
+            .collect()
+    };
+    assert_close(
+        &untied(&fused.2),
+        &untied(&reference),
+        1e-5,
+        "large weight: ∂W vs f64",
+    );
+    for i in ties {
+        assert!(
+            (fused.2[i] - reference[i]).abs() <= 1e-6 * through_max_magnitude,
+            "large weight: ∂W at the tie {i}: fused {} vs f64 {}",
+            fused.2[i],
+            reference[i]
+        );
+    }
+    assert_eq!(fused.1, again.1, "large weight: s repeated");
+    assert_bitwise(&fused.2, &again.2, "large weight: ∂W repeated");
+}
+
+/// `∂L/∂W` for `L = Σ s·ŵ·r` in `f64` (METHOD.md §3, the maximum's gradient split evenly among
+/// the ties), with `t = tanh(W)` rounded to `f32` as the kernels compute it; and
+/// `Σ|G·t|/(M²·#tied)`, the scale of the rounding error of the maximum's share.
+fn weight_grad_f64(w: &[f64], r: &[f64], scale: f64) -> (Vec<f64>, f64) {
+    let t: Vec<f64> = w.iter().map(|&w| f64::from((w as f32).tanh())).collect();
+    let m = t.iter().fold(0.0f64, |m, t| m.max(t.abs()));
+    let tied = t.iter().filter(|t| t.abs() == m).count() as f64;
+    let sum_gt: f64 = t.iter().zip(r).map(|(t, r)| scale * r * t).sum();
+    let magnitude: f64 = t.iter().zip(r).map(|(t, r)| (scale * r * t).abs()).sum();
+    let grad = t
+        .iter()
+        .zip(r)
+        .map(|(&t, &r)| {
+            let through_max = if t.abs() == m {
+                -t.signum() * sum_gt / (m * m * tied)
+            } else {
+                0.0
+            };
+            (1.0 - t * t) * (scale * r / m + through_max)
+        })
+        .collect();
+    (grad, magnitude / (m * m * tied))
+}
+
+/// The unbiased standard deviation, in `f64`.
+fn std_f64(x: &[f64]) -> f64 {
+    let mean = x.iter().sum::<f64>() / x.len() as f64;
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / (x.len() - 1) as f64;
+    var.sqrt()
 }
 
 proptest! {

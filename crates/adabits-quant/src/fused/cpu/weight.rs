@@ -12,8 +12,9 @@ use crate::fused::{Rescale, WeightSpec};
 pub(crate) struct WeightStats {
     /// `M = max|t|`.
     pub(crate) max_abs: f32,
-    /// How many elements have `|t| = M`.
-    pub(crate) tied: usize,
+    /// How many elements have `|t| = M`, as the `f32` the backward divides by (exact up to
+    /// 2^24 ties).
+    pub(crate) tied: f32,
     /// The SAT scale `s`, if rescaling.
     pub(crate) scale: Option<f32>,
 }
@@ -54,7 +55,7 @@ pub(crate) fn weight_forward(w: &[f32], spec: WeightSpec) -> (Vec<f32>, Vec<f32>
         )),
         None => normalize(&t, &mut w_hat, max_abs, |n| n),
     };
-    let tied = partials.iter().map(|p| p.0).sum();
+    let tied = partials.iter().map(|p| p.0).sum::<usize>() as f32;
     let scale = spec.rescale.map(|rescale| {
         assert!(
             w.len() > 1,
@@ -149,7 +150,7 @@ pub(crate) fn weight_backward(t: &[f32], grad: &[f32], stats: WeightStats) -> Ve
     let sum_gt: f64 = partials.iter().sum();
     // ∂L/∂M, shared evenly by the tied elements.
     let grad_max = (-sum_gt / (f64::from(m) * f64::from(m))) as f32;
-    let per_tied = grad_max / stats.tied.max(1) as f32;
+    let per_tied = grad_max / stats.tied.max(1.0);
     let mut out = vec![0.0f32; t.len()];
     out.par_chunks_mut(CHUNK)
         .zip(t.par_chunks(CHUNK).zip(grad.par_chunks(CHUNK)))
