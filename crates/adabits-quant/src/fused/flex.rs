@@ -66,10 +66,9 @@ impl QuantKernels for Flex {
     ) -> (FlexTensor, FlexTensor, FlexTensor, FlexTensor) {
         let shape = weight.layout().shape().clone();
         let (w_hat, t, stats) = with_f32(&weight, |w| cpu::weight_forward(w, spec));
-        let scale = tensor(vec![stats.scale.unwrap_or(1.0)], Shape::new([1]));
         (
             tensor(w_hat, shape.clone()),
-            scale,
+            scale_tensor(stats),
             tensor(t, shape),
             tensor(stats_values(stats), Shape::new([WEIGHT_STATS])),
         )
@@ -89,6 +88,11 @@ impl QuantKernels for Flex {
     }
 }
 
+/// The SAT scale `s` as a `[1]` tensor, 1 without a rescale.
+fn scale_tensor(stats: WeightStats) -> FlexTensor {
+    tensor(vec![stats.scale.unwrap_or(1.0)], Shape::new([1]))
+}
+
 /// The statistics tensor's slots from the kernel's statistics.
 fn stats_values(stats: WeightStats) -> Vec<f32> {
     let mut values = vec![0.0; WEIGHT_STATS];
@@ -106,7 +110,6 @@ impl FusedQuantOps for Flex {
     fn fused_weight(weight: FlexTensor, spec: WeightSpec) -> (FlexTensor, FlexTensor) {
         let shape = weight.layout().shape().clone();
         let (w_hat, _, stats) = with_f32(&weight, |w| cpu::weight_forward(w, spec));
-        let scale = tensor(vec![stats.scale.unwrap_or(1.0)], Shape::new([1]));
-        (tensor(w_hat, shape), scale)
+        (tensor(w_hat, shape), scale_tensor(stats))
     }
 }

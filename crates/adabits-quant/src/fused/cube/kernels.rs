@@ -27,6 +27,8 @@ pub(super) const BLOCK: u32 = 128;
 pub(super) const ORIGINAL: u32 = 0;
 /// [`crate::QuantScheme::Modified`] as a comptime kernel parameter.
 pub(super) const MODIFIED: u32 = 1;
+/// [`crate::QuantScheme::Centered`] as a comptime kernel parameter.
+pub(super) const CENTERED: u32 = 2;
 
 /// Scratch slot of the statistics tensor: `Σ ŵ`.
 const STAT_SUM_W_HAT: usize = 3;

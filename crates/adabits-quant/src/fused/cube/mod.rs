@@ -43,7 +43,7 @@ fn scheme_code(scheme: QuantScheme) -> u32 {
     match scheme {
         QuantScheme::Original => kernels::ORIGINAL,
         QuantScheme::Modified => kernels::MODIFIED,
-        QuantScheme::Centered => 2,
+        QuantScheme::Centered => kernels::CENTERED,
     }
 }
 
