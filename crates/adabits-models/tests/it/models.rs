@@ -94,18 +94,34 @@ fn check_every_bit_width<M: Module>(
         }
         outcomes.push((values, gradients));
     }
-    // Each bit-width computes something different from the same weights. The logits alone can
-    // coincide: at 2 and 3 bits the classifier's input clip (α = 10) rounds small pooled features
-    // of a freshly initialised deep network to zero, leaving the (zero) bias; the gradients,
-    // which pass the straight-through estimator, still differ.
+    // Each bit-width computes something different from the same weights, with one exception:
+    // at 2 and 3 bits a freshly initialised deep network has been seen to compute the same
+    // logits and the same gradients (ResNet-50 once, MobileNetV2 once, in `cargo test
+    // --workspace` runs, where other tests' draws from the shared generator vary the weights).
+    // The likely mechanism: a layer whose quantized input rounds to zero everywhere at both
+    // widths (with α = 10, every value under 1.67 at 2 bits and under 0.71 at 3 bits) hands the
+    // same zeros to everything after it, and the ReLU after a BatchNorm of zeros passes no
+    // gradient back. 2 and 3 bits must still differ from every other width.
+    let widths: Vec<BitWidth> = bits.iter().chain([BitWidth::FULL]).collect();
     for i in 0..outcomes.len() {
         for j in i + 1..outcomes.len() {
+            if is_two_or_three_bits(widths[i]) && is_two_or_three_bits(widths[j]) {
+                continue;
+            }
             assert!(
                 outcomes[i] != outcomes[j],
-                "bit-widths #{i} and #{j} computed the same"
+                "{} bits and {} bits computed the same",
+                widths[i],
+                widths[j]
             );
         }
     }
+}
+
+/// Whether `b` is one of the two widths at which a fresh deep network may compute nothing
+/// that tells them apart (see [`check_every_bit_width`]).
+fn is_two_or_three_bits(b: BitWidth) -> bool {
+    matches!(b.get(), 2 | 3)
 }
 
 #[test]
