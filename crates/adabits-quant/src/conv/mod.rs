@@ -96,8 +96,8 @@ pub fn conv2d(
     let fits = options.groups == 1
         && options.dilation == [1, 1]
         && x.dims()[1] == weight.dims()[1]
-        && crate::fused::routable(&x)
-        && crate::fused::routable(&weight);
+        && crate::fused::routable_on_flex(&x)
+        && crate::fused::routable_on_flex(&weight);
     if !fits {
         return burn::tensor::module::conv2d(x, weight, bias, options);
     }

@@ -203,13 +203,36 @@ fn weight_forward_meta(
     )
 }
 
-/// Whether `tensor` lives on a backend with the fused kernels, in `f32`, and the process has
-/// not chosen the composed ops.
+/// Whether `tensor` lives on a backend with the fused quantizer kernels (Flex, and CubeCL with
+/// feature `cube`), in `f32`, and the process has not chosen the composed ops.
 pub(crate) fn routable<const D: usize>(tensor: &Tensor<D>) -> bool {
-    if kernels() == Kernels::Composed || tensor.dtype() != DType::F32 {
-        return false;
+    kernels_apply(tensor) && on_fused_backend(&tensor.device())
+}
+
+/// Whether `tensor` lives on Flex, in `f32`, and the process has not chosen the composed ops:
+/// the convolution and BatchNorm kernels exist on Flex only, so on CubeCL (wgpu) those layers
+/// run Burn's own ops while the quantizers stay fused.
+pub(crate) fn routable_on_flex<const D: usize>(tensor: &Tensor<D>) -> bool {
+    kernels_apply(tensor) && on_flex(&tensor.device())
+}
+
+fn kernels_apply<const D: usize>(tensor: &Tensor<D>) -> bool {
+    kernels() != Kernels::Composed && tensor.dtype() == DType::F32
+}
+
+fn on_flex(device: &burn::tensor::Device) -> bool {
+    #[cfg(feature = "flex")]
+    {
+        matches!(
+            device.clone().inner().as_dispatch(),
+            burn::backend::DispatchDevice::Flex(_)
+        )
     }
-    on_fused_backend(&tensor.device())
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = device;
+        false
+    }
 }
 
 fn on_fused_backend(device: &burn::tensor::Device) -> bool {

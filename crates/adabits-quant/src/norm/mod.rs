@@ -75,9 +75,9 @@ pub fn batch_norm_train(
     let channels = x.dims()[1];
     let fits = gamma.dims() == [channels]
         && beta.dims() == [channels]
-        && crate::fused::routable(&x)
-        && crate::fused::routable(&gamma)
-        && crate::fused::routable(&beta);
+        && crate::fused::routable_on_flex(&x)
+        && crate::fused::routable_on_flex(&gamma)
+        && crate::fused::routable_on_flex(&beta);
     if !fits {
         return burn::tensor::module::batch_norm_train(x, gamma, beta, epsilon);
     }

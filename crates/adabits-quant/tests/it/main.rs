@@ -14,6 +14,7 @@ mod fused;
 #[cfg(not(any(feature = "test-wgpu", feature = "test-ndarray")))]
 mod norm;
 mod properties;
+mod routing;
 mod vectors;
 
 use burn::tensor::Device;
