@@ -221,17 +221,10 @@ fn kernels_apply<const D: usize>(tensor: &Tensor<D>) -> bool {
 }
 
 fn on_flex(device: &burn::tensor::Device) -> bool {
-    #[cfg(feature = "flex")]
-    {
-        matches!(
-            device.clone().inner().as_dispatch(),
-            burn::backend::DispatchDevice::Flex(_)
-        )
-    }
-    #[cfg(not(feature = "flex"))]
-    {
-        let _ = device;
-        false
+    match device.clone().inner().as_dispatch() {
+        #[cfg(feature = "flex")]
+        burn::backend::DispatchDevice::Flex(_) => true,
+        _ => false,
     }
 }
 

@@ -3,7 +3,7 @@
 
 use adabits_quant::{batch_norm_train, conv2d};
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{Distribution, Gradients, Tensor};
 
 use crate::{assert_close, device, values};
 
@@ -20,6 +20,20 @@ fn compare(found: Vec<f64>, burn: Vec<f64>, what: &str) {
     }
 }
 
+/// [`compare`] for the gradient of `param` in both graphs.
+fn compare_grads<const D: usize>(
+    param: &Tensor<D>,
+    ours: &Gradients,
+    burn: &Gradients,
+    what: &str,
+) {
+    compare(
+        values(param.grad(ours).unwrap()),
+        values(param.grad(burn).unwrap()),
+        what,
+    );
+}
+
 #[test]
 fn conv2d_and_batch_norm_run_on_every_backend_forward_and_backward() {
     let device = device().autodiff();
@@ -33,16 +47,8 @@ fn conv2d_and_batch_norm_run_on_every_backend_forward_and_backward() {
     let g_ours = ours.clone().sum().backward();
     let g_theirs = theirs.clone().sum().backward();
     compare(values(ours), values(theirs), "conv y");
-    compare(
-        values(w.grad(&g_ours).unwrap()),
-        values(w.grad(&g_theirs).unwrap()),
-        "conv ∂w",
-    );
-    compare(
-        values(x.grad(&g_ours).unwrap()),
-        values(x.grad(&g_theirs).unwrap()),
-        "conv ∂x",
-    );
+    compare_grads(&w, &g_ours, &g_theirs, "conv ∂w");
+    compare_grads(&x, &g_ours, &g_theirs, "conv ∂x");
 
     let gamma = Tensor::<1>::random([3], Distribution::Uniform(0.5, 1.5), &device).require_grad();
     let beta = Tensor::<1>::random([3], Distribution::Uniform(-0.5, 0.5), &device).require_grad();
@@ -54,14 +60,6 @@ fn conv2d_and_batch_norm_run_on_every_backend_forward_and_backward() {
     let g_ours = (ours.output.clone() * r.clone()).sum().backward();
     let g_theirs = (theirs.output.clone() * r).sum().backward();
     compare(values(ours.output), values(theirs.output), "batch norm y");
-    compare(
-        values(gamma.grad(&g_ours).unwrap()),
-        values(gamma.grad(&g_theirs).unwrap()),
-        "batch norm ∂γ",
-    );
-    compare(
-        values(x.grad(&g_ours).unwrap()),
-        values(x.grad(&g_theirs).unwrap()),
-        "batch norm ∂x",
-    );
+    compare_grads(&gamma, &g_ours, &g_theirs, "batch norm ∂γ");
+    compare_grads(&x, &g_ours, &g_theirs, "batch norm ∂x");
 }
