@@ -253,7 +253,7 @@ fn a_full_precision_checkpoint_spreads_its_batch_norm_and_alpha_to_every_bit_wid
         .into_data()
         .iter()
         .collect();
-    assert_eq!(got, want);
+    crate::assert_same_computation(&got, &want, "imported model at full precision");
     // The same, model to model.
     let (direct, _) = adapt_from(&fp, resnet8("8,4,2", QuantSettings::new(), &device)).unwrap();
     let got: Vec<f64> = direct
@@ -261,7 +261,7 @@ fn a_full_precision_checkpoint_spreads_its_batch_norm_and_alpha_to_every_bit_wid
         .into_data()
         .iter()
         .collect();
-    assert_eq!(got, want);
+    crate::assert_same_computation(&got, &want, "adapted model at full precision");
 }
 
 #[test]
