@@ -264,7 +264,10 @@ fn bad_train_flags_and_files_are_one_line_errors_with_hints() {
             &["train", "--model", "resnet19"],
             "unknown model `resnet19`",
         ),
-        (&["train", "--bits", "8,8"], "8"),
+        (
+            &["train", "--bits", "8,8"],
+            "invalid bit-width list \"8,8\": bit-width 8 appears more than once",
+        ),
         (
             &["train", "--dataset", "cifar10"],
             "the dataset cifar10 needs --data-dir DIR",

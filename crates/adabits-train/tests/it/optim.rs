@@ -57,19 +57,23 @@ fn sgd_matches_pytorch_nesterov_with_decay_on_weights_only() {
     // Loss = Σ c·w: the gradients are the constants c.
     let (cw, cdw, cb) = ([1.0f32, 2.0, -1.0, 0.5], [0.25f32, -0.5], [2.0f32]);
     let (lr, mu, wd) = (0.1f64, 0.9f64, 0.01f64);
-    let mut sgd = Sgd::new(OptimConfig {
+    let config = OptimConfig {
         lr,
         momentum: mu,
         nesterov: true,
         weight_decay: wd,
         ..OptimConfig::default()
-    });
-    for _ in 0..3 {
+    };
+    let mut sgd = Sgd::new(config.clone());
+    let step = |sgd: &mut Sgd, model: Tiny| {
         let loss = (model.linear.val() * tensor(&cw, [2, 2], &ad)).sum()
             + (model.depthwise.val() * tensor(&cdw, [2, 1, 1, 1], &ad)).sum()
             + (model.bias.val() * tensor(&cb, [1], &ad)).sum();
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = sgd.step(model, grads, lr);
+        sgd.step(model, grads, lr)
+    };
+    for _ in 0..3 {
+        model = step(&mut sgd, model);
     }
     // The same three steps in plain f64, as torch.optim.SGD(nesterov=True) computes them.
     let reference = |w: &[f32], g: &[f32], decay: bool| -> Vec<f64> {
@@ -102,15 +106,26 @@ fn sgd_matches_pytorch_nesterov_with_decay_on_weights_only() {
         model.bias.val().into_data().iter::<f64>().collect(),
         reference(&b0, &cb, false),
     );
-    // The momentum buffers are saved by parameter and restore to the same next step.
+    // The momentum buffers are saved by parameter, with their values, and restore to the same
+    // next step; a fresh optimiser (no momentum yet) takes another one.
     let state = sgd.state();
     assert_eq!(state.len(), 3);
-    let mut restored = Sgd::new(sgd_config(lr, mu, wd));
+    let mut restored = Sgd::new(config.clone());
     restored.load_state(&state, &ad);
-    assert_eq!(
-        restored.state().keys().collect::<Vec<_>>(),
-        state.keys().collect::<Vec<_>>()
-    );
+    let again = restored.state();
+    assert_eq!(again.keys().collect::<Vec<_>>(), state.keys().collect::<Vec<_>>());
+    for key in state.keys() {
+        assert_eq!(again.get(key).unwrap().values, state.get(key).unwrap().values, "{key}");
+    }
+    let params = |m: &Tiny| -> Vec<f64> {
+        let mut v: Vec<f64> = m.linear.val().into_data().iter::<f64>().collect();
+        v.extend(m.depthwise.val().into_data().iter::<f64>());
+        v.extend(m.bias.val().into_data().iter::<f64>());
+        v
+    };
+    let continued = params(&step(&mut sgd, model.clone()));
+    assert_eq!(params(&step(&mut restored, model.clone())), continued);
+    assert_ne!(params(&step(&mut Sgd::new(config), model)), continued);
 }
 
 fn sgd_config(lr: f64, momentum: f64, weight_decay: f64) -> OptimConfig {

@@ -414,7 +414,9 @@ fn ctrl_c_saves_a_checkpoint_and_the_run_resumes_from_it() {
 #[test]
 fn joint_runs_with_distillation_and_with_the_ablations_complete() {
     let device = crate::device();
+    let mut curves = Vec::new();
     for (i, (distill, shared_alpha, shared_bn)) in [
+        (false, false, false),
         (true, false, false),
         (false, true, false),
         (false, false, true),
@@ -430,6 +432,7 @@ fn joint_runs_with_distillation_and_with_the_ablations_complete() {
         config.model.quant.weight_scheme = adabits_quant::QuantScheme::Centered;
         config.model.quant.classifier_init_std = 1.0;
         config.optim.clip_grad_norm = Some(5.0);
+        config.log_every = 1;
         config.model.quant.switchable_alpha = !shared_alpha;
         if shared_bn {
             config.model.quant.bn = adabits_models::BnSharing::Shared;
@@ -443,6 +446,25 @@ fn joint_runs_with_distillation_and_with_the_ablations_complete() {
                 .unwrap();
         assert_eq!(saved["model"]["quant"]["switchable_alpha"], !shared_alpha);
         assert_eq!(saved["strategy"]["distill"], distill);
+        let curve: Vec<serde_json::Value> = std::fs::read_to_string(out.join("losses.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        curves.push(curve);
+    }
+    // Distillation adds a term to the 2-bit loss's gradient, not to the logged cross-entropy:
+    // the first step's losses are the plain run's, and every later step's 2-bit loss is not.
+    let loss = |run: usize, step: usize, bits: &str| curves[run][step]["loss"][bits].as_f64().unwrap();
+    for bits in ["4", "2"] {
+        assert_eq!(loss(1, 0, bits), loss(0, 0, bits), "{bits} bits at the first step");
+    }
+    for step in 1..curves[0].len() {
+        let (plain, distilled) = (loss(0, step, "2"), loss(1, step, "2"));
+        assert!(
+            (plain - distilled).abs() > 1e-4 * plain,
+            "step {step}: 2-bit loss {distilled} with distillation, {plain} without"
+        );
     }
 }
 
