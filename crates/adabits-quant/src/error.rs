@@ -1,7 +1,5 @@
 //! The error type of `adabits-quant`.
 
-use std::path::PathBuf;
-
 /// Everything that can go wrong in `adabits-quant` that is not a programming error.
 ///
 /// Programming errors (a bit-width that is not in a layer's list, mismatched shapes) panic with
@@ -55,23 +53,5 @@ pub enum QuantError {
         from: u8,
         /// The requested bit-width.
         to: u8,
-    },
-
-    /// A test-vector file could not be read.
-    #[error("cannot read test vectors from {path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
-    },
-
-    /// A test-vector file did not have the expected structure.
-    #[error("malformed test vectors in {path}: {reason}")]
-    MalformedVectors {
-        /// The file.
-        path: PathBuf,
-        /// What was expected and what was found.
-        reason: String,
     },
 }

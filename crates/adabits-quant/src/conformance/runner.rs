@@ -1,198 +1,17 @@
-//! Runs the specification's test vectors (`testvectors.json`, METHOD.md §12.9) against this
-//! crate's tensor implementation on any device.
-//!
-//! The test suite and `adabits check-numerics` both use it, so the same numbers are checked in CI
-//! on the CPU and by users on their own GPU.
+//! Runs each case's operation on a device and compares its outputs and gradients.
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use serde::Deserialize;
 use serde_json::Value;
 
+use super::{Case, CaseReport, Check, TensorSpec, TestVectors, Tolerance};
 use crate::{
     ActQuantConfig, BitPolicy, BitWidth, BitWidths, ClippingLevelsConfig, LinearEval, QuantError,
     QuantMode, QuantScheme, RescaleType, WeightQuantConfig, conv_fan_out, input_pixels,
     linear_fan_out, pact, quantize_weight, quantize_weight_traced, shift_codes, unit_codes,
     unit_quantize, weight_codes,
 };
-
-/// A parsed test-vector file.
-#[derive(Clone, Debug, Deserialize)]
-pub struct TestVectors {
-    /// Must be `"adabits-testvectors"`.
-    pub format: String,
-    /// Schema version; this crate reads version 1.
-    pub version: u32,
-    /// The cases, in file order.
-    pub cases: Vec<Case>,
-}
-
-/// One test case (METHOD.md §12.9 "Case fields").
-#[derive(Clone, Debug, Deserialize)]
-pub struct Case {
-    /// Unique id, e.g. `tv3c_pact_double_sided`.
-    pub name: String,
-    /// The §12 vector it belongs to (`TV1` … `TV8`).
-    pub group: String,
-    /// What to run: `q_k`, `weight_quant`, `pact`, `qlinear`, `input_pixels`, `bit_codes`,
-    /// `joint_step_qlinear`.
-    pub op: String,
-    /// Non-tensor settings.
-    pub config: BTreeMap<String, Value>,
-    /// Named input tensors.
-    pub inputs: BTreeMap<String, TensorSpec>,
-    /// `∂L/∂output` fed to backward, keyed by output name.
-    pub upstream_gradients: BTreeMap<String, TensorSpec>,
-    /// Named expected outputs.
-    pub expected_outputs: BTreeMap<String, TensorSpec>,
-    /// Expected `∂L/∂input`, keyed by input name.
-    pub expected_gradients: BTreeMap<String, TensorSpec>,
-    /// Pass criterion for float tensors.
-    pub tolerance: Tolerance,
-}
-
-/// A tensor in the file: flat row-major data with a shape (`[]` is a scalar).
-#[derive(Clone, Debug, Deserialize)]
-pub struct TensorSpec {
-    /// Dimensions; empty for a scalar.
-    pub shape: Vec<usize>,
-    /// `"float"` or `"int"`.
-    pub dtype: String,
-    /// Elements in row-major order.
-    pub data: Vec<f64>,
-}
-
-/// `|actual − expected| ≤ max(abs, rel·|expected|)` for every element.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
-pub struct Tolerance {
-    /// Absolute tolerance.
-    pub abs: f64,
-    /// Relative tolerance.
-    pub rel: f64,
-}
-
-impl TestVectors {
-    /// Reads and validates a test-vector file.
-    ///
-    /// # Errors
-    ///
-    /// [`QuantError::Io`] if the file cannot be read, [`QuantError::MalformedVectors`] if it is
-    /// not JSON of the expected format, version and structure.
-    pub fn load(path: &Path) -> Result<Self, QuantError> {
-        let text = std::fs::read_to_string(path).map_err(|source| QuantError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&text, path)
-    }
-
-    /// Parses test vectors from JSON text; `path` is used in error messages.
-    ///
-    /// # Errors
-    ///
-    /// [`QuantError::MalformedVectors`] on bad JSON, a wrong `format` or `version`, or a tensor
-    /// whose data length does not match its shape.
-    pub fn parse(text: &str, path: &Path) -> Result<Self, QuantError> {
-        let malformed = |reason: String| QuantError::MalformedVectors {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let vectors: TestVectors =
-            serde_json::from_str(text).map_err(|e| malformed(e.to_string()))?;
-        if vectors.format != "adabits-testvectors" {
-            return Err(malformed(format!(
-                "field `format`: expected \"adabits-testvectors\", found {:?}",
-                vectors.format
-            )));
-        }
-        if vectors.version != 1 {
-            return Err(malformed(format!(
-                "field `version`: expected 1, found {}",
-                vectors.version
-            )));
-        }
-        for case in &vectors.cases {
-            let tensors = case
-                .inputs
-                .iter()
-                .chain(&case.upstream_gradients)
-                .chain(&case.expected_outputs)
-                .chain(&case.expected_gradients);
-            for (name, spec) in tensors {
-                let expected: usize = spec.shape.iter().product();
-                if expected != spec.data.len() {
-                    return Err(malformed(format!(
-                        "case {}, tensor {name}: shape {:?} needs {expected} elements, found {}",
-                        case.name,
-                        spec.shape,
-                        spec.data.len()
-                    )));
-                }
-            }
-        }
-        Ok(vectors)
-    }
-}
-
-/// The outcome of one compared tensor.
-#[derive(Clone, Debug)]
-pub struct Check {
-    /// What was compared, e.g. `output y` or `gradient alpha_param`.
-    pub what: String,
-    /// The largest absolute difference found.
-    pub max_abs_error: f64,
-    /// The first failing element, described, if any.
-    pub failure: Option<String>,
-}
-
-/// The outcome of one case.
-#[derive(Clone, Debug)]
-pub struct CaseReport {
-    /// The case's name.
-    pub name: String,
-    /// Every comparison made.
-    pub checks: Vec<Check>,
-    /// A problem that stopped the case (unknown op, missing field).
-    pub error: Option<String>,
-}
-
-impl CaseReport {
-    /// Whether the case ran and every comparison passed.
-    pub fn passed(&self) -> bool {
-        self.error.is_none()
-            && !self.checks.is_empty()
-            && self.checks.iter().all(|c| c.failure.is_none())
-    }
-}
-
-impl fmt::Display for CaseReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let status = if self.passed() { "ok" } else { "FAILED" };
-        let max = self
-            .checks
-            .iter()
-            .map(|c| c.max_abs_error)
-            .fold(0.0, f64::max);
-        write!(
-            f,
-            "{:<40} {status:<6} {} checks, max |error| {max:.2e}",
-            self.name,
-            self.checks.len()
-        )?;
-        if let Some(e) = &self.error {
-            write!(f, "\n    error: {e}")?;
-        }
-        for check in &self.checks {
-            if let Some(failure) = &check.failure {
-                write!(f, "\n    {}: {failure}", check.what)?;
-            }
-        }
-        Ok(())
-    }
-}
 
 /// Runs one case on `device` (gradients are computed on `device.autodiff()`).
 pub fn run_case(case: &Case, device: &Device) -> CaseReport {
@@ -702,15 +521,4 @@ fn accumulate<const D: usize>(sum: &mut Option<Tensor<D>>, grad: Option<Tensor<D
             None => g,
         });
     }
-}
-
-/// The default location of the test vectors inside this repository, relative to the workspace
-/// root: a copy of the specification's `shared/testvectors.json` kept in sync by a test.
-pub const REPO_VECTORS_PATH: &str = "testdata/testvectors.json";
-
-/// Path of the repository copy of the test vectors, from this crate's manifest directory.
-pub fn repo_vectors_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(REPO_VECTORS_PATH)
 }
