@@ -8,32 +8,14 @@ use std::sync::Arc;
 
 use adabits_models::{Artifact, BitRow, Budget, Runtime, select, with_added_bits};
 use adabits_quant::BitWidth;
-use adabits_train::data::{DataSource, Loader};
-use adabits_train::{BitResult, SavedRun, Which, calibrate, cross_entropy, evaluate, load_run};
+use adabits_train::data::Loader;
+use adabits_train::{BitResult, RunDir, SavedRun, calibrate, cross_entropy, evaluate};
 use anyhow::Context;
 use burn::module::Module;
 use clap::Args;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::device::DeviceArg;
-use crate::eval_cmd::WhichArg;
-
-/// The run a command reads, and where.
-#[derive(Debug, Args)]
-pub(crate) struct RunArgs {
-    /// The run directory (what `adabits train --out` wrote).
-    #[arg(long, value_name = "RUN")]
-    checkpoint: PathBuf,
-    /// Which of the run's checkpoints.
-    #[arg(long, value_enum, default_value_t = WhichArg::Best)]
-    which: WhichArg,
-    /// The data folder, if it moved since training.
-    #[arg(long, value_name = "DIR")]
-    data_dir: Option<PathBuf>,
-    /// The device to run on (one of the backends compiled into this binary).
-    #[arg(long, value_enum, default_value_t = DeviceArg::default())]
-    device: DeviceArg,
-}
+use crate::run_args::{RunArgs, data_of, open_run};
 
 /// The flags of `adabits export`.
 #[derive(Debug, Args)]
@@ -114,38 +96,6 @@ pub(crate) struct CalibrateArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
-}
-
-fn which(arg: WhichArg) -> Which {
-    match arg {
-        WhichArg::Best => Which::Best,
-        WhichArg::Latest => Which::Latest,
-    }
-}
-
-pub(crate) fn open_run(
-    dir: &Path,
-    arg: WhichArg,
-    device: &burn::tensor::Device,
-) -> anyhow::Result<SavedRun> {
-    load_run(dir, which(arg), device)
-        .map_err(|e| anyhow::anyhow!("{e}\nhint: RUN is the folder `adabits train --out` wrote"))
-}
-
-/// The run's data, with `data_dir` replacing its folder.
-pub(crate) fn data_of(run: &SavedRun, data_dir: Option<&PathBuf>) -> anyhow::Result<DataSource> {
-    let mut data = run.config.data.clone();
-    if let Some(dir) = data_dir {
-        match &mut data {
-            DataSource::Cifar10 { dir: d }
-            | DataSource::Cifar100 { dir: d }
-            | DataSource::ImageFolder { dir: d, .. } => *d = dir.clone(),
-            DataSource::Synthetic(_) => {
-                anyhow::bail!("--data-dir given, but the run was trained on synthetic data")
-            }
-        }
-    }
-    Ok(data)
 }
 
 /// `adabits export`.
@@ -382,8 +332,7 @@ pub(crate) fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
     );
     let added = run.config.model.bits.position(args.bits).is_none();
     let (model, model_config) = if added {
-        with_added_bits(&run.model, &run.config.model, args.bits, &ad)
-            .map_err(anyhow::Error::msg)?
+        with_added_bits(&run.model, &run.config.model, args.bits, &ad)?
     } else {
         (run.model.clone(), run.config.model.clone())
     };
@@ -406,7 +355,7 @@ pub(crate) fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
             1.0,
         );
         for factor in [0.5, 0.7, 1.4, 2.0] {
-            let scaled = scale_alpha(&model, position, factor);
+            let scaled = adabits_models::scale_alpha(&model, position, factor);
             let candidate = calibrate(&scaled, args.bits, &train, args.batches, &ad)?;
             let loss = calibration_loss(&candidate, args.bits, &train, args.batches, &device)?;
             if loss < best.0 {
@@ -494,40 +443,8 @@ fn calibration_loss(
     Ok(sum / n.max(1) as f64)
 }
 
-/// A copy of `model` whose clipping levels at list position `position` are multiplied by
-/// `factor`.
-fn scale_alpha(
-    model: &adabits_models::Model,
-    position: usize,
-    factor: f64,
-) -> adabits_models::Model {
-    use adabits_models::{LayerMut, OfficialLayout};
-    use burn::module::Param;
-    let mut model = model.clone();
-    model.visit_official(&mut |_, layer| {
-        let alpha = match layer {
-            LayerMut::Conv(c) => &mut c.alpha.alpha,
-            LayerMut::Linear(l) => &mut l.alpha.alpha,
-            LayerMut::Norm(_) => return,
-        };
-        let values = alpha.val();
-        let [len] = values.dims();
-        if position < len {
-            let device = values.device();
-            let mut v: Vec<f32> = values.into_data().iter::<f32>().collect();
-            v[position] *= factor as f32;
-            let t = burn::tensor::Tensor::<1>::from_data(
-                burn::tensor::TensorData::new(v, [len]),
-                &device,
-            );
-            *alpha = Param::from_tensor(t);
-        }
-    });
-    model
-}
-
 /// Writes `model` as a run directory that `load_run` reads: `config.json` and a checkpoint
-/// that both `latest` and `best` name.
+/// `calibrated` that both pointers name.
 fn write_run(
     out: &Path,
     run: &SavedRun,
@@ -536,18 +453,6 @@ fn write_run(
 ) -> anyhow::Result<()> {
     let mut config = run.config.clone();
     config.model = model_config;
-    let dir = out.join("checkpoints").join("calibrated");
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    adabits_models::save_model(model, &dir.join("model.safetensors"))?;
-    let json: Value = serde_json::to_value(&config)?;
-    adabits_models::write_atomically(
-        &out.join("config.json"),
-        serde_json::to_string_pretty(&json)?.as_bytes(),
-    )
-    .with_context(|| format!("cannot write {}", out.join("config.json").display()))?;
-    for pointer in ["latest", "best"] {
-        adabits_models::write_atomically(&out.join("checkpoints").join(pointer), b"calibrated")
-            .with_context(|| format!("cannot write {}", out.display()))?;
-    }
+    RunDir::new(out).write_model_only(&config, "calibrated", model)?;
     Ok(())
 }

@@ -86,7 +86,7 @@ impl LayerBuilder<'_> {
     }
 }
 
-/// The weight-only policy of a first conv with weights at least `bitw_min` (METHOD.md §5).
+/// The weight-only policy of a first conv with weights at least `bitw_min` (docs/method.md §5).
 pub(crate) fn stem_policy(bitw_min: BitWidth) -> BitPolicy {
     BitPolicy {
         bitw_min: Some(bitw_min),

@@ -11,37 +11,43 @@
 //! low-bit [`Artifact`] for every bit-width and the [`Runtime`] that runs it, switching
 //! bit-width in memory, with [`select`] to pick a bit-width for a budget.
 
+// Libraries print nothing: they return typed errors and report through their callers.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 mod builder;
 mod checkpoint;
 mod deploy;
 mod import;
 mod layers;
+mod layout;
 mod mobilenet_v1;
 mod mobilenet_v2;
 mod profile;
 mod resnet_cifar;
 mod resnet_imagenet;
 mod settings;
+mod state_dict;
+mod surgery;
 mod zoo;
 
 pub use adabits_quant;
 pub use checkpoint::{CheckpointError, load_model, save_model, write_atomically};
 pub use deploy::{
     ARTIFACT_FORMAT, ARTIFACT_VERSION, Artifact, ArtifactError, ArtifactHeader, BitRow, Budget,
-    Runtime, Selection, select, with_added_bits,
+    Runtime, Selection, select,
 };
-pub use import::{
-    ImportError, ImportMode, ImportReport, LayerMut, OfficialLayout, StateDict, StateTensor,
-    adapt_from, export_official, import_official, import_pytorch, spread_first,
-};
+pub use import::{ImportError, ImportMode, ImportReport, import_official, import_pytorch};
 pub use layers::{
-    BnEntry, BnSharing, QConv2d, QConv2dConfig, QLinear, QLinearConfig, SwitchBatchNorm2d,
-    SwitchBatchNorm2dConfig,
+    BnEntry, BnSharing, ConvBnRelu, QConv2d, QConv2dConfig, QLinear, QLinearConfig,
+    SwitchBatchNorm2d, SwitchBatchNorm2dConfig,
 };
-pub use mobilenet_v1::{ConvBnRelu, MobileNetV1, MobileNetV1Config};
+pub use layout::{LayerMut, OfficialLayout, export_official};
+pub use mobilenet_v1::{MobileNetV1, MobileNetV1Config};
 pub use mobilenet_v2::{InvertedResidual, MobileNetV2, MobileNetV2Config};
 pub use profile::{Accounting, CostReport, LayerCost, LayerShape, OpKind, avg_pool_shape, cost};
 pub use resnet_cifar::{BasicBlock, CifarResNet, CifarResNetConfig};
 pub use resnet_imagenet::{Bottleneck, ImageNetResNet, ImageNetResNetConfig};
 pub use settings::{InputTransform, QuantSettings};
+pub use state_dict::{StateDict, StateDictError, StateTensor};
+pub use surgery::{SurgeryError, adapt_from, scale_alpha, spread_first, with_added_bits};
 pub use zoo::{Architecture, Model, ModelConfig};

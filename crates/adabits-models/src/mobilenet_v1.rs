@@ -1,17 +1,14 @@
-//! MobileNet-V1 as built by the official code (METHOD.md §8.1).
+//! MobileNet-V1 as built by the official code (docs/method.md §8.1).
 
 use adabits_quant::{BitPolicy, BitWidth, BitWidths};
 use burn::config::Config;
 use burn::module::Module;
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use crate::builder::{LayerBuilder, eight, make_divisible, pool_and_classify, stem_policy};
-use crate::import::stage_layer_names;
+use crate::layout::stage_layer_names;
 use crate::profile::{LayerShape, avg_pool_shape};
-use crate::{
-    InputTransform, LayerMut, OfficialLayout, QConv2d, QLinear, QuantSettings, SwitchBatchNorm2d,
-};
+use crate::{ConvBnRelu, InputTransform, LayerMut, OfficialLayout, QLinear, QuantSettings};
 
 /// The (channels, blocks, first stride) of the five stages.
 const STAGES: [(usize, usize, usize); 5] = [
@@ -41,42 +38,10 @@ pub struct MobileNetV1Config {
     pub input: InputTransform,
 }
 
-/// A quantized conv followed by a switchable BatchNorm and a ReLU.
-#[derive(Module, Debug)]
-pub struct ConvBnRelu {
-    /// The convolution.
-    pub conv: QConv2d,
-    /// The BatchNorm.
-    pub bn: SwitchBatchNorm2d,
-}
-
-impl ConvBnRelu {
-    /// `relu(bn(conv(x)))` at `bits`.
-    ///
-    /// # Shapes
-    ///
-    /// `[batch, in, h, w]` to `[batch, out, h_out, w_out]`.
-    pub fn forward(&self, x: Tensor<4>, bits: BitWidth) -> Tensor<4> {
-        relu(self.bn.forward(self.conv.forward(x, bits), bits))
-    }
-
-    /// Hands out the conv as `<prefix>.<i>` and the BatchNorm as `<prefix>.<i + 1>` (the
-    /// official `nn.Sequential` positions).
-    pub(crate) fn visit_official(
-        &mut self,
-        prefix: &str,
-        i: usize,
-        visit: &mut dyn FnMut(&str, LayerMut<'_>),
-    ) {
-        visit(&format!("{prefix}.{i}"), LayerMut::Conv(&mut self.conv));
-        visit(&format!("{prefix}.{}", i + 1), LayerMut::Norm(&mut self.bn));
-    }
-}
-
 /// MobileNet-V1: a 3×3 stem, 13 depthwise-separable blocks, average pooling and a classifier.
 ///
 /// The stem is weight-only with weights at `max(b, 8)`; the classifier keeps weights at
-/// `max(b, 8)` and quantizes its input at `b` (METHOD.md §5).
+/// `max(b, 8)` and quantizes its input at `b` (docs/method.md §5).
 #[derive(Module, Debug)]
 pub struct MobileNetV1 {
     stem: ConvBnRelu,

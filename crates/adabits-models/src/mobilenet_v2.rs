@@ -1,4 +1,4 @@
-//! MobileNet-V2 as built by the official code (METHOD.md §8.2).
+//! MobileNet-V2 as built by the official code (docs/method.md §8.2).
 
 use adabits_quant::{BitPolicy, BitWidth, BitWidths};
 use burn::config::Config;
@@ -7,7 +7,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use crate::builder::{LayerBuilder, eight, make_divisible, pool_and_classify, stem_policy};
-use crate::import::stage_layer_names;
+use crate::layout::stage_layer_names;
 use crate::profile::{LayerShape, avg_pool_shape};
 use crate::{ConvBnRelu, InputTransform, LayerMut, OfficialLayout, QLinear, QuantSettings};
 

@@ -1,5 +1,5 @@
 //! The cost profiler: parameters, MACs, BitOPs and model size per bit-width, with the official
-//! counting rules (METHOD.md §10.3, parity default P8).
+//! counting rules (docs/method.md §10.3, parity default P8).
 
 use adabits_quant::{BitPolicy, BitWidth};
 use serde::Serialize;

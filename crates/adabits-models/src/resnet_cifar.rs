@@ -1,4 +1,4 @@
-//! CIFAR ResNet-20/32/44/56/110 in the official layout (METHOD.md §8.3).
+//! CIFAR ResNet-20/32/44/56/110 in the official layout (docs/method.md §8.3).
 
 use adabits_quant::{BitPolicy, BitWidth, BitWidths};
 use burn::config::Config;
@@ -123,7 +123,7 @@ impl BasicBlock {
 /// CIFAR ResNet with quantized convolutions, switchable BatchNorm and a quantized classifier.
 ///
 /// The first conv is weight-only with weights at `max(bits)`; the classifier keeps its weights at
-/// `max(bits)` and quantizes its input at the active bit-width (METHOD.md §5).
+/// `max(bits)` and quantizes its input at the active bit-width (docs/method.md §5).
 #[derive(Module, Debug)]
 pub struct CifarResNet {
     stem: QConv2d,

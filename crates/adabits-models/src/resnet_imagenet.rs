@@ -1,4 +1,4 @@
-//! ImageNet ResNets in the torchvision layout (METHOD.md §8.4: the official code has none; this
+//! ImageNet ResNets in the torchvision layout (docs/method.md §8.4: the official code has none; this
 //! is the plausible reconstruction the specification describes).
 
 use adabits_quant::{BitPolicy, BitWidth, BitWidths};

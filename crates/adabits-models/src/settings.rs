@@ -60,7 +60,7 @@ impl InputTransform {
 
 /// The official code's global quantization flags, applied to every layer of a model.
 ///
-/// Defaults are the official code defaults (METHOD.md §3–§6); the CIFAR recipe additionally sets
+/// Defaults are the official code defaults (docs/method.md §3–§6); the CIFAR recipe additionally sets
 /// `rescale_conv`.
 #[derive(Config, Debug, PartialEq)]
 pub struct QuantSettings {

@@ -1,9 +1,11 @@
 //! Quantized layers.
 
+mod conv_bn_relu;
 mod qconv;
 mod qlinear;
 mod switch_bn;
 
+pub use conv_bn_relu::ConvBnRelu;
 pub use qconv::{QConv2d, QConv2dConfig};
 pub use qlinear::{QLinear, QLinearConfig};
 pub use switch_bn::{BnEntry, BnSharing, SwitchBatchNorm2d, SwitchBatchNorm2dConfig};

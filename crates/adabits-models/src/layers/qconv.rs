@@ -1,5 +1,5 @@
 //! `QConv2d`: a convolution whose weights and input activations are quantized at the bit-width
-//! passed to `forward` (METHOD.md §3–§5).
+//! passed to `forward` (docs/method.md §3–§5).
 
 use adabits_quant::{
     ActQuantConfig, BitPolicy, BitWidth, BitWidths, CONV_ALPHA_INIT, ClippingLevels,
@@ -75,7 +75,7 @@ pub struct QConv2d {
 }
 
 impl QConv2dConfig {
-    /// Creates the layer with the official initialisation (METHOD.md §7): weights
+    /// Creates the layer with the official initialisation (docs/method.md §7): weights
     /// `N(0, √(2/(kh·kw·out)))` (fan-out, depthwise included), bias 0, clipping levels at
     /// `alpha_init`.
     ///

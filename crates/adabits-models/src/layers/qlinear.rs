@@ -1,5 +1,5 @@
 //! `QLinear`: a linear layer whose weights and inputs are quantized at the bit-width passed to
-//! `forward` (METHOD.md §3–§5).
+//! `forward` (docs/method.md §3–§5).
 
 use adabits_quant::{
     ActQuantConfig, BitPolicy, BitWidth, BitWidths, ClippingLevels, ClippingLevelsConfig,
@@ -65,7 +65,7 @@ pub struct QLinear {
 }
 
 impl QLinearConfig {
-    /// Creates the layer with the official initialisation (METHOD.md §7): weights
+    /// Creates the layer with the official initialisation (docs/method.md §7): weights
     /// `N(0, init_std)` (`init_std` = 0.01), bias 0, clipping levels at `alpha_init`.
     pub fn init(&self, device: &Device) -> QLinear {
         let weight = Tensor::random(

@@ -1,5 +1,5 @@
 //! Switchable BatchNorm: one set of BatchNorm statistics (and affine parameters) per bit-width
-//! (METHOD.md §6).
+//! (docs/method.md §6).
 
 use adabits_quant::{BitWidth, BitWidths, batch_norm_train};
 use burn::config::Config;
@@ -75,7 +75,7 @@ pub struct SwitchBatchNorm2d {
 }
 
 impl SwitchBatchNorm2dConfig {
-    /// Creates the layer: `γ = 1`, `β = 0`, running mean 0 and variance 1 (METHOD.md §7).
+    /// Creates the layer: `γ = 1`, `β = 0`, running mean 0 and variance 1 (docs/method.md §7).
     ///
     /// # Panics
     ///

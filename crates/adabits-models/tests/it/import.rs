@@ -2,8 +2,8 @@
 
 use adabits_models::{
     BnSharing, CifarResNet, CifarResNetConfig, ImageNetResNetConfig, ImportError, ImportMode,
-    MobileNetV1Config, MobileNetV2Config, QuantSettings, StateDict, StateTensor, adapt_from,
-    export_official, import_official, import_pytorch,
+    MobileNetV1Config, MobileNetV2Config, QuantSettings, StateDict, StateDictError, StateTensor,
+    adapt_from, export_official, import_official, import_pytorch,
 };
 use adabits_quant::{BitWidth, BitWidths};
 use burn::module::Module;
@@ -375,7 +375,10 @@ fn unreadable_files_are_named_errors() {
         ImportMode::Adaptive,
     )
     .unwrap_err();
-    assert!(matches!(err, ImportError::Format { .. }), "{err}");
+    assert!(
+        matches!(err, ImportError::File(StateDictError::Format { .. })),
+        "{err}"
+    );
     assert!(
         err.to_string()
             .contains("garbage.safetensors: not a readable"),
@@ -395,7 +398,7 @@ fn unreadable_files_are_named_errors() {
     );
     let err = StateDict::read(&dir.join("absent.safetensors")).unwrap_err();
     assert!(
-        matches!(err, ImportError::Io { .. }) && err.to_string().contains("absent.safetensors")
+        matches!(err, StateDictError::Io { .. }) && err.to_string().contains("absent.safetensors")
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -405,7 +408,7 @@ fn the_mobilenets_and_imagenet_resnets_use_the_official_and_torchvision_names() 
     let device = crate::device();
     let bits: BitWidths = "8,4".parse().unwrap();
     let alphas = |dict: &StateDict| dict.keys().filter(|k| k.ends_with(".alpha")).count();
-    // MobileNet-V1: 28 quantized layers (METHOD.md §8.1).
+    // MobileNet-V1: 28 quantized layers (docs/method.md §8.1).
     let v1 = export_official(
         &MobileNetV1Config::new(bits.clone())
             .with_width_mult(0.25)

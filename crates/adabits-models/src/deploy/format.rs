@@ -1,0 +1,421 @@
+//! The artifact's format: its header, its errors, the packing of codes and the checksum, and
+//! the byte codec (SafeTensors with the header in its metadata).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use adabits_quant::BitWidth;
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::write_atomically;
+use crate::zoo::ModelConfig;
+
+/// The `format` of every artifact's header.
+pub const ARTIFACT_FORMAT: &str = "adabits-abq";
+/// The artifact format version this build writes and reads.
+pub const ARTIFACT_VERSION: u32 = 1;
+/// The metadata key that holds the header.
+const HEADER_KEY: &str = "adabits";
+
+/// One bit-width's row of the artifact's table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BitRow {
+    /// The bit-width.
+    pub bits: u8,
+    /// Validation top-1 (%) where known (from the run's last evaluation).
+    pub top1: Option<f64>,
+    /// GBitOPs per image (official accounting).
+    pub gbitops: f64,
+    /// Model size in bytes at this bit-width (official accounting).
+    pub model_bytes: f64,
+}
+
+/// The artifact's header (the SafeTensors metadata `adabits`, as JSON).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ArtifactHeader {
+    /// Always [`ARTIFACT_FORMAT`].
+    pub format: String,
+    /// The format version ([`ARTIFACT_VERSION`] when written by this build).
+    pub version: u32,
+    /// The model, as it was trained.
+    pub model: ModelConfig,
+    /// One row per bit-width, in the model's order.
+    pub table: Vec<BitRow>,
+    /// Bytes of packed codes.
+    pub code_bytes: u64,
+    /// Number of `f32` scalars.
+    pub scalar_count: u64,
+    /// The number of quantized weights.
+    pub weights: u64,
+    /// CRC-32 (IEEE) of the packed codes followed by the scalars' little-endian bytes.
+    pub crc32: u32,
+    /// Where the weights came from (a run directory or checkpoint), if known.
+    pub source: Option<String>,
+}
+
+impl ArtifactHeader {
+    /// The ideal size: the codes at their bit-widths (`weights × bits / 8`) plus 4 bytes per
+    /// scalar.
+    pub fn ideal_bytes(&self) -> u64 {
+        self.code_bytes + 4 * self.scalar_count
+    }
+}
+
+/// What can go wrong with an artifact.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    /// The file cannot be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Not a SafeTensors file, or a damaged or truncated one.
+    #[error("{path}: not a readable artifact: {reason}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A SafeTensors file without an adabits header, or with another format.
+    #[error("{path}: the metadata field `{field}`: expected {expected}, found {found}")]
+    Header {
+        /// The file.
+        path: PathBuf,
+        /// The field.
+        field: String,
+        /// What was expected.
+        expected: String,
+        /// What was found.
+        found: String,
+    },
+    /// A version this build cannot read.
+    #[error(
+        "{path}: artifact format version {found}, this build reads version {expected}; re-export the artifact with this version of adabits"
+    )]
+    Version {
+        /// The file.
+        path: PathBuf,
+        /// The version this build reads.
+        expected: u32,
+        /// The file's version.
+        found: u32,
+    },
+    /// A tensor the format requires is missing, or has the wrong type or size.
+    #[error("{path}: tensor `{name}`: expected {expected}, found {found}")]
+    Tensor {
+        /// The file.
+        path: PathBuf,
+        /// The tensor.
+        name: String,
+        /// What was expected.
+        expected: String,
+        /// What was found.
+        found: String,
+    },
+    /// The payload does not match its checksum: the file is corrupted.
+    #[error(
+        "{path}: checksum mismatch: the header says CRC-32 {expected:08x}, the payload has {found:08x}; the file is corrupted"
+    )]
+    Checksum {
+        /// The file.
+        path: PathBuf,
+        /// The header's CRC-32.
+        expected: u32,
+        /// The payload's CRC-32.
+        found: u32,
+    },
+    /// The model cannot be exported, or the payload does not fit the model.
+    #[error("{0}")]
+    Layout(String),
+    /// A bit-width the artifact does not hold.
+    #[error("{bits} bits is not one of the artifact's bit-widths ({list})")]
+    UnknownBits {
+        /// The bit-width asked for.
+        bits: u8,
+        /// The artifact's bit-widths.
+        list: String,
+    },
+}
+
+/// A deployment artifact in memory.
+#[derive(Clone, Debug)]
+pub struct Artifact {
+    /// The header.
+    pub header: ArtifactHeader,
+    pub(super) codes: Vec<u8>,
+    pub(super) scalars: Vec<f32>,
+}
+
+/// How one quantized layer's weights are stored.
+#[derive(Clone, Debug)]
+pub(super) struct WeightPlan {
+    /// The distinct weight bit-widths the layer resolves to over the model's list, highest first.
+    pub(super) stored: Vec<BitWidth>,
+    /// Whether lower bit-widths are derived by a shift (else each has its own codes).
+    pub(super) shift: bool,
+    /// Number of weights.
+    pub(super) count: usize,
+}
+
+impl WeightPlan {
+    pub(super) fn new(model: &ModelConfig, policy: adabits_quant::BitPolicy, count: usize) -> Self {
+        let mut stored: Vec<BitWidth> = model.bits.iter().map(|b| policy.resolve(b).bitw).collect();
+        stored.sort_unstable_by(|a, b| b.cmp(a));
+        stored.dedup();
+        Self {
+            stored,
+            shift: model.quant.weight_scheme.has_shift_property(),
+            count,
+        }
+    }
+
+    /// The bit-widths whose codes are in the file.
+    pub(super) fn code_sets(&self) -> &[BitWidth] {
+        if self.shift {
+            &self.stored[..1]
+        } else {
+            &self.stored
+        }
+    }
+}
+
+pub(super) fn packed_len(count: usize, bits: u8) -> usize {
+    (count * usize::from(bits)).div_ceil(8)
+}
+
+/// Packs `codes` (each below `2^bits`) least-significant bit first.
+pub(super) fn pack(codes: &[u32], bits: u8, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.resize(start + packed_len(codes.len(), bits), 0);
+    let bytes = &mut out[start..];
+    let mut bit = 0usize;
+    for &code in codes {
+        for j in 0..usize::from(bits) {
+            if code >> j & 1 == 1 {
+                bytes[(bit + j) / 8] |= 1 << ((bit + j) % 8);
+            }
+        }
+        bit += usize::from(bits);
+    }
+}
+
+/// The inverse of [`pack`].
+pub(super) fn unpack(bytes: &[u8], count: usize, bits: u8) -> Vec<u32> {
+    let mut out = Vec::with_capacity(count);
+    let mut bit = 0usize;
+    for _ in 0..count {
+        let mut code = 0u32;
+        for j in 0..usize::from(bits) {
+            if bytes[(bit + j) / 8] >> ((bit + j) % 8) & 1 == 1 {
+                code |= 1 << j;
+            }
+        }
+        out.push(code);
+        bit += usize::from(bits);
+    }
+    out
+}
+
+/// CRC-32 (IEEE 802.3, reflected, as zlib and PNG compute it).
+pub(super) fn crc32(chunks: &[&[u8]]) -> u32 {
+    let mut table = [0u32; 256];
+    for (i, slot) in table.iter_mut().enumerate() {
+        let mut c = i as u32;
+        for _ in 0..8 {
+            c = if c & 1 == 1 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+        *slot = c;
+    }
+    let mut crc = !0u32;
+    for chunk in chunks {
+        for &b in *chunk {
+            crc = table[((crc ^ u32::from(b)) & 0xFF) as usize] ^ (crc >> 8);
+        }
+    }
+    !crc
+}
+
+pub(super) fn scalar_bytes(scalars: &[f32]) -> Vec<u8> {
+    scalars.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+impl Artifact {
+    /// The artifact as SafeTensors bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let scalar_bytes = scalar_bytes(&self.scalars);
+        let header = serde_json::to_string(&self.header).expect("the header serialises");
+        let metadata = HashMap::from([(HEADER_KEY.to_string(), header)]);
+        let views = [
+            (
+                "codes",
+                safetensors::tensor::TensorView::new(
+                    Dtype::U8,
+                    vec![self.codes.len()],
+                    &self.codes,
+                )
+                .expect("the codes tensor is consistent"),
+            ),
+            (
+                "scalars",
+                safetensors::tensor::TensorView::new(
+                    Dtype::F32,
+                    vec![self.scalars.len()],
+                    &scalar_bytes,
+                )
+                .expect("the scalars tensor is consistent"),
+            ),
+        ];
+        safetensors::serialize(views, Some(metadata)).expect("serialising two tensors succeeds")
+    }
+
+    /// Writes the artifact to `path` atomically (a temporary file, then a rename) and returns
+    /// its size in bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`ArtifactError::Io`]; an existing file at `path` is then left as it was.
+    pub fn write(&self, path: &Path) -> Result<u64, ArtifactError> {
+        let bytes = self.to_bytes();
+        write_atomically(path, &bytes).map_err(|source| ArtifactError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(bytes.len() as u64)
+    }
+
+    /// Reads and checks an artifact file.
+    ///
+    /// # Errors
+    ///
+    /// Every [`ArtifactError`] but `Layout` and `UnknownBits`, naming the file.
+    pub fn read(path: &Path) -> Result<Self, ArtifactError> {
+        let bytes = std::fs::read(path).map_err(|source| ArtifactError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// Parses and checks artifact bytes; `path` names them in errors.
+    ///
+    /// # Errors
+    ///
+    /// As [`read`](Self::read).
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self, ArtifactError> {
+        let path = path.to_path_buf();
+        let format = |reason: String| ArtifactError::Format {
+            path: path.clone(),
+            reason,
+        };
+        let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| format(e.to_string()))?;
+        let tensors = SafeTensors::deserialize(bytes).map_err(|e| format(e.to_string()))?;
+        let header_field = |expected: &str, found: &str| ArtifactError::Header {
+            path: path.clone(),
+            field: HEADER_KEY.into(),
+            expected: expected.into(),
+            found: found.into(),
+        };
+        let text = metadata
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(HEADER_KEY))
+            .ok_or_else(|| {
+                header_field(
+                    "the adabits header (a SafeTensors file written by `adabits export`)",
+                    "no such field",
+                )
+            })?;
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| header_field("a JSON object", &format!("unreadable JSON ({e})")))?;
+        let found_format = value["format"].as_str().unwrap_or("nothing");
+        if found_format != ARTIFACT_FORMAT {
+            return Err(ArtifactError::Header {
+                path: path.clone(),
+                field: "adabits.format".into(),
+                expected: format!("{ARTIFACT_FORMAT:?}"),
+                found: format!("{found_format:?}"),
+            });
+        }
+        let version = value["version"].as_u64().unwrap_or(0);
+        if version != u64::from(ARTIFACT_VERSION) {
+            return Err(ArtifactError::Version {
+                path: path.clone(),
+                expected: ARTIFACT_VERSION,
+                found: u32::try_from(version).unwrap_or(u32::MAX),
+            });
+        }
+        let header: ArtifactHeader = serde_json::from_value(value)
+            .map_err(|e| header_field("a version-1 header", &e.to_string()))?;
+        let tensor = |name: &str, dtype: Dtype, len: u64| -> Result<Vec<u8>, ArtifactError> {
+            let bad = |found: String| ArtifactError::Tensor {
+                path: path.clone(),
+                name: name.into(),
+                expected: format!("{dtype:?} of {len} elements"),
+                found,
+            };
+            let view = tensors
+                .tensor(name)
+                .map_err(|_| bad("no such tensor".into()))?;
+            let elements: usize = view.shape().iter().product();
+            if view.dtype() != dtype || elements as u64 != len {
+                return Err(bad(format!("{:?} of {elements} elements", view.dtype())));
+            }
+            Ok(view.data().to_vec())
+        };
+        let codes = tensor("codes", Dtype::U8, header.code_bytes)?;
+        let scalar_bytes = tensor("scalars", Dtype::F32, header.scalar_count)?;
+        let found = crc32(&[&codes, &scalar_bytes]);
+        if found != header.crc32 {
+            return Err(ArtifactError::Checksum {
+                path,
+                expected: header.crc32,
+                found,
+            });
+        }
+        let scalars = scalar_bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Ok(Self {
+            header,
+            codes,
+            scalars,
+        })
+    }
+
+    /// The bit-widths of the artifact, in the model's order.
+    pub fn bits(&self) -> Vec<u8> {
+        self.header.table.iter().map(|r| r.bits).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_pack_and_unpack_at_every_width() {
+        for bits in 1..=8u8 {
+            let codes: Vec<u32> = (0..37).map(|i| (i * 5 + 3) % (1 << bits)).collect();
+            let mut bytes = vec![0xAA];
+            pack(&codes, bits, &mut bytes);
+            assert_eq!(bytes.len(), 1 + (37 * bits as usize).div_ceil(8));
+            assert_eq!(unpack(&bytes[1..], 37, bits), codes, "{bits} bits");
+        }
+    }
+
+    #[test]
+    fn crc32_matches_the_standard_check_value() {
+        // The CRC-32 check value of "123456789".
+        assert_eq!(crc32(&[b"1234", b"56789"]), 0xCBF4_3926);
+    }
+}
