@@ -1,28 +1,20 @@
 //! `adabits eval` and `adabits info`.
 
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use adabits_models::StateDict;
 use adabits_quant::{BitWidth, BitWidths};
 use adabits_train::data::Loader;
-use adabits_train::{BitResult, calibrate, evaluate};
-use anyhow::Context;
-use clap::{Args, ValueEnum};
+use adabits_train::{BitResult, RunDir, Which, calibrate, evaluate};
+use clap::Args;
 use serde_json::{Value, json};
 
 use crate::device::DeviceArg;
+use crate::run_args::WhichArg;
 use crate::train_cmd::print_results;
-
-/// Which checkpoint of a run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub(crate) enum WhichArg {
-    /// The best by the run's criterion (mean top-1 by default).
-    Best,
-    /// The latest.
-    Latest,
-}
 
 /// The flags of `adabits eval`.
 #[derive(Debug, Args)]
@@ -58,8 +50,8 @@ pub(crate) struct EvalArgs {
 pub(crate) fn run_eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
     let device = args.device.device();
-    let run = crate::deploy_cmd::open_run(&args.run, args.checkpoint, &device)?;
-    let data = crate::deploy_cmd::data_of(&run, args.data_dir.as_ref())?;
+    let run = crate::run_args::open_run(&args.run, args.checkpoint, &device)?;
+    let data = crate::run_args::data_of(&run, args.data_dir.as_ref())?;
     let (train_set, val_set) = data.open()?;
     let side = val_set.image_size();
     let val = Loader::new(Arc::from(val_set), args.batch_size, false, run.config.seed);
@@ -121,10 +113,6 @@ pub(crate) fn run_eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn f(v: &Value) -> f64 {
-    v.as_f64().unwrap_or(f64::NAN)
-}
-
 /// A JSON value as text, strings without their quotes.
 fn t(v: &Value) -> String {
     match v {
@@ -142,12 +130,6 @@ pub(crate) struct InfoArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
-}
-
-fn read_json(path: &Path) -> anyhow::Result<Value> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))
 }
 
 /// `adabits info`.
@@ -208,33 +190,21 @@ pub(crate) fn run_info(args: InfoArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    let run = RunDir::new(path);
     anyhow::ensure!(
-        path.join("config.json").is_file(),
+        run.is_run(),
         "{}: neither a checkpoint file nor a run directory (no config.json)\nhint: pass the folder `adabits train --out` wrote",
         path.display()
     );
-    let config = read_json(&path.join("config.json"))?;
-    let mut checkpoints = serde_json::Map::new();
-    for which in ["latest", "best"] {
-        let pointer = path.join("checkpoints").join(which);
-        if let Ok(name) = std::fs::read_to_string(&pointer) {
-            let state = read_json(
-                &path
-                    .join("checkpoints")
-                    .join(name.trim())
-                    .join("state.json"),
-            )?;
-            checkpoints.insert(
-                which.into(),
-                json!({"name": name.trim(), "stage": state["stage"], "epoch": state["epoch"],
-                       "batch": state["batch"], "step": state["step"], "best": state["best"]}),
-            );
+    let config = run.read_config_json()?;
+    let mut checkpoints = BTreeMap::new();
+    for (which, name) in [(Which::Latest, "latest"), (Which::Best, "best")] {
+        if let Some(info) = run.checkpoint_info(which)? {
+            checkpoints.insert(name, info);
         }
     }
-    let results = read_json(&path.join("results.json")).ok();
-    let epochs = std::fs::read_to_string(path.join("metrics.jsonl"))
-        .map(|t| t.lines().count())
-        .unwrap_or(0);
+    let results = run.read_results();
+    let epochs = run.epochs_recorded();
     let out = json!({
         "run": path.display().to_string(), "config": config, "checkpoints": checkpoints,
         "epochs_recorded": epochs, "results": results,
@@ -258,24 +228,17 @@ pub(crate) fn run_info(args: InfoArgs) -> anyhow::Result<ExitCode> {
     for (which, c) in &checkpoints {
         println!(
             "  checkpoint {which}: {} (stage {}, epoch {}, batch {}, step {})",
-            t(&c["name"]),
-            c["stage"],
-            c["epoch"],
-            c["batch"],
-            c["step"]
+            c.name, c.stage, c.epoch, c.batch, c.step
         );
     }
     match &results {
         Some(r) => {
-            println!("  results ({}):", t(&r["status"]));
-            if let Some(bits) = r["bits"].as_object() {
-                for (b, v) in bits {
-                    println!(
-                        "    {b:>2} bits: top-1 {:.2}%, top-5 {:.2}%",
-                        f(&v["top1"]),
-                        f(&v["top5"])
-                    );
-                }
+            println!("  results ({}):", t(&serde_json::to_value(r.status)?));
+            for (b, v) in &r.bits {
+                println!(
+                    "    {b:>2} bits: top-1 {:.2}%, top-5 {:.2}%",
+                    v.top1, v.top5
+                );
             }
         }
         None => println!("  no results.json yet"),

@@ -14,6 +14,9 @@ mod deploy_cmd;
 mod device;
 mod eval_cmd;
 mod malloc;
+mod progress;
+mod run_args;
+mod signals;
 mod train_cmd;
 
 use std::path::PathBuf;
@@ -59,7 +62,7 @@ enum Command {
     Train(Box<train_cmd::TrainArgs>),
     /// Print a model's parameters, MACs, BitOPs and size at every bit-width (no training).
     ///
-    /// Uses the official profiler's rules (METHOD.md §10.3): the first conv at its resolved
+    /// Uses the official profiler's rules (docs/method.md §10.3): the first conv at its resolved
     /// bits, average pooling at 32×32 bits, BatchNorm left out; --paper counts the first
     /// layer at 32×32 bits.
     Profile(train_cmd::ProfileArgs),

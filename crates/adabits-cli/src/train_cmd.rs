@@ -5,9 +5,7 @@ use std::process::ExitCode;
 
 use adabits_models::{Accounting, Architecture, ModelConfig, cost};
 use adabits_quant::{BitWidths, QuantScheme};
-use adabits_train::{
-    BitResult, RunOptions, RunStatus, TerminalProgress, TrainConfig, merge_json, train,
-};
+use adabits_train::{BitResult, RunDir, RunOptions, RunStatus, TrainConfig, merge_json, train};
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
@@ -334,13 +332,14 @@ pub(crate) fn run_train(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let out = args.out.clone().unwrap_or_else(|| {
         PathBuf::from("runs").join(format!("{}-{}", config.model.arch, config.strategy.name()))
     });
-    if !args.resume && out.join("config.json").exists() {
+    let run_dir = RunDir::new(&out);
+    if !args.resume && run_dir.is_run() {
         anyhow::bail!(
             "{} already holds a run\nhint: pass --resume to continue it, or another --out",
             out.display()
         );
     }
-    if args.resume && !out.join("checkpoints/latest").exists() {
+    if args.resume && !run_dir.has_checkpoint() {
         anyhow::bail!(
             "{} has no checkpoint to resume from\nhint: check --out, or drop --resume to start a new run",
             out.display()
@@ -348,9 +347,7 @@ pub(crate) fn run_train(args: TrainArgs) -> anyhow::Result<ExitCode> {
     }
     let mut options = RunOptions::new(&out);
     options.resume = args.resume;
-    options
-        .stop_on_ctrl_c()
-        .map_err(|e| anyhow::anyhow!("cannot install the Ctrl-C handler: {e}"))?;
+    crate::signals::stop_on_ctrl_c(options.stop.clone())?;
     if !args.json {
         eprintln!(
             "training {} {} on {} ({}, {} epochs{}) on {}; recipe: {}; run directory {}",
@@ -373,7 +370,7 @@ pub(crate) fn run_train(args: TrainArgs) -> anyhow::Result<ExitCode> {
             out.display()
         );
     }
-    let mut progress = TerminalProgress::new(config.stage_count());
+    let mut progress = crate::progress::TerminalProgress::new(config.stage_count());
     let results = train(config, &args.device.device(), &options, &mut progress)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
@@ -392,7 +389,7 @@ pub(crate) fn run_train(args: TrainArgs) -> anyhow::Result<ExitCode> {
             results.steps,
             results.train_images_per_second,
             results.wall_seconds,
-            out.join("results.json").display()
+            run_dir.results_path().display()
         );
     }
     Ok(ExitCode::SUCCESS)

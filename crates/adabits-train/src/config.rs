@@ -3,51 +3,12 @@
 use std::path::PathBuf;
 
 use adabits_models::{BnSharing, ModelConfig};
-use adabits_quant::BitWidth;
 use serde::{Deserialize, Serialize};
 
-use crate::TrainError;
 use crate::data::DataSource;
+use crate::error::TrainError;
 use crate::optim::OptimConfig;
-
-/// How the bit-widths are trained (METHOD.md §9).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Strategy {
-    /// One bit-width: the model's list must hold exactly one.
-    Individual,
-    /// AdaBits: every step runs a forward and backward pass at each bit-width of the list, in
-    /// order, summing the gradients, then takes one optimiser step.
-    Joint {
-        /// Each lower bit-width also learns from the next higher one's soft outputs
-        /// (KL divergence, the Any-Precision recipe).
-        #[serde(default)]
-        distill: bool,
-    },
-    /// Train at the highest bit-width, evaluate at every bit-width, with and without BatchNorm
-    /// calibration. The model shares one BatchNorm and one clipping level across bit-widths.
-    Direct,
-    /// Train at the highest bit-width, then fine-tune at each lower one in turn (or from the
-    /// lowest up), reporting every bit-width (BatchNorm-calibrated) after each stage. Shared
-    /// BatchNorm and clipping levels, as for [`Strategy::Direct`].
-    Progressive {
-        /// Go from the lowest bit-width up instead.
-        #[serde(default)]
-        low_to_high: bool,
-    },
-}
-
-impl Strategy {
-    /// The name used on the command line and in reports.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Individual => "individual",
-            Self::Joint { .. } => "joint",
-            Self::Direct => "direct",
-            Self::Progressive { .. } => "progressive",
-        }
-    }
-}
+use crate::strategy::Strategy;
 
 /// Which checkpoint is the best.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,16 +135,6 @@ fn default_calibration() -> usize {
     20
 }
 
-/// One stage of training: the bit-widths trained at each step, for how long, how fast.
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) struct Stage {
-    pub(crate) bits: Vec<BitWidth>,
-    pub(crate) epochs: usize,
-    pub(crate) lr_factor: f64,
-    /// The full-precision stage of `fp_epochs`.
-    pub(crate) full_precision: bool,
-}
-
 impl TrainConfig {
     /// A configuration with the official optimiser on `data`.
     pub fn new(model: ModelConfig, data: DataSource, strategy: Strategy) -> Self {
@@ -268,47 +219,6 @@ impl TrainConfig {
     pub fn stage_count(&self) -> usize {
         self.stages().len()
     }
-
-    /// The stages of training.
-    pub(crate) fn stages(&self) -> Vec<Stage> {
-        let bits: Vec<BitWidth> = self.model.bits.iter().collect();
-        let top = self.model.bits.max();
-        let stage = |bits: Vec<BitWidth>, epochs: usize, lr_factor: f64| Stage {
-            bits,
-            epochs,
-            lr_factor,
-            full_precision: false,
-        };
-        let mut stages = Vec::new();
-        if self.fp_epochs > 0 {
-            stages.push(Stage {
-                full_precision: true,
-                ..stage(vec![BitWidth::FULL], self.fp_epochs, 1.0)
-            });
-        }
-        match self.strategy {
-            Strategy::Individual | Strategy::Joint { .. } => {
-                stages.push(stage(bits, self.epochs, 1.0));
-            }
-            Strategy::Direct => stages.push(stage(vec![top], self.epochs, 1.0)),
-            Strategy::Progressive { low_to_high } => {
-                let mut order = bits;
-                order.sort_unstable_by(|a, b| b.cmp(a));
-                if low_to_high {
-                    order.reverse();
-                }
-                let finetune = self.finetune_epochs.unwrap_or((self.epochs / 2).max(1));
-                for (i, b) in order.into_iter().enumerate() {
-                    stages.push(if i == 0 {
-                        stage(vec![b], self.epochs, 1.0)
-                    } else {
-                        stage(vec![b], finetune, 0.1)
-                    });
-                }
-            }
-        }
-        stages
-    }
 }
 
 /// Where a run writes, and how it may be stopped.
@@ -330,24 +240,5 @@ impl RunOptions {
             resume: false,
             stop: Default::default(),
         }
-    }
-
-    /// Makes Ctrl-C (SIGINT, and SIGTERM) set [`stop`](Self::stop): the run then finishes its
-    /// current step, saves a checkpoint and returns [`crate::RunStatus::Interrupted`]. A second
-    /// Ctrl-C while the first is handled exits at once with status 130. Only one handler can be
-    /// installed per process.
-    ///
-    /// # Errors
-    ///
-    /// The message of the signal library when a handler cannot be installed.
-    pub fn stop_on_ctrl_c(&self) -> Result<(), String> {
-        let stop = self.stop.clone();
-        ctrlc::set_handler(move || {
-            if stop.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-            eprintln!("\nstopping after this step (Ctrl-C again to quit at once)");
-        })
-        .map_err(|e| e.to_string())
     }
 }

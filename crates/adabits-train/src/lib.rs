@@ -1,23 +1,38 @@
 //! Training of switchable-precision models: data pipelines (CIFAR-10/100, image folders, the
 //! built-in synthetic set), the individual / joint / direct / progressive strategies, the
 //! official optimiser and schedules, metrics, and resumable runs with atomic checkpoints.
+//!
+//! The library prints nothing and installs no signal handler: a run reports through the
+//! [`Progress`] trait and stops when [`RunOptions::stop`] is set; the `adabits` binary draws
+//! the progress and sets the flag on Ctrl-C.
+
+// Libraries print nothing: they return typed errors and report through their callers.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 mod config;
 pub mod data;
+mod error;
+mod guard;
 mod metrics;
 mod optim;
 mod progress;
+mod records;
 mod rng;
 mod run;
+mod run_dir;
+mod step;
+mod strategy;
 
 pub use adabits_models;
-pub use config::{BestBy, RunOptions, Strategy, TrainConfig, merge_json};
+pub use config::{BestBy, RunOptions, TrainConfig, merge_json};
+pub use error::TrainError;
+pub use guard::non_finite_parameter;
 pub use metrics::{Meter, Scores, cross_entropy, distillation};
 pub use optim::{DecayGroups, LrPlan, OptimConfig, Schedule, Sgd, decays, grad_norm};
-pub use progress::TerminalProgress;
+pub use progress::{Progress, Quiet, StepInfo};
+pub use records::{BitResult, EpochRecord, Evaluation, LossRecord, RunResults, RunStatus};
 pub use rng::Rng;
-pub use run::{
-    BitHook, BitResult, EpochRecord, Evaluation, LossRecord, Progress, Quiet, RunResults,
-    RunStatus, SavedRun, StepInfo, TrainError, Which, calibrate, evaluate, joint_step, load_run,
-    non_finite_parameter, train, train_on,
-};
+pub use run::{train, train_on};
+pub use run_dir::{CheckpointInfo, Log, RunDir, SavedRun, Which, load_run};
+pub use step::{BitHook, calibrate, evaluate, joint_step};
+pub use strategy::Strategy;

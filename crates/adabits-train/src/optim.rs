@@ -1,6 +1,6 @@
 //! The official optimiser: SGD with Nesterov momentum, weight decay only on non-depthwise conv
 //! weights and linear weights, and the per-iteration cosine or per-epoch multistep schedules
-//! with the large-batch warm-up (METHOD.md §7).
+//! with the large-batch warm-up (docs/method.md §7).
 
 use std::collections::BTreeMap;
 

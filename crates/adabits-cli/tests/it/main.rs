@@ -489,3 +489,75 @@ fn export_verify_select_and_calibrate_a_trained_run() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Ctrl-C is the binary's: the library only sees the stop flag it sets.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_stops_a_run_with_a_checkpoint_and_the_run_resumes_from_it() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let out = temp_dir("ctrl-c");
+    let preset = out.with_extension("json");
+    // Two epochs of 8 steps, at the bit-widths from the start (no full-precision stage).
+    std::fs::write(
+        &preset,
+        r#"{"model": {"width_mult": 0.25}, "data": {"kind": "synthetic", "train": 256, "val": 32, "side": 16}, "epochs": 2, "fp_epochs": 0, "log_every": 1}"#,
+    )
+    .unwrap();
+    let args = [
+        "train",
+        "--config",
+        preset.to_str().unwrap(),
+        "--bits",
+        "4,2",
+        "--batch-size",
+        "32",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_adabits"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first point of the loss curve: the run is past its first step.
+    let curve = out.join("losses.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while std::fs::read_to_string(&curve).map_or(true, |t| t.is_empty()) {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended before its first step: {status}");
+        }
+        assert!(Instant::now() < deadline, "no step within 600 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let stopped = child.wait_with_output().unwrap();
+    assert!(stopped.status.success(), "{}", text(&stopped.stderr));
+    assert!(
+        text(&stopped.stderr).contains("stopping after this step"),
+        "{}",
+        text(&stopped.stderr)
+    );
+    let results: serde_json::Value = serde_json::from_slice(&stopped.stdout).unwrap();
+    assert_eq!(results["status"], "interrupted", "{results}");
+    let steps = results["steps"].as_u64().unwrap();
+    assert!((1..16).contains(&steps), "{steps}");
+    assert!(out.join("checkpoints/latest").is_file());
+    let mut resume = args.to_vec();
+    resume.push("--resume");
+    let resumed = adabits(&resume);
+    assert!(resumed.status.success(), "{}", text(&resumed.stderr));
+    let results: serde_json::Value = serde_json::from_slice(&resumed.stdout).unwrap();
+    assert_eq!(
+        (results["status"].as_str(), results["steps"].as_u64()),
+        (Some("completed"), Some(16))
+    );
+    std::fs::remove_dir_all(&out).unwrap();
+    std::fs::remove_file(&preset).unwrap();
+}

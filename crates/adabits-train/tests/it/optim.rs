@@ -15,7 +15,7 @@ fn weight_decay_goes_to_the_official_tensors() {
             .init(&device);
         Sgd::decay_groups(&model)
     };
-    // METHOD.md §7: 15 tensors with decay and 13 depthwise without (MobileNet-V1); 36 and 17
+    // docs/method.md §7: 15 tensors with decay and 13 depthwise without (MobileNet-V1); 36 and 17
     // (MobileNet-V2).
     let v1 = groups(Architecture::MobileNetV1);
     assert_eq!((v1.decayed, v1.depthwise), (15, 13));
@@ -113,9 +113,16 @@ fn sgd_matches_pytorch_nesterov_with_decay_on_weights_only() {
     let mut restored = Sgd::new(config.clone());
     restored.load_state(&state, &ad);
     let again = restored.state();
-    assert_eq!(again.keys().collect::<Vec<_>>(), state.keys().collect::<Vec<_>>());
+    assert_eq!(
+        again.keys().collect::<Vec<_>>(),
+        state.keys().collect::<Vec<_>>()
+    );
     for key in state.keys() {
-        assert_eq!(again.get(key).unwrap().values, state.get(key).unwrap().values, "{key}");
+        assert_eq!(
+            again.get(key).unwrap().values,
+            state.get(key).unwrap().values,
+            "{key}"
+        );
     }
     let params = |m: &Tiny| -> Vec<f64> {
         let mut v: Vec<f64> = m.linear.val().into_data().iter::<f64>().collect();

@@ -20,7 +20,7 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
 
 /// A quarter-width ResNet-20 on 16×16 synthetic images, trained from a random start.
 ///
-/// The official recipe collapses from a random start (METHOD.md §17: the classifier's
+/// The official recipe collapses from a random start (docs/method.md §17: the classifier's
 /// `tanh(W)/max|tanh(W)|` with `N(0, 0.01)` weights and SAT rescaling multiplies its steps about
 /// a thousandfold, and the `modified` weight scheme has no zero level and a bias of half a step,
 /// which at 4 bits swamps the features). These runs use the two changes that the experiments in
@@ -370,47 +370,6 @@ fn invalid_configurations_are_named() {
     );
 }
 
-/// Sends SIGINT to this process after `after` steps, as a user pressing Ctrl-C.
-struct CtrlCAfter {
-    after: usize,
-    sent: bool,
-}
-
-impl Progress for CtrlCAfter {
-    fn step(&mut self, info: &StepInfo) {
-        if info.batch + 1 >= self.after && !self.sent {
-            self.sent = true;
-            let status = std::process::Command::new("kill")
-                .args(["-INT", &std::process::id().to_string()])
-                .status()
-                .unwrap();
-            assert!(status.success());
-            // The handler runs on its own thread; give it a moment.
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-    }
-}
-
-#[cfg(unix)]
-#[test]
-fn ctrl_c_saves_a_checkpoint_and_the_run_resumes_from_it() {
-    let device = crate::device();
-    let out = temp_dir("ctrl-c");
-    let options = RunOptions::new(&out);
-    options.stop_on_ctrl_c().unwrap();
-    let config = tiny_config("4,2", Strategy::Joint { distill: false });
-    let mut progress = CtrlCAfter {
-        after: 2,
-        sent: false,
-    };
-    let r = train(config.clone(), &device, &options, &mut progress).unwrap();
-    assert_eq!((r.status, r.steps), (RunStatus::Interrupted, 2));
-    let mut options = RunOptions::new(&out);
-    options.resume = true;
-    let r = train(config, &device, &options, &mut Quiet).unwrap();
-    assert_eq!((r.status, r.steps), (RunStatus::Completed, 16));
-}
-
 #[test]
 fn joint_runs_with_distillation_and_with_the_ablations_complete() {
     let device = crate::device();
@@ -455,9 +414,14 @@ fn joint_runs_with_distillation_and_with_the_ablations_complete() {
     }
     // Distillation adds a term to the 2-bit loss's gradient, not to the logged cross-entropy:
     // the first step's losses are the plain run's, and every later step's 2-bit loss is not.
-    let loss = |run: usize, step: usize, bits: &str| curves[run][step]["loss"][bits].as_f64().unwrap();
+    let loss =
+        |run: usize, step: usize, bits: &str| curves[run][step]["loss"][bits].as_f64().unwrap();
     for bits in ["4", "2"] {
-        assert_eq!(loss(1, 0, bits), loss(0, 0, bits), "{bits} bits at the first step");
+        assert_eq!(
+            loss(1, 0, bits),
+            loss(0, 0, bits),
+            "{bits} bits at the first step"
+        );
     }
     for step in 1..curves[0].len() {
         let (plain, distilled) = (loss(0, step, "2"), loss(1, step, "2"));
@@ -470,7 +434,7 @@ fn joint_runs_with_distillation_and_with_the_ablations_complete() {
 
 #[test]
 fn the_official_recipe_collapses_from_a_random_start_and_the_guard_names_the_cause() {
-    // METHOD.md §17 in our port: the official flags (modified weights, classifier N(0, 0.01),
+    // docs/method.md §17 in our port: the official flags (modified weights, classifier N(0, 0.01),
     // rescaled) from a random start sit at chance; the guard stops the run and says why.
     let model = ModelConfig::new(Architecture::CifarResNet(20), "8,4".parse().unwrap())
         .with_width_mult(0.25);

@@ -1,0 +1,186 @@
+//! The records a run writes: a line of `metrics.jsonl` or `losses.jsonl`, `results.json`, and
+//! the state saved with every checkpoint.
+
+use std::collections::BTreeMap;
+
+use adabits_models::{Accounting, LayerShape, cost};
+use adabits_quant::BitWidth;
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::{Meter, Scores};
+
+/// One epoch's metrics: a line of `metrics.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// The stage (from 0).
+    pub stage: usize,
+    /// The epoch within the stage (from 0).
+    pub epoch: usize,
+    /// The bit-widths trained in this stage.
+    pub trained_bits: Vec<BitWidth>,
+    /// The learning rate at the end of the epoch.
+    pub lr: f64,
+    /// Training loss and accuracy per trained bit-width (keys: bits).
+    pub train: BTreeMap<String, Scores>,
+    /// Validation loss and accuracy per bit-width.
+    pub val: BTreeMap<String, Scores>,
+    /// Training images per second (each image counted once per step).
+    pub images_per_second: f64,
+    /// Seconds spent training this epoch (without evaluation).
+    pub train_seconds: f64,
+}
+
+/// A point of the loss curve: a line of `losses.jsonl`, written every
+/// [`TrainConfig::log_every`](crate::TrainConfig::log_every) steps.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LossRecord {
+    /// Optimiser steps done so far in the run.
+    pub step: usize,
+    /// The stage (from 0).
+    pub stage: usize,
+    /// The epoch within the stage (from 0).
+    pub epoch: usize,
+    /// The learning rate of the last step.
+    pub lr: f64,
+    /// Mean training loss per trained bit-width over the steps since the previous point.
+    pub loss: BTreeMap<String, f64>,
+}
+
+/// One bit-width's final figures.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BitResult {
+    /// Top-1 accuracy, percent.
+    pub top1: f64,
+    /// Top-5 accuracy, percent.
+    pub top5: f64,
+    /// Mean validation cross-entropy.
+    pub loss: f64,
+    /// GBitOPs per image (official accounting).
+    pub gbitops: f64,
+    /// Model size in bytes at this bit-width (official accounting).
+    pub bytes: f64,
+}
+
+impl BitResult {
+    /// The figures of bit-width `bits`: its `scores`, and the cost of a model with layer
+    /// `shapes` at that bit-width (official accounting).
+    pub fn new(scores: &Scores, shapes: &[LayerShape], bits: BitWidth) -> Self {
+        let c = cost(shapes, bits, Accounting::Official);
+        Self {
+            top1: scores.top1,
+            top5: scores.top5,
+            loss: scores.loss,
+            gbitops: c.gbitops,
+            bytes: c.size_mb * 1e6,
+        }
+    }
+}
+
+/// An evaluation of every bit-width under one label (e.g. `direct` and
+/// `direct + BN calibration`, or `after stage 2 (4 bits)`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    /// What was evaluated.
+    pub label: String,
+    /// The figures per bit-width (keys: bits).
+    pub bits: BTreeMap<String, BitResult>,
+}
+
+/// How a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Every epoch ran.
+    Completed,
+    /// Stopped at the configured step limit, with a checkpoint.
+    StepLimit,
+    /// Stopped on request (Ctrl-C), with a checkpoint.
+    Interrupted,
+}
+
+/// `results.json`: the run's headline figures.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunResults {
+    /// How the run ended.
+    pub status: RunStatus,
+    /// The strategy.
+    pub strategy: String,
+    /// The model.
+    pub model: String,
+    /// The data.
+    pub dataset: String,
+    /// The headline figures per bit-width: the last evaluation (the calibrated one for direct
+    /// training, the one after the last stage for progressive training).
+    pub bits: BTreeMap<String, BitResult>,
+    /// Every evaluation of the run.
+    pub evaluations: Vec<Evaluation>,
+    /// Wall-clock seconds of the whole run, evaluation included, over all sessions.
+    pub wall_seconds: f64,
+    /// Training images per second (each image counted once per step).
+    pub train_images_per_second: f64,
+    /// Optimiser steps taken.
+    pub steps: usize,
+}
+/// Where a run stands: saved with every checkpoint.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct RunState {
+    pub(crate) stage: usize,
+    pub(crate) epoch: usize,
+    pub(crate) batch: usize,
+    pub(crate) step: usize,
+    pub(crate) best: Option<f64>,
+    pub(crate) history: Vec<EpochRecord>,
+    pub(crate) evaluations: Vec<Evaluation>,
+    pub(crate) meters: BTreeMap<String, Meter>,
+    pub(crate) epoch_seconds: f64,
+    pub(crate) epoch_images: u64,
+    /// Smoothed training loss and steps spent at chance level, per bit-width.
+    #[serde(default)]
+    pub(crate) guard: BTreeMap<String, (f64, usize)>,
+    /// The smoothed loss per bit-width when its current stretch at chance began.
+    #[serde(default)]
+    pub(crate) guard_start: BTreeMap<String, f64>,
+    /// Sum and count of the training losses since the last point of the loss curve.
+    #[serde(default)]
+    pub(crate) loss_window: BTreeMap<String, (f64, usize)>,
+    pub(crate) train_seconds: f64,
+    pub(crate) train_images: u64,
+    pub(crate) wall_seconds: f64,
+}
+
+/// The key of bit-width `b` in the records' maps.
+pub(crate) fn key(b: BitWidth) -> String {
+    b.get().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_run_state_reads_back_from_its_json_bit_for_bit() {
+        // Loss sums as a run accumulates them, with 17 significant digits: serde_json's default
+        // parser reads about one in eleven of these an ulp off (39.430133835633676 as …68),
+        // which made a resumed run's loss curve differ from the uninterrupted one.
+        let mut state = RunState::default();
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for i in 0..1000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let v = (x >> 11) as f64 / (1u64 << 53) as f64 * 100.0;
+            state.loss_window.insert(i.to_string(), (v, i));
+            state.guard.insert(i.to_string(), (v / 7.0, i));
+        }
+        state
+            .loss_window
+            .insert("known".into(), (39.430133835633676, 1));
+        state.best = Some(1.0 / 3.0);
+        let json = serde_json::to_string_pretty(&state).unwrap();
+        let back: RunState = serde_json::from_str(&json).unwrap();
+        for (k, (v, _)) in &state.loss_window {
+            assert_eq!(back.loss_window[k].0.to_bits(), v.to_bits(), "{k}: {v}");
+        }
+        assert_eq!(back, state);
+    }
+}

@@ -1,0 +1,118 @@
+//! The step primitives every strategy is built from: a joint optimiser step over a list of
+//! bit-widths, an evaluation pass, a BatchNorm calibration.
+
+use std::collections::BTreeMap;
+
+use adabits_models::Model;
+use adabits_quant::BitWidth;
+use burn::module::Module;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::Device;
+
+use crate::data::Loader;
+use crate::error::TrainError;
+use crate::metrics::{Meter, Scores, cross_entropy, distillation};
+use crate::optim::Sgd;
+use crate::records::key;
+
+/// What [`joint_step`] calls after each bit-width's forward pass: the bit-width, its mean
+/// cross-entropy and its logits.
+pub type BitHook<'a> = dyn FnMut(BitWidth, f64, &[f32]) -> Result<(), TrainError> + 'a;
+
+/// One optimiser step: for each of `bits` in order, a forward pass, the mean cross-entropy (plus,
+/// with `distill`, the KL divergence from the previous bit-width's detached outputs) and its
+/// backward pass, gradients summed; then one [`Sgd`] step at `lr`. `on_bit` sees each
+/// bit-width's cross-entropy and logits (`[batch, classes]`, row-major) right after its forward
+/// pass and may stop the step with an error, leaving the model unchanged.
+///
+/// # Errors
+///
+/// Whatever `on_bit` returns.
+pub fn joint_step(
+    model: Model,
+    sgd: &mut Sgd,
+    bits: &[BitWidth],
+    batch: &crate::data::Batch,
+    lr: f64,
+    distill: bool,
+    on_bit: &mut BitHook<'_>,
+) -> Result<Model, TrainError> {
+    let mut accumulator = GradientsAccumulator::new();
+    let mut teacher = None;
+    for &b in bits {
+        let logits = model.forward(batch.images.clone(), b);
+        let ce = cross_entropy(logits.clone(), batch.labels.clone());
+        let ce_value = ce.clone().into_scalar::<f64>();
+        let values: Vec<f32> = logits.clone().detach().into_data().iter::<f32>().collect();
+        on_bit(b, ce_value, &values)?;
+        let loss = match (distill, teacher.take()) {
+            (true, Some(t)) => ce + distillation(logits.clone(), t),
+            _ => ce,
+        };
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        accumulator.accumulate(&model, grads);
+        if distill {
+            teacher = Some(logits.detach());
+        }
+    }
+    Ok(sgd.step(model, accumulator.grads(), lr))
+}
+
+/// Evaluates `model` at each of `bits` on every batch of `loader` (evaluation form: running
+/// BatchNorm statistics, the official eval-form classifier), on `device`.
+///
+/// # Errors
+///
+/// [`TrainError::Data`] when a batch cannot be read.
+pub fn evaluate(
+    model: &Model,
+    bits: &[BitWidth],
+    loader: &Loader,
+    device: &Device,
+) -> Result<BTreeMap<String, Scores>, TrainError> {
+    let eval = model.valid();
+    let mut meters: BTreeMap<String, Meter> = BTreeMap::new();
+    for batch in loader.epoch(0, 0, device) {
+        let batch = batch?;
+        for &b in bits {
+            let logits = eval.forward(batch.images.clone(), b);
+            let loss = cross_entropy(logits.clone(), batch.labels.clone()).into_scalar::<f64>();
+            let values: Vec<f32> = logits.into_data().iter::<f32>().collect();
+            meters
+                .entry(key(b))
+                .or_default()
+                .add(loss, &values, &batch.targets);
+        }
+    }
+    Ok(meters.into_iter().map(|(k, m)| (k, m.summary())).collect())
+}
+
+/// A copy of `model` (on the autodiff device `ad`) whose BatchNorm statistics for `bits` are
+/// reset and re-estimated as plain averages over the first `batches` batches of `loader`
+/// (BatchNorm calibration).
+///
+/// # Errors
+///
+/// [`TrainError::Data`] when a batch cannot be read.
+pub fn calibrate(
+    model: &Model,
+    bits: BitWidth,
+    loader: &Loader,
+    batches: usize,
+    ad: &Device,
+) -> Result<Model, TrainError> {
+    let mut model = model.clone();
+    let mut momentum = 0.1;
+    model.for_each_norm(|bn| {
+        momentum = bn.momentum();
+        bn.reset_statistics(bits);
+    });
+    let n = batches.min(loader.batches_per_epoch());
+    for (k, batch) in loader.epoch(0, 0, ad).take(n).enumerate() {
+        let batch = batch?;
+        model.for_each_norm(|bn| bn.set_momentum(1.0 / (k + 1) as f64));
+        let _ = model.forward(batch.images, bits);
+    }
+    model.for_each_norm(|bn| bn.set_momentum(momentum));
+    Ok(model)
+}
