@@ -2,7 +2,7 @@
 
 Runs `adabits bench --model resnet20 --json` (the fused quantizers, a joint training step over the
 bit-width list, an evaluation pass per bit-width) and the PyTorch re-creations written from
-METHOD.md (`benches/pytorch/fake_quant.py` for the three quantizer workloads,
+the specification (docs/method.md; `benches/pytorch/fake_quant.py` for the three quantizer workloads,
 `benches/pytorch/joint_step.py` for the model) alternately for `--rounds` rounds with the same
 thread count, and prints each workload's median over the rounds and the ratio
 `PyTorch time / adabits time` (above 1: adabits is faster).

@@ -1,6 +1,6 @@
 """PyTorch baseline for `adabits bench`: the same three workloads on the same device.
 
-Written from METHOD.md (not from the authors' code). Run: python3 fake_quant.py [--bits 4]
+Written from the specification (docs/method.md; not from the authors' code). Run: python3 fake_quant.py [--bits 4]
 [--batch 32] [--iters 20] [--device cuda] [--threads N]. Prints JSON shaped like `adabits bench --json`.
 """
 import argparse

@@ -1,6 +1,6 @@
 """PyTorch re-creation of the official joint training step, for side-by-side benchmarks.
 
-Written from METHOD.md (§2-§8.3), not from the authors' code. It builds the CIFAR ResNet-20 of
+Written from the specification (docs/method.md §2-§8.3), not from the authors' code. It builds the CIFAR ResNet-20 of
 §8.3 with the official defaults (weight scheme `modified`, activation scheme `original`, PACT with
 one clipping level per bit-width, switchable BatchNorm, no conv rescale, the classifier rescaled
 with SAT's constant, the stem weight-only at the top bit-width) and times what `adabits bench
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 
 class UnitQuant(torch.autograd.Function):
-    """Q_b(u) with the straight-through gradient (METHOD.md §2)."""
+    """Q_b(u) with the straight-through gradient (docs/method.md §2)."""
 
     @staticmethod
     def forward(ctx, u, bits, scheme):
@@ -44,7 +44,7 @@ class UnitQuant(torch.autograd.Function):
 
 
 def quantize_weight(w, bitw, rescale, fan_out):
-    """tanh normalisation, Q_b and SAT's constant rescale (METHOD.md §3); bitw < 32."""
+    """tanh normalisation, Q_b and SAT's constant rescale (docs/method.md §3); bitw < 32."""
     t = torch.tanh(w)
     m = t.abs().max()
     u = (t / m + 1) / 2
@@ -56,7 +56,7 @@ def quantize_weight(w, bitw, rescale, fan_out):
 
 
 def pact(x, alpha_param, bita):
-    """Single-sided PACT with the original scheme (METHOD.md §4)."""
+    """Single-sided PACT with the original scheme (docs/method.md §4)."""
     a = alpha_param.abs()
     c = torch.relu(x)
     c = torch.where(c < a, c, a)

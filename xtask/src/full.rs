@@ -7,8 +7,6 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-use crate::grid;
-
 /// What `--full` was asked to do.
 pub(crate) struct Options<'a> {
     /// `cifar10` or `imagenet`.
@@ -25,7 +23,7 @@ pub(crate) struct Options<'a> {
     pub(crate) max_steps: Option<u64>,
 }
 
-/// One paper recipe: a preset and the paper's top-1 per bit-width where METHOD.md has it.
+/// One paper recipe: a preset and the paper's top-1 per bit-width where docs/method.md has it.
 #[derive(Debug)]
 struct Recipe {
     name: &'static str,
@@ -42,7 +40,7 @@ fn recipes(dataset: &str) -> Result<Vec<Recipe>, String> {
             preset: "configs/cifar10-resnet20.json",
             title: "CIFAR-10, ResNet-20, joint {5,4,3}",
             paper: &[],
-            source: "METHOD.md gives no CIFAR-10 numbers for the paper",
+            source: "docs/method.md gives no CIFAR-10 numbers for the paper",
         }]),
         "imagenet" => Ok(vec![
             Recipe {
@@ -50,21 +48,21 @@ fn recipes(dataset: &str) -> Result<Vec<Recipe>, String> {
                 preset: "configs/imagenet-mobilenet_v1.json",
                 title: "ImageNet, MobileNet-V1, joint {8,6,5,4}",
                 paper: &[(8, 72.4), (6, 72.1), (5, 72.1), (4, 71.1)],
-                source: "the paper's Table 4 via an informal summary (METHOD.md §10.2, unverified)",
+                source: "the paper's Table 4 via an informal summary (docs/method.md §10.2, unverified)",
             },
             Recipe {
                 name: "imagenet-mobilenet_v2",
                 preset: "configs/imagenet-mobilenet_v2.json",
                 title: "ImageNet, MobileNet-V2, joint {8,6,5,4}",
                 paper: &[(8, 72.3), (6, 72.3), (4, 70.3)],
-                source: "as reported by a later paper (METHOD.md §10.1); no 5-bit figure",
+                source: "as reported by a later paper (docs/method.md §10.1); no 5-bit figure",
             },
             Recipe {
                 name: "imagenet-resnet50",
                 preset: "configs/imagenet-resnet50.json",
                 title: "ImageNet, ResNet-50, joint {4,3,2}",
                 paper: &[(4, 76.1), (3, 75.8), (2, 73.2)],
-                source: "as reported by a later paper (METHOD.md §10.1)",
+                source: "as reported by a later paper (docs/method.md §10.1)",
             },
         ]),
         other => Err(format!(
@@ -88,7 +86,7 @@ pub(crate) fn run(root: &Path, options: &Options<'_>) -> Result<(), String> {
         "[1/2] building the release adabits binary ({})",
         options.features
     );
-    let adabits = grid::build(root, options.features)?;
+    let adabits = crate::cargo::build(root, options.features)?;
     let mut sections = String::new();
     for (i, recipe) in recipes.iter().enumerate() {
         let out = options.out.join(recipe.name);

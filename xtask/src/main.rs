@@ -14,6 +14,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+mod cargo;
 mod full;
 mod grid;
 mod plot;
@@ -178,7 +179,7 @@ fn reproduce(args: &[String]) -> Result<(), String> {
     fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
 
     println!("[1/3] building the release adabits binary ({features})");
-    let adabits = grid::build(&project_root(), features)?;
+    let adabits = cargo::build(&project_root(), features)?;
 
     println!("[2/3] numeric core: the specification's test vectors on {device}");
     let output = Command::new(&adabits)
@@ -234,7 +235,7 @@ fn reproduce(args: &[String]) -> Result<(), String> {
     let report = format!(
         "# adabits reproduction report\n\n\
          ## Numeric core\n\n\
-         The specification's test vectors (METHOD.md §12, `testdata/testvectors.json`), forward \
+         The specification's test vectors (docs/method.md §12, `testdata/testvectors.json`), forward \
          values and gradients, on `{device}`: **{passed} passed, {failed} failed** (tolerance \
          1e-5 absolute or relative). Per-case errors: `numerics.json`.\n\n\
          ## The paper's experiment grid, at small scale\n\n\
@@ -267,11 +268,11 @@ fn reproduce(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// The paper's ImageNet numbers as METHOD.md §9–10 has them (none first-hand).
+/// The paper's ImageNet numbers as docs/method.md §9–10 has them (none first-hand).
 const PAPER: &str = "\
 ## The paper's numbers, for reference
 
-ImageNet top-1 (%), joint training (AdaBits), as METHOD.md §10 records them: none is transcribed \
+ImageNet top-1 (%), joint training (AdaBits), as docs/method.md §10 records them: none is transcribed \
 first-hand from the paper.
 
 | model, bit-widths | 8 bits | 6 bits | 5 bits | 4 bits | 3 bits | 2 bits | source |

@@ -59,7 +59,7 @@ pub(crate) fn run(
     };
     std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     println!("[1/2] building the release adabits binary ({features})");
-    let adabits = grid::build(root, features)?;
+    let adabits = crate::cargo::build(root, features)?;
     let total = chosen.len() * LISTS.len() * recipes.len();
     let mut k = 0;
     let mut table = String::from(

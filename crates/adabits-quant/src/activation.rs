@@ -1,4 +1,4 @@
-//! Activation quantization: PACT with a learnable clipping level (METHOD.md §4).
+//! Activation quantization: PACT with a learnable clipping level (docs/method.md §4).
 
 use burn::config::Config;
 use burn::tensor::Tensor;

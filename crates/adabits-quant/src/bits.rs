@@ -65,7 +65,7 @@ impl BitWidth {
         1u32 << self.0
     }
 
-    /// The larger of two bit-widths (used for `bitw_min`/`bita_min`, METHOD.md §5).
+    /// The larger of two bit-widths (used for `bitw_min`/`bita_min`, docs/method.md §5).
     pub fn at_least(self, min: BitWidth) -> BitWidth {
         self.max(min)
     }
@@ -108,7 +108,7 @@ impl FromStr for BitWidth {
 ///
 /// The order matters: a joint training step visits the bit-widths in this order, and the
 /// per-bit-width BatchNorm and clipping level of a layer are indexed by position in this list
-/// (METHOD.md §4, §6). The list is never empty and has no duplicates.
+/// (docs/method.md §4, §6). The list is never empty and has no duplicates.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "Vec<BitWidth>", into = "Vec<BitWidth>")]
 pub struct BitWidths(Vec<BitWidth>);
@@ -180,7 +180,7 @@ impl BitWidths {
 
     /// The position used to select a switchable parameter (clipping level, BatchNorm) for `bits`:
     /// its position in the list, or 0 when it is absent (the official `bits_list.index`
-    /// fallback, METHOD.md §4 and §6).
+    /// fallback, docs/method.md §4 and §6).
     pub fn index_or_first(&self, bits: BitWidth) -> usize {
         self.position(bits).unwrap_or(0)
     }

@@ -42,7 +42,7 @@ impl ClippingLevelsConfig {
 ///
 /// With S-CL the parameter holds one entry per bit-width of the model's list; the entry used for
 /// an activation bit-width `bita` is its position in the list, or 0 when `bita` is not in the
-/// list (METHOD.md §4; `bita` is taken after `bita_min`, parity default P5). Only the active entry
+/// list (docs/method.md §4; `bita` is taken after `bita_min`, parity default P5). Only the active entry
 /// receives gradient in a given bit-width's pass. The parameter is the raw `α_param`; the clip
 /// uses `|α_param|`, and it gets no weight decay.
 #[derive(Module, Debug)]

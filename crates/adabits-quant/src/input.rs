@@ -1,4 +1,4 @@
-//! The network input convention of the official code (parity default P7, METHOD.md §7).
+//! The network input convention of the official code (parity default P7, docs/method.md §7).
 
 use burn::tensor::Tensor;
 

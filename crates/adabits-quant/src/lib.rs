@@ -2,7 +2,7 @@
 //!
 //! This crate is the numeric core of `adabits`: everything that turns a full-precision weight or
 //! activation into its quantized value at some bit-width, with the straight-through gradients
-//! used in training. It follows `METHOD.md` §2–§5 of the specification exactly, including the
+//! used in training. It follows the specification (docs/method.md §2–§5) exactly, including the
 //! official code's quirks (its parity defaults), and is checked against the specification's test
 //! vectors ([`conformance`]) and against a plain-`f64` scalar reference ([`mod@reference`]).
 //!
@@ -19,6 +19,9 @@
 //!   ([`mod@norm`]) likewise for BatchNorm in training mode.
 //!
 //! The crate enables no Burn backend: pass any [`burn::tensor::Device`].
+
+// Libraries print nothing: they return typed errors and report through their callers.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 mod activation;
 mod bits;

@@ -6,7 +6,7 @@
 
 use crate::{ActQuantConfig, BitWidth, QuantScheme, RescaleType, WeightQuantConfig};
 
-/// `Q_b(u)` for one value (METHOD.md §2); `round` is half to even.
+/// `Q_b(u)` for one value (docs/method.md §2); `round` is half to even.
 ///
 /// # Panics
 ///
@@ -66,7 +66,7 @@ pub struct WeightReference {
     pub w_eff: Vec<f64>,
 }
 
-/// The weight quantizer of METHOD.md §3 on a flat weight (any layout).
+/// The weight quantizer of docs/method.md §3 on a flat weight (any layout).
 ///
 /// # Panics
 ///
@@ -186,7 +186,7 @@ pub struct PactReference {
     pub dy_dalpha_param: f64,
 }
 
-/// PACT (METHOD.md §4) for one element `x` with the raw parameter `alpha_param`.
+/// PACT (docs/method.md §4) for one element `x` with the raw parameter `alpha_param`.
 pub fn pact(x: f64, alpha_param: f64, bita: BitWidth, config: &ActQuantConfig) -> PactReference {
     if bita.is_full_precision() && !config.pact_fp {
         return PactReference {

@@ -1,4 +1,4 @@
-//! Per-layer resolution of the active bit-width into weight and activation bits (METHOD.md §5).
+//! Per-layer resolution of the active bit-width into weight and activation bits (docs/method.md §5).
 
 use serde::{Deserialize, Serialize};
 
@@ -6,7 +6,7 @@ use crate::BitWidth;
 
 /// A layer's precision policy: the official `bitw_min`, `bita_min` and `weight_only` flags.
 ///
-/// The models use it for the first convolution and the classifier (METHOD.md §5): for example
+/// The models use it for the first convolution and the classifier (docs/method.md §5): for example
 /// the ImageNet first conv is `{ bitw_min: 8, bita_min: 8, weight_only: true }` and the
 /// classifier `{ bitw_min: 8 }`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -1,4 +1,4 @@
-//! The three unit quantizers `Q_b` on `[0, 1]` (METHOD.md §2).
+//! The three unit quantizers `Q_b` on `[0, 1]` (docs/method.md §2).
 
 use std::fmt;
 use std::str::FromStr;
@@ -47,7 +47,7 @@ impl QuantScheme {
     }
 
     /// Whether a code at `b` bits equals the code at `b + 1` bits shifted right by one, for every
-    /// input (true for modified and centered, METHOD.md §2).
+    /// input (true for modified and centered, docs/method.md §2).
     pub fn has_shift_property(self) -> bool {
         !matches!(self, Self::Original)
     }

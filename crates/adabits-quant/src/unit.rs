@@ -47,12 +47,12 @@ pub fn unit_quantize_value<const D: usize>(
 }
 
 /// `Q_b(u)` with the straight-through estimator: forward `Q_b(u)`, gradient 1 for every element
-/// (METHOD.md §2, also at the upper clamp and for every scheme).
+/// (docs/method.md §2, also at the upper clamp and for every scheme).
 ///
 /// Built as `Q_b(u).detach() + (u − u.detach())`: the forward value is exactly `Q_b(u)` (the
 /// second term is exactly zero), and the only gradient path is the identity through `u`. This
 /// matches the official `q_k.backward`, including the clipping-level gradient of PACT (CG-PACT,
-/// METHOD.md §4), with no custom autodiff op.
+/// docs/method.md §4), with no custom autodiff op.
 ///
 /// # Shapes
 ///
@@ -126,7 +126,7 @@ pub fn codes_to_unit<const D: usize>(
 /// Derives `to`-bit codes from `from`-bit codes by a right shift of `from − to` bits.
 ///
 /// Exact for the modified and centered schemes: `k_to(u) = k_from(u) >> (from − to)` for every
-/// `u` (the bit-shift property, METHOD.md §2, TV7). This is what lets one stored set of
+/// `u` (the bit-shift property, docs/method.md §2, TV7). This is what lets one stored set of
 /// highest-bit codes serve every lower bit-width.
 ///
 /// # Shapes

@@ -1,5 +1,5 @@
 //! Weight quantization: DoReFa tanh normalisation, unit quantization and SAT constant rescaling
-//! (METHOD.md §3).
+//! (docs/method.md §3).
 
 use burn::config::Config;
 use burn::tensor::{Int, Tensor};
@@ -33,7 +33,7 @@ pub enum QuantMode {
     Eval,
 }
 
-/// What a rescaled linear layer does in [`QuantMode::Eval`] (parity default P1, METHOD.md §3).
+/// What a rescaled linear layer does in [`QuantMode::Eval`] (parity default P1, docs/method.md §3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LinearEval {
@@ -71,7 +71,7 @@ pub struct WeightQuantConfig {
 }
 
 /// The fan-out `n` of a convolution weight `[out, in/groups, kh, kw]`: `out·kh·kw`, also for
-/// grouped and depthwise convolutions (METHOD.md §3, §13.19).
+/// grouped and depthwise convolutions (docs/method.md §3, §13.19).
 pub fn conv_fan_out(weight_dims: [usize; 4]) -> usize {
     weight_dims[0] * weight_dims[2] * weight_dims[3]
 }
@@ -126,7 +126,7 @@ impl<const D: usize> QuantizedWeight<D> {
 }
 
 impl QuantizedWeight<2> {
-    /// The weight and bias a linear layer uses in `mode` (METHOD.md §3).
+    /// The weight and bias a linear layer uses in `mode` (docs/method.md §3).
     ///
     /// Train, or eval with [`LinearEval::TrainForm`]: `(s·ŵ, bias)`. Eval with
     /// [`LinearEval::Official`]: `(ŵ, bias / s)`, so `y_eval = y_train / s` (TV4, TV5).

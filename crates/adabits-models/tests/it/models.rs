@@ -7,7 +7,7 @@ use burn::tensor::{Distribution, Tensor};
 
 #[test]
 fn resnet20_has_the_official_parameter_count() {
-    // METHOD.md §10.3: ResNet-20 {5,4,3} holds 275,676 parameters, BN copies and the 66 α entries
+    // docs/method.md §10.3: ResNet-20 {5,4,3} holds 275,676 parameters, BN copies and the 66 α entries
     // included. Burn's count also includes the running statistics (PyTorch buffers): two per
     // channel for each of the 3 BN copies of the 21 BN layers, 784 channels in all.
     let bits: BitWidths = "5,4,3".parse().unwrap();
@@ -17,7 +17,7 @@ fn resnet20_has_the_official_parameter_count() {
 
 #[test]
 fn mobilenet_v1_has_the_official_parameter_count() {
-    // METHOD.md §10.3: 4,297,752 with S-CL (112 α entries); plus Burn's running statistics, two
+    // docs/method.md §10.3: 4,297,752 with S-CL (112 α entries); plus Burn's running statistics, two
     // per BN channel for each of the 4 copies (10,944 channels in 27 BN layers).
     let bits: BitWidths = "8,6,5,4".parse().unwrap();
     let model = MobileNetV1Config::new(bits).init(&crate::device());
@@ -26,7 +26,7 @@ fn mobilenet_v1_has_the_official_parameter_count() {
 
 #[test]
 fn mobilenet_v2_has_the_official_parameter_count() {
-    // METHOD.md §10.3: 3,607,420 with S-CL (212 α entries) = 3,470,760 weights and biases + 212 α
+    // docs/method.md §10.3: 3,607,420 with S-CL (212 α entries) = 3,470,760 weights and biases + 212 α
     // + γ and β of 4 BN copies over 17,056 channels; Burn also counts the running statistics.
     let bits: BitWidths = "8,6,5,4".parse().unwrap();
     let model = adabits_models::MobileNetV2Config::new(bits).init(&crate::device());

@@ -1,4 +1,4 @@
-//! The cost profiler against the official profiler's figures (METHOD.md §10.3).
+//! The cost profiler against the official profiler's figures (docs/method.md §10.3).
 
 use adabits_models::{Accounting, CifarResNetConfig, cost};
 use adabits_quant::{BitWidth, BitWidths};
@@ -10,7 +10,7 @@ fn prints_as(value: f64, decimals: usize, printed: &str) -> bool {
 
 /// `megabytes` rounded to 4 decimals and then, half up, to 3 prints as `printed`.
 ///
-/// METHOD.md's MB column was rounded twice: MobileNet-V1 comes to exactly 3,417,480 bytes at
+/// The specification's MB column was rounded twice: MobileNet-V1 comes to exactly 3,417,480 bytes at
 /// 6 bits and 3,019,452 at 5 (weights·bits/8 + 4 B per bias and α entry), printed there as 3.418
 /// and 3.020, which is 3.4175 and 3.0195 rounded again. Rounding once would print 3.417 and
 /// 3.019. Every other figure of the table reads the same either way; this rule reproduces all of
@@ -128,7 +128,7 @@ fn mobilenet_v2_matches_the_official_profiler() {
         (32, "308.06", "13.884"),
     ];
     assert_official_profile(&shapes, 300_836_992, 3_470_760, &expected);
-    // The paper's motivating ratio (METHOD.md §10.2): 14.25× fewer BitOPs at 6 bits than at 32
+    // The paper's motivating ratio (docs/method.md §10.2): 14.25× fewer BitOPs at 6 bits than at 32
     // when the first layer is counted at 32×32 bits.
     let paper = |b| {
         cost(

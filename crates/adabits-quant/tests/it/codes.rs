@@ -1,4 +1,4 @@
-//! Integer codes and the bit-shift property (METHOD.md §2, TV7).
+//! Integer codes and the bit-shift property (docs/method.md §2, TV7).
 
 use crate::bw;
 use adabits_quant::{

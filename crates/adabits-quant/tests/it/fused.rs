@@ -54,7 +54,7 @@ fn pact_with_grads(
 }
 
 /// `(Σ r·∂y/∂alpha_param, Σ|r·∂y/∂alpha_param|)` in `f64`, from the inputs and the forward
-/// values: `∂y/∂α = z − c/α` inside the clipping range and `z = y/α` outside (METHOD.md §4).
+/// values: `∂y/∂α = z − c/α` inside the clipping range and `z = y/α` outside (docs/method.md §4).
 fn alpha_grad_in_f64(
     x: &[f64],
     r: &[f64],
@@ -355,7 +355,7 @@ fn fused_quantizers_match_the_composed_ops_on_large_tensors_and_repeat_bit_for_b
     assert_bitwise(&fused.2, &again.2, "large weight: ∂W repeated");
 }
 
-/// `∂L/∂W` for `L = Σ s·ŵ·r` in `f64` (METHOD.md §3, the maximum's gradient split evenly among
+/// `∂L/∂W` for `L = Σ s·ŵ·r` in `f64` (docs/method.md §3, the maximum's gradient split evenly among
 /// the ties), with `t = tanh(W)` rounded to `f32` as the kernels compute it; and
 /// `Σ|G·t|/(M²·#tied)`, the scale of the rounding error of the maximum's share.
 fn weight_grad_f64(w: &[f64], r: &[f64], scale: f64) -> (Vec<f64>, f64) {

@@ -19,7 +19,11 @@ fn load() -> TestVectors {
 #[test]
 fn every_case_passes_forward_and_backward() {
     let vectors = load();
-    assert_eq!(vectors.cases.len(), 23, "METHOD.md §12.9 lists 23 cases");
+    assert_eq!(
+        vectors.cases.len(),
+        23,
+        "docs/method.md §12.9 lists 23 cases"
+    );
     let reports = run_all(&vectors, &crate::device());
     let failed: Vec<String> = reports
         .iter()

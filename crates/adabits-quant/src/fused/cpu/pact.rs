@@ -1,4 +1,4 @@
-//! PACT's fused kernels: one pass forward, one pass backward (METHOD.md §4).
+//! PACT's fused kernels: one pass forward, one pass backward (docs/method.md §4).
 
 use rayon::prelude::*;
 
@@ -133,7 +133,7 @@ fn pact_forward_with<const S: u8, const DOUBLE: bool>(
 }
 
 /// PACT backward: the gradient with respect to `x` and the clipping level's gradient
-/// `∂L/∂alpha_param = sign(alpha_param)·Σ g·∂y/∂α` (METHOD.md §4).
+/// `∂L/∂alpha_param = sign(alpha_param)·Σ g·∂y/∂α` (docs/method.md §4).
 ///
 /// Inside the clipping range `∂y/∂x = 1` and `∂y/∂α = z − v`; outside it `∂y/∂x = 0` and
 /// `∂y/∂α = z`. The input gradient is formed as the composed path forms it, `(g·α)/α`.

@@ -1,5 +1,5 @@
 //! The weight quantizer's fused kernels: tanh, max-abs with the even tie split, quantize and
-//! SAT rescale forward; `Σ G·t` then the gradient backward (METHOD.md §3).
+//! SAT rescale forward; `Σ G·t` then the gradient backward (docs/method.md §3).
 
 use rayon::prelude::*;
 
@@ -19,7 +19,7 @@ pub(crate) struct WeightStats {
     pub(crate) scale: Option<f32>,
 }
 
-/// The weight quantizer's forward pass: `(ŵ, t, stats)` (METHOD.md §3).
+/// The weight quantizer's forward pass: `(ŵ, t, stats)` (docs/method.md §3).
 ///
 /// `ŵ = 2·Q_b(u) − 1` with `u = (t/M + 1)/2`, or `t/M` at full precision (`spec.bits` `None`);
 /// `s = c/std(ŵ)` with the unbiased standard deviation.
@@ -128,7 +128,7 @@ fn unbiased_std(x: &[f32], sum: f64) -> f32 {
 }
 
 /// The weight quantizer's backward pass, from `t = tanh(W)`, the forward statistics and
-/// `G = ∂L/∂ŵ` (METHOD.md §3, TV2b):
+/// `G = ∂L/∂ŵ` (docs/method.md §3, TV2b):
 ///
 /// ```text
 /// ∂L/∂W = (1 − t²)·[G/M − 𝟙(|t| = M)·sign(t)·(Σ G·t)/(M²·#tied)]
