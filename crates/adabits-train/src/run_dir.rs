@@ -166,9 +166,7 @@ impl RunDir {
     ///
     /// [`TrainError::RunFile`] naming `config.json` when it is missing or not a configuration.
     pub fn read_config(&self) -> Result<TrainConfig, TrainError> {
-        let path = self.config_path();
-        let text = std::fs::read_to_string(&path).map_err(|e| run_file(&path, e))?;
-        serde_json::from_str(&text).map_err(|e| run_file(&path, e))
+        read_json(&self.config_path())
     }
 
     /// The configuration as JSON, as it was written.
@@ -177,9 +175,7 @@ impl RunDir {
     ///
     /// [`TrainError::RunFile`] naming `config.json` when it is missing or not JSON.
     pub fn read_config_json(&self) -> Result<serde_json::Value, TrainError> {
-        let path = self.config_path();
-        let text = std::fs::read_to_string(&path).map_err(|e| run_file(&path, e))?;
-        serde_json::from_str(&text).map_err(|e| run_file(&path, e))
+        read_json(&self.config_path())
     }
 
     /// Writes `config.json` (atomically).
@@ -262,7 +258,7 @@ impl RunDir {
             return Ok(None);
         }
         let dir = self.checkpoint_dir(which)?;
-        let state = read_state(&dir.join(STATE))?;
+        let state = read_json::<RunState>(&dir.join(STATE))?;
         Ok(Some(CheckpointInfo {
             name: dir
                 .file_name()
@@ -352,7 +348,7 @@ impl RunDir {
         let optim_path = ckpt.join(OPTIMIZER);
         let dict = StateDict::read(&optim_path).map_err(|e| run_file(&optim_path, e))?;
         sgd.load_state(&dict, device);
-        let state = read_state(&ckpt.join(STATE))?;
+        let state = read_json::<RunState>(&ckpt.join(STATE))?;
         self.keep_logs_up_to(&state)?;
         Ok((model, state))
     }
@@ -424,7 +420,8 @@ impl RunDir {
     }
 }
 
-fn read_state(path: &Path) -> Result<RunState, TrainError> {
+/// A JSON file of the run directory, parsed; errors name the file.
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, TrainError> {
     let text = std::fs::read_to_string(path).map_err(|e| run_file(path, e))?;
     serde_json::from_str(&text).map_err(|e| run_file(path, e))
 }
