@@ -3,11 +3,12 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Mutex, PoisonError};
 
 use adabits_quant::{BitWidth, BitWidths};
 use burn::config::Config;
 use burn::module::Module;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, ExecutionError, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -128,7 +129,36 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
-    /// Creates the model with the official initialisation; seed the device for reproducibility.
+    /// Creates the model with the official initialisation, its weights drawn from `seed`: the
+    /// same seed gives the same weights on the same backend, however many other threads of the
+    /// process create models this way meanwhile.
+    ///
+    /// [`init`](Self::init) after [`Device::seed`] is not enough once two threads create
+    /// models: the backends' generator is process-wide (on wgpu and CUDA one generator serves
+    /// every device), so another thread seeding or drawing in between changes the weights.
+    /// Here the seed and the draws happen under one process-wide lock, and a device sync before
+    /// the lock is released makes sure the draws have run (kernel fusion may hold operations
+    /// back until a stream is drained). A thread that draws random tensors outside this
+    /// function still moves the shared generator.
+    ///
+    /// # Errors
+    ///
+    /// The device failed to execute the draws.
+    ///
+    /// # Panics
+    ///
+    /// As [`init`](Self::init).
+    pub fn init_seeded(&self, seed: u64, device: &Device) -> Result<Model, ExecutionError> {
+        static DRAWS: Mutex<()> = Mutex::new(());
+        let _guard = DRAWS.lock().unwrap_or_else(PoisonError::into_inner);
+        device.seed(seed);
+        let model = self.init(device);
+        device.sync()?;
+        Ok(model)
+    }
+
+    /// Creates the model with the official initialisation; seed the device for
+    /// reproducibility, or use [`init_seeded`](Self::init_seeded) where other threads also draw.
     ///
     /// # Panics
     ///

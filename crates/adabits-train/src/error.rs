@@ -69,6 +69,9 @@ pub enum TrainError {
         /// The parameter's path in the model.
         name: String,
     },
+    /// The device failed to execute the run's work.
+    #[error("the device failed: {0}")]
+    Device(#[from] burn::tensor::ExecutionError),
     /// A step of the run that cannot fail did (a bug; please report it).
     #[error("internal error: {0}")]
     Internal(String),

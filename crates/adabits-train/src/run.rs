@@ -74,7 +74,7 @@ pub fn train_on(
     let dir = RunDir::new(&options.out);
     dir.create()?;
     let ad = device.clone().autodiff();
-    let mut run = Run::new(&config, device, &ad, train_set, val_set, dir);
+    let mut run = Run::new(&config, device, &ad, train_set, val_set, dir)?;
     if options.resume {
         run.resume()?;
         progress.note(&format!(
@@ -113,19 +113,11 @@ impl<'a> Run<'a> {
         train_set: Arc<dyn Dataset>,
         val_set: Arc<dyn Dataset>,
         dir: RunDir,
-    ) -> Self {
+    ) -> Result<Self, TrainError> {
         let side = train_set.image_size();
-        let model = {
-            // The device's random generator is shared by every run of the process: seed and
-            // draw the initial weights without another run drawing in between.
-            static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-            let _guard = INIT
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            ad.seed(config.seed);
-            config.model.init(ad)
-        };
-        Self {
+        // Other runs of the process may draw from the same generator meanwhile.
+        let model = config.model.init_seeded(config.seed, ad)?;
+        Ok(Self {
             config,
             device,
             ad,
@@ -137,7 +129,7 @@ impl<'a> Run<'a> {
             state: RunState::default(),
             side,
             dir,
-        }
+        })
     }
 
     fn train_all(
