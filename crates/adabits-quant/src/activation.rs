@@ -21,45 +21,7 @@ pub struct ActQuantConfig {
     pub pact_fp: bool,
 }
 
-/// PACT on a layer's input, with the clipping level `α = |alpha_param|`.
-///
-/// Runs when `bita < 32` or `pact_fp` is set; otherwise returns `x` unchanged (no ReLU, no clip:
-/// parity default P3). `bita` is the resolved activation bit-width ([`crate::LayerBits`]), which
-/// is 32 for weight-only layers.
-///
-/// ```text
-/// single-sided:  c = min(relu(x), α);              y = α·Q_b(c/α)
-/// double-sided:  c = min(max(x, −α), α);           y = α·(2·Q_b((c/α + 1)/2) − 1)
-/// full precision with pact_fp:                      y = c
-/// ```
-///
-/// Gradients follow the official autograd exactly: `∂y/∂x = 1` for `0 < x < α` (`−α < x < α`
-/// double-sided) and 0 elsewhere, including at `x = 0` and `x = α`; `∂y/∂α = Q(v) − v` inside
-/// the range and `Q(1)` above it (SAT's calibrated-gradient PACT with the original scheme), and
-/// `∂L/∂alpha_param = sign(alpha_param)·∂L/∂α` (TV3).
-///
-/// # Shapes
-///
-/// `x`: any shape; `alpha_param`: `[1]`. The output has the shape of `x`.
-///
-/// On a backend with the fused kernels (Flex, [`crate::fused`]) this is one operation forward
-/// and one backward; elsewhere it is [`pact_composed`].
-pub fn pact<const D: usize>(
-    x: Tensor<D>,
-    alpha_param: Tensor<1>,
-    bita: BitWidth,
-    config: &ActQuantConfig,
-) -> Tensor<D> {
-    if bita.is_full_precision() && !config.pact_fp {
-        return x;
-    }
-    match crate::fused::fused_pact(&x, &alpha_param, bita, config) {
-        Some(y) => y,
-        None => pact_composed(x, alpha_param, bita, config),
-    }
-}
-
-/// [`pact`] as a chain of Burn tensor ops, on every backend: the reference that the fused
+/// [`pact`](crate::pact) as a chain of Burn tensor ops, on every backend: the reference that the fused
 /// kernels are tested against.
 pub fn pact_composed<const D: usize>(
     x: Tensor<D>,

@@ -32,13 +32,14 @@ mod error;
 pub mod fused;
 mod input;
 pub mod norm;
+mod quantize;
 pub mod reference;
 mod resolve;
 mod scheme;
 mod unit;
 mod weight;
 
-pub use activation::{ActQuantConfig, pact, pact_composed};
+pub use activation::{ActQuantConfig, pact_composed};
 pub use bits::{BitWidth, BitWidths};
 pub use clip::{CONV_ALPHA_INIT, ClippingLevels, ClippingLevelsConfig, LINEAR_ALPHA_INIT};
 pub use conv::conv2d;
@@ -46,11 +47,11 @@ pub use error::QuantError;
 pub use fused::{Kernels, kernels, set_kernels};
 pub use input::input_pixels;
 pub use norm::batch_norm_train;
+pub use quantize::{pact, quantize_weight};
 pub use resolve::{BitPolicy, LayerBits};
 pub use scheme::QuantScheme;
 pub use unit::{codes_to_unit, shift_codes, unit_codes, unit_quantize, unit_quantize_value};
 pub use weight::{
     LinearEval, QuantMode, QuantizedWeight, RescaleType, WeightQuantConfig, WeightQuantTrace,
-    conv_fan_out, linear_fan_out, quantize_weight, quantize_weight_composed,
-    quantize_weight_traced, weight_codes,
+    conv_fan_out, linear_fan_out, quantize_weight_composed, quantize_weight_traced, weight_codes,
 };

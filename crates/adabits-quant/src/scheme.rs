@@ -24,6 +24,7 @@ use crate::QuantError;
 /// activations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum QuantScheme {
     /// DoReFa's quantizer: `round((2^b − 1)·u) / (2^b − 1)`.
     Original,

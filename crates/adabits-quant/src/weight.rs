@@ -209,33 +209,7 @@ pub fn quantize_weight_traced<const D: usize>(
     }
 }
 
-/// Quantizes a weight tensor at `bitw` bits: [`quantize_weight_traced`] without the
-/// intermediates.
-///
-/// # Shapes
-///
-/// Any shape; `scale` is `[1]`.
-///
-/// # Panics
-///
-/// As [`quantize_weight_traced`].
-///
-/// On a backend with the fused kernels (Flex, [`crate::fused`]) this is one operation forward
-/// and one backward; elsewhere it is [`quantize_weight_composed`].
-pub fn quantize_weight<const D: usize>(
-    weight: Tensor<D>,
-    bitw: BitWidth,
-    fan_out: usize,
-    config: &WeightQuantConfig,
-) -> QuantizedWeight<D> {
-    check_arguments(&weight, fan_out, config);
-    match crate::fused::fused_weight(&weight, bitw, fan_out, config) {
-        Some((w_hat, scale)) => QuantizedWeight { w_hat, scale },
-        None => quantize_weight_composed(weight, bitw, fan_out, config),
-    }
-}
-
-/// [`quantize_weight`] as a chain of Burn tensor ops, on every backend: the reference that the
+/// [`quantize_weight`](crate::quantize_weight) as a chain of Burn tensor ops, on every backend: the reference that the
 /// fused kernels are tested against.
 ///
 /// # Panics
@@ -278,7 +252,11 @@ pub(crate) fn rescale_constant(
 /// # Panics
 ///
 /// Panics if `fan_out` is zero, or if rescaling a tensor of fewer than two elements.
-fn check_arguments<const D: usize>(weight: &Tensor<D>, fan_out: usize, config: &WeightQuantConfig) {
+pub(crate) fn check_arguments<const D: usize>(
+    weight: &Tensor<D>,
+    fan_out: usize,
+    config: &WeightQuantConfig,
+) {
     assert!(fan_out > 0, "the fan-out of a weight must be positive");
     assert!(
         !config.rescale || weight.shape().num_elements() > 1,

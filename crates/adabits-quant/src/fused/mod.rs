@@ -39,6 +39,7 @@ use crate::{ActQuantConfig, BitWidth, QuantScheme, WeightQuantConfig};
 /// Which implementation the quantizers use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Kernels {
     /// The fused kernels where the backend has them, the composed ops elsewhere (default).
     Fused,
