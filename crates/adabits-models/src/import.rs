@@ -174,23 +174,18 @@ struct Plan<'d> {
 }
 
 impl Plan<'_> {
-    fn layer(&mut self, prefix: &str, layer: LayerMut<'_>, write: bool) {
-        match layer {
-            LayerMut::Conv(conv) => {
-                self.param(&format!("{prefix}.weight"), &mut conv.weight, write);
-                if let Some(bias) = &mut conv.bias {
-                    self.param(&format!("{prefix}.bias"), bias, write);
-                }
-                self.alpha(&format!("{prefix}.alpha"), &mut conv.alpha.alpha, write);
-            }
-            LayerMut::Linear(linear) => {
-                self.param(&format!("{prefix}.weight"), &mut linear.weight, write);
-                if let Some(bias) = &mut linear.bias {
-                    self.param(&format!("{prefix}.bias"), bias, write);
-                }
-                self.alpha(&format!("{prefix}.alpha"), &mut linear.alpha.alpha, write);
-            }
-            LayerMut::Norm(bn) => self.norm(prefix, bn, write),
+    fn layer(&mut self, prefix: &str, mut layer: LayerMut<'_>, write: bool) {
+        let weight = format!("{prefix}.weight");
+        match &mut layer {
+            LayerMut::Conv(conv) => self.param(&weight, &mut conv.weight, write),
+            LayerMut::Linear(linear) => self.param(&weight, &mut linear.weight, write),
+            LayerMut::Norm(bn) => return self.norm(prefix, bn, write),
+        }
+        if let Some(bias) = layer.bias_mut() {
+            self.param(&format!("{prefix}.bias"), bias, write);
+        }
+        if let Some(levels) = layer.alpha_mut() {
+            self.alpha(&format!("{prefix}.alpha"), &mut levels.alpha, write);
         }
     }
 

@@ -10,7 +10,9 @@ use burn::module::{Module, Param};
 use burn::tensor::Tensor;
 
 use crate::state_dict::{StateDict, StateTensor};
-use crate::{QConv2d, QLinear, SwitchBatchNorm2d};
+use adabits_quant::ClippingLevels;
+
+use crate::{LayerQuant, QConv2d, QLinear, SwitchBatchNorm2d};
 
 /// A layer of a model, as [`OfficialLayout::visit_official`] hands it out.
 #[derive(Debug)]
@@ -21,6 +23,35 @@ pub enum LayerMut<'a> {
     Norm(&'a mut SwitchBatchNorm2d),
     /// A quantized linear layer: `weight`, `bias` (if any), `alpha`.
     Linear(&'a mut QLinear),
+}
+
+impl LayerMut<'_> {
+    /// The input clipping levels of a quantized layer (`None` for a BatchNorm).
+    pub fn alpha_mut(&mut self) -> Option<&mut ClippingLevels> {
+        match self {
+            Self::Conv(c) => Some(&mut c.alpha),
+            Self::Linear(l) => Some(&mut l.alpha),
+            Self::Norm(_) => None,
+        }
+    }
+
+    /// The bias of a quantized layer, if it has one (`None` for a BatchNorm).
+    pub fn bias_mut(&mut self) -> Option<&mut Param<Tensor<1>>> {
+        match self {
+            Self::Conv(c) => c.bias.as_mut(),
+            Self::Linear(l) => l.bias.as_mut(),
+            Self::Norm(_) => None,
+        }
+    }
+
+    /// How a quantized layer quantizes (`None` for a BatchNorm).
+    pub fn quant(&self) -> Option<&LayerQuant> {
+        match self {
+            Self::Conv(c) => Some(c.quant()),
+            Self::Linear(l) => Some(l.quant()),
+            Self::Norm(_) => None,
+        }
+    }
 }
 
 /// A model whose layers have names in the official PyTorch code's state dicts.
@@ -36,59 +67,60 @@ pub trait OfficialLayout: Module + Clone {
 pub fn export_official<M: OfficialLayout>(model: &M) -> StateDict {
     let mut model = model.clone();
     let mut dict = StateDict::new();
-    model.visit_official(&mut |prefix, layer| match layer {
-        LayerMut::Conv(conv) => {
-            export_weights(&mut dict, prefix, conv.weight.val(), conv.bias.as_ref());
+    model.visit_official(&mut |prefix, mut layer| {
+        if let Some(levels) = layer.alpha_mut() {
             export_alpha(
                 &mut dict,
                 prefix,
-                conv.alpha.alpha.val(),
-                conv.alpha.is_switchable(),
+                levels.alpha.val(),
+                levels.is_switchable(),
             );
         }
-        LayerMut::Linear(linear) => {
-            export_weights(&mut dict, prefix, linear.weight.val(), linear.bias.as_ref());
-            export_alpha(
-                &mut dict,
-                prefix,
-                linear.alpha.alpha.val(),
-                linear.alpha.is_switchable(),
-            );
-        }
-        LayerMut::Norm(bn) => {
-            let bits = bn.bit_count();
-            for i in 0..bits {
-                // The shared-BN ablation keeps one BatchNorm; the official code has one per
-                // bit-width and uses the first, so every copy gets the same values.
-                let entry = &bn.entries[i.min(bn.entries.len() - 1)];
-                let at = |field: &str| format!("{prefix}.bn.{i}.{field}");
-                if let (Some(g), Some(b)) = (&entry.gamma, &entry.beta) {
-                    dict.insert(at("weight"), StateTensor::from_tensor(g.val()));
-                    dict.insert(at("bias"), StateTensor::from_tensor(b.val()));
-                }
-                let mean = entry.running_mean.value_sync();
-                let var = entry.running_var.value_sync();
-                dict.insert(at("running_mean"), StateTensor::from_tensor(mean));
-                dict.insert(at("running_var"), StateTensor::from_tensor(var));
-                dict.insert(
-                    at("num_batches_tracked"),
-                    StateTensor {
-                        shape: vec![],
-                        values: vec![0.0],
-                        integer: true,
-                    },
-                );
+        match layer {
+            LayerMut::Conv(conv) => {
+                export_weights(&mut dict, prefix, conv.weight.val(), conv.bias.as_ref());
             }
-            if let (Some(g), Some(b)) = (&bn.shared_gamma, &bn.shared_beta) {
-                dict.insert(
-                    format!("{prefix}.weight"),
-                    StateTensor::from_tensor(g.val()),
-                );
-                dict.insert(format!("{prefix}.bias"), StateTensor::from_tensor(b.val()));
+            LayerMut::Linear(linear) => {
+                export_weights(&mut dict, prefix, linear.weight.val(), linear.bias.as_ref());
             }
+            LayerMut::Norm(bn) => export_norm(&mut dict, prefix, bn),
         }
     });
     dict
+}
+
+/// The `bn.<i>.*` entries of one switchable BatchNorm.
+fn export_norm(dict: &mut StateDict, prefix: &str, bn: &mut SwitchBatchNorm2d) {
+    let bits = bn.bit_count();
+    for i in 0..bits {
+        // The shared-BN ablation keeps one BatchNorm; the official code has one per
+        // bit-width and uses the first, so every copy gets the same values.
+        let entry = &bn.entries[i.min(bn.entries.len() - 1)];
+        let at = |field: &str| format!("{prefix}.bn.{i}.{field}");
+        if let (Some(g), Some(b)) = (&entry.gamma, &entry.beta) {
+            dict.insert(at("weight"), StateTensor::from_tensor(g.val()));
+            dict.insert(at("bias"), StateTensor::from_tensor(b.val()));
+        }
+        let mean = entry.running_mean.value_sync();
+        let var = entry.running_var.value_sync();
+        dict.insert(at("running_mean"), StateTensor::from_tensor(mean));
+        dict.insert(at("running_var"), StateTensor::from_tensor(var));
+        dict.insert(
+            at("num_batches_tracked"),
+            StateTensor {
+                shape: vec![],
+                values: vec![0.0],
+                integer: true,
+            },
+        );
+    }
+    if let (Some(g), Some(b)) = (&bn.shared_gamma, &bn.shared_beta) {
+        dict.insert(
+            format!("{prefix}.weight"),
+            StateTensor::from_tensor(g.val()),
+        );
+        dict.insert(format!("{prefix}.bias"), StateTensor::from_tensor(b.val()));
+    }
 }
 
 fn export_weights<const D: usize>(

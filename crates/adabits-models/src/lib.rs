@@ -38,7 +38,7 @@ pub use deploy::{
 };
 pub use import::{ImportError, ImportMode, ImportReport, import_official, import_pytorch};
 pub use layers::{
-    BnEntry, BnSharing, ConvBnRelu, QConv2d, QConv2dConfig, QLinear, QLinearConfig,
+    BnEntry, BnSharing, ConvBnRelu, LayerQuant, QConv2d, QConv2dConfig, QLinear, QLinearConfig,
     SwitchBatchNorm2d, SwitchBatchNorm2dConfig,
 };
 pub use layout::{LayerMut, OfficialLayout, export_official};

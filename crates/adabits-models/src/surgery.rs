@@ -8,7 +8,7 @@ use burn::module::Param;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::import::{ImportError, ImportMode, ImportReport, import_official};
-use crate::layout::{LayerMut, OfficialLayout, export_official};
+use crate::layout::{OfficialLayout, export_official};
 use crate::zoo::{Model, ModelConfig};
 
 /// Why a model could not be changed.
@@ -142,12 +142,11 @@ pub fn with_added_bits(
 /// one shared level, or fewer entries, are unchanged).
 pub fn scale_alpha(model: &Model, position: usize, factor: f64) -> Model {
     let mut model = model.clone();
-    model.visit_official(&mut |_, layer| {
-        let alpha = match layer {
-            LayerMut::Conv(c) => &mut c.alpha.alpha,
-            LayerMut::Linear(l) => &mut l.alpha.alpha,
-            LayerMut::Norm(_) => return,
+    model.visit_official(&mut |_, mut layer| {
+        let Some(levels) = layer.alpha_mut() else {
+            return;
         };
+        let alpha = &mut levels.alpha;
         let values = alpha.val();
         let [len] = values.dims();
         if position < len {

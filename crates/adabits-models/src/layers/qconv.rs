@@ -10,6 +10,7 @@ use burn::module::{Module, Param};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, Tensor};
 
+use super::LayerQuant;
 use crate::profile::{LayerShape, OpKind};
 
 /// Configuration of a [`QConv2d`].
@@ -67,11 +68,7 @@ pub struct QConv2d {
     padding: [usize; 2],
     groups: usize,
     #[module(skip)]
-    policy: BitPolicy,
-    #[module(skip)]
-    weight_quant: WeightQuantConfig,
-    #[module(skip)]
-    act_quant: ActQuantConfig,
+    quant: LayerQuant,
 }
 
 impl QConv2dConfig {
@@ -109,9 +106,11 @@ impl QConv2dConfig {
             stride: self.stride,
             padding: self.padding,
             groups: self.groups,
-            policy: self.policy,
-            weight_quant: self.weight_quant.clone(),
-            act_quant: self.act_quant.clone(),
+            quant: LayerQuant {
+                policy: self.policy,
+                weight: self.weight_quant.clone(),
+                act: self.act_quant.clone(),
+            },
         }
     }
 }
@@ -123,16 +122,16 @@ impl QConv2d {
     ///
     /// `x`: `[batch, in, h, w]`; output `[batch, out, h_out, w_out]`.
     pub fn forward(&self, x: Tensor<4>, bits: BitWidth) -> Tensor<4> {
-        let resolved = self.policy.resolve(bits);
+        let resolved = self.quant.policy.resolve(bits);
         let x = pact(
             x,
             self.alpha.select(resolved.bita),
             resolved.bita,
-            &self.act_quant,
+            &self.quant.act,
         );
         let weight = self.weight.val();
         let fan_out = conv_fan_out(weight.dims());
-        let w_eff = quantize_weight(weight, resolved.bitw, fan_out, &self.weight_quant).effective();
+        let w_eff = quantize_weight(weight, resolved.bitw, fan_out, &self.quant.weight).effective();
         let options = ConvOptions {
             stride: self.stride,
             padding: [
@@ -145,9 +144,14 @@ impl QConv2d {
         conv2d(x, w_eff, self.bias.as_ref().map(Param::val), options)
     }
 
+    /// How the layer quantizes.
+    pub fn quant(&self) -> &LayerQuant {
+        &self.quant
+    }
+
     /// The weight quantizer.
     pub fn weight_quant(&self) -> &WeightQuantConfig {
-        &self.weight_quant
+        &self.quant.weight
     }
 
     /// Deploys the layer with a fixed effective weight and bias (`W_eff = s·ŵ`, decoded from an
@@ -156,12 +160,12 @@ impl QConv2d {
     pub fn deploy(&mut self, weight: Tensor<4>, bias: Option<Tensor<1>>) {
         self.weight = Param::from_tensor(weight);
         self.bias = bias.map(Param::from_tensor);
-        (self.weight_quant, self.policy) = super::deployed(&self.weight_quant, self.policy);
+        self.quant = self.quant.deployed();
     }
 
     /// The layer's precision policy.
     pub fn policy(&self) -> BitPolicy {
-        self.policy
+        self.quant.policy
     }
 
     /// The stride.
@@ -196,7 +200,7 @@ impl QConv2d {
             weights: (c_out * c_in_per_group * kh * kw) as u64,
             bias: self.bias.as_ref().map_or(0, |_| c_out as u64),
             alpha_entries: self.alpha.alpha.dims()[0] as u64,
-            policy: self.policy,
+            policy: self.quant.policy,
             first: false,
         }
     }

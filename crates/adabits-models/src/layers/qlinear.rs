@@ -9,6 +9,7 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Distribution, Tensor};
 
+use super::LayerQuant;
 use crate::profile::{LayerShape, OpKind};
 
 /// Configuration of a [`QLinear`].
@@ -57,11 +58,7 @@ pub struct QLinear {
     /// The input clipping levels.
     pub alpha: ClippingLevels,
     #[module(skip)]
-    policy: BitPolicy,
-    #[module(skip)]
-    weight_quant: WeightQuantConfig,
-    #[module(skip)]
-    act_quant: ActQuantConfig,
+    quant: LayerQuant,
 }
 
 impl QLinearConfig {
@@ -81,9 +78,11 @@ impl QLinearConfig {
             alpha: ClippingLevelsConfig::new(self.bits.clone(), self.alpha_init)
                 .with_switchable(self.switchable_alpha)
                 .init(device),
-            policy: self.policy,
-            weight_quant: self.weight_quant.clone(),
-            act_quant: self.act_quant.clone(),
+            quant: LayerQuant {
+                policy: self.policy,
+                weight: self.weight_quant.clone(),
+                act: self.act_quant.clone(),
+            },
         }
     }
 }
@@ -110,20 +109,20 @@ impl QLinear {
     ///
     /// `x`: `[batch, in]`; output `[batch, out]`.
     pub fn forward_mode(&self, x: Tensor<2>, bits: BitWidth, mode: QuantMode) -> Tensor<2> {
-        let resolved = self.policy.resolve(bits);
+        let resolved = self.quant.policy.resolve(bits);
         let x = pact(
             x,
             self.alpha.select(resolved.bita),
             resolved.bita,
-            &self.act_quant,
+            &self.quant.act,
         );
         let weight = self.weight.val();
         let fan_out = linear_fan_out(weight.dims());
-        let (weight, bias) = quantize_weight(weight, resolved.bitw, fan_out, &self.weight_quant)
+        let (weight, bias) = quantize_weight(weight, resolved.bitw, fan_out, &self.quant.weight)
             .linear_params(
                 self.bias.as_ref().map(Param::val),
                 mode,
-                self.weight_quant.linear_eval,
+                self.quant.weight.linear_eval,
             );
         let y = x.matmul(weight.transpose());
         match bias {
@@ -132,9 +131,14 @@ impl QLinear {
         }
     }
 
+    /// How the layer quantizes.
+    pub fn quant(&self) -> &LayerQuant {
+        &self.quant
+    }
+
     /// The weight quantizer.
     pub fn weight_quant(&self) -> &WeightQuantConfig {
-        &self.weight_quant
+        &self.quant.weight
     }
 
     /// Deploys the layer with a fixed effective weight and bias (the evaluation form (`ŵ` and `bias / s` with the official `LinearEval`), decoded from an
@@ -143,12 +147,12 @@ impl QLinear {
     pub fn deploy(&mut self, weight: Tensor<2>, bias: Option<Tensor<1>>) {
         self.weight = Param::from_tensor(weight);
         self.bias = bias.map(Param::from_tensor);
-        (self.weight_quant, self.policy) = super::deployed(&self.weight_quant, self.policy);
+        self.quant = self.quant.deployed();
     }
 
     /// The layer's precision policy.
     pub fn policy(&self) -> BitPolicy {
-        self.policy
+        self.quant.policy
     }
 
     /// The profiler's description of this layer: `MACs = in·out`.
@@ -161,7 +165,7 @@ impl QLinear {
             weights: (d_in * d_out) as u64,
             bias: self.bias.as_ref().map_or(0, |_| d_out as u64),
             alpha_entries: self.alpha.alpha.dims()[0] as u64,
-            policy: self.policy,
+            policy: self.quant.policy,
             first: false,
         }
     }

@@ -31,9 +31,10 @@ pub fn device() -> Device {
 /// same bits. On wgpu two evaluations of the same model on the same input are not always
 /// bit-identical: in CI (lavapipe) the full-precision import test saw logits 1 ulp apart
 /// (-11.791385650634766 against -11.791386604309082), where the same run on another machine
-/// matched exactly. Which kernel choice differs is not known (docs/numerics.md: concurrent
-/// autotuning of matmul and convolution keys was tried and gave identical bits); an `f32` sum
-/// taken in another order moves by a few ulps, far below the project's tolerance of 1e-5.
+/// matched exactly. The likely cause is CubeCL's autotuning with a cold cache while another
+/// test thread tunes the same kernel key (it runs a fallback kernel meanwhile), which made two
+/// concurrent training tests diverge (docs/numerics.md); for this test it was not reproduced.
+/// An `f32` sum taken in another order moves by a few ulps, far below the tolerance of 1e-5.
 #[cfg(feature = "test-wgpu")]
 pub const SAME_COMPUTATION_TOLERANCE: f64 = 1e-5;
 

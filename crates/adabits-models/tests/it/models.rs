@@ -273,6 +273,10 @@ fn a_seed_gives_the_same_weights_while_other_threads_create_models() {
             .collect()
     });
     for (which, bits) in drawn {
-        assert!(bits == reference[which], "seed {} drew other weights", which + 1);
+        assert!(
+            bits == reference[which],
+            "seed {} drew other weights",
+            which + 1
+        );
     }
 }
