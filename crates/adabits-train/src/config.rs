@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::DataSource;
 use crate::error::TrainError;
 use crate::optim::OptimConfig;
-use crate::strategy::Strategy;
+use crate::strategy::{Stage, Strategy};
 
 /// Which checkpoint is the best.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,9 +110,17 @@ fn model_with_defaults<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ModelCo
     serde_json::from_value(full).map_err(|e| D::Error::custom(format!("model: {e}")))
 }
 
-/// Writes `over` into `base`, object fields recursively, anything else replacing.
+/// Writes `over` into `base`, object fields recursively, anything else replacing. An object
+/// whose `kind` differs from the one it is written over (a tagged section: the data, the
+/// strategy, the schedule) replaces it whole: another kind's fields do not carry over.
 pub fn merge_json(base: &mut serde_json::Value, over: serde_json::Value) {
+    let kind = |v: &serde_json::Value| v.get("kind").cloned();
     match (base, over) {
+        (slot @ serde_json::Value::Object(_), o @ serde_json::Value::Object(_))
+            if kind(&o).is_some() && kind(slot) != kind(&o) =>
+        {
+            *slot = o;
+        }
         (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
             for (k, v) in o {
                 match b.get_mut(&k) {
@@ -158,13 +166,40 @@ impl TrainConfig {
         }
     }
 
+    /// `self` with a preset written over it: a JSON object of any of the configuration's
+    /// fields, objects merged field by field ([`merge_json`]).
+    ///
+    /// # Errors
+    ///
+    /// The result is not a configuration (a field unknown, or of the wrong type).
+    pub fn with_preset(&self, preset: serde_json::Value) -> Result<Self, serde_json::Error> {
+        let mut value = serde_json::to_value(self)?;
+        merge_json(&mut value, preset);
+        serde_json::from_value(value)
+    }
+
     /// Checks the configuration and applies what the strategy implies: a shared BatchNorm and
     /// clipping level for direct and progressive training.
     ///
     /// # Errors
     ///
-    /// [`TrainError::Config`] naming the field.
+    /// [`TrainError::Config`] naming the field ([`validate`](Self::validate)).
     pub fn resolve(mut self) -> Result<Self, TrainError> {
+        self.validate()?;
+        if let Strategy::Direct | Strategy::Progressive { .. } = self.strategy {
+            self.model.quant.switchable_alpha = false;
+            self.model.quant.bn = BnSharing::Shared;
+        }
+        Ok(self)
+    }
+
+    /// Checks every field the types do not: the one place where presets, flags and code that
+    /// builds a configuration are all checked.
+    ///
+    /// # Errors
+    ///
+    /// [`TrainError::Config`] naming the field, what was expected and what was found.
+    pub fn validate(&self) -> Result<(), TrainError> {
         let bad = |field: &str, expected: &str, found: String| {
             Err(TrainError::Config {
                 field: field.to_string(),
@@ -174,6 +209,10 @@ impl TrainConfig {
         };
         if self.epochs == 0 {
             return bad("epochs", "at least 1", "0".into());
+        }
+        let width = self.model.width_mult;
+        if !(width.is_finite() && width > 0.0) {
+            return bad("model.width_mult", "a positive number", width.to_string());
         }
         if self.batch_size < 2 {
             return bad(
@@ -197,27 +236,30 @@ impl TrainConfig {
                 max.to_string(),
             );
         }
-        match self.strategy {
-            Strategy::Individual if self.model.bits.len() != 1 => {
-                return bad(
-                    "model.bits",
-                    "exactly one bit-width for the individual strategy",
-                    self.model.bits.to_string(),
-                );
-            }
-            Strategy::Direct | Strategy::Progressive { .. } => {
-                self.model.quant.switchable_alpha = false;
-                self.model.quant.bn = BnSharing::Shared;
-            }
-            _ => {}
+        if self.strategy == Strategy::Individual && self.model.bits.len() != 1 {
+            return bad(
+                "model.bits",
+                "exactly one bit-width for the individual strategy",
+                self.model.bits.to_string(),
+            );
         }
-        Ok(self)
+        Ok(())
     }
 
     /// How many stages the run has: the full-precision stage if any, then one for joint,
     /// individual and direct training, or one per bit-width for progressive training.
     pub fn stage_count(&self) -> usize {
         self.stages().len()
+    }
+
+    /// The stages of training ([`Strategy::stages`]).
+    pub(crate) fn stages(&self) -> Vec<Stage> {
+        self.strategy.stages(
+            &self.model.bits,
+            self.epochs,
+            self.fp_epochs,
+            self.finetune_epochs,
+        )
     }
 }
 

@@ -27,6 +27,41 @@ pub enum Schedule {
     Constant,
 }
 
+impl Schedule {
+    /// The schedule without its settings.
+    pub fn kind(&self) -> ScheduleKind {
+        match self {
+            Self::Cosine => ScheduleKind::Cosine,
+            Self::MultiStep { .. } => ScheduleKind::MultiStep,
+            Self::Constant => ScheduleKind::Constant,
+        }
+    }
+}
+
+/// A [`Schedule`] without its settings: what a command line names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum ScheduleKind {
+    /// Cosine over all iterations.
+    Cosine,
+    /// ×gamma at each milestone epoch.
+    #[cfg_attr(feature = "clap", value(name = "multistep"))]
+    MultiStep,
+    /// Constant.
+    Constant,
+}
+
+impl ScheduleKind {
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cosine => "cosine",
+            Self::MultiStep => "multistep",
+            Self::Constant => "constant",
+        }
+    }
+}
+
 /// The optimiser's settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

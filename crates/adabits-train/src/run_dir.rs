@@ -41,8 +41,9 @@ const STATE: &str = "state.json";
 
 /// Which checkpoint of a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Which {
-    /// The best by the run's criterion.
+    /// The best by the run's criterion (mean top-1 by default).
     Best,
     /// The latest.
     Latest,

@@ -1,9 +1,7 @@
 //! The training strategies: which stages a run trains, and what is evaluated after each.
 
-use adabits_quant::BitWidth;
+use adabits_quant::{BitWidth, BitWidths};
 use serde::{Deserialize, Serialize};
-
-use crate::config::TrainConfig;
 
 /// How the bit-widths are trained (docs/method.md §9).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,11 +33,52 @@ pub enum Strategy {
 impl Strategy {
     /// The name used on the command line and in reports.
     pub fn name(&self) -> &'static str {
+        self.kind().name()
+    }
+
+    /// The strategy without its options.
+    pub fn kind(&self) -> StrategyKind {
+        match self {
+            Self::Individual => StrategyKind::Individual,
+            Self::Joint { .. } => StrategyKind::Joint,
+            Self::Direct => StrategyKind::Direct,
+            Self::Progressive { .. } => StrategyKind::Progressive,
+        }
+    }
+}
+
+/// A [`Strategy`] without its options: what a command line names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum StrategyKind {
+    /// One bit-width (the model's list must name exactly one).
+    Individual,
+    /// AdaBits: every bit-width at every step.
+    Joint,
+    /// Train at the highest bit-width, evaluate all, with and without BN calibration.
+    Direct,
+    /// Train at the highest bit-width, then fine-tune at each lower one.
+    Progressive,
+}
+
+impl StrategyKind {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
         match self {
             Self::Individual => "individual",
-            Self::Joint { .. } => "joint",
+            Self::Joint => "joint",
             Self::Direct => "direct",
-            Self::Progressive { .. } => "progressive",
+            Self::Progressive => "progressive",
+        }
+    }
+
+    /// The strategy with its options off.
+    pub fn strategy(self) -> Strategy {
+        match self {
+            Self::Individual => Strategy::Individual,
+            Self::Joint => Strategy::Joint { distill: false },
+            Self::Direct => Strategy::Direct,
+            Self::Progressive => Strategy::Progressive { low_to_high: false },
         }
     }
 }
@@ -93,11 +132,19 @@ impl Strategy {
     }
 }
 
-impl TrainConfig {
-    /// The stages of training.
-    pub(crate) fn stages(&self) -> Vec<Stage> {
-        let bits: Vec<BitWidth> = self.model.bits.iter().collect();
-        let top = self.model.bits.max();
+impl Strategy {
+    /// The stages of a run of `epochs` over the model's `bits`: a full-precision stage of
+    /// `fp_epochs` first if any, then the strategy's; progressive fine-tuning stages last
+    /// `finetune_epochs` (half of `epochs`, at least 1, by default).
+    pub(crate) fn stages(
+        &self,
+        bits: &BitWidths,
+        epochs: usize,
+        fp_epochs: usize,
+        finetune_epochs: Option<usize>,
+    ) -> Vec<Stage> {
+        let top = bits.max();
+        let bits: Vec<BitWidth> = bits.iter().collect();
         let stage = |bits: Vec<BitWidth>, epochs: usize, lr_factor: f64| Stage {
             bits,
             epochs,
@@ -105,27 +152,27 @@ impl TrainConfig {
             full_precision: false,
         };
         let mut stages = Vec::new();
-        if self.fp_epochs > 0 {
+        if fp_epochs > 0 {
             stages.push(Stage {
                 full_precision: true,
-                ..stage(vec![BitWidth::FULL], self.fp_epochs, 1.0)
+                ..stage(vec![BitWidth::FULL], fp_epochs, 1.0)
             });
         }
-        match self.strategy {
+        match *self {
             Strategy::Individual | Strategy::Joint { .. } => {
-                stages.push(stage(bits, self.epochs, 1.0));
+                stages.push(stage(bits, epochs, 1.0));
             }
-            Strategy::Direct => stages.push(stage(vec![top], self.epochs, 1.0)),
+            Strategy::Direct => stages.push(stage(vec![top], epochs, 1.0)),
             Strategy::Progressive { low_to_high } => {
                 let mut order = bits;
                 order.sort_unstable_by(|a, b| b.cmp(a));
                 if low_to_high {
                     order.reverse();
                 }
-                let finetune = self.finetune_epochs.unwrap_or((self.epochs / 2).max(1));
+                let finetune = finetune_epochs.unwrap_or((epochs / 2).max(1));
                 for (i, b) in order.into_iter().enumerate() {
                     stages.push(if i == 0 {
-                        stage(vec![b], self.epochs, 1.0)
+                        stage(vec![b], epochs, 1.0)
                     } else {
                         stage(vec![b], finetune, 0.1)
                     });

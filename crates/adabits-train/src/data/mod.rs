@@ -166,11 +166,68 @@ impl DataSource {
 
     /// A short name for reports.
     pub fn name(&self) -> &'static str {
+        self.kind().name()
+    }
+
+    /// The data set without its settings.
+    pub fn kind(&self) -> DatasetKind {
         match self {
-            Self::Synthetic(_) => "synthetic",
-            Self::Cifar10 { .. } => "cifar10",
-            Self::Cifar100 { .. } => "cifar100",
-            Self::ImageFolder { .. } => "imagefolder",
+            Self::Synthetic(_) => DatasetKind::Synthetic,
+            Self::Cifar10 { .. } => DatasetKind::Cifar10,
+            Self::Cifar100 { .. } => DatasetKind::Cifar100,
+            Self::ImageFolder { .. } => DatasetKind::ImageFolder,
+        }
+    }
+
+    /// The folder the data is read from (`None` for the synthetic set).
+    pub fn dir_mut(&mut self) -> Option<&mut PathBuf> {
+        match self {
+            Self::Synthetic(_) => None,
+            Self::Cifar10 { dir } | Self::Cifar100 { dir } | Self::ImageFolder { dir, .. } => {
+                Some(dir)
+            }
+        }
+    }
+}
+
+/// A [`DataSource`] without its settings: what a command line names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum DatasetKind {
+    /// The built-in synthetic set (no download).
+    Synthetic,
+    /// CIFAR-10, binary version, in a folder.
+    Cifar10,
+    /// CIFAR-100, binary version, in a folder.
+    Cifar100,
+    /// An ImageNet-style folder with train/ and val/ class sub-folders.
+    #[cfg_attr(feature = "clap", value(name = "imagefolder"))]
+    ImageFolder,
+}
+
+impl DatasetKind {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Synthetic => "synthetic",
+            Self::Cifar10 => "cifar10",
+            Self::Cifar100 => "cifar100",
+            Self::ImageFolder => "imagefolder",
+        }
+    }
+
+    /// The data set with its default settings, read from `dir`; `None` when a folder is
+    /// needed and not given, or given to the synthetic set, which has none.
+    pub fn source(self, dir: Option<PathBuf>) -> Option<DataSource> {
+        match (self, dir) {
+            (Self::Synthetic, None) => Some(DataSource::Synthetic(SyntheticConfig::default())),
+            (Self::Synthetic, Some(_)) | (_, None) => None,
+            (Self::Cifar10, Some(dir)) => Some(DataSource::Cifar10 { dir }),
+            (Self::Cifar100, Some(dir)) => Some(DataSource::Cifar100 { dir }),
+            (Self::ImageFolder, Some(dir)) => Some(DataSource::ImageFolder {
+                dir,
+                crop: default_crop(),
+            }),
         }
     }
 }
