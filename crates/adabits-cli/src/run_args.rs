@@ -1,22 +1,14 @@
-//! What the commands that read a run share: which run and checkpoint, where its data is, on
-//! which device.
+//! What the commands that read a run share (`eval`, `export`, `verify`, `calibrate`): which
+//! run and checkpoint (`--checkpoint RUN --which best|latest`), where its data is, on which
+//! device.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use adabits_train::data::DataSource;
 use adabits_train::{SavedRun, Which, load_run};
-use clap::{Args, ValueEnum};
+use clap::Args;
 
 use crate::device::DeviceArg;
-
-/// Which checkpoint of a run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub(crate) enum WhichArg {
-    /// The best by the run's criterion (mean top-1 by default).
-    Best,
-    /// The latest.
-    Latest,
-}
 
 /// The run a command reads, and where.
 #[derive(Debug, Args)]
@@ -25,8 +17,8 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "RUN")]
     pub(crate) checkpoint: PathBuf,
     /// Which of the run's checkpoints.
-    #[arg(long, value_enum, default_value_t = WhichArg::Best)]
-    pub(crate) which: WhichArg,
+    #[arg(long, value_enum, default_value_t = Which::Best)]
+    pub(crate) which: Which,
     /// The data folder, if it moved since training.
     #[arg(long, value_name = "DIR")]
     pub(crate) data_dir: Option<PathBuf>,
@@ -35,35 +27,25 @@ pub(crate) struct RunArgs {
     pub(crate) device: DeviceArg,
 }
 
-fn which(arg: WhichArg) -> Which {
-    match arg {
-        WhichArg::Best => Which::Best,
-        WhichArg::Latest => Which::Latest,
+impl RunArgs {
+    /// Loads the chosen checkpoint of the run onto `device`, with a hint on failure.
+    pub(crate) fn open(&self, device: &burn::tensor::Device) -> anyhow::Result<SavedRun> {
+        load_run(&self.checkpoint, self.which, device).map_err(|e| {
+            anyhow::anyhow!("{e}\nhint: RUN is the folder `adabits train --out` wrote")
+        })
     }
-}
 
-/// Loads the `arg` checkpoint of the run in `dir` onto `device`, with a hint on failure.
-pub(crate) fn open_run(
-    dir: &Path,
-    arg: WhichArg,
-    device: &burn::tensor::Device,
-) -> anyhow::Result<SavedRun> {
-    load_run(dir, which(arg), device)
-        .map_err(|e| anyhow::anyhow!("{e}\nhint: RUN is the folder `adabits train --out` wrote"))
-}
-
-/// The run's data, with `data_dir` replacing its folder.
-pub(crate) fn data_of(run: &SavedRun, data_dir: Option<&PathBuf>) -> anyhow::Result<DataSource> {
-    let mut data = run.config.data.clone();
-    if let Some(dir) = data_dir {
-        match &mut data {
-            DataSource::Cifar10 { dir: d }
-            | DataSource::Cifar100 { dir: d }
-            | DataSource::ImageFolder { dir: d, .. } => *d = dir.clone(),
-            DataSource::Synthetic(_) => {
-                anyhow::bail!("--data-dir given, but the run was trained on synthetic data")
+    /// The run's data, with `--data-dir` replacing its folder.
+    pub(crate) fn data_of(&self, run: &SavedRun) -> anyhow::Result<DataSource> {
+        let mut data = run.config.data.clone();
+        if let Some(dir) = &self.data_dir {
+            match data.dir_mut() {
+                Some(slot) => *slot = dir.clone(),
+                None => {
+                    anyhow::bail!("--data-dir given, but the run was trained on synthetic data")
+                }
             }
         }
+        Ok(data)
     }
-    Ok(data)
 }

@@ -219,14 +219,24 @@ fn train_runs_two_steps_and_writes_the_run_directory() {
     );
     assert!(out.join("results.json").is_file() && out.join("metrics.jsonl").is_file());
     // eval reads the best checkpoint back and finds the run's own figures.
-    let eval = adabits(&["eval", out_str, "--json"]);
+    let eval = adabits(&["eval", "--checkpoint", out_str, "--json"]);
     assert!(eval.status.success(), "{}", text(&eval.stderr));
     let eval: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
     for row in eval["results"].as_array().unwrap() {
         let bits = row["bits"].to_string();
         assert_eq!(row["top1"], results["bits"][&bits]["top1"], "{bits} bits");
     }
-    let calibrated = adabits(&["eval", out_str, "--bits", "4,3", "--calibrate", "2"]);
+    let calibrated = adabits(&[
+        "eval",
+        "--checkpoint",
+        out_str,
+        "--which",
+        "latest",
+        "--bits",
+        "4,3",
+        "--calibrate",
+        "2",
+    ]);
     assert!(calibrated.status.success(), "{}", text(&calibrated.stderr));
     assert!(text(&calibrated.stdout).contains("calibrated on 2 batches"));
     // info describes the run and a checkpoint file.
@@ -246,7 +256,11 @@ fn train_runs_two_steps_and_writes_the_run_directory() {
         "{}",
         text(&info.stderr)
     );
-    let not_a_run = adabits(&["eval", std::env::temp_dir().to_str().unwrap()]);
+    let not_a_run = adabits(&[
+        "eval",
+        "--checkpoint",
+        std::env::temp_dir().to_str().unwrap(),
+    ]);
     assert!(!not_a_run.status.success());
     assert!(
         text(&not_a_run.stderr).contains("config.json"),

@@ -1,6 +1,7 @@
 //! `adabits bench`: throughput of the fake-quant operators and of a quantized conv layer's
 //! training step, on one device.
 
+use std::process::ExitCode;
 use std::time::Instant;
 
 use adabits_models::ModelConfig;
@@ -12,18 +13,84 @@ use adabits_train::{OptimConfig, Sgd, joint_step};
 use burn::module::Module;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use clap::Args;
+
+use crate::device::DeviceArg;
+use crate::output::print_json;
+
+/// The flags of `adabits bench`.
+#[derive(Debug, Args)]
+pub(crate) struct Bench {
+    /// The device to run on (one of the backends compiled into this binary).
+    #[arg(long, value_enum, default_value_t = DeviceArg::default())]
+    device: DeviceArg,
+    /// The bit-width of weights and activations.
+    #[arg(long, default_value = "4")]
+    bits: BitWidth,
+    /// The batch size of the activation workloads.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Timed iterations per workload (the median is reported).
+    #[arg(long, default_value_t = 20)]
+    iters: usize,
+    /// Also time a training step and evaluation of this model (e.g. resnet20).
+    #[arg(long)]
+    model: Option<adabits_models::Architecture>,
+    /// The model's bit-widths.
+    #[arg(long, default_value = "8,6,5,4")]
+    list: adabits_quant::BitWidths,
+    /// The model's width multiplier.
+    #[arg(long, default_value_t = 1.0)]
+    width: f64,
+    /// The model's input side [default: 32 for CIFAR ResNets, 224 otherwise].
+    #[arg(long)]
+    input: Option<usize>,
+    /// Print the results as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `adabits bench`.
+pub(crate) fn run(args: Bench) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.iters > 0, "--iters must be at least 1");
+    let device = args.device.device();
+    let mut results = operators(&device, args.bits, args.batch, args.iters)?;
+    if let Some(arch) = args.model {
+        let config = ModelConfig::new(arch, args.list.clone()).with_width_mult(args.width);
+        let side = args.input.unwrap_or(arch.default_input_size());
+        results.extend(model_workloads(
+            &device, &config, args.batch, side, args.iters,
+        )?);
+    }
+    if args.json {
+        print_json(&serde_json::json!({ "device": args.device.to_string(), "results": results }))?;
+    } else {
+        println!("device: {}", args.device);
+        println!(
+            "{:<52} {:>10} {:>14}",
+            "workload", "median ms", "throughput"
+        );
+        for m in &results {
+            println!(
+                "{:<52} {:>10.3} {:>9.1} {}",
+                m.name, m.ms, m.throughput, m.unit
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
 
 /// One measured workload.
 #[derive(Debug, serde::Serialize)]
-pub(crate) struct Measurement {
+struct Measurement {
     /// What was timed.
-    pub(crate) name: String,
+    name: String,
     /// Median milliseconds per iteration.
-    pub(crate) ms: f64,
+    ms: f64,
     /// A throughput figure for the workload.
-    pub(crate) throughput: f64,
+    throughput: f64,
     /// Its unit.
-    pub(crate) unit: &'static str,
+    unit: &'static str,
 }
 
 impl Measurement {
@@ -66,7 +133,7 @@ fn time_ms(
 }
 
 /// Runs the benchmark suite at `bits` on `device`.
-pub(crate) fn run(
+fn operators(
     device: &Device,
     bits: BitWidth,
     batch: usize,
@@ -180,7 +247,7 @@ fn memory_copy(elems: usize, iters: usize) -> Measurement {
 
 /// The model workloads: one joint training step over `list` (each image counted once per
 /// step, whatever the number of bit-widths) and an evaluation forward pass at each bit-width.
-pub(crate) fn run_model(
+fn model_workloads(
     device: &Device,
     config: &ModelConfig,
     batch: usize,

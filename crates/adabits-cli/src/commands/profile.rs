@@ -1,0 +1,109 @@
+//! `adabits profile`: a model's cost at every bit-width, without training.
+
+use std::process::ExitCode;
+
+use adabits_models::{Accounting, Architecture, ModelConfig, cost};
+use adabits_quant::BitWidths;
+use clap::Args;
+use serde_json::json;
+
+use crate::output::print_json;
+
+/// The flags of `adabits profile`.
+#[derive(Debug, Args)]
+pub(crate) struct Profile {
+    /// The model (resnet20 … mobilenet_v2).
+    #[arg(long, default_value = "mobilenet_v1")]
+    model: Architecture,
+    /// The bit-widths.
+    #[arg(long, default_value = "8,6,5,4")]
+    bits: BitWidths,
+    /// Width multiplier.
+    #[arg(long, default_value_t = 1.0)]
+    width: f64,
+    /// Output classes [default: 10 for CIFAR ResNets, 1000 otherwise].
+    #[arg(long)]
+    classes: Option<usize>,
+    /// Input side [default: 32 for CIFAR ResNets, 224 otherwise].
+    #[arg(long)]
+    input: Option<usize>,
+    /// Count the first layer at 32×32 bits (the paper's apparent accounting) instead of the
+    /// official profiler's resolved bits.
+    #[arg(long)]
+    paper: bool,
+    /// Also print every layer at the highest bit-width.
+    #[arg(long)]
+    layers: bool,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `adabits profile`.
+pub(crate) fn run(args: Profile) -> anyhow::Result<ExitCode> {
+    let arch = args.model;
+    anyhow::ensure!(
+        args.width > 0.0 && args.width.is_finite(),
+        "--width must be a positive number, got {}",
+        args.width
+    );
+    let cifar = matches!(arch, Architecture::CifarResNet(_));
+    let classes = args.classes.unwrap_or(if cifar { 10 } else { 1000 });
+    let side = args.input.unwrap_or(arch.default_input_size());
+    let model = ModelConfig::new(arch, args.bits.clone())
+        .with_width_mult(args.width)
+        .with_num_classes(classes)
+        .init(&burn::tensor::Device::flex());
+    let shapes = model.layer_shapes([side, side]);
+    let accounting = if args.paper {
+        Accounting::PaperFirstLayerFullPrecision
+    } else {
+        Accounting::Official
+    };
+    let bits: Vec<_> = args
+        .bits
+        .iter()
+        .chain([adabits_quant::BitWidth::FULL])
+        .collect();
+    let reports: Vec<_> = bits.iter().map(|&b| cost(&shapes, b, accounting)).collect();
+    if args.json {
+        print_json(&json!({
+            "model": arch.to_string(), "width": args.width, "classes": classes,
+            "input": side, "accounting": accounting, "reports": reports,
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{arch} ×{} at {side}×{side}, {classes} classes ({accounting:?} accounting)",
+        args.width
+    );
+    println!(
+        "{:>5} {:>14} {:>12} {:>10} {:>10}",
+        "bits", "MACs", "params", "GBitOPs", "MB"
+    );
+    for (b, r) in bits.iter().zip(&reports) {
+        println!(
+            "{:>5} {:>14} {:>12} {:>10.3} {:>10.3}",
+            b.get(),
+            r.macs,
+            r.params,
+            r.gbitops,
+            r.size_mb
+        );
+    }
+    if args.layers {
+        let r = &reports[0];
+        println!("\nlayers at {} bits", bits[0]);
+        println!(
+            "{:<28} {:>12} {:>5} {:>5} {:>10}",
+            "layer", "MACs", "w", "a", "bytes"
+        );
+        for l in &r.layers {
+            println!(
+                "{:<28} {:>12} {:>5} {:>5} {:>10.0}",
+                l.name, l.macs, l.bitw, l.bita, l.bytes
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

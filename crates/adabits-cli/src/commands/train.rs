@@ -1,0 +1,445 @@
+//! `adabits train`: the flags, how they make a configuration, and the run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use adabits_models::{Architecture, BnSharing};
+use adabits_quant::{BitWidths, QuantScheme};
+use adabits_train::data::DatasetKind;
+use adabits_train::{
+    Recipe, RunDir, RunOptions, RunStatus, Schedule, ScheduleKind, Strategy, StrategyKind,
+    TrainConfig, train,
+};
+use anyhow::Context;
+use clap::Args;
+
+use crate::device::DeviceArg;
+use crate::output::{print_json, print_results};
+
+/// The flags of `adabits train`.
+#[derive(Debug, Args)]
+pub(crate) struct Train {
+    /// A JSON preset (see configs/); flags given on the command line override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The starting settings, before --config and the other flags.
+    #[arg(long, value_enum, default_value_t = Recipe::Adabits)]
+    recipe: Recipe,
+    /// The model: resnet20/32/44/56/110 (CIFAR), resnet18/34/50/101/152, mobilenet_v1,
+    /// mobilenet_v2 [default: resnet20].
+    #[arg(long)]
+    model: Option<Architecture>,
+    /// Width multiplier of the model [default: 1].
+    #[arg(long, value_name = "W")]
+    width: Option<f64>,
+    /// The bit-widths, in training order [default: 8,6,5,4].
+    #[arg(long, value_name = "LIST")]
+    bits: Option<BitWidths>,
+    /// The data [default: synthetic].
+    #[arg(long, value_enum)]
+    dataset: Option<DatasetKind>,
+    /// The folder of the CIFAR files or of the image folder's train/ and val/.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// The training strategy [default: joint].
+    #[arg(long, value_enum)]
+    strategy: Option<StrategyKind>,
+    /// Joint training: each lower bit-width also learns from the next higher one's outputs.
+    #[arg(long)]
+    distill: bool,
+    /// Progressive training from the lowest bit-width up.
+    #[arg(long)]
+    low_to_high: bool,
+    /// One clipping level shared by all bit-widths (Vanilla AdaBits ablation).
+    #[arg(long)]
+    shared_alpha: bool,
+    /// One BatchNorm shared by all bit-widths (ablation).
+    #[arg(long)]
+    shared_bn: bool,
+    /// The weight quantization scheme.
+    #[arg(long, value_enum, value_name = "SCHEME")]
+    weight_scheme: Option<QuantScheme>,
+    /// The activation quantization scheme.
+    #[arg(long, value_enum, value_name = "SCHEME")]
+    act_scheme: Option<QuantScheme>,
+    /// Training epochs [default: 2].
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Training batch size [default: 128].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Base learning rate, for a batch of up to 256 [default: 0.1].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Learning-rate schedule [default: cosine].
+    #[arg(long, value_enum)]
+    schedule: Option<ScheduleKind>,
+    /// Epochs at which multistep drops the rate, e.g. 100,150.
+    #[arg(long, value_delimiter = ',', value_name = "EPOCHS")]
+    milestones: Option<Vec<usize>>,
+    /// Multistep factor [default: 0.1].
+    #[arg(long)]
+    gamma: Option<f64>,
+    /// Weight decay of conv and linear weights [default: 4e-5].
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Epochs at full precision before the bit-widths train; their BatchNorm and clipping
+    /// levels then go to every bit-width (the official runs start from a full-precision model).
+    #[arg(long, value_name = "N")]
+    fp_epochs: Option<usize>,
+    /// Learning-rate warm-up epochs [default: 0, or 5 for batches above 256].
+    #[arg(long, value_name = "N")]
+    warmup_epochs: Option<usize>,
+    /// Scale the gradient down to this global L2 norm when it is longer; 0 turns clipping off.
+    #[arg(long, value_name = "NORM")]
+    clip_grad_norm: Option<f64>,
+    /// Stop (with a checkpoint) after this many optimiser steps.
+    #[arg(long, value_name = "N")]
+    max_steps: Option<usize>,
+    /// Seed of the initialisation, data order and augmentation [default: 0].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The run directory [default: runs/MODEL-STRATEGY].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Continue the run in --out from its latest checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// The device to run on (one of the backends compiled into this binary).
+    #[arg(long, value_enum, default_value_t = DeviceArg::default())]
+    device: DeviceArg,
+    /// Print results.json to stdout instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The resolved configuration: the recipe, then the preset, then the flags, then one check of
+/// every field.
+pub(crate) fn resolve(args: &Train) -> anyhow::Result<TrainConfig> {
+    let mut config = args.recipe.config();
+    let mut preset_sets_fp_epochs = false;
+    if let Some(path) = &args.config {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read the preset", path.display()))?;
+        let preset: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not valid JSON", path.display()))?;
+        preset_sets_fp_epochs = preset.get("fp_epochs").is_some();
+        config = config
+            .with_preset(preset)
+            .with_context(|| format!("{}: invalid configuration", path.display()))?;
+    }
+    set_model(args, &mut config);
+    set_data(args, &mut config)?;
+    set_strategy(args, &mut config)?;
+    set_schedule(args, &mut config)?;
+    let set = |flag: Option<usize>, field: &mut usize| {
+        if let Some(v) = flag {
+            *field = v;
+        }
+    };
+    set(args.epochs, &mut config.epochs);
+    set(args.batch_size, &mut config.batch_size);
+    if let Some(n) = args.max_steps {
+        config.max_steps = Some(n);
+    }
+    if let Some(seed) = args.seed {
+        config.seed = seed;
+    }
+    if let Some(lr) = args.lr {
+        config.optim.lr = lr;
+    }
+    if let Some(wd) = args.weight_decay {
+        config.optim.weight_decay = wd;
+    }
+    if let Some(w) = args.warmup_epochs {
+        config.optim.warmup_epochs = Some(w);
+    }
+    if let Some(norm) = args.clip_grad_norm {
+        config.optim.clip_grad_norm = (norm != 0.0).then_some(norm);
+    }
+    // The recipe's full-precision stage is as long as the training that follows it, unless
+    // the preset or --fp-epochs says otherwise.
+    config.fp_epochs = match args.fp_epochs {
+        Some(n) => n,
+        None if preset_sets_fp_epochs => config.fp_epochs,
+        None => args.recipe.full_precision_epochs(config.epochs),
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+fn set_model(args: &Train, config: &mut TrainConfig) {
+    let model = &mut config.model;
+    if let Some(arch) = args.model {
+        model.arch = arch;
+    }
+    if let Some(w) = args.width {
+        model.width_mult = w;
+    }
+    if let Some(bits) = &args.bits {
+        model.bits = bits.clone();
+    }
+    if args.shared_alpha {
+        model.quant.switchable_alpha = false;
+    }
+    if args.shared_bn {
+        model.quant.bn = BnSharing::Shared;
+    }
+    if let Some(s) = args.weight_scheme {
+        model.quant.weight_scheme = s;
+    }
+    if let Some(s) = args.act_scheme {
+        model.quant.act_scheme = s;
+    }
+}
+
+/// `--dataset` starts a data section of its own (with `--data-dir`); `--data-dir` alone moves
+/// the preset's folder.
+fn set_data(args: &Train, config: &mut TrainConfig) -> anyhow::Result<()> {
+    if let Some(kind) = args.dataset {
+        config.data = match kind.source(args.data_dir.clone()) {
+            Some(source) => source,
+            None if kind == DatasetKind::Synthetic => anyhow::bail!(
+                "--data-dir {} is given but the dataset is synthetic\nhint: add --dataset cifar10, cifar100 or imagefolder",
+                args.data_dir
+                    .as_ref()
+                    .map_or(String::new(), |d| d.display().to_string())
+            ),
+            None => anyhow::bail!(
+                "the dataset {} needs --data-dir DIR\nhint: or use --dataset synthetic, which needs no download",
+                kind.name()
+            ),
+        };
+    } else if let Some(dir) = &args.data_dir {
+        match config.data.dir_mut() {
+            Some(slot) => *slot = dir.clone(),
+            None => anyhow::bail!(
+                "--data-dir {} is given but the dataset is synthetic\nhint: add --dataset cifar10, cifar100 or imagefolder",
+                dir.display()
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// `--strategy` replaces the strategy; `--distill` and `--low-to-high` set the options of the
+/// strategy that results, and are refused for one without them.
+fn set_strategy(args: &Train, config: &mut TrainConfig) -> anyhow::Result<()> {
+    if let Some(kind) = args.strategy {
+        config.strategy = kind.strategy();
+    }
+    match &mut config.strategy {
+        Strategy::Joint { distill } if args.distill => *distill = true,
+        Strategy::Progressive { low_to_high } if args.low_to_high => *low_to_high = true,
+        other if args.distill || args.low_to_high => anyhow::bail!(
+            "{} applies to the {} strategy, and this run's is {}\nhint: add --strategy {}",
+            if args.distill {
+                "--distill"
+            } else {
+                "--low-to-high"
+            },
+            if args.distill { "joint" } else { "progressive" },
+            other.name(),
+            if args.distill { "joint" } else { "progressive" },
+        ),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `--schedule` replaces the schedule; `--milestones` and `--gamma` set the multistep one's.
+fn set_schedule(args: &Train, config: &mut TrainConfig) -> anyhow::Result<()> {
+    let schedule = &mut config.optim.schedule;
+    match args.schedule {
+        Some(ScheduleKind::Cosine) => *schedule = Schedule::Cosine,
+        Some(ScheduleKind::Constant) => *schedule = Schedule::Constant,
+        Some(ScheduleKind::MultiStep) => {
+            let milestones = args.milestones.clone().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--schedule multistep needs --milestones\nhint: e.g. --milestones 100,150"
+                )
+            })?;
+            *schedule = Schedule::MultiStep {
+                milestones,
+                gamma: args.gamma.unwrap_or(0.1),
+            };
+            return Ok(());
+        }
+        None => {}
+    }
+    match schedule {
+        Schedule::MultiStep { milestones, gamma } => {
+            if let Some(m) = &args.milestones {
+                *milestones = m.clone();
+            }
+            if let Some(g) = args.gamma {
+                *gamma = g;
+            }
+        }
+        _ if args.milestones.is_some() || args.gamma.is_some() => anyhow::bail!(
+            "--milestones and --gamma set the multistep schedule, and this run's is {}\nhint: add --schedule multistep",
+            schedule.kind().name()
+        ),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `adabits train`.
+pub(crate) fn run(args: Train) -> anyhow::Result<ExitCode> {
+    let config = resolve(&args)?;
+    let out = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from("runs").join(format!("{}-{}", config.model.arch, config.strategy.name()))
+    });
+    let run_dir = RunDir::new(&out);
+    if !args.resume && run_dir.is_run() {
+        anyhow::bail!(
+            "{} already holds a run\nhint: pass --resume to continue it, or another --out",
+            out.display()
+        );
+    }
+    if args.resume && !run_dir.has_checkpoint() {
+        anyhow::bail!(
+            "{} has no checkpoint to resume from\nhint: check --out, or drop --resume to start a new run",
+            out.display()
+        );
+    }
+    let mut options = RunOptions::new(&out);
+    options.resume = args.resume;
+    crate::signals::stop_on_ctrl_c(options.stop.clone())?;
+    if !args.json {
+        eprintln!(
+            "training {} {} on {} ({}, {} epochs{}) on {}; recipe: {}; run directory {}",
+            config.model.arch,
+            config.model.bits,
+            config.data.name(),
+            config.strategy.name(),
+            config.epochs,
+            if config.fp_epochs > 0 {
+                format!(" after {} at full precision", config.fp_epochs)
+            } else {
+                String::new()
+            },
+            args.device,
+            args.recipe.summary(),
+            out.display()
+        );
+    }
+    let mut progress = crate::progress::TerminalProgress::new(config.stage_count());
+    let results = train(config, &args.device.device(), &options, &mut progress)?;
+    if args.json {
+        print_json(&results)?;
+    } else {
+        match results.status {
+            RunStatus::Completed => {}
+            RunStatus::StepLimit => println!("stopped at the step limit; continue with --resume"),
+            RunStatus::Interrupted => println!("interrupted; continue with --resume"),
+        }
+        for evaluation in &results.evaluations {
+            println!("{}", evaluation.label);
+            print_results(evaluation.bits.iter().map(|(b, r)| (b.clone(), r)));
+        }
+        println!(
+            "{} steps, {:.0} training images/s, {:.1} s; results in {}",
+            results.steps,
+            results.train_images_per_second,
+            results.wall_seconds,
+            run_dir.results_path().display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        train: Train,
+    }
+
+    fn resolved(flags: &[&str]) -> TrainConfig {
+        let cli =
+            Cli::try_parse_from(std::iter::once("train").chain(flags.iter().copied())).unwrap();
+        resolve(&cli.train).unwrap()
+    }
+
+    #[test]
+    fn the_recipe_sets_the_full_precision_stage_and_the_clip_and_flags_override_them() {
+        let config = resolved(&["--epochs", "7"]);
+        assert_eq!(config.fp_epochs, 7);
+        assert_eq!(config.optim.clip_grad_norm, Some(5.0));
+        assert_eq!(
+            config.model.quant.depthwise_bita_min.map(|b| b.get()),
+            Some(4)
+        );
+        let config = resolved(&["--epochs", "7", "--fp-epochs", "0", "--clip-grad-norm", "0"]);
+        assert_eq!(config.fp_epochs, 0);
+        assert_eq!(config.optim.clip_grad_norm, None);
+        let config = resolved(&["--fp-epochs", "2", "--clip-grad-norm", "1.5"]);
+        assert_eq!(config.fp_epochs, 2);
+        assert_eq!(config.optim.clip_grad_norm, Some(1.5));
+        // The official recipe has neither.
+        let config = resolved(&["--recipe", "official", "--epochs", "7"]);
+        assert_eq!(config.fp_epochs, 0);
+        assert_eq!(config.optim.clip_grad_norm, None);
+        assert_eq!(config.model.quant.depthwise_bita_min, None);
+        let config = resolved(&["--warmup-epochs", "3"]);
+        assert_eq!(config.optim.warmup_epochs, Some(3));
+    }
+
+    fn refused(flags: &[&str]) -> String {
+        let cli =
+            Cli::try_parse_from(std::iter::once("train").chain(flags.iter().copied())).unwrap();
+        format!("{:#}", resolve(&cli.train).unwrap_err())
+    }
+
+    #[test]
+    fn flags_set_typed_fields_and_options_of_another_strategy_or_schedule_are_refused() {
+        let config = resolved(&[
+            "--model",
+            "mobilenet_v2",
+            "--bits",
+            "4,2",
+            "--strategy",
+            "progressive",
+            "--low-to-high",
+            "--schedule",
+            "multistep",
+            "--milestones",
+            "3,5",
+            "--dataset",
+            "imagefolder",
+            "--data-dir",
+            "/data/in",
+        ]);
+        assert_eq!(config.model.arch, Architecture::MobileNetV2);
+        assert_eq!(config.model.bits.to_string(), "4,2");
+        assert_eq!(config.strategy, Strategy::Progressive { low_to_high: true });
+        assert_eq!(
+            config.optim.schedule,
+            Schedule::MultiStep {
+                milestones: vec![3, 5],
+                gamma: 0.1
+            }
+        );
+        assert_eq!(config.data.name(), "imagefolder");
+        let err = refused(&["--strategy", "direct", "--distill"]);
+        assert!(
+            err.contains("--distill applies to the joint strategy"),
+            "{err}"
+        );
+        let err = refused(&["--low-to-high"]);
+        assert!(err.contains("this run's is joint"), "{err}");
+        let err = refused(&["--milestones", "3"]);
+        assert!(err.contains("this run's is cosine"), "{err}");
+        let err = refused(&["--data-dir", "/data"]);
+        assert!(err.contains("the dataset is synthetic"), "{err}");
+        let err = refused(&["--width", "0"]);
+        assert!(err.contains("model.width_mult"), "{err}");
+    }
+}

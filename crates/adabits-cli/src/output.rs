@@ -1,0 +1,40 @@
+//! How the commands print: the tables several commands share, and `--json`.
+
+use adabits_models::BitRow;
+use adabits_train::BitResult;
+use serde::Serialize;
+
+/// Prints `value` as pretty JSON on stdout (what `--json` prints).
+pub(crate) fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Prints one table row per bit-width: top-1, top-5, loss, GBitOPs and bytes (`train`, `eval`).
+pub(crate) fn print_results<'a>(rows: impl IntoIterator<Item = (String, &'a BitResult)>) {
+    println!(
+        "{:>6} {:>8} {:>8} {:>8} {:>10} {:>12}",
+        "bits", "top-1", "top-5", "loss", "GBitOPs", "bytes"
+    );
+    for (bits, r) in rows {
+        println!(
+            "{bits:>6} {:>7.2}% {:>7.2}% {:>8.4} {:>10.4} {:>12.0}",
+            r.top1, r.top5, r.loss, r.gbitops, r.bytes
+        );
+    }
+}
+
+/// Prints an artifact's table: top-1 (where known), GBitOPs and model bytes per bit-width.
+pub(crate) fn print_artifact_table(table: &[BitRow]) {
+    println!(
+        "{:>6} {:>8} {:>10} {:>12}",
+        "bits", "top-1", "GBitOPs", "model bytes"
+    );
+    for r in table {
+        let top1 = r.top1.map_or("–".to_string(), |t| format!("{t:.2}%"));
+        println!(
+            "{:>6} {top1:>8} {:>10.4} {:>12.0}",
+            r.bits, r.gbitops, r.model_bytes
+        );
+    }
+}
