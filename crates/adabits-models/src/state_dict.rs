@@ -104,12 +104,9 @@ impl StateDict {
         Ok(dict)
     }
 
-    /// Parses the bytes of a SafeTensors file (see [`read`](Self::read)).
-    ///
-    /// # Errors
-    ///
-    /// A description of what is wrong.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
+    /// Parses the bytes of a SafeTensors file (see [`read`](Self::read)); the error says what
+    /// is wrong, and [`read`](Self::read) names the file with it.
+    fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
         let file = SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
         let mut tensors = BTreeMap::new();
         for (name, view) in file.tensors() {
@@ -133,12 +130,9 @@ impl StateDict {
         })
     }
 
-    /// The SafeTensors bytes of the dict (floats as `f32`, integers as `i64`).
-    ///
-    /// # Errors
-    ///
-    /// The serialiser's message.
-    pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
+    /// The SafeTensors bytes of the dict (floats as `f32`, integers as `i64`); the error is the
+    /// serialiser's message, which [`write`](Self::write) names the file with.
+    fn to_bytes(&self) -> Result<Vec<u8>, String> {
         let encoded: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = self
             .tensors
             .iter()
