@@ -9,19 +9,10 @@
 
 use adabits_models::{Architecture, ModelConfig};
 use burn::module::Module;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Tensor;
 
-/// The device the test runs on.
-#[cfg(feature = "test-wgpu")]
-fn device() -> Device {
-    Device::wgpu(Default::default())
-}
-
-/// The device the test runs on.
-#[cfg(not(feature = "test-wgpu"))]
-fn device() -> Device {
-    Device::flex()
-}
+mod device;
+use device::device;
 
 /// Every float parameter of `model`, in visiting order, as bits.
 fn parameter_bits<M: Module>(model: &M) -> Vec<u32> {

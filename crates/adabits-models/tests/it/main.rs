@@ -10,19 +10,9 @@ mod models;
 mod profile;
 mod switch_bn;
 
-use burn::tensor::Device;
-
-/// The device every test runs on.
-#[cfg(feature = "test-wgpu")]
-pub fn device() -> Device {
-    Device::wgpu(Default::default())
-}
-
-/// The device every test runs on.
-#[cfg(not(feature = "test-wgpu"))]
-pub fn device() -> Device {
-    Device::flex()
-}
+#[path = "../device.rs"]
+mod device;
+use device::device;
 
 /// Largest difference, relative to the largest magnitude compared, between two evaluations of
 /// the same computation on the test backend.
