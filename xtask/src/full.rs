@@ -105,7 +105,8 @@ pub(crate) fn run(root: &Path, options: &Options<'_>) -> Result<(), String> {
             println!("      already complete: {}", out.display());
             previous.unwrap_or(Value::Null)
         } else {
-            let resume = out.join("checkpoints/latest").is_file();
+            // A run that stopped before its first checkpoint resumes from its start.
+            let resume = out.join("config.json").is_file();
             if resume {
                 println!(
                     "      continuing from {}",

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use adabits_train::data::DataSource;
-use adabits_train::{SavedRun, Which, load_run};
+use adabits_train::{SavedRun, TrainError, Which, load_run};
 use clap::Args;
 
 use crate::device::DeviceArg;
@@ -31,7 +31,14 @@ impl RunArgs {
     /// Loads the chosen checkpoint of the run onto `device`, with a hint on failure.
     pub(crate) fn open(&self, device: &burn::tensor::Device) -> anyhow::Result<SavedRun> {
         load_run(&self.checkpoint, self.which, device).map_err(|e| {
-            anyhow::anyhow!("{e}\nhint: RUN is the folder `adabits train --out` wrote")
+            let hint = match e {
+                TrainError::NoCheckpoint {
+                    which: Which::Best, ..
+                } => "pass --which latest for the run's latest checkpoint",
+                TrainError::NoCheckpoint { .. } => "resume the run with `adabits train --resume`",
+                _ => "RUN is the folder `adabits train --out` wrote",
+            };
+            anyhow::anyhow!("{e}\nhint: {hint}")
         })
     }
 

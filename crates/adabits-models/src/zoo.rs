@@ -157,6 +157,15 @@ impl ModelConfig {
         Ok(model)
     }
 
+    /// An upper estimate of the model's parameter count that does not build it at its width:
+    /// the count at width 1 (built on `device`) times `max(1, width)²`, as a layer's weights
+    /// grow with the product of its input and output widths. What a caller checks a large
+    /// width against before allocating it.
+    pub fn estimated_parameters(&self, device: &Device) -> f64 {
+        let base = self.clone().with_width_mult(1.0).init(device).num_params() as f64;
+        base * self.width_mult.max(1.0).powi(2)
+    }
+
     /// Creates the model with the official initialisation; seed the device for
     /// reproducibility, or use [`init_seeded`](Self::init_seeded) where other threads also draw.
     ///

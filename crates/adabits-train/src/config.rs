@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::DataSource;
 use crate::error::TrainError;
-use crate::optim::OptimConfig;
+use crate::optim::{OptimConfig, Schedule};
 use crate::strategy::{Stage, Strategy};
 
 /// Which checkpoint is the best.
@@ -32,8 +32,10 @@ pub struct TrainConfig {
     #[serde(deserialize_with = "model_with_defaults")]
     pub model: ModelConfig,
     /// The data.
+    #[serde(deserialize_with = "strict")]
     pub data: DataSource,
     /// The strategy.
+    #[serde(deserialize_with = "strict")]
     pub strategy: Strategy,
     /// Training epochs (of the first stage, for progressive training).
     pub epochs: usize,
@@ -84,6 +86,9 @@ pub struct TrainConfig {
     pub log_every: usize,
 }
 
+/// The smallest `model.width_mult` a run accepts.
+pub(crate) const MIN_WIDTH: f64 = 0.01;
+
 fn default_log_every() -> usize {
     10
 }
@@ -106,8 +111,63 @@ fn model_with_defaults<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ModelCo
     let arch = serde_json::from_value(field("arch")?).map_err(D::Error::custom)?;
     let bits = serde_json::from_value(field("bits")?).map_err(D::Error::custom)?;
     let mut full = serde_json::to_value(ModelConfig::new(arch, bits)).map_err(D::Error::custom)?;
+    if let Some(key) = unknown_key(&full, &given, "model") {
+        return Err(D::Error::custom(format!("unknown field `{key}`")));
+    }
     merge_json(&mut full, given);
     serde_json::from_value(full).map_err(|e| D::Error::custom(format!("model: {e}")))
+}
+
+/// Deserialises a tagged section and refuses keys its kind does not have: serde's
+/// `deny_unknown_fields` misses them on the variants without fields (`{"kind": "direct",
+/// "distill": true}`). Every field of a kind is written back when it serialises, so a key the
+/// value does not write back is unknown.
+pub(crate) fn strict<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned + Serialize,
+{
+    use serde::de::Error;
+    let given = serde_json::Value::deserialize(d)?;
+    let value: T = serde_json::from_value(given.clone()).map_err(D::Error::custom)?;
+    let known = serde_json::to_value(&value).map_err(D::Error::custom)?;
+    if let (Some(given), Some(known)) = (given.as_object(), known.as_object())
+        && let Some(key) = given.keys().find(|k| !known.contains_key(*k))
+    {
+        let kind = given.get("kind").and_then(|k| k.as_str()).unwrap_or("this");
+        return Err(D::Error::custom(format!(
+            "unknown field `{key}` for the kind {kind:?}"
+        )));
+    }
+    Ok(value)
+}
+
+/// The first key of `given` (an object, and the objects inside it) that `known` does not have,
+/// as a dotted path under `prefix`. Objects with a `kind` (tagged enums) are left to their own
+/// parser.
+fn unknown_key(
+    known: &serde_json::Value,
+    given: &serde_json::Value,
+    prefix: &str,
+) -> Option<String> {
+    let (Some(known), Some(given)) = (known.as_object(), given.as_object()) else {
+        return None;
+    };
+    if given.contains_key("kind") {
+        return None;
+    }
+    for (key, value) in given {
+        let path = format!("{prefix}.{key}");
+        match known.get(key) {
+            None => return Some(path),
+            Some(k) => {
+                if let Some(found) = unknown_key(k, value, &path) {
+                    return Some(found);
+                }
+            }
+        }
+    }
+    None
 }
 
 /// Writes `over` into `base`, object fields recursively, anything else replacing. An object
@@ -211,8 +271,12 @@ impl TrainConfig {
             return bad("epochs", "at least 1", "0".into());
         }
         let width = self.model.width_mult;
-        if !(width.is_finite() && width > 0.0) {
-            return bad("model.width_mult", "a positive number", width.to_string());
+        if !(width.is_finite() && width >= MIN_WIDTH) {
+            return bad(
+                "model.width_mult",
+                &format!("a number of at least {MIN_WIDTH} (below it every layer has its minimum width)"),
+                width.to_string(),
+            );
         }
         if self.batch_size < 2 {
             return bad(
@@ -224,10 +288,44 @@ impl TrainConfig {
         if self.eval_batch_size == 0 {
             return bad("eval_batch_size", "at least 1", "0".into());
         }
-        if !(self.optim.lr.is_finite() && self.optim.lr > 0.0) {
-            return bad("optim.lr", "a positive number", self.optim.lr.to_string());
+        if self.calibration_batches == 0 {
+            return bad(
+                "calibration_batches",
+                "at least 1 (BatchNorm statistics come from those batches)",
+                "0".into(),
+            );
         }
-        if let Some(max) = self.optim.clip_grad_norm
+        if self.max_steps == Some(0) {
+            return bad("max_steps", "at least 1 (or none)", "0".into());
+        }
+        let optim = &self.optim;
+        if !(optim.lr.is_finite() && optim.lr > 0.0) {
+            return bad("optim.lr", "a positive number", optim.lr.to_string());
+        }
+        if !(optim.momentum.is_finite() && (0.0..1.0).contains(&optim.momentum)) {
+            return bad(
+                "optim.momentum",
+                "a number from 0 to below 1",
+                optim.momentum.to_string(),
+            );
+        }
+        if !(optim.weight_decay.is_finite() && optim.weight_decay >= 0.0) {
+            return bad(
+                "optim.weight_decay",
+                "a number of at least 0",
+                optim.weight_decay.to_string(),
+            );
+        }
+        if let Schedule::MultiStep { gamma, .. } = optim.schedule
+            && !(gamma.is_finite() && gamma > 0.0)
+        {
+            return bad(
+                "optim.schedule.gamma",
+                "a positive number",
+                gamma.to_string(),
+            );
+        }
+        if let Some(max) = optim.clip_grad_norm
             && !(max.is_finite() && max > 0.0)
         {
             return bad(
@@ -235,6 +333,25 @@ impl TrainConfig {
                 "a positive number (or null for no clipping)",
                 max.to_string(),
             );
+        }
+        if !(self.stuck_tolerance.is_finite() && self.stuck_tolerance >= 0.0) {
+            return bad(
+                "stuck_tolerance",
+                "a number of at least 0",
+                self.stuck_tolerance.to_string(),
+            );
+        }
+        if self.finetune_epochs == Some(0)
+            && matches!(self.strategy, Strategy::Progressive { .. })
+        {
+            return bad(
+                "finetune_epochs",
+                "at least 1 for the progressive strategy (or none: as many as `epochs`)",
+                "0".into(),
+            );
+        }
+        if let Err((field, expected, found)) = self.data.validate() {
+            return bad(&format!("data.{field}"), &expected, found);
         }
         if self.strategy == Strategy::Individual && self.model.bits.len() != 1 {
             return bad(

@@ -6,6 +6,7 @@ use adabits_models::CheckpointError;
 use adabits_quant::BitWidth;
 
 use crate::data::DataError;
+use crate::run_dir::Which;
 
 /// Why a run stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -28,11 +29,14 @@ pub enum TrainError {
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     /// A bit-width's loss has not gone below chance level: the model predicts the same class
-    /// for every image. The last good checkpoint is kept.
+    /// for every image. The last good checkpoint, if any, is kept.
     #[error(
-        "the loss at {bits} bits has stayed at chance level (above ln({classes}) − {tolerance} = {floor:.3}) for {steps} steps without coming down (up to step {step}): the model predicts the same class for every image. {diagnosis} Stopped; the last good checkpoint is kept. See docs/recipe.md: the official recipe does this from a random start, the default `adabits` recipe avoids it"
+        "the loss at {bits} bits has stayed at chance level (above ln({classes}) − {tolerance} = {floor:.3}) for {steps} steps without coming down (up to step {step}): the model predicts the same class for every image. {diagnosis} Stopped; {}. See docs/recipe.md: the official recipe does this from a random start, the default `adabits` recipe avoids it",
+        kept(*.checkpoint)
     )]
     Stuck {
+        /// The step of the run's latest checkpoint, if it has one.
+        checkpoint: Option<usize>,
         /// The optimiser step (from 0).
         step: usize,
         /// The bit-width.
@@ -59,11 +63,14 @@ pub enum TrainError {
         reason: String,
     },
     /// A parameter became NaN or infinite while the loss stayed finite (a layer's clipping
-    /// level or weights blew up); the last good checkpoint is kept.
+    /// level or weights blew up); the last good checkpoint, if any, is kept.
     #[error(
-        "the parameter `{name}` became NaN or infinite at step {step} while the loss stayed finite: a gradient too large for the learning rate blew it up (clipping levels are the usual victims). Stopped; the last good checkpoint is kept. hint: clip the gradient (`optim.clip_grad_norm`), lower the learning rate, or start with a full-precision stage (`fp_epochs`); see docs/recipe.md"
+        "the parameter `{name}` became NaN or infinite at step {step} while the loss stayed finite: a gradient too large for the learning rate blew it up (clipping levels are the usual victims). Stopped; {}. hint: clip the gradient (`optim.clip_grad_norm`), lower the learning rate, or start with a full-precision stage (`fp_epochs`); see docs/recipe.md",
+        kept(*.checkpoint)
     )]
     NonFiniteParameter {
+        /// The step of the run's latest checkpoint, if it has one.
+        checkpoint: Option<usize>,
         /// The optimiser step (from 0) after which it was found.
         step: usize,
         /// The parameter's path in the model.
@@ -75,11 +82,14 @@ pub enum TrainError {
     /// A step of the run that cannot fail did (a bug; please report it).
     #[error("internal error: {0}")]
     Internal(String),
-    /// The loss became NaN or infinite; the last good checkpoint is kept.
+    /// The loss became NaN or infinite; the last good checkpoint, if any, is kept.
     #[error(
-        "the loss at {bits} bits became {loss} at step {step} (stage {stage}, epoch {epoch}); stopped, the last good checkpoint is kept"
+        "the loss at {bits} bits became {loss} at step {step} (stage {stage}, epoch {epoch}); stopped, {}",
+        kept(*.checkpoint)
     )]
     NonFinite {
+        /// The step of the run's latest checkpoint, if it has one.
+        checkpoint: Option<usize>,
         /// The optimiser step (from 0).
         step: usize,
         /// The stage.
@@ -91,6 +101,73 @@ pub enum TrainError {
         /// The loss value.
         loss: f64,
     },
+    /// The loss grew far past where it started: the learning rate is too high for the model.
+    #[error(
+        "the loss at {bits} bits reached {loss:.4e} at step {step}, past {limit:.3} (10 × the larger of its first value {first:.3} and ln({classes})): the run diverged. Stopped; {}. hint: lower the learning rate or clip the gradient (`optim.clip_grad_norm`)",
+        kept(*.checkpoint)
+    )]
+    Diverged {
+        /// The optimiser step (from 0).
+        step: usize,
+        /// The bit-width.
+        bits: BitWidth,
+        /// The loss.
+        loss: f64,
+        /// The bit-width's first loss of the run.
+        first: f64,
+        /// The number of classes.
+        classes: usize,
+        /// The limit it passed.
+        limit: f64,
+        /// The step of the run's latest checkpoint, if it has one.
+        checkpoint: Option<usize>,
+    },
+    /// Another process holds the run directory's lock (it is training or writing into it).
+    #[error(
+        "{path} is in use by {}: one process at a time writes into a run",
+        pid.map_or("another process".to_string(), |p| format!("process {p}"))
+    )]
+    Busy {
+        /// The run directory.
+        path: PathBuf,
+        /// The pid written in the lock file, if it could be read.
+        pid: Option<u32>,
+    },
+    /// A new run was asked for in a folder that already holds one.
+    #[error("{path} already holds a run")]
+    RunExists {
+        /// The run directory.
+        path: PathBuf,
+    },
+    /// A run was to be resumed from a folder that holds none.
+    #[error("{path} holds no run to resume (no config.json)")]
+    NoRun {
+        /// The folder.
+        path: PathBuf,
+    },
+    /// The run has no checkpoint of this kind yet.
+    #[error(
+        "{path} has no `{}` checkpoint yet{}",
+        which.name(),
+        match which {
+            Which::Best => " (no epoch at the run's bit-widths has been scored)",
+            Which::Latest => " (the run stopped before its first checkpoint)",
+        }
+    )]
+    NoCheckpoint {
+        /// The run directory.
+        path: PathBuf,
+        /// Which.
+        which: Which,
+    },
+}
+
+/// What a stopped run kept.
+fn kept(checkpoint: Option<usize>) -> String {
+    match checkpoint {
+        Some(step) => format!("the last good checkpoint (step {step}) is kept"),
+        None => "no checkpoint had been written yet".into(),
+    }
 }
 
 pub(crate) fn run_file(path: &Path, reason: impl std::fmt::Display) -> TrainError {

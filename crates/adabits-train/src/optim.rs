@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 /// The learning-rate schedule.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Schedule {
     /// `(1 + cos(π·t))/2` over the iterations after warm-up (`cos_annealing_iter`).
     Cosine,
@@ -75,6 +75,7 @@ pub struct OptimConfig {
     /// Weight decay of non-depthwise conv weights and linear weights.
     pub weight_decay: f64,
     /// The schedule.
+    #[serde(deserialize_with = "crate::config::strict")]
     pub schedule: Schedule,
     /// Warm-up epochs; by default the official rule: 5 for batches above 256, else 0.
     pub warmup_epochs: Option<usize>,
@@ -247,20 +248,73 @@ impl Sgd {
         dict
     }
 
-    /// Restores the momentum buffers saved by [`state`](Self::state).
-    pub fn load_state(&mut self, dict: &StateDict, device: &Device) {
-        self.buffers = dict
-            .keys()
-            .map(|k| {
-                let t = dict.get(k).expect("listed key");
-                let tensor = Tensor::<1>::from_data(
-                    TensorData::new(t.values.clone(), [t.values.len()]),
-                    device,
-                );
-                (k.to_string(), tensor)
-            })
-            .collect();
+    /// Restores the momentum buffers saved by [`state`](Self::state) for `model`: every
+    /// buffer must name a float parameter of `model` and hold as many values as it, and hold no
+    /// NaN or infinity.
+    ///
+    /// # Errors
+    ///
+    /// What is wrong, naming the buffer (nothing is restored then).
+    pub fn load_state<M: Module>(
+        &mut self,
+        dict: &StateDict,
+        model: &M,
+        device: &Device,
+    ) -> Result<(), String> {
+        let sizes = parameter_sizes(model);
+        let mut buffers = BTreeMap::new();
+        for key in dict.keys() {
+            let t = dict.get(key).expect("listed key");
+            let Some(&size) = sizes.get(key) else {
+                return Err(format!(
+                    "the momentum buffer `{key}` names no parameter of the model"
+                ));
+            };
+            if t.values.len() != size || t.shape.iter().product::<usize>() != size {
+                return Err(format!(
+                    "the momentum buffer `{key}`: expected {size} values (its parameter's), found {} (shape {:?})",
+                    t.values.len(),
+                    t.shape
+                ));
+            }
+            if t.values.iter().any(|v| !v.is_finite()) {
+                return Err(format!(
+                    "the momentum buffer `{key}` holds a NaN or an infinity"
+                ));
+            }
+            let tensor = Tensor::<1>::from_data(TensorData::new(t.values.clone(), [size]), device);
+            buffers.insert(key.to_string(), tensor);
+        }
+        self.buffers = buffers;
+        Ok(())
     }
+}
+
+/// The number of values of each float parameter of `model`, by the path the optimiser keys
+/// its buffers with.
+fn parameter_sizes<M: Module>(model: &M) -> BTreeMap<String, usize> {
+    struct Sizes {
+        path: Vec<String>,
+        sizes: BTreeMap<String, usize>,
+    }
+    impl burn::module::ModuleVisitor for Sizes {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let size = param.val().dims().iter().product();
+            self.sizes.insert(self.path.join("."), size);
+        }
+    }
+    let mut sizes = Sizes {
+        path: Vec::new(),
+        sizes: BTreeMap::new(),
+    };
+    model.visit(&mut sizes);
+    sizes.sizes
 }
 
 impl burn::module::ModuleVisitor for DecayGroups {

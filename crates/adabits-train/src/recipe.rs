@@ -67,11 +67,12 @@ impl Recipe {
         }
     }
 
-    /// What the recipe does, in a line.
+    /// What the recipe changes from the official code, in a line (the stages and the gradient
+    /// clip are the run's configuration, which a preset or flags may change).
     pub fn summary(self) -> &'static str {
         match self {
             Self::Adabits => {
-                "adabits (full-precision stage first; centered weights; classifier N(0, 1), rescaled by its fan-in; gradient clipped to norm 5; see docs/recipe.md)"
+                "adabits (centered weights; classifier N(0, 1), rescaled by its fan-in; see docs/recipe.md)"
             }
             Self::Official => "official (parity; collapses from a random start)",
         }

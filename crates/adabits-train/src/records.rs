@@ -143,6 +143,9 @@ pub(crate) struct RunState {
     /// Sum and count of the training losses since the last point of the loss curve.
     #[serde(default)]
     pub(crate) loss_window: BTreeMap<String, (f64, usize)>,
+    /// Each bit-width's first loss of the run: where the divergence limit starts from.
+    #[serde(default)]
+    pub(crate) first_loss: BTreeMap<String, f64>,
     pub(crate) train_seconds: f64,
     pub(crate) train_images: u64,
     pub(crate) wall_seconds: f64,

@@ -71,17 +71,37 @@ pub fn train_on(
             found: config.batch_size.to_string(),
         });
     }
+    // Weights, gradients, momentum and an updated copy: 16 bytes per parameter.
+    crate::memory::fits_in_memory(&config.model, device, 16)?;
     let dir = RunDir::new(&options.out);
+    // One writer per run: held until the run returns, released by the OS if the process dies.
+    let _lock = dir.lock()?;
+    if options.resume && !dir.is_run() {
+        return Err(TrainError::NoRun {
+            path: options.out.clone(),
+        });
+    }
+    if !options.resume && dir.is_run() {
+        return Err(TrainError::RunExists {
+            path: options.out.clone(),
+        });
+    }
     dir.create()?;
     let ad = device.clone().autodiff();
     let mut run = Run::new(&config, device, &ad, train_set, val_set, dir)?;
     if options.resume {
+        run.check_config()?;
+    }
+    if options.resume && run.dir.has_checkpoint() {
         run.resume()?;
         progress.note(&format!(
             "resumed from stage {}, epoch {}, batch {} (step {})",
             run.state.stage, run.state.epoch, run.state.batch, run.state.step
         ));
     } else {
+        if options.resume {
+            progress.note("the run has no checkpoint yet: starting it from the beginning");
+        }
         run.dir.write_config(&config)?;
         run.dir.start_logs()?;
     }
@@ -103,6 +123,8 @@ struct Run<'a> {
     state: RunState,
     side: usize,
     dir: RunDir,
+    /// The step of the latest checkpoint written or resumed from, if any.
+    checkpoint: Option<usize>,
 }
 
 impl<'a> Run<'a> {
@@ -129,6 +151,7 @@ impl<'a> Run<'a> {
             state: RunState::default(),
             side,
             dir,
+            checkpoint: None,
         })
     }
 
@@ -283,6 +306,7 @@ impl<'a> Run<'a> {
             &mut |b, ce, logits| {
                 if !ce.is_finite() {
                     return Err(TrainError::NonFinite {
+                        checkpoint: self.checkpoint,
                         step: self.state.step,
                         stage: self.state.stage,
                         epoch: self.state.epoch,
@@ -303,6 +327,7 @@ impl<'a> Run<'a> {
         let stepped = stepped?;
         if let Some(name) = non_finite_parameter(&stepped) {
             return Err(TrainError::NonFiniteParameter {
+                checkpoint: self.checkpoint,
                 step: self.state.step,
                 name,
             });
@@ -311,10 +336,26 @@ impl<'a> Run<'a> {
         Ok(losses)
     }
 
-    /// The divergence guard: tracks the smoothed loss of `bits` and stops the run when it has
-    /// not gone below `ln(classes)` (less the tolerance) for `stuck_steps` steps (by default
-    /// one epoch, at least 100 steps) without coming down by more than 0.05 over them.
+    /// The divergence guards: stops the run at once when the loss of `bits` passes 10 times
+    /// the larger of its first value and `ln(classes)`; tracks its smoothed loss and stops the
+    /// run when it has not gone below `ln(classes)` (less the tolerance) for `stuck_steps` steps
+    /// (by default one epoch, at least 100 steps) without coming down by more than 0.05 over
+    /// them.
     fn watch(&mut self, bits: BitWidth, loss: f64) -> Result<(), TrainError> {
+        let classes = self.config.model.num_classes;
+        let first = *self.state.first_loss.entry(key(bits)).or_insert(loss);
+        let limit = diverged_limit(first, classes);
+        if loss > limit {
+            return Err(TrainError::Diverged {
+                step: self.state.step,
+                bits,
+                loss,
+                first,
+                classes,
+                limit,
+                checkpoint: self.checkpoint,
+            });
+        }
         let steps = self
             .config
             .stuck_steps
@@ -322,7 +363,6 @@ impl<'a> Run<'a> {
         if steps == 0 {
             return Ok(());
         }
-        let classes = self.config.model.num_classes;
         let chance = (classes as f64).ln();
         let tolerance = self.config.stuck_tolerance;
         let entry = self.state.guard.entry(key(bits)).or_insert((loss, 0));
@@ -331,6 +371,7 @@ impl<'a> Run<'a> {
             return Ok(());
         }
         Err(TrainError::Stuck {
+            checkpoint: self.checkpoint,
             step: self.state.step,
             bits,
             classes,
@@ -509,13 +550,15 @@ impl<'a> Run<'a> {
     }
 
     /// Writes a checkpoint of where the run stands; `best` moves the `best` pointer too.
-    fn checkpoint(&self, best: bool) -> Result<(), TrainError> {
+    fn checkpoint(&mut self, best: bool) -> Result<(), TrainError> {
         self.dir
-            .save_checkpoint(&self.model, &self.sgd, &self.state, best)
+            .write_checkpoint(&self.model, &self.sgd, &self.state, best)?;
+        self.checkpoint = Some(self.state.step);
+        Ok(())
     }
 
-    /// Loads the latest checkpoint after checking the configuration against the saved one.
-    fn resume(&mut self) -> Result<(), TrainError> {
+    /// Checks the configuration against the saved one (only `max_steps` may change).
+    fn check_config(&self) -> Result<(), TrainError> {
         let mut now = serde_json::to_value(self.config).expect("a config serialises");
         let mut then = self.dir.read_config_json()?;
         for v in [&mut now, &mut then] {
@@ -529,10 +572,22 @@ impl<'a> Run<'a> {
                 "the run was started with another configuration; resume with the same settings (only max_steps may change) or use a new --out",
             ));
         }
+        Ok(())
+    }
+
+    /// Loads the latest checkpoint.
+    fn resume(&mut self) -> Result<(), TrainError> {
         let model = self.config.model.init(self.ad);
         let (model, state) = self.dir.resume_latest(model, &mut self.sgd, self.ad)?;
         self.model = model;
+        self.checkpoint = Some(state.step);
         self.state = state;
         Ok(())
     }
+}
+
+/// The loss past which a run counts as diverged: 10 times the larger of the bit-width's first
+/// loss and `ln(classes)` (chance level).
+fn diverged_limit(first: f64, classes: usize) -> f64 {
+    10.0 * first.max((classes.max(2) as f64).ln())
 }

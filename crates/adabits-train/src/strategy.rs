@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// How the bit-widths are trained (docs/method.md §9).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Strategy {
     /// One bit-width: the model's list must hold exactly one.
     Individual,

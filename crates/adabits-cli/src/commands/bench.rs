@@ -28,10 +28,10 @@ pub(crate) struct Bench {
     #[arg(long, default_value = "4")]
     bits: BitWidth,
     /// The batch size of the activation workloads.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = crate::values::count)]
     batch: usize,
     /// Timed iterations per workload (the median is reported).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = crate::values::count)]
     iters: usize,
     /// Also time a training step and evaluation of this model (e.g. resnet20).
     #[arg(long)]
@@ -40,10 +40,10 @@ pub(crate) struct Bench {
     #[arg(long, default_value = "8,6,5,4")]
     list: adabits_quant::BitWidths,
     /// The model's width multiplier.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::values::positive)]
     width: f64,
     /// The model's input side [default: 32 for CIFAR ResNets, 224 otherwise].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::input_side)]
     input: Option<usize>,
     /// Print the results as JSON instead of a table.
     #[arg(long)]

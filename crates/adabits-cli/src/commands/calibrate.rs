@@ -26,7 +26,7 @@ pub(crate) struct Calibrate {
     #[arg(long)]
     bits: BitWidth,
     /// Training batches over which the BatchNorm statistics are re-estimated.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = crate::values::count)]
     batches: usize,
     /// Also re-estimate the bit-width's clipping levels: try every α of that bit-width scaled
     /// by 0.5, 0.7, 1, 1.4 and 2 (BatchNorm recalibrated each time) and keep the factor with the

@@ -22,10 +22,10 @@ pub(crate) struct Eval {
     #[arg(long, value_name = "LIST")]
     bits: Option<BitWidths>,
     /// Re-estimate each bit-width's BatchNorm statistics on N training batches first.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = crate::values::count)]
     calibrate: Option<usize>,
     /// Evaluation batch size.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = crate::values::count)]
     batch_size: usize,
     /// Print JSON instead of a table.
     #[arg(long)]

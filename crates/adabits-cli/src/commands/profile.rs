@@ -19,13 +19,13 @@ pub(crate) struct Profile {
     #[arg(long, default_value = "8,6,5,4")]
     bits: BitWidths,
     /// Width multiplier.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::values::positive)]
     width: f64,
     /// Output classes [default: 10 for CIFAR ResNets, 1000 otherwise].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::count)]
     classes: Option<usize>,
     /// Input side [default: 32 for CIFAR ResNets, 224 otherwise].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::input_side)]
     input: Option<usize>,
     /// Count the first layer at 32×32 bits (the paper's apparent accounting) instead of the
     /// official profiler's resolved bits.
@@ -42,18 +42,16 @@ pub(crate) struct Profile {
 /// `adabits profile`.
 pub(crate) fn run(args: Profile) -> anyhow::Result<ExitCode> {
     let arch = args.model;
-    anyhow::ensure!(
-        args.width > 0.0 && args.width.is_finite(),
-        "--width must be a positive number, got {}",
-        args.width
-    );
     let cifar = matches!(arch, Architecture::CifarResNet(_));
     let classes = args.classes.unwrap_or(if cifar { 10 } else { 1000 });
     let side = args.input.unwrap_or(arch.default_input_size());
-    let model = ModelConfig::new(arch, args.bits.clone())
+    let config = ModelConfig::new(arch, args.bits.clone())
         .with_width_mult(args.width)
-        .with_num_classes(classes)
-        .init(&burn::tensor::Device::flex());
+        .with_num_classes(classes);
+    let device = burn::tensor::Device::flex();
+    adabits_train::fits_in_memory(&config, &device, 4)
+        .map_err(|e| anyhow::anyhow!("--width {}: {e}", args.width))?;
+    let model = config.init(&device);
     let shapes = model.layer_shapes([side, side]);
     let accounting = if args.paper {
         Accounting::PaperFirstLayerFullPrecision

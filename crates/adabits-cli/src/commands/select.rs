@@ -16,13 +16,13 @@ pub(crate) struct Select {
     #[arg(long, value_name = "FILE")]
     artifact: PathBuf,
     /// The largest model size in bytes (the official accounting, as in the artifact's table).
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", value_parser = crate::values::non_negative)]
     max_bytes: Option<f64>,
     /// The largest cost in GBitOPs per image.
-    #[arg(long, value_name = "GBITOPS")]
+    #[arg(long, value_name = "GBITOPS", value_parser = crate::values::non_negative)]
     max_bitops: Option<f64>,
     /// The lowest validation top-1 in percent (needs accuracies in the artifact).
-    #[arg(long, value_name = "PERCENT")]
+    #[arg(long, value_name = "PERCENT", value_parser = crate::values::non_negative)]
     min_accuracy: Option<f64>,
     /// Print JSON instead of text.
     #[arg(long)]

@@ -8,7 +8,7 @@ use adabits_quant::{BitWidths, QuantScheme};
 use adabits_train::data::DatasetKind;
 use adabits_train::{
     Recipe, RunDir, RunOptions, RunStatus, Schedule, ScheduleKind, Strategy, StrategyKind,
-    TrainConfig, train,
+    TrainConfig, TrainError, train,
 };
 use anyhow::Context;
 use clap::Args;
@@ -30,7 +30,7 @@ pub(crate) struct Train {
     #[arg(long)]
     model: Option<Architecture>,
     /// Width multiplier of the model [default: 1].
-    #[arg(long, value_name = "W")]
+    #[arg(long, value_name = "W", value_parser = crate::values::positive)]
     width: Option<f64>,
     /// The bit-widths, in training order [default: 8,6,5,4].
     #[arg(long, value_name = "LIST")]
@@ -63,13 +63,13 @@ pub(crate) struct Train {
     #[arg(long, value_enum, value_name = "SCHEME")]
     act_scheme: Option<QuantScheme>,
     /// Training epochs [default: 2].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::count)]
     epochs: Option<usize>,
     /// Training batch size [default: 128].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::count)]
     batch_size: Option<usize>,
     /// Base learning rate, for a batch of up to 256 [default: 0.1].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::positive)]
     lr: Option<f64>,
     /// Learning-rate schedule [default: cosine].
     #[arg(long, value_enum)]
@@ -78,10 +78,10 @@ pub(crate) struct Train {
     #[arg(long, value_delimiter = ',', value_name = "EPOCHS")]
     milestones: Option<Vec<usize>>,
     /// Multistep factor [default: 0.1].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::positive)]
     gamma: Option<f64>,
     /// Weight decay of conv and linear weights [default: 4e-5].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::non_negative)]
     weight_decay: Option<f64>,
     /// Epochs at full precision before the bit-widths train; their BatchNorm and clipping
     /// levels then go to every bit-width (the official runs start from a full-precision model).
@@ -91,10 +91,10 @@ pub(crate) struct Train {
     #[arg(long, value_name = "N")]
     warmup_epochs: Option<usize>,
     /// Scale the gradient down to this global L2 norm when it is longer; 0 turns clipping off.
-    #[arg(long, value_name = "NORM")]
+    #[arg(long, value_name = "NORM", value_parser = crate::values::non_negative)]
     clip_grad_norm: Option<f64>,
     /// Stop (with a checkpoint) after this many optimiser steps.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = crate::values::count)]
     max_steps: Option<usize>,
     /// Seed of the initialisation, data order and augmentation [default: 0].
     #[arg(long)]
@@ -123,6 +123,12 @@ pub(crate) fn resolve(args: &Train) -> anyhow::Result<TrainConfig> {
             .with_context(|| format!("{}: cannot read the preset", path.display()))?;
         let preset: serde_json::Value = serde_json::from_str(&text)
             .with_context(|| format!("{}: not valid JSON", path.display()))?;
+        anyhow::ensure!(
+            preset.is_object(),
+            "{}: expected a JSON object of configuration fields, found {}",
+            path.display(),
+            json_kind(&preset)
+        );
         preset_sets_fp_epochs = preset.get("fp_epochs").is_some();
         config = config
             .with_preset(preset)
@@ -164,8 +170,49 @@ pub(crate) fn resolve(args: &Train) -> anyhow::Result<TrainConfig> {
         None if preset_sets_fp_epochs => config.fp_epochs,
         None => args.recipe.full_precision_epochs(config.epochs),
     };
-    config.validate()?;
+    config.validate().map_err(|e| name_the_source(e, args))?;
     Ok(config)
+}
+
+/// A configuration error, naming the flag that set the bad value, or else the preset file.
+fn name_the_source(err: TrainError, args: &Train) -> anyhow::Error {
+    let TrainError::Config {
+        field,
+        expected,
+        found,
+    } = &err
+    else {
+        return err.into();
+    };
+    let flags: [(&str, &str, bool); 8] = [
+        ("model.width_mult", "--width", args.width.is_some()),
+        ("epochs", "--epochs", args.epochs.is_some()),
+        ("batch_size", "--batch-size", args.batch_size.is_some()),
+        ("optim.lr", "--lr", args.lr.is_some()),
+        ("optim.weight_decay", "--weight-decay", args.weight_decay.is_some()),
+        ("optim.schedule.gamma", "--gamma", args.gamma.is_some()),
+        ("optim.clip_grad_norm", "--clip-grad-norm", args.clip_grad_norm.is_some()),
+        ("model.bits", "--bits", args.bits.is_some()),
+    ];
+    if let Some((_, flag, _)) = flags.iter().find(|(f, _, given)| f == field && *given) {
+        return anyhow::anyhow!("{flag} ({field}): expected {expected}, found {found}");
+    }
+    match &args.config {
+        Some(path) => anyhow::anyhow!("{}: {err}", path.display()),
+        None => err.into(),
+    }
+}
+
+/// What kind of JSON value `v` is, for an error message.
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
 }
 
 fn set_model(args: &Train, config: &mut TrainConfig) {
@@ -292,24 +339,12 @@ pub(crate) fn run(args: Train) -> anyhow::Result<ExitCode> {
         PathBuf::from("runs").join(format!("{}-{}", config.model.arch, config.strategy.name()))
     });
     let run_dir = RunDir::new(&out);
-    if !args.resume && run_dir.is_run() {
-        anyhow::bail!(
-            "{} already holds a run\nhint: pass --resume to continue it, or another --out",
-            out.display()
-        );
-    }
-    if args.resume && !run_dir.has_checkpoint() {
-        anyhow::bail!(
-            "{} has no checkpoint to resume from\nhint: check --out, or drop --resume to start a new run",
-            out.display()
-        );
-    }
     let mut options = RunOptions::new(&out);
     options.resume = args.resume;
-    crate::signals::stop_on_ctrl_c(options.stop.clone())?;
+    let caught = crate::signals::stop_on_signals(options.stop.clone())?;
     if !args.json {
         eprintln!(
-            "training {} {} on {} ({}, {} epochs{}) on {}; recipe: {}; run directory {}",
+            "training {} {} on {} ({}, {} epochs{}{}) on {}; recipe: {}; run directory {}",
             config.model.arch,
             config.model.bits,
             config.data.name(),
@@ -320,13 +355,18 @@ pub(crate) fn run(args: Train) -> anyhow::Result<ExitCode> {
             } else {
                 String::new()
             },
+            config
+                .optim
+                .clip_grad_norm
+                .map_or(String::new(), |n| format!(", gradient clipped to norm {n}")),
             args.device,
             args.recipe.summary(),
             out.display()
         );
     }
     let mut progress = crate::progress::TerminalProgress::new(config.stage_count());
-    let results = train(config, &args.device.device(), &options, &mut progress)?;
+    let results = train(config, &args.device.device(), &options, &mut progress)
+        .map_err(with_hint)?;
     if args.json {
         print_json(&results)?;
     } else {
@@ -347,7 +387,23 @@ pub(crate) fn run(args: Train) -> anyhow::Result<ExitCode> {
             run_dir.results_path().display()
         );
     }
-    Ok(ExitCode::SUCCESS)
+    // A run a signal stopped exits as the signal asks (130, 143), so that
+    // `adabits train && adabits export` does not go on with a partial model.
+    Ok(match results.status {
+        RunStatus::Interrupted => ExitCode::from(caught.exit_status().unwrap_or(130)),
+        _ => ExitCode::SUCCESS,
+    })
+}
+
+/// The run's error, with the hint of what to pass instead where a flag is the way out.
+fn with_hint(err: TrainError) -> anyhow::Error {
+    let hint = match &err {
+        TrainError::RunExists { .. } => "pass --resume to continue it, or another --out",
+        TrainError::NoRun { .. } => "check --out, or drop --resume to start a new run",
+        TrainError::Busy { .. } => "wait for it to finish, or use another --out",
+        _ => return err.into(),
+    };
+    anyhow::anyhow!("{err}\nhint: {hint}")
 }
 
 #[cfg(test)]

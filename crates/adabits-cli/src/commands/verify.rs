@@ -22,10 +22,10 @@ pub(crate) struct Verify {
     #[command(flatten)]
     run: RunArgs,
     /// Largest relative logit difference allowed (relative to each image's largest logit).
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 1e-4, value_parser = crate::values::non_negative)]
     tolerance: f64,
     /// Evaluation batch size.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = crate::values::count)]
     batch_size: usize,
     /// Print JSON instead of a table.
     #[arg(long)]

@@ -9,7 +9,7 @@ use burn::tensor::Tensor;
 
 use super::format::{
     ARTIFACT_FORMAT, ARTIFACT_VERSION, Artifact, ArtifactError, ArtifactHeader, BitRow, WeightPlan,
-    crc32, pack, scalar_bytes,
+    pack, scalar_bytes,
 };
 use crate::layout::{LayerMut, OfficialLayout};
 use crate::profile::{Accounting, cost};
@@ -95,19 +95,20 @@ impl Artifact {
                 }
             })
             .collect();
-        let crc = crc32(&[&codes, &scalar_bytes(&scalars)]);
+        let mut header = ArtifactHeader {
+            format: ARTIFACT_FORMAT.into(),
+            version: ARTIFACT_VERSION,
+            model: config.clone(),
+            table,
+            code_bytes: codes.len() as u64,
+            scalar_count: scalars.len() as u64,
+            weights,
+            crc32: 0,
+            source,
+        };
+        header.crc32 = header.checksum(&codes, &scalar_bytes(&scalars));
         Ok(Self {
-            header: ArtifactHeader {
-                format: ARTIFACT_FORMAT.into(),
-                version: ARTIFACT_VERSION,
-                model: config.clone(),
-                table,
-                code_bytes: codes.len() as u64,
-                scalar_count: scalars.len() as u64,
-                weights,
-                crc32: crc,
-                source,
-            },
+            header,
             codes,
             scalars,
         })

@@ -14,7 +14,7 @@ use crate::zoo::ModelConfig;
 /// The `format` of every artifact's header.
 pub const ARTIFACT_FORMAT: &str = "adabits-abq";
 /// The artifact format version this build writes and reads.
-pub const ARTIFACT_VERSION: u32 = 1;
+pub const ARTIFACT_VERSION: u32 = 2;
 /// The metadata key that holds the header.
 const HEADER_KEY: &str = "adabits";
 
@@ -48,13 +48,25 @@ pub struct ArtifactHeader {
     pub scalar_count: u64,
     /// The number of quantized weights.
     pub weights: u64,
-    /// CRC-32 (IEEE) of the packed codes followed by the scalars' little-endian bytes.
+    /// CRC-32 (IEEE) of the header itself (as this build serialises it, with this field 0),
+    /// then the packed codes, then the scalars' little-endian bytes: see
+    /// [`ArtifactHeader::checksum`].
     pub crc32: u32,
     /// Where the weights came from (a run directory or checkpoint), if known.
     pub source: Option<String>,
 }
 
 impl ArtifactHeader {
+    /// The CRC-32 of this header (serialised with `crc32` set to 0, fields in declaration
+    /// order), `codes` and `scalar_bytes`: what `crc32` must hold. An edit of any header field
+    /// changes it, as an edit of the payload does.
+    pub fn checksum(&self, codes: &[u8], scalar_bytes: &[u8]) -> u32 {
+        let mut canonical = self.clone();
+        canonical.crc32 = 0;
+        let text = serde_json::to_string(&canonical).expect("the header serialises");
+        crc32(&[text.as_bytes(), codes, scalar_bytes])
+    }
+
     /// The ideal size: the codes at their bit-widths (`weights × bits / 8`) plus 4 bytes per
     /// scalar.
     pub fn ideal_bytes(&self) -> u64 {
@@ -119,7 +131,7 @@ pub enum ArtifactError {
     },
     /// The payload does not match its checksum: the file is corrupted.
     #[error(
-        "{path}: checksum mismatch: the header says CRC-32 {expected:08x}, the payload has {found:08x}; the file is corrupted"
+        "{path}: checksum mismatch: the header says CRC-32 {expected:08x}, the header and payload have {found:08x}; the file is corrupted or was edited"
     )]
     Checksum {
         /// The file.
@@ -373,12 +385,22 @@ impl Artifact {
         };
         let codes = tensor("codes", Dtype::U8, header.code_bytes)?;
         let scalar_bytes = tensor("scalars", Dtype::F32, header.scalar_count)?;
-        let found = crc32(&[&codes, &scalar_bytes]);
+        let found = header.checksum(&codes, &scalar_bytes);
         if found != header.crc32 {
             return Err(ArtifactError::Checksum {
                 path,
                 expected: header.crc32,
                 found,
+            });
+        }
+        let bits: Vec<u8> = header.model.bits.iter().map(|b| b.get()).collect();
+        let rows: Vec<u8> = header.table.iter().map(|r| r.bits).collect();
+        if rows != bits {
+            return Err(ArtifactError::Header {
+                path,
+                field: "adabits.table".into(),
+                expected: format!("one row per bit-width of the model, in its order: {bits:?}"),
+                found: format!("rows for {rows:?}"),
             });
         }
         let scalars = scalar_bytes

@@ -101,7 +101,7 @@ pub type Splits = (Box<dyn Dataset>, Box<dyn Dataset>);
 
 /// Which data a run uses.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum DataSource {
     /// The built-in synthetic set (no download).
     Synthetic(SyntheticConfig),
@@ -136,6 +136,13 @@ impl DataSource {
     ///
     /// A [`DataError`] naming the file or folder that is missing, unreadable or malformed.
     pub fn open(&self) -> Result<Splits, DataError> {
+        if let Err((field, expected, found)) = self.validate() {
+            return Err(DataError::invalid(
+                PathBuf::from(format!("data.{field}")),
+                expected,
+                found,
+            ));
+        }
         Ok(match self {
             Self::Synthetic(config) => {
                 let (train, val) = synthetic(config);
@@ -162,6 +169,49 @@ impl DataSource {
                 (Box::new(train), Box::new(val))
             }
         })
+    }
+
+    /// Checks the settings: `Err((field, expected, found))` names the first bad one.
+    ///
+    /// # Errors
+    ///
+    /// A synthetic set without samples, with fewer than 2 or more than 65,536 classes, images
+    /// smaller than 8×8 or a noise or contrast that is negative or not finite; an image folder
+    /// with a crop below 32 (the ImageNet models downsample 32 times).
+    pub fn validate(&self) -> Result<(), (String, String, String)> {
+        let bad = |field: &str, expected: &str, found: String| {
+            Err((field.to_string(), expected.to_string(), found))
+        };
+        match self {
+            Self::Synthetic(c) => {
+                if c.train == 0 {
+                    return bad("train", "at least 1 sample", "0".into());
+                }
+                if c.val == 0 {
+                    return bad("val", "at least 1 sample", "0".into());
+                }
+                if !(2..=65_536).contains(&c.classes) {
+                    return bad("classes", "2 to 65536", c.classes.to_string());
+                }
+                if c.side < 8 {
+                    return bad("side", "at least 8 (pixels)", c.side.to_string());
+                }
+                for (field, v) in [("noise", c.noise), ("contrast", c.contrast)] {
+                    if !(v.is_finite() && v >= 0.0) {
+                        return bad(field, "a number of at least 0", v.to_string());
+                    }
+                }
+            }
+            Self::ImageFolder { crop, .. } if *crop < 32 => {
+                return bad(
+                    "crop",
+                    "at least 32 (pixels; the ImageNet models downsample 32 times)",
+                    crop.to_string(),
+                );
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// A short name for reports.

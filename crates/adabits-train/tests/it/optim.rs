@@ -111,7 +111,7 @@ fn sgd_matches_pytorch_nesterov_with_decay_on_weights_only() {
     let state = sgd.state();
     assert_eq!(state.len(), 3);
     let mut restored = Sgd::new(config.clone());
-    restored.load_state(&state, &ad);
+    restored.load_state(&state, &model, &ad).unwrap();
     let again = restored.state();
     assert_eq!(
         again.keys().collect::<Vec<_>>(),

@@ -8,7 +8,8 @@ use adabits_train::Schedule;
 use adabits_models::{Architecture, ModelConfig};
 use adabits_train::data::{DataSource, SyntheticConfig};
 use adabits_train::{
-    Progress, Quiet, RunOptions, RunStatus, StepInfo, Strategy, TrainConfig, TrainError, train,
+    Progress, Quiet, RunDir, RunOptions, RunStatus, StepInfo, Strategy, TrainConfig, TrainError,
+    Which, train,
 };
 
 fn temp_dir(name: &str) -> std::path::PathBuf {
@@ -84,6 +85,12 @@ fn tiny_config(bits: &str, strategy: Strategy) -> TrainConfig {
 }
 
 /// The metrics of a run without the timings.
+/// The name of the folder a run's `which` pointer names.
+fn pointer(out: &std::path::Path, which: Which) -> String {
+    let dir = RunDir::new(out).checkpoint_dir(which).unwrap();
+    dir.file_name().unwrap().to_string_lossy().into_owned()
+}
+
 fn history(out: &std::path::Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(out.join("metrics.jsonl"))
         .unwrap()
@@ -194,7 +201,7 @@ fn a_full_precision_first_stage_hands_over_to_the_bit_widths_and_resumes_exactly
     // The results and the best checkpoint come from the joint stage.
     let bits: Vec<&String> = whole.bits.keys().collect();
     assert_eq!(bits, ["2", "4"]);
-    let best = std::fs::read_to_string(straight.join("checkpoints/best")).unwrap();
+    let best = pointer(&straight, Which::Best);
     assert!(best.starts_with("s1-"), "{best}");
     // Stopped inside the full-precision stage, then at its end, then run to completion.
     let pieces = temp_dir("fp-pieces");
@@ -251,7 +258,12 @@ fn a_diverging_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkp
     let msg = err.to_string();
     // The first step at that rate leaves infinite parameters behind; the check after each
     // step catches them before any loss is computed with them.
-    let TrainError::NonFiniteParameter { step, name } = err else {
+    let TrainError::NonFiniteParameter {
+        step,
+        name,
+        checkpoint,
+    } = err
+    else {
         panic!("{msg}");
     };
     assert_eq!(step, 8, "{msg}");
@@ -262,8 +274,12 @@ fn a_diverging_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkp
         )),
         "{msg}"
     );
-    assert!(msg.contains("the last good checkpoint is kept"), "{msg}");
-    let latest = std::fs::read_to_string(out.join("checkpoints/latest")).unwrap();
+    assert_eq!(checkpoint, Some(8), "{msg}");
+    assert!(
+        msg.contains("the last good checkpoint (step 8) is kept"),
+        "{msg}"
+    );
+    let latest = pointer(&out, Which::Latest);
     assert_eq!(latest, "s0-e0001-b00000-step8");
     assert!(
         out.join("checkpoints")
@@ -301,7 +317,7 @@ fn a_stop_request_saves_a_checkpoint_and_ends_cleanly() {
     let config = tiny_config("4,2", Strategy::Joint { distill: false });
     let r = train(config, &device, &options, &mut stopper).unwrap();
     assert_eq!((r.status, r.steps), (RunStatus::Interrupted, 3));
-    let latest = std::fs::read_to_string(out.join("checkpoints/latest")).unwrap();
+    let latest = pointer(&out, Which::Latest);
     assert!(latest.ends_with("step3"), "{latest}");
 }
 

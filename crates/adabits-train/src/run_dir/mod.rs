@@ -2,17 +2,25 @@
 //!
 //! ```text
 //! OUT/
+//!   run.lock            held by the process writing into the run (its pid inside)
 //!   config.json         the resolved TrainConfig
 //!   metrics.jsonl       one EpochRecord per line
 //!   losses.jsonl        one LossRecord per line (the training loss curve)
 //!   results.json        RunResults, when the run has ended
 //!   checkpoints/
-//!     latest, best      pointers: the name of a checkpoint folder
-//!     NAME/             model.safetensors, optimizer.safetensors, state.json
+//!     pointers.json     {"latest": NAME, "best": NAME}, replaced atomically
+//!     NAME/             model.safetensors, optimizer.safetensors, state.json, checksums.json
 //! ```
 //!
 //! A checkpoint folder is written in full under a temporary name, then renamed, and only then
-//! does a pointer move to it; pointers and JSON files are written atomically.
+//! do the pointers move to it, both in one atomic write ([`checkpoints`] says why that order
+//! keeps every kept checkpoint through a crash at any instant); JSON files are written
+//! atomically. Every file of a checkpoint is checked against its SHA-256 when it is read.
+
+mod checkpoints;
+mod lock;
+
+pub use lock::RunLock;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -50,8 +58,8 @@ pub enum Which {
 }
 
 impl Which {
-    /// The name of the pointer file.
-    fn pointer(self) -> &'static str {
+    /// The pointer's name (`best`, `latest`).
+    pub fn name(self) -> &'static str {
         match self {
             Which::Best => "best",
             Which::Latest => "latest",
@@ -143,17 +151,17 @@ impl RunDir {
         self.config_path().is_file()
     }
 
-    /// Whether the run has a checkpoint to resume from.
-    pub fn has_checkpoint(&self) -> bool {
-        self.pointer_path(Which::Latest).is_file()
-    }
-
-    fn checkpoints(&self) -> PathBuf {
-        self.root.join(CHECKPOINTS)
-    }
-
-    fn pointer_path(&self, which: Which) -> PathBuf {
-        self.checkpoints().join(which.pointer())
+    /// Takes the run's exclusive lock (creating the folder), then removes what writes that did
+    /// not finish left behind: one writer per run, for as long as the lock lives.
+    ///
+    /// # Errors
+    ///
+    /// [`TrainError::Busy`] naming the holder's pid when another process writes into the run;
+    /// [`TrainError::RunFile`] when the folder or the lock file cannot be created.
+    pub fn lock(&self) -> Result<RunLock, TrainError> {
+        let lock = RunLock::take(&self.root)?;
+        self.remove_temporaries()?;
+        Ok(lock)
     }
 
     /// Creates the folder and its `checkpoints/`.
@@ -237,29 +245,16 @@ impl RunDir {
         serde_json::from_str(&text).ok()
     }
 
-    /// The folder of the `which` checkpoint.
-    ///
-    /// # Errors
-    ///
-    /// [`TrainError::RunFile`] naming the pointer when it is missing or unreadable.
-    pub fn checkpoint_dir(&self, which: Which) -> Result<PathBuf, TrainError> {
-        let pointer = self.pointer_path(which);
-        let name = std::fs::read_to_string(&pointer).map_err(|e| run_file(&pointer, e))?;
-        Ok(self.checkpoints().join(name.trim()))
-    }
-
     /// Where the `which` checkpoint stands, or `None` when the run has no such pointer.
     ///
     /// # Errors
     ///
-    /// [`TrainError::RunFile`] naming the checkpoint's `state.json` when it is missing or
-    /// unreadable.
+    /// [`TrainError::RunFile`] naming `pointers.json` or the checkpoint's `state.json` when it
+    /// is missing or unreadable.
     pub fn checkpoint_info(&self, which: Which) -> Result<Option<CheckpointInfo>, TrainError> {
-        if !self.pointer_path(which).is_file() {
+        let Some((dir, state)) = self.checkpoint_state::<RunState>(which, STATE)? else {
             return Ok(None);
-        }
-        let dir = self.checkpoint_dir(which)?;
-        let state = read_json::<RunState>(&dir.join(STATE))?;
+        };
         Ok(Some(CheckpointInfo {
             name: dir
                 .file_name()
@@ -274,70 +269,35 @@ impl RunDir {
     }
 
     /// Writes a checkpoint folder for `state` (model, optimiser, state), then moves `latest`
-    /// (and, if `best`, `best`) to it and removes the folders no pointer names.
-    pub(crate) fn save_checkpoint(
+    /// (and, if `best`, `best`) to it and removes the folders no pointer names. Called with the
+    /// run's lock held.
+    pub(crate) fn write_checkpoint(
         &self,
         model: &Model,
         sgd: &Sgd,
         state: &RunState,
         best: bool,
     ) -> Result<(), TrainError> {
-        let dir = self.checkpoints();
         let name = format!(
             "s{}-e{:04}-b{:05}-step{}",
             state.stage, state.epoch, state.batch, state.step
         );
-        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(|e| run_file(&tmp, e))?;
-        save_model(model, &tmp.join(MODEL))?;
-        sgd.state()
-            .write(&tmp.join(OPTIMIZER))
-            .map_err(|e| run_file(&tmp, e))?;
-        let json = serde_json::to_string_pretty(state).expect("state serialises");
-        write_atomically(&tmp.join(STATE), json.as_bytes()).map_err(|e| run_file(&tmp, e))?;
-        let target = dir.join(&name);
-        let _ = std::fs::remove_dir_all(&target);
-        std::fs::rename(&tmp, &target).map_err(|e| run_file(&target, e))?;
-        if let Ok(d) = std::fs::File::open(&dir) {
-            let _ = d.sync_all();
-        }
-        self.point(Which::Latest, &name)?;
-        if best {
-            self.point(Which::Best, &name)?;
-        }
-        self.remove_unpointed();
-        Ok(())
-    }
-
-    fn point(&self, which: Which, name: &str) -> Result<(), TrainError> {
-        let path = self.pointer_path(which);
-        write_atomically(&path, name.as_bytes()).map_err(|e| run_file(&path, e))
-    }
-
-    /// Removes the checkpoint folders no pointer names.
-    fn remove_unpointed(&self) {
-        let dir = self.checkpoints();
-        let keep: Vec<String> = [Which::Latest, Which::Best]
-            .iter()
-            .filter_map(|&w| std::fs::read_to_string(self.pointer_path(w)).ok())
-            .collect();
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for entry in entries.flatten() {
-                let file_name = entry.file_name().to_string_lossy().into_owned();
-                if entry.path().is_dir()
-                    && !file_name.starts_with('.')
-                    && !keep.contains(&file_name)
-                {
-                    let _ = std::fs::remove_dir_all(entry.path());
-                }
-            }
-        }
+        self.save_checkpoint(&name, best, |dir| {
+            save_model(model, &dir.join(MODEL))?;
+            crate::fault::point("checkpoint.partial");
+            let optim = dir.join(OPTIMIZER);
+            sgd.state().write(&optim).map_err(|e| run_file(&optim, e))?;
+            let json = serde_json::to_string_pretty(state).expect("state serialises");
+            write_atomically(&dir.join(STATE), json.as_bytes())
+                .map_err(|e| run_file(&dir.join(STATE), e))
+        })
     }
 
     /// Loads the latest checkpoint into `model` (freshly initialised) and `sgd`, and returns
-    /// them with the saved state. Then cuts both logs back to the checkpoint: `metrics.jsonl`
-    /// holds exactly its history, `losses.jsonl` drops the points after its step.
+    /// them with the saved state, after checking every file against its checksum, every
+    /// parameter for NaN and infinity and every optimiser buffer against its parameter. Then
+    /// cuts both logs back to the checkpoint: `metrics.jsonl` holds exactly its history,
+    /// `losses.jsonl` drops the points after its step.
     pub(crate) fn resume_latest(
         &self,
         model: Model,
@@ -345,10 +305,12 @@ impl RunDir {
         device: &Device,
     ) -> Result<(Model, RunState), TrainError> {
         let ckpt = self.checkpoint_dir(Which::Latest)?;
-        let model = load_model(model, &ckpt.join(MODEL))?;
+        self.verify(&ckpt, &[MODEL, OPTIMIZER, STATE])?;
+        let model = load_checked(model, &ckpt.join(MODEL))?;
         let optim_path = ckpt.join(OPTIMIZER);
         let dict = StateDict::read(&optim_path).map_err(|e| run_file(&optim_path, e))?;
-        sgd.load_state(&dict, device);
+        sgd.load_state(&dict, &model, device)
+            .map_err(|e| run_file(&optim_path, e))?;
         let state = read_json::<RunState>(&ckpt.join(STATE))?;
         self.keep_logs_up_to(&state)?;
         Ok((model, state))
@@ -380,10 +342,12 @@ impl RunDir {
 
     /// Writes a run directory holding one model and no training state: `config.json` with
     /// `config`, and a checkpoint folder `name` with `model` that both pointers name (what
-    /// `adabits calibrate` writes, so that `eval` and `export` read it as a run).
+    /// `adabits calibrate` writes, so that `eval` and `export` read it as a run). Takes the
+    /// run's lock for the write.
     ///
     /// # Errors
     ///
+    /// [`TrainError::Busy`] when another process writes into the folder;
     /// [`TrainError::RunFile`] or [`TrainError::Checkpoint`] when a file cannot be written.
     pub fn write_model_only(
         &self,
@@ -391,33 +355,44 @@ impl RunDir {
         name: &str,
         model: &Model,
     ) -> Result<(), TrainError> {
-        let dir = self.checkpoints().join(name);
-        std::fs::create_dir_all(&dir).map_err(|e| run_file(&dir, e))?;
-        save_model(model, &dir.join(MODEL))?;
-        self.write_config(config)?;
-        for which in [Which::Latest, Which::Best] {
-            self.point(which, name)?;
-        }
-        Ok(())
+        let _lock = self.lock()?;
+        self.create()?;
+        self.save_model_only(name, |dir| Ok(save_model(model, &dir.join(MODEL))?))?;
+        self.write_config(config)
     }
 
     /// Loads the configuration and the model of the `which` checkpoint onto `device` (its
-    /// autodiff form, so it can be calibrated).
+    /// autodiff form, so it can be calibrated), after checking the model file against its
+    /// checksum and its parameters for NaN and infinity.
     ///
     /// # Errors
     ///
-    /// [`TrainError::RunFile`] naming the missing or unreadable file, [`TrainError::Checkpoint`]
-    /// when the model file does not fit the configuration.
+    /// [`TrainError::NoCheckpoint`] when the run has no such checkpoint yet,
+    /// [`TrainError::RunFile`] naming the missing, unreadable or damaged file,
+    /// [`TrainError::Checkpoint`] when the model file does not fit the configuration.
     pub fn load(&self, which: Which, device: &Device) -> Result<SavedRun, TrainError> {
         let config = self.read_config()?;
         let checkpoint = self.checkpoint_dir(which)?;
+        self.verify(&checkpoint, &[MODEL])?;
         let ad = device.clone().autodiff();
-        let model = load_model(config.model.init(&ad), &checkpoint.join(MODEL))?;
+        let model = load_checked(config.model.init(&ad), &checkpoint.join(MODEL))?;
         Ok(SavedRun {
             config,
             model,
             checkpoint,
         })
+    }
+}
+
+/// Loads a model file, and refuses one that holds a NaN or an infinity (naming the tensor).
+fn load_checked(model: Model, path: &Path) -> Result<Model, TrainError> {
+    let model = load_model(model, path)?;
+    match crate::guard::non_finite_parameter(&model) {
+        Some(name) => Err(run_file(
+            path,
+            format!("the tensor `{name}` holds a NaN or an infinity: the file is damaged or was written from a diverged run"),
+        )),
+        None => Ok(model),
     }
 }
 
