@@ -182,7 +182,7 @@ fn a_damaged_artifact_is_refused_with_a_named_error() {
 
     // Another version, a missing tensor, a foreign SafeTensors file.
     let (header_text, tensors) = split(&good);
-    let newer = header_text.replace("\"version\":1", "\"version\":7");
+    let newer = header_text.replace("\"version\":2", "\"version\":7");
     let err =
         Artifact::from_bytes(&rebuild(&newer, &tensors, &["codes", "scalars"]), path).unwrap_err();
     assert!(
@@ -206,6 +206,27 @@ fn a_damaged_artifact_is_refused_with_a_named_error() {
     let err = Artifact::from_bytes(&foreign, path).unwrap_err();
     assert!(matches!(err, ArtifactError::Header { .. }), "{err}");
 
+    // An edited header: the checksum covers it (an edited table once made `select` pick a
+    // bit-width the model does not have).
+    let edited = header_text.replace("\"bits\":4,", "\"bits\":7,");
+    assert_ne!(edited, header_text);
+    let err = Artifact::from_bytes(&rebuild(&edited, &tensors, &["codes", "scalars"]), path)
+        .unwrap_err();
+    assert!(matches!(err, ArtifactError::Checksum { .. }), "{err}");
+    // Edited and resealed: the table must still list the model's bit-widths.
+    let mut header: adabits_models::ArtifactHeader = serde_json::from_str(&header_text).unwrap();
+    header.table[0].bits = 7;
+    header.crc32 = header.checksum(&tensors[0].3, &tensors[1].3);
+    assert_eq!((tensors[0].0.as_str(), tensors[1].0.as_str()), ("codes", "scalars"));
+    let resealed = serde_json::to_string(&header).unwrap();
+    let err = Artifact::from_bytes(&rebuild(&resealed, &tensors, &["codes", "scalars"]), path)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("`adabits.table`: expected one row per bit-width of the model, in its order: [4, 2], found rows for [7, 2]"),
+        "{err}"
+    );
+
     // A bit-width the artifact does not hold.
     let mut runtime =
         Runtime::new(Artifact::from_bytes(&good, path).unwrap(), &crate::device()).unwrap();
@@ -221,6 +242,53 @@ fn a_damaged_artifact_is_refused_with_a_named_error() {
         err.to_string().starts_with("/nonexistent/model.abq: "),
         "{err}"
     );
+}
+
+/// Thousands of artifacts with one random damage each (a bit flipped, a byte replaced,
+/// deleted or inserted, the tail cut, garbage appended): every one is refused with an error or
+/// reads back as the same artifact, and none panics.
+#[test]
+fn mutated_artifacts_are_refused_without_a_panic() {
+    let config = ModelConfig::new(Architecture::CifarResNet(20), "4,2".parse().unwrap())
+        .with_width_mult(0.25);
+    let model = config.init(&crate::device());
+    let good = Artifact::from_model(&model, &config, 16, &HashMap::new(), None)
+        .unwrap()
+        .to_bytes();
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    let (mut refused, mut same, mut accepted, mut panics) = (0, 0, 0, 0);
+    // The safetensors header (where a byte is likeliest to be read as something else) gets
+    // half of the damage.
+    let header_end = 8 + u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    for case in 0..3000 {
+        let mut bytes = good.clone();
+        let span = if case % 2 == 0 { header_end } else { bytes.len() };
+        let at = (next() as usize) % span;
+        match next() % 6 {
+            0 => bytes[at] ^= 1 << (next() % 8),
+            1 => bytes[at] = next() as u8,
+            2 => {
+                bytes.remove(at);
+            }
+            3 => bytes.insert(at, next() as u8),
+            4 => bytes.truncate(at),
+            _ => bytes.extend((0..1 + next() % 16).map(|_| next() as u8)),
+        }
+        match std::panic::catch_unwind(|| Artifact::from_bytes(&bytes, Path::new("m.abq"))) {
+            Err(_) => panics += 1,
+            Ok(Err(_)) => refused += 1,
+            Ok(Ok(read)) if read.to_bytes() == good => same += 1,
+            Ok(Ok(_)) => accepted += 1,
+        }
+    }
+    eprintln!("3000 mutated artifacts: {refused} refused, {same} the same artifact, {accepted} accepted changed, {panics} panics");
+    assert_eq!((accepted, panics), (0, 0));
 }
 
 /// The header JSON and the tensors (name, dtype, shape, bytes) of artifact bytes.

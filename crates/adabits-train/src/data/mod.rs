@@ -177,7 +177,7 @@ impl DataSource {
     ///
     /// A synthetic set without samples, with fewer than 2 or more than 65,536 classes, images
     /// smaller than 8×8 or a noise or contrast that is negative or not finite; an image folder
-    /// with a crop below 32 (the ImageNet models downsample 32 times).
+    /// with a crop below 8.
     pub fn validate(&self) -> Result<(), (String, String, String)> {
         let bad = |field: &str, expected: &str, found: String| {
             Err((field.to_string(), expected.to_string(), found))
@@ -202,12 +202,8 @@ impl DataSource {
                     }
                 }
             }
-            Self::ImageFolder { crop, .. } if *crop < 32 => {
-                return bad(
-                    "crop",
-                    "at least 32 (pixels; the ImageNet models downsample 32 times)",
-                    crop.to_string(),
-                );
+            Self::ImageFolder { crop, .. } if *crop < 8 => {
+                return bad("crop", "at least 8 (pixels)", crop.to_string());
             }
             _ => {}
         }

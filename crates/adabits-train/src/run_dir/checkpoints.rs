@@ -83,7 +83,7 @@ impl RunDir {
         self.root.join(super::CHECKPOINTS)
     }
 
-    fn pointers_path(&self) -> PathBuf {
+    pub(super) fn pointers_path(&self) -> PathBuf {
         self.checkpoints().join(POINTERS)
     }
 
@@ -235,15 +235,11 @@ impl RunDir {
         }
     }
 
-    /// Removes what writes that did not finish left behind (`.NAME.tmp-PID` files and folders
-    /// in the run directory and in `checkpoints/`) and the folders no pointer names. Safe only
-    /// with the run's lock held: another writer's temporaries would go too.
-    ///
-    /// # Errors
-    ///
-    /// [`TrainError::RunFile`] when `pointers.json` is unreadable (nothing is removed then).
-    pub(super) fn remove_temporaries(&self) -> Result<(), TrainError> {
-        let pointers = self.pointers()?;
+    /// Removes what writes that did not finish left behind: `.NAME.tmp-PID` files and folders
+    /// in the run directory and in `checkpoints/`. Safe only with the run's lock held: another
+    /// writer's temporaries would go too. (A complete folder no pointer names is left to the
+    /// next checkpoint, which removes it once its own pointers are written.)
+    pub(super) fn remove_temporaries(&self) {
         for dir in [self.root.clone(), self.checkpoints()] {
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
@@ -259,11 +255,10 @@ impl RunDir {
                 }
             }
         }
-        self.remove_unpointed(&pointers);
-        Ok(())
     }
 
-    /// Checks the files `required` of the checkpoint folder `dir` against its `checksums.json`.
+    /// Checks the checkpoint folder `dir` against its `checksums.json`: the files `required`
+    /// must be listed, and every file listed must be there with its checksum.
     ///
     /// # Errors
     ///
@@ -277,10 +272,19 @@ impl RunDir {
             ));
         }
         let checksums: Checksums = read_json(&path)?;
-        for &file in required {
-            let expected = checksums.sha256.get(file).ok_or_else(|| {
-                run_file(&path, format!("expected a checksum of {file}, found none"))
-            })?;
+        if let Some(file) = required.iter().find(|f| !checksums.sha256.contains_key(**f)) {
+            return Err(run_file(
+                &path,
+                format!("expected a checksum of {file}, found none"),
+            ));
+        }
+        for (file, expected) in &checksums.sha256 {
+            if !plain_name(file) {
+                return Err(run_file(
+                    &path,
+                    format!("expected file names, found {file:?}"),
+                ));
+            }
             let file_path = dir.join(file);
             let bytes = std::fs::read(&file_path).map_err(|e| run_file(&file_path, e))?;
             let found = sha256_hex(&bytes);

@@ -160,7 +160,7 @@ impl RunDir {
     /// [`TrainError::RunFile`] when the folder or the lock file cannot be created.
     pub fn lock(&self) -> Result<RunLock, TrainError> {
         let lock = RunLock::take(&self.root)?;
-        self.remove_temporaries()?;
+        self.remove_temporaries();
         Ok(lock)
     }
 
@@ -312,8 +312,50 @@ impl RunDir {
         sgd.load_state(&dict, &model, device)
             .map_err(|e| run_file(&optim_path, e))?;
         let state = read_json::<RunState>(&ckpt.join(STATE))?;
+        self.check_best(&state)?;
         self.keep_logs_up_to(&state)?;
         Ok((model, state))
+    }
+
+    /// Checks that the `best` pointer names the checkpoint whose score the latest state
+    /// records as the best: a damaged pointer file must not make the next checkpoint delete
+    /// the true best folder.
+    fn check_best(&self, latest: &RunState) -> Result<(), TrainError> {
+        let pointers = self.pointers_path();
+        let best = match self.checkpoint_dir(Which::Best) {
+            Ok(dir) => dir,
+            Err(TrainError::NoCheckpoint { .. }) if latest.best.is_none() => return Ok(()),
+            Err(TrainError::NoCheckpoint { .. }) => {
+                return Err(run_file(
+                    &pointers,
+                    "names no best checkpoint, but the run has scored one: the file was damaged",
+                ));
+            }
+            Err(e) => return Err(e),
+        };
+        if !best.is_dir() {
+            return Err(run_file(
+                &pointers,
+                format!(
+                    "`best` names {}, which does not exist: the file was damaged",
+                    best.display()
+                ),
+            ));
+        }
+        self.verify(&best, &[MODEL, OPTIMIZER, STATE])?;
+        let state = read_json::<RunState>(&best.join(STATE))?;
+        if state.best != latest.best {
+            return Err(run_file(
+                &pointers,
+                format!(
+                    "`best` names {}, which scored {:?}, but the run's best score is {:?}: the file was damaged",
+                    best.display(),
+                    state.best,
+                    latest.best
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn keep_logs_up_to(&self, state: &RunState) -> Result<(), TrainError> {

@@ -2,6 +2,7 @@
 
 mod data;
 mod optim;
+mod reliability;
 mod train;
 
 use burn::tensor::Device;

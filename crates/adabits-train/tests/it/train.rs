@@ -12,7 +12,7 @@ use adabits_train::{
     Which, train,
 };
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
+pub(crate) fn temp_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("adabits-train-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -67,7 +67,7 @@ fn a_short_joint_run_learns_at_every_bit_width() {
 }
 
 /// A very small run: ResNet-20 at a quarter width on 16×16 images, 8 batches per epoch.
-fn tiny_config(bits: &str, strategy: Strategy) -> TrainConfig {
+pub(crate) fn tiny_config(bits: &str, strategy: Strategy) -> TrainConfig {
     let model = ModelConfig::new(Architecture::CifarResNet(20), bits.parse().unwrap())
         .with_width_mult(0.25);
     let data = DataSource::Synthetic(SyntheticConfig {
@@ -84,14 +84,14 @@ fn tiny_config(bits: &str, strategy: Strategy) -> TrainConfig {
     config
 }
 
-/// The metrics of a run without the timings.
 /// The name of the folder a run's `which` pointer names.
-fn pointer(out: &std::path::Path, which: Which) -> String {
+pub(crate) fn pointer(out: &std::path::Path, which: Which) -> String {
     let dir = RunDir::new(out).checkpoint_dir(which).unwrap();
     dir.file_name().unwrap().to_string_lossy().into_owned()
 }
 
-fn history(out: &std::path::Path) -> Vec<serde_json::Value> {
+/// The metrics of a run without the timings.
+pub(crate) fn history(out: &std::path::Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(out.join("metrics.jsonl"))
         .unwrap()
         .lines()
@@ -107,7 +107,7 @@ fn history(out: &std::path::Path) -> Vec<serde_json::Value> {
 
 /// Trains `config` without a stop into a fresh folder named `name`; it must complete in
 /// `steps` steps.
-fn completed_run(
+pub(crate) fn completed_run(
     config: &TrainConfig,
     name: &str,
     steps: usize,
