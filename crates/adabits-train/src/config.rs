@@ -274,7 +274,9 @@ impl TrainConfig {
         if !(width.is_finite() && width >= MIN_WIDTH) {
             return bad(
                 "model.width_mult",
-                &format!("a number of at least {MIN_WIDTH} (below it every layer has its minimum width)"),
+                &format!(
+                    "a number of at least {MIN_WIDTH} (below it every layer has its minimum width)"
+                ),
                 width.to_string(),
             );
         }
@@ -341,8 +343,7 @@ impl TrainConfig {
                 self.stuck_tolerance.to_string(),
             );
         }
-        if self.finetune_epochs == Some(0)
-            && matches!(self.strategy, Strategy::Progressive { .. })
+        if self.finetune_epochs == Some(0) && matches!(self.strategy, Strategy::Progressive { .. })
         {
             return bad(
                 "finetune_epochs",

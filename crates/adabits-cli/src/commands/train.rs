@@ -189,9 +189,17 @@ fn name_the_source(err: TrainError, args: &Train) -> anyhow::Error {
         ("epochs", "--epochs", args.epochs.is_some()),
         ("batch_size", "--batch-size", args.batch_size.is_some()),
         ("optim.lr", "--lr", args.lr.is_some()),
-        ("optim.weight_decay", "--weight-decay", args.weight_decay.is_some()),
+        (
+            "optim.weight_decay",
+            "--weight-decay",
+            args.weight_decay.is_some(),
+        ),
         ("optim.schedule.gamma", "--gamma", args.gamma.is_some()),
-        ("optim.clip_grad_norm", "--clip-grad-norm", args.clip_grad_norm.is_some()),
+        (
+            "optim.clip_grad_norm",
+            "--clip-grad-norm",
+            args.clip_grad_norm.is_some(),
+        ),
         ("model.bits", "--bits", args.bits.is_some()),
     ];
     if let Some((_, flag, _)) = flags.iter().find(|(f, _, given)| f == field && *given) {
@@ -365,8 +373,8 @@ pub(crate) fn run(args: Train) -> anyhow::Result<ExitCode> {
         );
     }
     let mut progress = crate::progress::TerminalProgress::new(config.stage_count());
-    let results = train(config, &args.device.device(), &options, &mut progress)
-        .map_err(with_hint)?;
+    let results =
+        train(config, &args.device.device(), &options, &mut progress).map_err(with_hint)?;
     if args.json {
         print_json(&results)?;
     } else {

@@ -2,14 +2,16 @@
 
 use std::process::{Command, Output};
 
-fn adabits(args: &[&str]) -> Output {
+mod reliability;
+
+pub(crate) fn adabits(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_adabits"))
         .args(args)
         .output()
         .expect("the adabits binary runs")
 }
 
-fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
@@ -146,13 +148,13 @@ fn bench_times_a_training_step_and_every_bit_widths_evaluation() {
 }
 
 /// The folder name a run's pointer (`latest` or `best`) names, if it has one.
-fn pointer(out: &std::path::Path, which: &str) -> Option<String> {
+pub(crate) fn pointer(out: &std::path::Path, which: &str) -> Option<String> {
     let text = std::fs::read_to_string(out.join("checkpoints/pointers.json")).ok()?;
     let pointers: serde_json::Value = serde_json::from_str(&text).unwrap();
     pointers[which].as_str().map(str::to_string)
 }
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
+pub(crate) fn temp_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("adabits-cli-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
@@ -560,7 +562,12 @@ fn ctrl_c_stops_a_run_with_a_checkpoint_and_the_run_resumes_from_it() {
     assert!(kill.success());
     let stopped = child.wait_with_output().unwrap();
     // Stopped by SIGINT: 128 + 2, so that `adabits train && adabits export` stops here.
-    assert_eq!(stopped.status.code(), Some(130), "{}", text(&stopped.stderr));
+    assert_eq!(
+        stopped.status.code(),
+        Some(130),
+        "{}",
+        text(&stopped.stderr)
+    );
     assert!(
         text(&stopped.stderr).contains("stopping after this step"),
         "{}",

@@ -210,14 +210,17 @@ fn a_damaged_artifact_is_refused_with_a_named_error() {
     // bit-width the model does not have).
     let edited = header_text.replace("\"bits\":4,", "\"bits\":7,");
     assert_ne!(edited, header_text);
-    let err = Artifact::from_bytes(&rebuild(&edited, &tensors, &["codes", "scalars"]), path)
-        .unwrap_err();
+    let err =
+        Artifact::from_bytes(&rebuild(&edited, &tensors, &["codes", "scalars"]), path).unwrap_err();
     assert!(matches!(err, ArtifactError::Checksum { .. }), "{err}");
     // Edited and resealed: the table must still list the model's bit-widths.
     let mut header: adabits_models::ArtifactHeader = serde_json::from_str(&header_text).unwrap();
     header.table[0].bits = 7;
     header.crc32 = header.checksum(&tensors[0].3, &tensors[1].3);
-    assert_eq!((tensors[0].0.as_str(), tensors[1].0.as_str()), ("codes", "scalars"));
+    assert_eq!(
+        (tensors[0].0.as_str(), tensors[1].0.as_str()),
+        ("codes", "scalars")
+    );
     let resealed = serde_json::to_string(&header).unwrap();
     let err = Artifact::from_bytes(&rebuild(&resealed, &tensors, &["codes", "scalars"]), path)
         .unwrap_err();
@@ -268,7 +271,11 @@ fn mutated_artifacts_are_refused_without_a_panic() {
     let header_end = 8 + u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
     for case in 0..3000 {
         let mut bytes = good.clone();
-        let span = if case % 2 == 0 { header_end } else { bytes.len() };
+        let span = if case % 2 == 0 {
+            header_end
+        } else {
+            bytes.len()
+        };
         let at = (next() as usize) % span;
         match next() % 6 {
             0 => bytes[at] ^= 1 << (next() % 8),
@@ -287,7 +294,9 @@ fn mutated_artifacts_are_refused_without_a_panic() {
             Ok(Ok(_)) => accepted += 1,
         }
     }
-    eprintln!("3000 mutated artifacts: {refused} refused, {same} the same artifact, {accepted} accepted changed, {panics} panics");
+    eprintln!(
+        "3000 mutated artifacts: {refused} refused, {same} the same artifact, {accepted} accepted changed, {panics} panics"
+    );
     assert_eq!((accepted, panics), (0, 0));
 }
 

@@ -119,10 +119,12 @@ impl RunDir {
     /// `pointers.json` when it is unreadable.
     pub fn checkpoint_dir(&self, which: Which) -> Result<PathBuf, TrainError> {
         let pointers = self.pointers()?;
-        let name = pointers.get(which).ok_or_else(|| TrainError::NoCheckpoint {
-            path: self.root.clone(),
-            which,
-        })?;
+        let name = pointers
+            .get(which)
+            .ok_or_else(|| TrainError::NoCheckpoint {
+                path: self.root.clone(),
+                which,
+            })?;
         Ok(self.checkpoints().join(name))
     }
 
@@ -212,8 +214,7 @@ impl RunDir {
     fn write_pointers(&self, pointers: &Pointers) -> Result<(), TrainError> {
         let path = self.pointers_path();
         let json = serde_json::to_string_pretty(pointers).expect("pointers serialise");
-        adabits_models::write_atomically(&path, json.as_bytes())
-            .map_err(|e| run_file(&path, e))?;
+        adabits_models::write_atomically(&path, json.as_bytes()).map_err(|e| run_file(&path, e))?;
         sync_dir(&self.checkpoints());
         Ok(())
     }
@@ -272,7 +273,10 @@ impl RunDir {
             ));
         }
         let checksums: Checksums = read_json(&path)?;
-        if let Some(file) = required.iter().find(|f| !checksums.sha256.contains_key(**f)) {
+        if let Some(file) = required
+            .iter()
+            .find(|f| !checksums.sha256.contains_key(**f))
+        {
             return Err(run_file(
                 &path,
                 format!("expected a checksum of {file}, found none"),

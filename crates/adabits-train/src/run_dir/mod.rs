@@ -432,7 +432,9 @@ fn load_checked(model: Model, path: &Path) -> Result<Model, TrainError> {
     match crate::guard::non_finite_parameter(&model) {
         Some(name) => Err(run_file(
             path,
-            format!("the tensor `{name}` holds a NaN or an infinity: the file is damaged or was written from a diverged run"),
+            format!(
+                "the tensor `{name}` holds a NaN or an infinity: the file is damaged or was written from a diverged run"
+            ),
         )),
         None => Ok(model),
     }

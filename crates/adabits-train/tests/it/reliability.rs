@@ -154,7 +154,10 @@ fn damaged_checkpoint_files_are_refused_naming_the_file() {
     dict.insert(key.clone(), StateTensor::new(vec![3], vec![0.0; 3]));
     dict.write(&optim).unwrap();
     reseal(&ckpt);
-    expect("buffer shape", &format!("the momentum buffer `{key}`: expected"));
+    expect(
+        "buffer shape",
+        &format!("the momentum buffer `{key}`: expected"),
+    );
     // A NaN in the model, sealed: named as the file's, not blamed on the gradient.
     std::fs::write(&optim, &original).unwrap();
     let model = ckpt.join("model.safetensors");
@@ -279,7 +282,10 @@ fn mutated_run_files_are_refused_without_a_panic() {
     run(&config, &out, false, Some(12)).unwrap();
     let latest = checkpoint(&out, Which::Latest);
     let best = checkpoint(&out, Which::Best);
-    let mut files = vec![out.join("config.json"), out.join("checkpoints/pointers.json")];
+    let mut files = vec![
+        out.join("config.json"),
+        out.join("checkpoints/pointers.json"),
+    ];
     for name in [
         "model.safetensors",
         "optimizer.safetensors",
