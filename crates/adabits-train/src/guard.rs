@@ -1,7 +1,14 @@
-//! The divergence guards: a loss stuck at chance level, a parameter that is no longer finite.
+//! The divergence guards: a loss that blows up, a loss stuck at chance level, a parameter
+//! that is no longer finite.
 
 use adabits_models::{LayerMut, Model, OfficialLayout};
 use burn::module::Module;
+
+/// The loss past which a run counts as diverged: 10 times the larger of the bit-width's first
+/// loss and `ln(classes)` (chance level).
+pub(crate) fn diverged_limit(first: f64, classes: usize) -> f64 {
+    10.0 * first.max((classes.max(2) as f64).ln())
+}
 
 /// How much the smoothed loss must come down over the guard's window for a run at chance to
 /// count as a slow start rather than a dead model.

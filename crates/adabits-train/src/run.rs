@@ -12,7 +12,7 @@ use burn::tensor::Device;
 use crate::config::{BestBy, RunOptions, TrainConfig};
 use crate::data::{Dataset, Loader};
 use crate::error::{TrainError, run_file};
-use crate::guard::{classifier_diagnosis, non_finite_parameter, stuck};
+use crate::guard::{classifier_diagnosis, diverged_limit, non_finite_parameter, stuck};
 use crate::metrics::Scores;
 use crate::optim::{LrPlan, Sgd};
 use crate::progress::{Progress, StepInfo};
@@ -584,10 +584,4 @@ impl<'a> Run<'a> {
         self.state = state;
         Ok(())
     }
-}
-
-/// The loss past which a run counts as diverged: 10 times the larger of the bit-width's first
-/// loss and `ln(classes)` (chance level).
-fn diverged_limit(first: f64, classes: usize) -> f64 {
-    10.0 * first.max((classes.max(2) as f64).ln())
 }

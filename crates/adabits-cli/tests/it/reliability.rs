@@ -454,15 +454,25 @@ fn bad_values_are_named_errors() {
 }
 
 /// A run stopped before its first scored epoch has a `latest` checkpoint and no `best`: eval
-/// says so and how to read `latest`; an epoch-0 stop does not promise what is not there.
+/// says so and how to read `latest`. Its banner announces no full-precision stage it does not
+/// have, and an OS error on export is printed once.
 #[test]
 fn eval_of_a_run_without_a_best_checkpoint_says_to_use_latest() {
     let preset = preset("no-best");
     let out = temp_dir("no-best");
     let mut args = train_args(&preset, &out);
+    args.retain(|a| *a != "--json");
     args.extend(["--max-steps", "2"]);
     let run = adabits(&args);
-    assert!(run.status.success(), "{}", text(&run.stderr));
+    let banner = text(&run.stderr);
+    assert!(run.status.success(), "{banner}");
+    // The preset has no full-precision stage: the banner announces none.
+    assert!(
+        banner.contains("(joint, 3 epochs, gradient clipped to norm 5)")
+            && !banner.contains("full precision")
+            && !banner.contains("full-precision"),
+        "{banner}"
+    );
     let eval = adabits(&["eval", "--checkpoint", out.to_str().unwrap()]);
     let err = text(&eval.stderr);
     assert_eq!(eval.status.code(), Some(2), "{err}");
@@ -478,6 +488,20 @@ fn eval_of_a_run_without_a_best_checkpoint_says_to_use_latest() {
         "latest",
     ]);
     assert!(latest.status.success(), "{}", text(&latest.stderr));
+    // An OS error is printed once, not once per level of the error chain.
+    let export = adabits(&[
+        "export",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--which",
+        "latest",
+        "--no-eval",
+        "--out",
+        "/nonexistent/folder/m.abq",
+    ]);
+    let err = text(&export.stderr);
+    assert_eq!(export.status.code(), Some(2), "{err}");
+    assert_eq!(err.matches("os error").count(), 1, "{err}");
     std::fs::remove_dir_all(&out).unwrap();
     std::fs::remove_file(&preset).unwrap();
 }

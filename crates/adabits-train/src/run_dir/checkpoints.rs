@@ -356,3 +356,53 @@ fn sync_dir(dir: &Path) {
         let _ = d.sync_all();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_failed_write_leaves_nothing_behind_and_the_pointers_as_they_were() {
+        let root =
+            std::env::temp_dir().join(format!("adabits-failed-write-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let run = RunDir::new(&root);
+        std::fs::create_dir_all(run.checkpoints()).unwrap();
+        run.save_checkpoint("a", true, |dir| {
+            std::fs::write(dir.join("model.safetensors"), b"model").map_err(|e| run_file(dir, e))
+        })
+        .unwrap();
+        // A write that fails half-way (as on a full disk).
+        let err = run
+            .save_checkpoint("b", true, |dir| {
+                std::fs::write(dir.join("model.safetensors"), b"half").unwrap();
+                Err(run_file(dir, "No space left on device"))
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("No space left"), "{err}");
+        assert_eq!(entries(&run.checkpoints()), ["a", "pointers.json"]);
+        let pointers = run.pointers().unwrap();
+        assert_eq!(
+            (pointers.latest.as_deref(), pointers.best.as_deref()),
+            (Some("a"), Some("a"))
+        );
+        run.verify(&run.checkpoints().join("a"), &["model.safetensors"])
+            .unwrap();
+        // A new checkpoint that is not the best keeps `best`, and the folder it names.
+        run.save_checkpoint("c", false, |dir| {
+            std::fs::write(dir.join("model.safetensors"), b"c").map_err(|e| run_file(dir, e))
+        })
+        .unwrap();
+        assert_eq!(entries(&run.checkpoints()), ["a", "c", "pointers.json"]);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
