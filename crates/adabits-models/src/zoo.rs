@@ -128,6 +128,9 @@ pub struct ModelConfig {
     pub double_side: bool,
 }
 
+/// Held while a model draws its initial weights (see [`ModelConfig::init_seeded`]).
+static DRAWS: Mutex<()> = Mutex::new(());
+
 impl ModelConfig {
     /// Creates the model with the official initialisation, its weights drawn from `seed`: the
     /// same seed gives the same weights on the same backend, however many other threads of the
@@ -149,10 +152,9 @@ impl ModelConfig {
     ///
     /// As [`init`](Self::init).
     pub fn init_seeded(&self, seed: u64, device: &Device) -> Result<Model, ExecutionError> {
-        static DRAWS: Mutex<()> = Mutex::new(());
         let _guard = DRAWS.lock().unwrap_or_else(PoisonError::into_inner);
         device.seed(seed);
-        let model = self.init(device);
+        let model = self.build(device);
         device.sync()?;
         Ok(model)
     }
@@ -174,6 +176,19 @@ impl ModelConfig {
     /// Panics on a depth the architecture does not have (impossible for a parsed
     /// [`Architecture`]).
     pub fn init(&self, device: &Device) -> Model {
+        // Under the lock of `init_seeded`: an unseeded build on another thread must not draw
+        // between a seeded build's seed and its draws (a resume builds a model it then
+        // overwrites while another run starts).
+        let _guard = DRAWS.lock().unwrap_or_else(PoisonError::into_inner);
+        let model = self.build(device);
+        // The draws run before the lock is released; a failed device reports at the next
+        // operation that reads the model.
+        let _ = device.sync();
+        model
+    }
+
+    /// Builds the model, drawing its initial weights from the device's generator.
+    fn build(&self, device: &Device) -> Model {
         let (bits, quant, input) = (self.bits.clone(), self.quant.clone(), self.input.clone());
         match self.arch {
             Architecture::CifarResNet(depth) => Model::CifarResNet(

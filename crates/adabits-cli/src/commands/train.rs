@@ -503,7 +503,13 @@ mod tests {
         assert!(err.contains("this run's is cosine"), "{err}");
         let err = refused(&["--data-dir", "/data"]);
         assert!(err.contains("the dataset is synthetic"), "{err}");
-        let err = refused(&["--width", "0"]);
-        assert!(err.contains("model.width_mult"), "{err}");
+        // The parser refuses a width that is not a number above 0; `validate` one below the
+        // minimum, naming the flag and the field.
+        assert!(
+            Cli::try_parse_from(["train", "--width", "0"])
+                .is_err_and(|e| e.to_string().contains("'--width <W>'"))
+        );
+        let err = refused(&["--width", "0.001"]);
+        assert!(err.contains("--width (model.width_mult)"), "{err}");
     }
 }
