@@ -176,3 +176,32 @@ pub(crate) fn run_file(path: &Path, reason: impl std::fmt::Display) -> TrainErro
         reason: reason.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A NaN in epoch 0 (before any checkpoint) must not promise a checkpoint.
+    #[test]
+    fn a_stop_names_the_kept_checkpoint_or_says_there_is_none() {
+        let nan = |checkpoint| {
+            TrainError::NonFinite {
+                checkpoint,
+                step: 3,
+                stage: 0,
+                epoch: 0,
+                bits: BitWidth::new(4).unwrap(),
+                loss: f64::NAN,
+            }
+            .to_string()
+        };
+        let first = nan(None);
+        assert!(first.ends_with("stopped, no checkpoint had been written yet"), "{first}");
+        assert!(!first.contains("is kept"), "{first}");
+        let later = nan(Some(8));
+        assert!(
+            later.ends_with("the last good checkpoint (step 8) is kept"),
+            "{later}"
+        );
+    }
+}
