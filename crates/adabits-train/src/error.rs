@@ -196,7 +196,10 @@ mod tests {
             .to_string()
         };
         let first = nan(None);
-        assert!(first.ends_with("stopped, no checkpoint had been written yet"), "{first}");
+        assert!(
+            first.ends_with("stopped, no checkpoint had been written yet"),
+            "{first}"
+        );
         assert!(!first.contains("is kept"), "{first}");
         let later = nan(Some(8));
         assert!(
