@@ -147,6 +147,19 @@ fn bench_times_a_training_step_and_every_bit_widths_evaluation() {
     assert!(!bad.status.success() && text(&bad.stderr).contains("unknown model `vgg16`"));
 }
 
+/// Runs `adabits args` and asserts an error: exit status 2, `expected` in its message, no
+/// panic or backtrace.
+pub(crate) fn assert_error(args: &[&str], expected: &str) {
+    let out = adabits(args);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    assert!(err.contains(expected), "{args:?}: {err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{args:?}: {err}"
+    );
+}
+
 /// The folder name a run's pointer (`latest` or `best`) names, if it has one.
 pub(crate) fn pointer(out: &std::path::Path, which: &str) -> Option<String> {
     let text = std::fs::read_to_string(out.join("checkpoints/pointers.json")).ok()?;
@@ -305,14 +318,7 @@ fn bad_train_flags_and_files_are_one_line_errors_with_hints() {
         ),
     ];
     for (args, expected) in cases {
-        let out = adabits(args);
-        assert!(!out.status.success(), "{args:?}");
-        let err = text(&out.stderr);
-        assert!(err.contains(expected), "{args:?}: {err}");
-        assert!(
-            !err.contains("panicked") && !err.contains("backtrace"),
-            "{err}"
-        );
+        assert_error(args, expected);
     }
     let missing = temp_dir("cifar-missing");
     let out = adabits(&[

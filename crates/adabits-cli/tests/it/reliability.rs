@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{adabits, pointer, temp_dir, text};
+use crate::{adabits, assert_error, pointer, temp_dir, text};
 
 /// Three epochs of 8 steps at {4,2}, no full-precision stage, a loss point every step.
 const PRESET: &str = r#"{"model": {"width_mult": 0.25}, "data": {"kind": "synthetic", "train": 256, "val": 32, "side": 16}, "epochs": 3, "fp_epochs": 0, "log_every": 1}"#;
@@ -425,23 +425,13 @@ fn bad_values_are_named_errors() {
         ),
         (r#""resnet20""#, "found a string"),
     ];
-    let check = |args: &[&str], expected: &str| {
-        let out = adabits(args);
-        let err = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
-        assert!(err.contains(expected), "{args:?}: {err}");
-        assert!(
-            !err.contains("panicked") && !err.contains("backtrace"),
-            "{args:?}: {err}"
-        );
-    };
     for (args, expected) in flags {
-        check(args, expected);
+        assert_error(args, expected);
     }
     let out = temp_dir("bad-preset-out");
     for (json, expected) in presets {
         std::fs::write(&preset_file, json).unwrap();
-        check(
+        assert_error(
             &["train", "--config", p, "--out", out.to_str().unwrap()],
             expected,
         );
