@@ -124,10 +124,16 @@ pub(crate) fn run(args: Info) -> anyhow::Result<ExitCode> {
     );
     println!("  epochs recorded in metrics.jsonl: {epochs}");
     for (which, c) in &checkpoints {
-        println!(
-            "  checkpoint {which}: {} (stage {}, epoch {}, batch {}, step {})",
-            c.name, c.stage, c.epoch, c.batch, c.step
-        );
+        match (c.stage, c.epoch, c.batch, c.step) {
+            (Some(stage), Some(epoch), Some(batch), Some(step)) => println!(
+                "  checkpoint {which}: {} (stage {stage}, epoch {epoch}, batch {batch}, step {step})",
+                c.name
+            ),
+            _ => println!(
+                "  checkpoint {which}: {} (a model without training state)",
+                c.name
+            ),
+        }
     }
     match &results {
         Some(r) => {

@@ -477,6 +477,12 @@ fn export_verify_select_and_calibrate_a_trained_run() {
         "--no-eval",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // `info` describes the calibrated run, whose checkpoint has no training state.
+    let out = adabits(&["info", five_s, "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["checkpoints"]["best"]["step"], serde_json::Value::Null);
+    assert_eq!(info["checkpoints"]["best"]["name"], "calibrated");
     let out = adabits(&["verify", "--artifact", abq5_s, "--checkpoint", five_s]);
     assert!(out.status.success(), "{}", text(&out.stdout));
     assert!(text(&out.stdout).contains("reproduces the checkpoint at every bit-width"));

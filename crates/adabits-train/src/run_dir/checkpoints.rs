@@ -304,17 +304,24 @@ impl RunDir {
         Ok(())
     }
 
-    /// Reads the `state.json` of the `which` checkpoint, if the run has one.
+    /// The folder of the `which` checkpoint and its state file `file` parsed (`None` for a
+    /// folder without one: a model with no training state), or `None` when the run has no
+    /// such checkpoint.
     pub(super) fn checkpoint_state<T: serde::de::DeserializeOwned>(
         &self,
         which: Which,
         file: &str,
-    ) -> Result<Option<(PathBuf, T)>, TrainError> {
+    ) -> Result<Option<(PathBuf, Option<T>)>, TrainError> {
         if self.pointers()?.get(which).is_none() {
             return Ok(None);
         }
         let dir = self.checkpoint_dir(which)?;
-        let state = read_json(&dir.join(file))?;
+        let path = dir.join(file);
+        let state = if path.exists() {
+            Some(read_json(&path)?)
+        } else {
+            None
+        };
         Ok(Some((dir, state)))
     }
 }

@@ -91,14 +91,15 @@ impl Log {
 pub struct CheckpointInfo {
     /// The checkpoint folder's name.
     pub name: String,
-    /// The stage (from 0).
-    pub stage: usize,
+    /// The stage (from 0); `None` for a model without training state (what `adabits
+    /// calibrate` writes), as for the fields below.
+    pub stage: Option<usize>,
     /// The epoch within the stage (from 0).
-    pub epoch: usize,
+    pub epoch: Option<usize>,
     /// The batch within the epoch (from 0).
-    pub batch: usize,
+    pub batch: Option<usize>,
     /// Optimiser steps done.
-    pub step: usize,
+    pub step: Option<usize>,
     /// The best score so far, if an epoch has been scored.
     pub best: Option<f64>,
 }
@@ -260,11 +261,11 @@ impl RunDir {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
-            stage: state.stage,
-            epoch: state.epoch,
-            batch: state.batch,
-            step: state.step,
-            best: state.best,
+            stage: state.as_ref().map(|s| s.stage),
+            epoch: state.as_ref().map(|s| s.epoch),
+            batch: state.as_ref().map(|s| s.batch),
+            step: state.as_ref().map(|s| s.step),
+            best: state.and_then(|s| s.best),
         }))
     }
 
