@@ -91,6 +91,13 @@ impl RunDir {
     pub(super) fn pointers(&self) -> Result<Pointers, TrainError> {
         let path = self.pointers_path();
         if !path.exists() {
+            let legacy = self.checkpoints().join("latest");
+            if legacy.is_file() {
+                return Err(run_file(
+                    &legacy,
+                    "a pointer file of an older adabits (before checksummed checkpoints, pointers.json), which this version does not read: train the run again",
+                ));
+            }
             return Ok(Pointers::default());
         }
         let pointers: Pointers = read_json(&path)?;
@@ -375,6 +382,22 @@ mod tests {
             .collect();
         names.sort();
         names
+    }
+
+    #[test]
+    fn a_run_of_an_older_version_is_named_as_such() {
+        let root = std::env::temp_dir().join(format!("adabits-legacy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let run = RunDir::new(&root);
+        std::fs::create_dir_all(run.checkpoints()).unwrap();
+        std::fs::write(run.checkpoints().join("latest"), "s0-e0001-b00000-step8").unwrap();
+        let err = run.checkpoint_dir(Which::Latest).unwrap_err().to_string();
+        assert!(
+            err.contains("checkpoints/latest: a pointer file of an older adabits"),
+            "{err}"
+        );
+        assert!(run.has_checkpoint());
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
