@@ -131,9 +131,7 @@ where
     let given = serde_json::Value::deserialize(d)?;
     let value: T = serde_json::from_value(given.clone()).map_err(D::Error::custom)?;
     let known = serde_json::to_value(&value).map_err(D::Error::custom)?;
-    if let (Some(given), Some(known)) = (given.as_object(), known.as_object())
-        && let Some(key) = given.keys().find(|k| !known.contains_key(*k))
-    {
+    if let Some(key) = unknown_key(&known, &given, "") {
         let kind = given.get("kind").and_then(|k| k.as_str()).unwrap_or("this");
         return Err(D::Error::custom(format!(
             "unknown field `{key}` for the kind {kind:?}"
@@ -143,8 +141,8 @@ where
 }
 
 /// The first key of `given` (an object, and the objects inside it) that `known` does not have,
-/// as a dotted path under `prefix`. Objects with a `kind` (tagged enums) are left to their own
-/// parser.
+/// as a dotted path under `prefix` (none when it is empty). An object whose `kind` differs from
+/// the known one (another variant of a tagged section) is left to its own parser.
 fn unknown_key(
     known: &serde_json::Value,
     given: &serde_json::Value,
@@ -153,11 +151,15 @@ fn unknown_key(
     let (Some(known), Some(given)) = (known.as_object(), given.as_object()) else {
         return None;
     };
-    if given.contains_key("kind") {
+    if given.get("kind") != known.get("kind") {
         return None;
     }
     for (key, value) in given {
-        let path = format!("{prefix}.{key}");
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
         match known.get(key) {
             None => return Some(path),
             Some(k) => {

@@ -64,19 +64,22 @@ fn signal(child: &Child, name: &str) {
     assert!(status.success());
 }
 
-/// Each epoch's score (mean validation top-1 over the bit-widths, the default criterion).
+/// An epoch record's score: its mean validation top-1 over the bit-widths (the default
+/// criterion).
+fn score(record: &serde_json::Value) -> f64 {
+    let val = record["val"].as_object().unwrap();
+    val.values()
+        .map(|s| s["top1"].as_f64().unwrap())
+        .sum::<f64>()
+        / val.len() as f64
+}
+
+/// Each epoch's score in `metrics.jsonl`.
 fn scores(out: &Path) -> Vec<f64> {
     std::fs::read_to_string(out.join("metrics.jsonl"))
         .unwrap_or_default()
         .lines()
-        .map(|line| {
-            let record: serde_json::Value = serde_json::from_str(line).unwrap();
-            let val = record["val"].as_object().unwrap();
-            val.values()
-                .map(|s| s["top1"].as_f64().unwrap())
-                .sum::<f64>()
-                / val.len() as f64
-        })
+        .map(|line| score(&serde_json::from_str(line).unwrap()))
         .collect()
 }
 
@@ -111,13 +114,7 @@ fn check_kept(out: &Path, what: &str) {
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| {
-            let val = r["val"].as_object().unwrap();
-            val.values()
-                .map(|s| s["top1"].as_f64().unwrap())
-                .sum::<f64>()
-                / val.len() as f64
-        })
+        .map(score)
         .collect();
     let best_score = recorded.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     match pointer(out, "best") {

@@ -319,10 +319,13 @@ impl RunDir {
         which: Which,
         file: &str,
     ) -> Result<Option<(PathBuf, Option<T>)>, TrainError> {
-        if self.pointers()?.get(which).is_none() {
+        let Some(dir) = self
+            .pointers()?
+            .get(which)
+            .map(|n| self.checkpoints().join(n))
+        else {
             return Ok(None);
-        }
-        let dir = self.checkpoint_dir(which)?;
+        };
         let path = dir.join(file);
         let state = if path.exists() {
             Some(read_json(&path)?)
@@ -349,19 +352,10 @@ fn write_checksums(dir: &Path) -> Result<(), TrainError> {
         }
     }
     let json = serde_json::to_string_pretty(&checksums).expect("checksums serialise");
-    write_synced(&dir.join(CHECKSUMS), json.as_bytes())?;
+    let path = dir.join(CHECKSUMS);
+    adabits_models::write_atomically(&path, json.as_bytes()).map_err(|e| run_file(&path, e))?;
     sync_dir(dir);
     Ok(())
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    use std::io::Write;
-    (|| {
-        let mut file = std::fs::File::create(path)?;
-        file.write_all(bytes)?;
-        file.sync_all()
-    })()
-    .map_err(|e| run_file(path, e))
 }
 
 /// Makes a folder's entries (renames, new files) durable; not every platform can.

@@ -3,12 +3,12 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::error::{TrainError, run_file};
 
 /// The lock file: it holds the pid of the process that holds the lock.
-pub(super) const LOCK: &str = "run.lock";
+const LOCK: &str = "run.lock";
 
 /// The exclusive lock on a run directory; dropping it releases the lock.
 ///
@@ -19,7 +19,6 @@ pub(super) const LOCK: &str = "run.lock";
 pub struct RunLock {
     /// Held open for as long as the lock is held.
     _file: File,
-    path: PathBuf,
 }
 
 impl RunLock {
@@ -59,11 +58,6 @@ impl RunLock {
             file.sync_all()
         })()
         .map_err(|e| run_file(&path, e))?;
-        Ok(Self { _file: file, path })
-    }
-
-    /// The lock file.
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(Self { _file: file })
     }
 }

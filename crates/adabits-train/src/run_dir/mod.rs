@@ -313,7 +313,7 @@ impl RunDir {
         sgd.load_state(&dict, &model, device)
             .map_err(|e| run_file(&optim_path, e))?;
         let state = read_json::<RunState>(&ckpt.join(STATE))?;
-        self.check_best(&state)?;
+        self.check_best(&ckpt, &state)?;
         self.keep_logs_up_to(&state)?;
         Ok((model, state))
     }
@@ -321,9 +321,12 @@ impl RunDir {
     /// Checks that the `best` pointer names the checkpoint whose score the latest state
     /// records as the best: a damaged pointer file must not make the next checkpoint delete
     /// the true best folder.
-    fn check_best(&self, latest: &RunState) -> Result<(), TrainError> {
+    /// `latest_dir` is the latest checkpoint's folder, already checked: when `best` names it
+    /// too, there is nothing more to check.
+    fn check_best(&self, latest_dir: &Path, latest: &RunState) -> Result<(), TrainError> {
         let pointers = self.pointers_path();
         let best = match self.checkpoint_dir(Which::Best) {
+            Ok(dir) if dir == latest_dir => return Ok(()),
             Ok(dir) => dir,
             Err(TrainError::NoCheckpoint { .. }) if latest.best.is_none() => return Ok(()),
             Err(TrainError::NoCheckpoint { .. }) => {
