@@ -3,11 +3,13 @@
 //! The file is SafeTensors, written atomically: a temporary file beside the target is written,
 //! flushed to disk and renamed over it, so a crash never leaves a half-written checkpoint.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::store::{ModuleSnapshot, SafetensorsStore};
+
+/// Writes a file atomically (re-exported from `adabits-runtime`, which writes artifacts with it).
+pub use adabits_runtime::write_atomically;
 
 /// Why a checkpoint could not be saved or loaded.
 #[derive(Debug, thiserror::Error)]
@@ -123,28 +125,4 @@ fn format_error(path: &Path, e: impl std::fmt::Display) -> CheckpointError {
         path: path.to_path_buf(),
         reason: e.to_string(),
     }
-}
-
-/// Writes `bytes` to a temporary file beside `path`, flushes it to disk and renames it over
-/// `path`; on failure the temporary file is removed and `path` is untouched.
-///
-/// # Errors
-///
-/// The I/O error of creating, writing, syncing or renaming the file.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "checkpoint".into());
-    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }

@@ -34,7 +34,7 @@ pub use adabits_quant;
 pub use checkpoint::{CheckpointError, load_model, save_model, write_atomically};
 pub use deploy::{
     ARTIFACT_FORMAT, ARTIFACT_VERSION, Artifact, ArtifactError, ArtifactHeader, BitRow, Budget,
-    Runtime, Selection, select,
+    Runtime, Selection, artifact_model, export_artifact, select,
 };
 pub use import::{ImportError, ImportMode, ImportReport, import_official, import_pytorch};
 pub use layers::{

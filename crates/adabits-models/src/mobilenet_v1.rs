@@ -101,6 +101,20 @@ impl OfficialLayout for MobileNetV1 {
 }
 
 impl MobileNetV1 {
+    /// Records the model's operations for the artifact's graph.
+    pub(crate) fn trace(&self, t: &mut crate::deploy::Tracer) {
+        let mut x = self
+            .stem
+            .trace(t, "head", 0, crate::deploy::Tracer::INPUT, true);
+        let names = stage_layer_names(STAGES.iter().map(|&(_, n, _)| n));
+        for (name, (dw, pw)) in names.iter().zip(&self.blocks) {
+            let body = format!("{name}.body");
+            x = dw.trace(t, &body, 0, x, true);
+            x = pw.trace(t, &body, 3, x, true);
+        }
+        t.pool_and_classify("classifier.0", x);
+    }
+
     /// Logits at `bits` for images with values in `[0, 1]`.
     ///
     /// # Shapes

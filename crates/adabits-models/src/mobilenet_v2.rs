@@ -152,6 +152,28 @@ impl OfficialLayout for MobileNetV2 {
 }
 
 impl MobileNetV2 {
+    /// Records the model's operations for the artifact's graph.
+    pub(crate) fn trace(&self, t: &mut crate::deploy::Tracer) {
+        let mut x = self
+            .stem
+            .trace(t, "head", 0, crate::deploy::Tracer::INPUT, true);
+        let names = stage_layer_names(SETTINGS.iter().map(|&(_, _, n, _)| n));
+        for (name, block) in names.iter().zip(&self.blocks) {
+            let body = format!("{name}.body");
+            let mut y = x;
+            let mut i = 0;
+            if let Some(expand) = &block.expand {
+                y = expand.trace(t, &body, i, y, true);
+                i += 3;
+            }
+            y = block.depthwise.trace(t, &body, i, y, true);
+            y = block.project.trace(t, &body, i + 3, y, false);
+            x = if block.residual { t.add(y, x) } else { y };
+        }
+        let x = self.tail.trace(t, "tail", 0, x, true);
+        t.pool_and_classify("classifier.0", x);
+    }
+
     /// Logits at `bits` for images with values in `[0, 1]`.
     ///
     /// # Shapes

@@ -8,6 +8,7 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
 
 use crate::builder::{LayerBuilder, pool_and_classify, stem_policy};
+use crate::deploy::Tracer;
 use crate::profile::{LayerShape, avg_pool_shape};
 use crate::{
     InputTransform, LayerMut, OfficialLayout, QConv2d, QLinear, QuantSettings, SwitchBatchNorm2d,
@@ -109,6 +110,21 @@ impl BasicBlock {
         }
     }
 
+    /// Records the block's operations on value `x` (names as in
+    /// [`visit_official`](Self::visit_official)) and returns its output value.
+    pub(crate) fn trace(&self, t: &mut Tracer, prefix: &str, names: [&str; 6], x: usize) -> usize {
+        let name = |i: usize| format!("{prefix}.{}", names[i]);
+        let y = t.conv_bn(&name(0), &name(1), x);
+        let y = t.relu(y);
+        let y = t.conv_bn(&name(2), &name(3), y);
+        let skip = match &self.shortcut {
+            Some(_) => t.conv_bn(&name(4), &name(5), x),
+            None => x,
+        };
+        let sum = t.add(y, skip);
+        t.relu(sum)
+    }
+
     pub(crate) fn forward(&self, x: Tensor<4>, bits: BitWidth) -> Tensor<4> {
         let y = relu(self.bn1.forward(self.conv1.forward(x.clone(), bits), bits));
         let y = self.bn2.forward(self.conv2.forward(y, bits), bits);
@@ -190,17 +206,8 @@ impl OfficialLayout for CifarResNet {
         visit("head.0", LayerMut::Conv(&mut self.stem));
         visit("head.1", LayerMut::Norm(&mut self.stem_bn));
         let per_stage = self.blocks.len() / 3;
-        let names = [
-            "body.0",
-            "body.1",
-            "body.3",
-            "body.4",
-            "shortcut.0",
-            "shortcut.1",
-        ];
         for (k, block) in self.blocks.iter_mut().enumerate() {
-            let prefix = format!("stage_{}_layer_{}", k / per_stage, k % per_stage);
-            block.visit_official(&prefix, names, visit);
+            block.visit_official(&block_prefix(k, per_stage), BLOCK_NAMES, visit);
         }
         visit("classifier.0", LayerMut::Linear(&mut self.classifier));
     }
@@ -224,6 +231,17 @@ impl CifarResNet {
         rows
     }
 
+    /// Records the model's operations for the artifact's graph.
+    pub(crate) fn trace(&self, t: &mut Tracer) {
+        let x = t.conv_bn("head.0", "head.1", Tracer::INPUT);
+        let mut x = t.relu(x);
+        let per_stage = self.blocks.len() / 3;
+        for (k, block) in self.blocks.iter().enumerate() {
+            x = block.trace(t, &block_prefix(k, per_stage), BLOCK_NAMES, x);
+        }
+        t.pool_and_classify("classifier.0", x);
+    }
+
     /// Logits at `bits` for images with values in `[0, 1]`.
     ///
     /// # Shapes
@@ -237,4 +255,19 @@ impl CifarResNet {
         }
         pool_and_classify(x, &self.classifier, bits)
     }
+}
+
+/// The official names of a block's layers: conv1, bn1, conv2, bn2 and the shortcut's.
+const BLOCK_NAMES: [&str; 6] = [
+    "body.0",
+    "body.1",
+    "body.3",
+    "body.4",
+    "shortcut.0",
+    "shortcut.1",
+];
+
+/// The official name of block `k` of a CIFAR ResNet with `per_stage` blocks per stage.
+fn block_prefix(k: usize, per_stage: usize) -> String {
+    format!("stage_{}_layer_{}", k / per_stage, k % per_stage)
 }

@@ -10,6 +10,7 @@ use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{Device, Tensor};
 
 use crate::builder::{LayerBuilder, eight, pool_and_classify, stem_policy};
+use crate::deploy::Tracer;
 use crate::profile::{LayerShape, avg_pool_shape};
 use crate::{
     BasicBlock, InputTransform, LayerMut, OfficialLayout, QConv2d, QLinear, QuantSettings,
@@ -188,32 +189,25 @@ impl OfficialLayout for ImageNetResNet {
     fn visit_official(&mut self, visit: &mut dyn FnMut(&str, LayerMut<'_>)) {
         visit("conv1", LayerMut::Conv(&mut self.stem));
         visit("bn1", LayerMut::Norm(&mut self.stem_bn));
-        let basic = [
-            "conv1",
-            "bn1",
-            "conv2",
-            "bn2",
-            "downsample.0",
-            "downsample.1",
-        ];
         let names: Vec<String> =
             torchvision_block_names(self.basic.iter().map(BasicBlock::has_shortcut)).collect();
         for (name, block) in names.iter().zip(&mut self.basic) {
-            block.visit_official(name, basic, visit);
+            block.visit_official(name, BASIC_NAMES, visit);
         }
         let names: Vec<String> =
             torchvision_block_names(self.bottlenecks.iter().map(|b| b.shortcut.is_some()))
                 .collect();
         for (name, block) in names.iter().zip(&mut self.bottlenecks) {
-            visit(&format!("{name}.conv1"), LayerMut::Conv(&mut block.conv1));
-            visit(&format!("{name}.bn1"), LayerMut::Norm(&mut block.bn1));
-            visit(&format!("{name}.conv2"), LayerMut::Conv(&mut block.conv2));
-            visit(&format!("{name}.bn2"), LayerMut::Norm(&mut block.bn2));
-            visit(&format!("{name}.conv3"), LayerMut::Conv(&mut block.conv3));
-            visit(&format!("{name}.bn3"), LayerMut::Norm(&mut block.bn3));
+            let [c1, b1, c2, b2, c3, b3, dc, db] = bottleneck_names(name);
+            visit(&c1, LayerMut::Conv(&mut block.conv1));
+            visit(&b1, LayerMut::Norm(&mut block.bn1));
+            visit(&c2, LayerMut::Conv(&mut block.conv2));
+            visit(&b2, LayerMut::Norm(&mut block.bn2));
+            visit(&c3, LayerMut::Conv(&mut block.conv3));
+            visit(&b3, LayerMut::Norm(&mut block.bn3));
             if let Some((conv, bn)) = &mut block.shortcut {
-                visit(&format!("{name}.downsample.0"), LayerMut::Conv(conv));
-                visit(&format!("{name}.downsample.1"), LayerMut::Norm(bn));
+                visit(&dc, LayerMut::Conv(conv));
+                visit(&db, LayerMut::Norm(bn));
             }
         }
         visit("fc", LayerMut::Linear(&mut self.classifier));
@@ -221,6 +215,42 @@ impl OfficialLayout for ImageNetResNet {
 }
 
 impl ImageNetResNet {
+    /// Records the model's operations for the artifact's graph.
+    pub(crate) fn trace(&self, t: &mut Tracer) {
+        let x = t.conv_bn("conv1", "bn1", Tracer::INPUT);
+        let x = t.relu(x);
+        let pool = MAX_POOL;
+        let mut x = t.max_pool(
+            x,
+            pool.kernel_size,
+            pool.stride,
+            [pool.padding[0].0, pool.padding[1].0],
+        );
+        let names: Vec<String> =
+            torchvision_block_names(self.basic.iter().map(BasicBlock::has_shortcut)).collect();
+        for (name, block) in names.iter().zip(&self.basic) {
+            x = block.trace(t, name, BASIC_NAMES, x);
+        }
+        let names: Vec<String> =
+            torchvision_block_names(self.bottlenecks.iter().map(|b| b.shortcut.is_some()))
+                .collect();
+        for (name, block) in names.iter().zip(&self.bottlenecks) {
+            let [c1, b1, c2, b2, c3, b3, dc, db] = bottleneck_names(name);
+            let y = t.conv_bn(&c1, &b1, x);
+            let y = t.relu(y);
+            let y = t.conv_bn(&c2, &b2, y);
+            let y = t.relu(y);
+            let y = t.conv_bn(&c3, &b3, y);
+            let skip = match &block.shortcut {
+                Some(_) => t.conv_bn(&dc, &db, x),
+                None => x,
+            };
+            let sum = t.add(y, skip);
+            x = t.relu(sum);
+        }
+        t.pool_and_classify("fc", x);
+    }
+
     /// Logits at `bits` for images with values in `[0, 1]`.
     ///
     /// # Shapes
@@ -262,4 +292,30 @@ impl ImageNetResNet {
         rows.push(self.classifier.layer_shape("classifier"));
         rows
     }
+}
+
+/// The torchvision names of a basic block's layers: conv1, bn1, conv2, bn2 and the shortcut's.
+const BASIC_NAMES: [&str; 6] = [
+    "conv1",
+    "bn1",
+    "conv2",
+    "bn2",
+    "downsample.0",
+    "downsample.1",
+];
+
+/// The torchvision names of bottleneck `name`'s layers: three convs and BatchNorms, then the
+/// shortcut's.
+fn bottleneck_names(name: &str) -> [String; 8] {
+    [
+        "conv1",
+        "bn1",
+        "conv2",
+        "bn2",
+        "conv3",
+        "bn3",
+        "downsample.0",
+        "downsample.1",
+    ]
+    .map(|layer| format!("{name}.{layer}"))
 }

@@ -257,6 +257,16 @@ impl Model {
         }
     }
 
+    /// Records the model's operations for the artifact's graph.
+    pub(crate) fn trace(&self, t: &mut crate::deploy::Tracer) {
+        match self {
+            Self::CifarResNet(m) => m.trace(t),
+            Self::ImageNetResNet(m) => m.trace(t),
+            Self::MobileNetV1(m) => m.trace(t),
+            Self::MobileNetV2(m) => m.trace(t),
+        }
+    }
+
     /// The static cost description of every layer for `h`×`w` inputs (see [`crate::cost`]).
     pub fn layer_shapes(&self, input: [usize; 2]) -> Vec<LayerShape> {
         match self {

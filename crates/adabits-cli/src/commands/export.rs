@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use adabits_models::Artifact;
+use adabits_models::export_artifact;
 use adabits_quant::BitWidth;
 use adabits_train::data::Loader;
 use adabits_train::evaluate;
@@ -56,7 +56,7 @@ pub(crate) fn run(args: Export) -> anyhow::Result<ExitCode> {
         }
     }
     let source = Some(run.checkpoint.display().to_string());
-    let artifact = Artifact::from_model(&model, &run.config.model, side, &top1, source)?;
+    let artifact = export_artifact(&model, &run.config.model, side, &top1, source)?;
     let size = artifact.write(&args.out)?;
     let ideal = artifact.header.ideal_bytes();
     let overhead = 100.0 * (size as f64 / ideal as f64 - 1.0);

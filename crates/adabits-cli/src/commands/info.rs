@@ -36,6 +36,7 @@ pub(crate) fn run(args: Info) -> anyhow::Result<ExitCode> {
     if path.is_file() && path.extension().is_some_and(|e| e == "abq") {
         let artifact = adabits_models::Artifact::read(path)?;
         let h = &artifact.header;
+        let model = adabits_models::artifact_model(&artifact, path)?;
         if args.json {
             print_json(h)?;
         } else {
@@ -43,8 +44,8 @@ pub(crate) fn run(args: Info) -> anyhow::Result<ExitCode> {
                 "{}: adabits artifact v{}, {} {} ({} weights, {} code bytes, {} scalars, CRC-32 {:08x} ok){}",
                 path.display(),
                 h.version,
-                h.model.arch,
-                h.model.bits,
+                model.arch,
+                model.bits,
                 h.weights,
                 h.code_bytes,
                 h.scalar_count,

@@ -1,50 +1,36 @@
-//! The runtime: an artifact's model at any of its bit-widths, switched from the codes in memory.
+//! The Burn runtime: an artifact's model at any of its bit-widths, switched from the codes in
+//! memory, in `f32` on any Burn device (the integer runtime is `adabits-runtime`'s).
+
+use std::path::Path;
 
 use adabits_quant::{BitWidth, QuantMode, QuantScheme, QuantizedWeight, codes_to_unit};
+use adabits_runtime::{Artifact, ArtifactError, LayerPayload, QuantPayload};
 use burn::module::Param;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::format::{Artifact, ArtifactError, WeightPlan, packed_len, unpack};
 use crate::layout::{LayerMut, OfficialLayout};
 use crate::zoo::{Model, ModelConfig};
 
-/// Reads a layer's scalars and codes in file order.
-struct Cursor<'a> {
-    codes: &'a [u8],
-    scalars: &'a [f32],
-}
-
-impl Cursor<'_> {
-    fn take_codes(&mut self, count: usize, bits: BitWidth) -> Result<Vec<u32>, ArtifactError> {
-        let len = packed_len(count, bits.get());
-        if self.codes.len() < len {
-            return Err(short("codes"));
-        }
-        let (head, rest) = self.codes.split_at(len);
-        self.codes = rest;
-        Ok(unpack(head, count, bits.get()))
-    }
-
-    fn take(&mut self, count: usize) -> Result<Vec<f32>, ArtifactError> {
-        if self.scalars.len() < count {
-            return Err(short("scalars"));
-        }
-        let (head, rest) = self.scalars.split_at(count);
-        self.scalars = rest;
-        Ok(head.to_vec())
-    }
-}
-
-fn short(what: &str) -> ArtifactError {
-    ArtifactError::Layout(format!(
-        "the artifact's {what} end before the model's layers do: it was exported from another model than its header describes"
-    ))
+/// The model configuration an artifact's header holds.
+///
+/// # Errors
+///
+/// [`ArtifactError::Header`] naming `path` when the header's `model` is not a model
+/// configuration this build reads.
+pub fn artifact_model(artifact: &Artifact, path: &Path) -> Result<ModelConfig, ArtifactError> {
+    serde_json::from_value(artifact.header.model.clone()).map_err(|e| ArtifactError::Header {
+        path: path.to_path_buf(),
+        field: "adabits.model".into(),
+        expected: "a model configuration of adabits-models".into(),
+        found: e.to_string(),
+    })
 }
 
 /// Runs an artifact at any of its bit-widths.
 #[derive(Debug)]
 pub struct Runtime {
     artifact: Artifact,
+    config: ModelConfig,
     template: Model,
     model: Model,
     bits: BitWidth,
@@ -56,13 +42,16 @@ impl Runtime {
     ///
     /// # Errors
     ///
-    /// [`ArtifactError::Layout`] when the payload does not fit the model.
+    /// [`ArtifactError::Header`] when the header holds no model configuration of this build;
+    /// [`ArtifactError::Layout`] when the artifact's layers are not the model's.
     pub fn new(artifact: Artifact, device: &Device) -> Result<Self, ArtifactError> {
-        let template = artifact.header.model.init(device);
-        let top = artifact.header.model.bits.max();
+        let config = artifact_model(&artifact, Path::new("the artifact"))?;
+        let template = config.init(device);
+        let top = config.bits.max();
         let model = template.clone();
         let mut runtime = Self {
             artifact,
+            config,
             template,
             model,
             bits: top,
@@ -77,6 +66,11 @@ impl Runtime {
         &self.artifact
     }
 
+    /// The model configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
     /// The active bit-width.
     pub fn bits(&self) -> BitWidth {
         self.bits
@@ -88,9 +82,9 @@ impl Runtime {
     /// # Errors
     ///
     /// [`ArtifactError::UnknownBits`] for a bit-width the artifact does not hold;
-    /// [`ArtifactError::Layout`] when the payload does not fit the model.
+    /// [`ArtifactError::Layout`] when the artifact's layers are not the model's.
     pub fn set_bits(&mut self, bits: BitWidth) -> Result<(), ArtifactError> {
-        let config = &self.artifact.header.model;
+        let config = &self.config;
         if config.bits.position(bits).is_none() {
             return Err(ArtifactError::UnknownBits {
                 bits: bits.get(),
@@ -98,10 +92,10 @@ impl Runtime {
             });
         }
         let linear_eval = config.quant.linear_eval;
-        let mut cursor = Cursor {
-            codes: &self.artifact.codes,
-            scalars: &self.artifact.scalars,
-        };
+        let scheme = config.quant.weight_scheme;
+        let graph = &self.artifact.header.graph;
+        let parts = self.artifact.layers();
+        let mut parts = graph.layer_names().zip(parts);
         let mut model = self.template.clone();
         let device = &self.device;
         let mut failure = None;
@@ -109,60 +103,23 @@ impl Runtime {
             if failure.is_some() {
                 return;
             }
-            let result = match layer {
-                LayerMut::Conv(c) => {
-                    let spec = LayerSpec {
-                        policy: c.policy(),
-                        rescale: c.weight_quant().rescale,
-                        bias: c.bias.is_some(),
-                        alpha: c.alpha.alpha.dims()[0],
-                    };
-                    decode_layer(&mut cursor, config, &spec, c.weight.dims(), bits, device).map(
-                        |(q, bias, alpha)| {
-                            c.deploy(q.effective(), bias);
-                            c.alpha.alpha = Param::from_tensor(alpha);
-                        },
-                    )
-                }
-                LayerMut::Linear(l) => {
-                    let spec = LayerSpec {
-                        policy: l.policy(),
-                        rescale: l.weight_quant().rescale,
-                        bias: l.bias.is_some(),
-                        alpha: l.alpha.alpha.dims()[0],
-                    };
-                    decode_layer(&mut cursor, config, &spec, l.weight.dims(), bits, device).map(
-                        |(q, bias, alpha)| {
-                            let (w, b) = q.linear_params(bias, QuantMode::Eval, linear_eval);
-                            l.deploy(w, b);
-                            l.alpha.alpha = Param::from_tensor(alpha);
-                        },
-                    )
-                }
-                LayerMut::Norm(n) => {
-                    let c = n.num_features();
-                    (0..n.entry_count())
-                        .map(|_| {
-                            let scale = cursor.take(c)?;
-                            let bias = cursor.take(c)?;
-                            Ok((tensor1(&scale, device), tensor1(&bias, device)))
-                        })
-                        .collect::<Result<Vec<_>, ArtifactError>>()
-                        .map(|folded| n.deploy(folded))
-                }
+            let result = match parts.next() {
+                Some((stored, part)) if stored == name => load(layer, part, bits, scheme, linear_eval, device),
+                Some((stored, _)) => Err(format!("the artifact's layer here is `{stored}`")),
+                None => Err("the artifact has no more layers".into()),
             };
             if let Err(e) = result {
-                failure = Some(ArtifactError::Layout(format!("layer `{name}`: {e}")));
+                failure = Some(ArtifactError::Layout(format!(
+                    "layer `{name}`: {e}: the artifact was exported from another model than its header describes"
+                )));
             }
         });
         if let Some(e) = failure {
             return Err(e);
         }
-        if !cursor.codes.is_empty() || !cursor.scalars.is_empty() {
+        if let Some((stored, _)) = parts.next() {
             return Err(ArtifactError::Layout(format!(
-                "{} bytes of codes and {} scalars are left over after the model's last layer: the payload was exported from another model than its header describes",
-                cursor.codes.len(),
-                cursor.scalars.len()
+                "the artifact's layer `{stored}` is not in the model its header describes"
             )));
         }
         self.model = model;
@@ -180,77 +137,98 @@ impl Runtime {
     }
 }
 
+/// Loads one layer's part of the artifact at `bits` into the model's layer.
+fn load(
+    layer: LayerMut<'_>,
+    part: LayerPayload<'_>,
+    bits: BitWidth,
+    scheme: QuantScheme,
+    linear_eval: adabits_quant::LinearEval,
+    device: &Device,
+) -> Result<(), String> {
+    match (layer, part) {
+        (LayerMut::Conv(c), LayerPayload::Quant(p)) => {
+            let bitw = c.policy().resolve(bits).bitw;
+            let q = decode(
+                &p,
+                c.weight.dims(),
+                bitw,
+                scheme,
+                c.weight_quant().rescale,
+                device,
+            )?;
+            c.deploy(q.effective(), p.bias.map(|b| tensor1(b, device)));
+            c.alpha.alpha = Param::from_tensor(tensor1(p.alphas, device));
+            Ok(())
+        }
+        (LayerMut::Linear(l), LayerPayload::Quant(p)) => {
+            let bitw = l.policy().resolve(bits).bitw;
+            let q = decode(
+                &p,
+                l.weight.dims(),
+                bitw,
+                scheme,
+                l.weight_quant().rescale,
+                device,
+            )?;
+            let bias = p.bias.map(|b| tensor1(b, device));
+            let (w, b) = q.linear_params(bias, QuantMode::Eval, linear_eval);
+            l.deploy(w, b);
+            l.alpha.alpha = Param::from_tensor(tensor1(p.alphas, device));
+            Ok(())
+        }
+        (LayerMut::Norm(n), LayerPayload::Norm(p)) if p.channels == n.num_features() => {
+            let entries = p.values.len() / (2 * p.channels);
+            if entries != n.entry_count() {
+                return Err(format!(
+                    "{entries} BatchNorm entries, the model has {}",
+                    n.entry_count()
+                ));
+            }
+            let folded = (0..entries)
+                .map(|i| {
+                    let (scale, bias) = p.entry(i);
+                    (tensor1(scale, device), tensor1(bias, device))
+                })
+                .collect();
+            n.deploy(folded);
+            Ok(())
+        }
+        _ => Err("a layer of another kind or size".into()),
+    }
+}
+
 fn tensor1(values: &[f32], device: &Device) -> Tensor<1> {
     Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), device)
 }
 
-/// What the decoder needs to know of a quantized layer.
-struct LayerSpec {
-    policy: adabits_quant::BitPolicy,
-    rescale: bool,
-    bias: bool,
-    alpha: usize,
-}
-
-/// A quantized layer's weight at `bits` (with its scale if the layer rescales), bias and
-/// clipping levels, read from the cursor.
-#[allow(clippy::type_complexity)]
-fn decode_layer<const D: usize>(
-    cursor: &mut Cursor<'_>,
-    config: &ModelConfig,
-    spec: &LayerSpec,
+/// A quantized layer's weight at `bitw` (with its scale if the layer rescales): `ŵ = 2·Q − 1`
+/// from the codes, the same operations as the fake quantizer.
+fn decode<const D: usize>(
+    part: &QuantPayload<'_>,
     dims: [usize; D],
-    bits: BitWidth,
-    device: &Device,
-) -> Result<(QuantizedWeight<D>, Option<Tensor<1>>, Tensor<1>), ArtifactError> {
-    let plan = WeightPlan::new(config, spec.policy, dims.iter().product());
-    let bitw = spec.policy.resolve(bits).bitw;
-    let (w_hat, scale) = decode_weight(cursor, &plan, bitw, config.quant.weight_scheme, device)?;
-    let bias = if spec.bias {
-        Some(tensor1(&cursor.take(dims[0])?, device))
-    } else {
-        None
-    };
-    let alpha = tensor1(&cursor.take(spec.alpha)?, device);
-    let q = QuantizedWeight {
-        w_hat: w_hat.reshape(dims),
-        scale: spec.rescale.then(|| tensor1(&[scale], device)),
-    };
-    Ok((q, bias, alpha))
-}
-
-/// Reads a layer's codes and scales and returns `ŵ` (flat) and the scale of weight bit-width
-/// `bitw`.
-fn decode_weight(
-    cursor: &mut Cursor<'_>,
-    plan: &WeightPlan,
     bitw: BitWidth,
     scheme: QuantScheme,
+    rescale: bool,
     device: &Device,
-) -> Result<(Tensor<1>, f32), ArtifactError> {
-    let mut chosen = None;
-    for &stored in plan.code_sets() {
-        let k = cursor.take_codes(plan.count, stored)?;
-        if plan.shift && stored != bitw {
-            let shift = stored.get() - bitw.get();
-            chosen = Some(k.into_iter().map(|k| k >> shift).collect::<Vec<_>>());
-        } else if stored == bitw {
-            chosen = Some(k);
-        }
+) -> Result<QuantizedWeight<D>, String> {
+    let count: usize = dims.iter().product();
+    if count != part.plan.count {
+        return Err(format!(
+            "{} weights, the model's layer has {count}",
+            part.plan.count
+        ));
     }
-    let scales = cursor.take(plan.stored.len())?;
-    let position = plan
-        .stored
-        .iter()
-        .position(|&b| b == bitw)
-        .ok_or_else(|| ArtifactError::Layout(format!("no codes for {} bits", bitw.get())))?;
-    let k =
-        chosen.ok_or_else(|| ArtifactError::Layout(format!("no codes for {} bits", bitw.get())))?;
+    let missing = || format!("no codes for {} bits", bitw.get());
+    let k = part.codes(bitw.get()).ok_or_else(missing)?;
+    let scale = part.scale(bitw.get()).ok_or_else(missing)?;
     let k: Vec<i64> = k.into_iter().map(i64::from).collect();
-    let codes = Tensor::<1, Int>::from_data(TensorData::new(k, [plan.count]), device);
-    // The same operations as the fake quantizer: ŵ = 2·Q_b − 1.
+    let codes = Tensor::<1, Int>::from_data(TensorData::new(k, [count]), device);
     let w_hat = codes_to_unit(codes, bitw, scheme)
         .mul_scalar(2.0)
         .sub_scalar(1.0);
-    Ok((w_hat, scales[position]))
+    Ok(QuantizedWeight {
+        w_hat: w_hat.reshape(dims),
+        scale: rescale.then(|| tensor1(&[scale], device)),
+    })
 }

@@ -1,6 +1,6 @@
 //! Choosing the bit-width that fits a budget from an artifact's table.
 
-use super::format::BitRow;
+use adabits_runtime::BitRow;
 
 /// What [`select`] may not exceed or fall below.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

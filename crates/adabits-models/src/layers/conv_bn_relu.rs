@@ -29,6 +29,20 @@ impl ConvBnRelu {
 
     /// Hands out the conv as `<prefix>.<i>` and the BatchNorm as `<prefix>.<i + 1>` (the
     /// official `nn.Sequential` positions).
+    /// Records conv, BatchNorm and (if `relu`) the ReLU on value `x`, with the names
+    /// [`visit_official`](Self::visit_official) gives them, and returns the output value.
+    pub(crate) fn trace(
+        &self,
+        t: &mut crate::deploy::Tracer,
+        prefix: &str,
+        i: usize,
+        x: usize,
+        relu: bool,
+    ) -> usize {
+        let y = t.conv_bn(&format!("{prefix}.{i}"), &format!("{prefix}.{}", i + 1), x);
+        if relu { t.relu(y) } else { y }
+    }
+
     pub(crate) fn visit_official(
         &mut self,
         prefix: &str,

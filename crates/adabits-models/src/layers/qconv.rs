@@ -173,6 +173,11 @@ impl QConv2d {
         self.stride
     }
 
+    /// The symmetric zero padding.
+    pub fn padding(&self) -> [usize; 2] {
+        self.padding
+    }
+
     /// The number of groups.
     pub fn groups(&self) -> usize {
         self.groups

@@ -6,6 +6,7 @@ use std::path::Path;
 use adabits_models::adabits_quant::{BitWidth, QuantScheme};
 use adabits_models::{
     Architecture, Artifact, ArtifactError, BnSharing, Model, ModelConfig, QuantSettings, Runtime,
+    export_artifact,
 };
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
@@ -38,7 +39,7 @@ fn argmax(row: &[f64]) -> usize {
 /// Asserts that the runtime gives the fake-quantized model's predictions, and logits within
 /// 1e-4 relative, at every bit-width, switching in both directions.
 fn assert_runtime_matches(model: &Model, config: &ModelConfig, side: usize, device: &Device) {
-    let artifact = Artifact::from_model(model, config, side, &HashMap::new(), None).unwrap();
+    let artifact = export_artifact(model, config, side, &HashMap::new(), None).unwrap();
     let bytes = artifact.to_bytes();
     let artifact = Artifact::from_bytes(&bytes, Path::new("test.abq")).unwrap();
     let mut runtime = Runtime::new(artifact, device).unwrap();
@@ -122,7 +123,7 @@ fn the_artifact_stays_within_two_percent_of_the_ideal_size() {
     let config = ModelConfig::new(Architecture::CifarResNet(20), "8,6,5,4".parse().unwrap())
         .with_quant(QuantSettings::new().with_weight_scheme(QuantScheme::Centered));
     let model = config.init(&crate::device());
-    let artifact = Artifact::from_model(&model, &config, 32, &HashMap::new(), None).unwrap();
+    let artifact = export_artifact(&model, &config, 32, &HashMap::new(), None).unwrap();
     let header = &artifact.header;
     // Every weight at 8 bits (the shift serves 6, 5 and 4), each layer rounded up to a byte.
     assert!(header.code_bytes >= header.weights && header.code_bytes <= header.weights + 30);
@@ -137,7 +138,7 @@ fn the_artifact_stays_within_two_percent_of_the_ideal_size() {
         .clone()
         .with_quant(QuantSettings::new().with_weight_scheme(QuantScheme::Original));
     let model = original.init(&crate::device());
-    let artifact = Artifact::from_model(&model, &original, 32, &HashMap::new(), None).unwrap();
+    let artifact = export_artifact(&model, &original, 32, &HashMap::new(), None).unwrap();
     // The first convolution (3·16·3·3) and the classifier (64·10) run at max(list) = 8 bits
     // whatever the active bit-width, so only their 8-bit codes are stored.
     let n = artifact.header.weights;
@@ -158,7 +159,7 @@ fn a_damaged_artifact_is_refused_with_a_named_error() {
     let model = config.init(&crate::device());
     let mut top1 = HashMap::new();
     top1.insert(4, 51.5);
-    let artifact = Artifact::from_model(&model, &config, 16, &top1, Some("runs/x".into())).unwrap();
+    let artifact = export_artifact(&model, &config, 16, &top1, Some("runs/x".into())).unwrap();
     assert_eq!(artifact.header.table[0].top1, Some(51.5));
     assert_eq!(artifact.header.table[1].top1, None);
     let good = artifact.to_bytes();
@@ -182,7 +183,7 @@ fn a_damaged_artifact_is_refused_with_a_named_error() {
 
     // Another version, a missing tensor, a foreign SafeTensors file.
     let (header_text, tensors) = split(&good);
-    let newer = header_text.replace("\"version\":2", "\"version\":7");
+    let newer = header_text.replace("\"version\":3", "\"version\":7");
     let err =
         Artifact::from_bytes(&rebuild(&newer, &tensors, &["codes", "scalars"]), path).unwrap_err();
     assert!(
@@ -252,7 +253,7 @@ fn mutated_artifacts_are_refused_without_a_panic() {
     let config = ModelConfig::new(Architecture::CifarResNet(20), "4,2".parse().unwrap())
         .with_width_mult(0.25);
     let model = config.init(&crate::device());
-    let good = Artifact::from_model(&model, &config, 16, &HashMap::new(), None)
+    let good = export_artifact(&model, &config, 16, &HashMap::new(), None)
         .unwrap()
         .to_bytes();
     let mut state = 0x9E37_79B9_7F4A_7C15u64;

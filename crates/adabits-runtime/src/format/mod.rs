@@ -1,20 +1,25 @@
-//! The artifact's format: its header, its errors, the packing of codes and the checksum, and
-//! the byte codec (SafeTensors with the header in its metadata).
+//! The artifact's format: its header, its errors and the byte codec (SafeTensors with the
+//! header in its metadata). docs/artifact.md is its specification.
+
+mod pack;
+mod payload;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use adabits_quant::BitWidth;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::write_atomically;
-use crate::zoo::ModelConfig;
+pub use pack::{crc32, pack, packed_len, unpack_shifted};
+pub use payload::{LayerPayload, NormPayload, QuantPayload, WeightPlan, split_payload};
+
+use crate::fs::write_atomically;
+use crate::graph::Graph;
 
 /// The `format` of every artifact's header.
 pub const ARTIFACT_FORMAT: &str = "adabits-abq";
 /// The artifact format version this build writes and reads.
-pub const ARTIFACT_VERSION: u32 = 2;
+pub const ARTIFACT_VERSION: u32 = 3;
 /// The metadata key that holds the header.
 const HEADER_KEY: &str = "adabits";
 
@@ -38,8 +43,11 @@ pub struct ArtifactHeader {
     pub format: String,
     /// The format version ([`ARTIFACT_VERSION`] when written by this build).
     pub version: u32,
-    /// The model, as it was trained.
-    pub model: ModelConfig,
+    /// The model's configuration as the trainer wrote it (`adabits-models`' `ModelConfig`):
+    /// opaque to this crate, which runs `graph`.
+    pub model: serde_json::Value,
+    /// The model as a graph of layers and operations.
+    pub graph: Graph,
     /// One row per bit-width, in the model's order.
     pub table: Vec<BitRow>,
     /// Bytes of packed codes.
@@ -154,113 +162,81 @@ pub enum ArtifactError {
     },
 }
 
-/// A deployment artifact in memory.
+/// A deployment artifact in memory: its header and its checked payload.
 #[derive(Clone, Debug)]
 pub struct Artifact {
     /// The header.
     pub header: ArtifactHeader,
-    pub(super) codes: Vec<u8>,
-    pub(super) scalars: Vec<f32>,
+    codes: Vec<u8>,
+    scalars: Vec<f32>,
 }
 
-/// How one quantized layer's weights are stored.
-#[derive(Clone, Debug)]
-pub(super) struct WeightPlan {
-    /// The distinct weight bit-widths the layer resolves to over the model's list, highest first.
-    pub(super) stored: Vec<BitWidth>,
-    /// Whether lower bit-widths are derived by a shift (else each has its own codes).
-    pub(super) shift: bool,
-    /// Number of weights.
-    pub(super) count: usize,
-}
-
-impl WeightPlan {
-    pub(super) fn new(model: &ModelConfig, policy: adabits_quant::BitPolicy, count: usize) -> Self {
-        let mut stored: Vec<BitWidth> = model.bits.iter().map(|b| policy.resolve(b).bitw).collect();
-        stored.sort_unstable_by(|a, b| b.cmp(a));
-        stored.dedup();
-        Self {
-            stored,
-            shift: model.quant.weight_scheme.has_shift_property(),
-            count,
-        }
-    }
-
-    /// The bit-widths whose codes are in the file.
-    pub(super) fn code_sets(&self) -> &[BitWidth] {
-        if self.shift {
-            &self.stored[..1]
-        } else {
-            &self.stored
-        }
-    }
-}
-
-pub(super) fn packed_len(count: usize, bits: u8) -> usize {
-    (count * usize::from(bits)).div_ceil(8)
-}
-
-/// Packs `codes` (each below `2^bits`) least-significant bit first.
-pub(super) fn pack(codes: &[u32], bits: u8, out: &mut Vec<u8>) {
-    let start = out.len();
-    out.resize(start + packed_len(codes.len(), bits), 0);
-    let bytes = &mut out[start..];
-    let mut bit = 0usize;
-    for &code in codes {
-        for j in 0..usize::from(bits) {
-            if code >> j & 1 == 1 {
-                bytes[(bit + j) / 8] |= 1 << ((bit + j) % 8);
-            }
-        }
-        bit += usize::from(bits);
-    }
-}
-
-/// The inverse of [`pack`].
-pub(super) fn unpack(bytes: &[u8], count: usize, bits: u8) -> Vec<u32> {
-    let mut out = Vec::with_capacity(count);
-    let mut bit = 0usize;
-    for _ in 0..count {
-        let mut code = 0u32;
-        for j in 0..usize::from(bits) {
-            if bytes[(bit + j) / 8] >> ((bit + j) % 8) & 1 == 1 {
-                code |= 1 << j;
-            }
-        }
-        out.push(code);
-        bit += usize::from(bits);
-    }
-    out
-}
-
-/// CRC-32 (IEEE 802.3, reflected, as zlib and PNG compute it).
-pub(super) fn crc32(chunks: &[&[u8]]) -> u32 {
-    let mut table = [0u32; 256];
-    for (i, slot) in table.iter_mut().enumerate() {
-        let mut c = i as u32;
-        for _ in 0..8 {
-            c = if c & 1 == 1 {
-                0xEDB8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-        }
-        *slot = c;
-    }
-    let mut crc = !0u32;
-    for chunk in chunks {
-        for &b in *chunk {
-            crc = table[((crc ^ u32::from(b)) & 0xFF) as usize] ^ (crc >> 8);
-        }
-    }
-    !crc
-}
-
-pub(super) fn scalar_bytes(scalars: &[f32]) -> Vec<u8> {
+/// The little-endian bytes of `scalars`.
+fn scalar_bytes(scalars: &[f32]) -> Vec<u8> {
     scalars.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
 impl Artifact {
+    /// An artifact of `graph` with its payload, sealed with its checksum. `model` is the
+    /// trainer's configuration (kept as it is), `table` one row per bit-width of `graph.bits`.
+    ///
+    /// # Errors
+    ///
+    /// [`ArtifactError::Layout`] when the graph is malformed, the table does not list its
+    /// bit-widths or the payload does not fit it.
+    pub fn new(
+        model: serde_json::Value,
+        graph: Graph,
+        table: Vec<BitRow>,
+        source: Option<String>,
+        codes: Vec<u8>,
+        scalars: Vec<f32>,
+    ) -> Result<Self, ArtifactError> {
+        let weights = weight_count(&graph);
+        let mut header = ArtifactHeader {
+            format: ARTIFACT_FORMAT.into(),
+            version: ARTIFACT_VERSION,
+            model,
+            graph,
+            table,
+            code_bytes: codes.len() as u64,
+            scalar_count: scalars.len() as u64,
+            weights,
+            crc32: 0,
+            source,
+        };
+        check(&header, &codes, &scalars).map_err(|(field, expected, found)| {
+            ArtifactError::Layout(format!("`{field}`: expected {expected}, found {found}"))
+        })?;
+        header.crc32 = header.checksum(&codes, &scalar_bytes(&scalars));
+        Ok(Self {
+            header,
+            codes,
+            scalars,
+        })
+    }
+
+    /// The packed weight codes.
+    pub fn codes(&self) -> &[u8] {
+        &self.codes
+    }
+
+    /// The scalars (scales, biases, clipping levels, folded BatchNorms).
+    pub fn scalars(&self) -> &[f32] {
+        &self.scalars
+    }
+
+    /// The payload split per layer of the graph, in its order.
+    pub fn layers(&self) -> Vec<LayerPayload<'_>> {
+        split_payload(&self.header.graph, &self.codes, &self.scalars)
+            .expect("the payload was checked against the graph when the artifact was made")
+    }
+
+    /// The bit-widths of the artifact, in the model's order.
+    pub fn bits(&self) -> Vec<u8> {
+        self.header.graph.bits.clone()
+    }
+
     /// The artifact as SafeTensors bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
         let scalar_bytes = scalar_bytes(&self.scalars);
@@ -308,7 +284,7 @@ impl Artifact {
     ///
     /// # Errors
     ///
-    /// Every [`ArtifactError`] but `Layout` and `UnknownBits`, naming the file.
+    /// Every [`ArtifactError`] but `UnknownBits`, naming the file.
     pub fn read(path: &Path) -> Result<Self, ArtifactError> {
         let bytes = std::fs::read(path).map_err(|source| ArtifactError::Io {
             path: path.to_path_buf(),
@@ -365,8 +341,12 @@ impl Artifact {
                 found: u32::try_from(version).unwrap_or(u32::MAX),
             });
         }
-        let header: ArtifactHeader = serde_json::from_value(value)
-            .map_err(|e| header_field("a version-1 header", &e.to_string()))?;
+        let header: ArtifactHeader = serde_json::from_value(value).map_err(|e| {
+            header_field(
+                &format!("a version-{ARTIFACT_VERSION} header"),
+                &e.to_string(),
+            )
+        })?;
         let tensor = |name: &str, dtype: Dtype, len: u64| -> Result<Vec<u8>, ArtifactError> {
             let bad = |found: String| ArtifactError::Tensor {
                 path: path.clone(),
@@ -393,51 +373,77 @@ impl Artifact {
                 found,
             });
         }
-        let bits: Vec<u8> = header.model.bits.iter().map(|b| b.get()).collect();
-        let rows: Vec<u8> = header.table.iter().map(|r| r.bits).collect();
-        if rows != bits {
-            return Err(ArtifactError::Header {
-                path,
-                field: "adabits.table".into(),
-                expected: format!("one row per bit-width of the model, in its order: {bits:?}"),
-                found: format!("rows for {rows:?}"),
-            });
-        }
-        let scalars = scalar_bytes
+        let scalars: Vec<f32> = scalar_bytes
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
+        // A sealed header can still describe a graph this build cannot run (a file written by
+        // something else): refuse it here, so that every later use can trust it.
+        check(&header, &codes, &scalars).map_err(|(field, expected, found)| {
+            ArtifactError::Header {
+                path,
+                field: field.into(),
+                expected,
+                found,
+            }
+        })?;
         Ok(Self {
             header,
             codes,
             scalars,
         })
     }
-
-    /// The bit-widths of the artifact, in the model's order.
-    pub fn bits(&self) -> Vec<u8> {
-        self.header.table.iter().map(|r| r.bits).collect()
-    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The number of quantized weights of `graph`.
+fn weight_count(graph: &Graph) -> u64 {
+    graph
+        .layers()
+        .map(|node| match node {
+            crate::graph::Node::Conv(c) => c.weights() as u64,
+            crate::graph::Node::Linear(l) => (l.features[0] * l.features[1]) as u64,
+            _ => 0,
+        })
+        .sum()
+}
 
-    #[test]
-    fn codes_pack_and_unpack_at_every_width() {
-        for bits in 1..=8u8 {
-            let codes: Vec<u32> = (0..37).map(|i| (i * 5 + 3) % (1 << bits)).collect();
-            let mut bytes = vec![0xAA];
-            pack(&codes, bits, &mut bytes);
-            assert_eq!(bytes.len(), 1 + (37 * bits as usize).div_ceil(8));
-            assert_eq!(unpack(&bytes[1..], 37, bits), codes, "{bits} bits");
-        }
+/// The checks every artifact passes: a well-formed graph at its input size, one table row per
+/// bit-width in its order, and a payload that fits the graph exactly.
+///
+/// The error is `(field, expected, found)`.
+fn check(
+    header: &ArtifactHeader,
+    codes: &[u8],
+    scalars: &[f32],
+) -> Result<(), (&'static str, String, String)> {
+    let graph = &header.graph;
+    let in_graph = |e: String| {
+        (
+            "adabits.graph",
+            "a model graph that fits the payload".to_string(),
+            e,
+        )
+    };
+    graph.check(graph.input_size).map_err(in_graph)?;
+    let rows: Vec<u8> = header.table.iter().map(|r| r.bits).collect();
+    if rows != graph.bits {
+        return Err((
+            "adabits.table",
+            format!(
+                "one row per bit-width of the model, in its order: {:?}",
+                graph.bits
+            ),
+            format!("rows for {rows:?}"),
+        ));
     }
-
-    #[test]
-    fn crc32_matches_the_standard_check_value() {
-        // The CRC-32 check value of "123456789".
-        assert_eq!(crc32(&[b"1234", b"56789"]), 0xCBF4_3926);
+    if header.weights != weight_count(graph) {
+        return Err((
+            "adabits.weights",
+            format!("the graph's {} weights", weight_count(graph)),
+            header.weights.to_string(),
+        ));
     }
+    split_payload(graph, codes, scalars)
+        .map(|_| ())
+        .map_err(in_graph)
 }
