@@ -5,16 +5,21 @@
 //!   only definition here; `adabits-models` exports through it.
 //! - [`Graph`]: the model an artifact carries, as layers and operations a runtime can run
 //!   without the training code.
+//! - [`IntRuntime`]: runs an artifact at any of its bit-widths with integer arithmetic in
+//!   every quantized layer (`u8 × i8 → i32` kernels for the detected [`Isa`]), switching
+//!   bit-width in memory.
 //!
 //! A device application depends on this crate alone.
 
 // Libraries print nothing: they return typed errors and report through their callers.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
+mod engine;
 mod format;
 mod fs;
 pub mod graph;
 
+pub use engine::{IntRuntime, Isa, RuntimeError};
 pub use format::{
     ARTIFACT_FORMAT, ARTIFACT_VERSION, Artifact, ArtifactError, ArtifactHeader, BitRow,
     LayerPayload, NormPayload, QuantPayload, WeightPlan, crc32, pack, packed_len, split_payload,

@@ -98,13 +98,13 @@ pub struct NormPayload<'a> {
     pub values: &'a [f32],
 }
 
-impl NormPayload<'_> {
+impl<'a> NormPayload<'a> {
     /// Entry `i`'s folded scale and bias.
     ///
     /// # Panics
     ///
     /// Panics if there is no entry `i` (a checked graph's indices are in range).
-    pub fn entry(&self, i: usize) -> (&[f32], &[f32]) {
+    pub fn entry(&self, i: usize) -> (&'a [f32], &'a [f32]) {
         let c = self.channels;
         let entry = &self.values[2 * c * i..2 * c * (i + 1)];
         entry.split_at(c)

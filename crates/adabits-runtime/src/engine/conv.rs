@@ -1,0 +1,331 @@
+//! Integer convolutions on channels-last (NHWC) codes: im2col rows and the GEMM kernels for
+//! dense convolutions, a per-channel loop for depthwise and other grouped ones; each with its
+//! epilogue, `y = (a·Σ m·q + c·Σ q)·mult[o] + add[o]`, and the ReLU after it if fused.
+
+use rayon::prelude::*;
+
+use super::kernels::{PackedWeights, ROWS, gemm};
+use super::layer::Numerators;
+
+/// Output rows (pixels) per parallel task.
+const TASK_ROWS: usize = 64;
+
+/// The shape of one convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Geometry {
+    /// Input channels.
+    pub(crate) cin: usize,
+    /// Output channels.
+    pub(crate) cout: usize,
+    /// Kernel height and width.
+    pub(crate) kernel: [usize; 2],
+    /// Stride.
+    pub(crate) stride: [usize; 2],
+    /// Padding.
+    pub(crate) padding: [usize; 2],
+    /// Groups.
+    pub(crate) groups: usize,
+    /// Input height and width.
+    pub(crate) input: [usize; 2],
+    /// Output height and width.
+    pub(crate) output: [usize; 2],
+}
+
+impl Geometry {
+    /// Inputs per output value: `cin / groups · kh · kw`.
+    pub(crate) fn k(&self) -> usize {
+        self.cin / self.groups * self.kernel[0] * self.kernel[1]
+    }
+
+    /// The input pixel under tap `(ky, kx)` of output pixel `(oy, ox)`, if not in the padding.
+    fn source(&self, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<(usize, usize)> {
+        let iy = (oy * self.stride[0] + ky).checked_sub(self.padding[0])?;
+        let ix = (ox * self.stride[1] + kx).checked_sub(self.padding[1])?;
+        (iy < self.input[0] && ix < self.input[1]).then_some((iy, ix))
+    }
+}
+
+/// What follows the integer sums.
+#[derive(Clone, Debug)]
+pub(crate) struct Epilogue {
+    /// How the sums are formed.
+    pub(crate) numerators: Numerators,
+    /// Per output channel: the product of the input step, the weight scale, `1/D` and the
+    /// BatchNorm's scale.
+    pub(crate) mult: Vec<f32>,
+    /// Per output channel: the BatchNorm's bias (with the layer's bias folded in).
+    pub(crate) add: Vec<f32>,
+    /// Whether a ReLU follows.
+    pub(crate) relu: bool,
+}
+
+impl Epilogue {
+    fn apply(&self, sum: i32, inputs: i32, o: usize) -> f32 {
+        let n = self.numerators;
+        let y = (n.scale * sum + n.plus_inputs * inputs) as f32 * self.mult[o] + self.add[o];
+        if self.relu { y.max(0.0) } else { y }
+    }
+}
+
+/// The weights of a convolution as a kernel runs them.
+#[derive(Clone, Debug)]
+pub(crate) enum ConvWeights {
+    /// A dense convolution (one group): the GEMM's packed weights, `k` in (ky, kx, c) order.
+    Dense(PackedWeights),
+    /// A grouped or depthwise one: the numerators, `[cout][cin/groups][kh][kw]` (PyTorch
+    /// order), as `i32`.
+    Grouped(Vec<i32>),
+}
+
+impl ConvWeights {
+    /// Lays out `values` (PyTorch order `[cout][cin/groups][kh][kw]`, the kernels' stored
+    /// values) for the kernels of `isa`.
+    pub(crate) fn new(
+        isa: super::Isa,
+        values: &[i8],
+        numerators: Numerators,
+        g: &Geometry,
+    ) -> Self {
+        if g.groups == 1 {
+            let [kh, kw] = g.kernel;
+            let k = g.k();
+            // PyTorch's (c, ky, kx) to the im2col rows' (ky, kx, c).
+            let mut reordered = vec![0i8; values.len()];
+            for o in 0..g.cout {
+                for c in 0..g.cin {
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            reordered[o * k + (ky * kw + kx) * g.cin + c] =
+                                values[((o * g.cin + c) * kh + ky) * kw + kx];
+                        }
+                    }
+                }
+            }
+            Self::Dense(PackedWeights::new(isa, &reordered, g.cout, k))
+        } else {
+            // The grouped loop takes the whole numerator, 9 bits included.
+            Self::Grouped(
+                values
+                    .iter()
+                    .map(|&v| numerators.scale * i32::from(v) + numerators.plus_inputs)
+                    .collect(),
+            )
+        }
+    }
+}
+
+/// Runs one convolution on `codes` (`[n][h][w][cin]`) into `out` (`[n][ho][wo][cout]`).
+pub(crate) fn conv(
+    codes: &[u8],
+    batch: usize,
+    g: &Geometry,
+    weights: &ConvWeights,
+    epilogue: &Epilogue,
+    out: &mut [f32],
+) {
+    match weights {
+        ConvWeights::Dense(w) => dense(codes, batch, g, w, epilogue, out),
+        ConvWeights::Grouped(w) => grouped(codes, batch, g, w, epilogue, out),
+    }
+}
+
+/// A dense convolution: per task of [`TASK_ROWS`] output pixels, their im2col rows, one GEMM
+/// and the epilogue.
+fn dense(
+    codes: &[u8],
+    batch: usize,
+    g: &Geometry,
+    w: &PackedWeights,
+    epilogue: &Epilogue,
+    out: &mut [f32],
+) {
+    let [ho, wo] = g.output;
+    let pixels = ho * wo;
+    let total = batch * pixels;
+    let (k, kp, n) = (g.k(), w.kp(), w.n());
+    let [h, wi] = g.input;
+    let sums = epilogue.numerators.plus_inputs != 0;
+    out[..total * n]
+        .par_chunks_mut(TASK_ROWS * n)
+        .enumerate()
+        .for_each(|(task, out)| {
+            let first = task * TASK_ROWS;
+            let rows = out.len() / n;
+            let mut a = vec![0u8; rows.next_multiple_of(ROWS) * kp];
+            let mut inputs = vec![0i32; rows];
+            for r in 0..rows {
+                let p = first + r;
+                let (image, pixel) = (p / pixels, p % pixels);
+                let (oy, ox) = (pixel / wo, pixel % wo);
+                let row = &mut a[r * kp..r * kp + k];
+                let image = &codes[image * h * wi * g.cin..(image + 1) * h * wi * g.cin];
+                for ky in 0..g.kernel[0] {
+                    for kx in 0..g.kernel[1] {
+                        let dst = &mut row[(ky * g.kernel[1] + kx) * g.cin..][..g.cin];
+                        if let Some((iy, ix)) = g.source(oy, ox, ky, kx) {
+                            dst.copy_from_slice(&image[(iy * wi + ix) * g.cin..][..g.cin]);
+                        }
+                    }
+                }
+                if sums {
+                    inputs[r] = row.iter().map(|&q| i32::from(q)).sum();
+                }
+            }
+            let mut acc = vec![0i32; rows * n];
+            gemm(&a, rows, w, &mut acc);
+            for r in 0..rows {
+                for o in 0..n {
+                    out[r * n + o] = epilogue.apply(acc[r * n + o], inputs[r], o);
+                }
+            }
+        });
+}
+
+/// A grouped convolution (depthwise included): per output pixel, each channel's sum over its
+/// group's inputs and the kernel taps.
+fn grouped(
+    codes: &[u8],
+    batch: usize,
+    g: &Geometry,
+    w: &[i32],
+    epilogue: &Epilogue,
+    out: &mut [f32],
+) {
+    let [ho, wo] = g.output;
+    let [h, wi] = g.input;
+    let [kh, kw] = g.kernel;
+    let (cin_g, cout_g) = (g.cin / g.groups, g.cout / g.groups);
+    let pixels = ho * wo;
+    // The numerators already hold the `c·Σq` term.
+    let whole = Epilogue {
+        numerators: Numerators {
+            scale: 1,
+            plus_inputs: 0,
+        },
+        ..epilogue.clone()
+    };
+    out[..batch * pixels * g.cout]
+        .par_chunks_mut(g.cout)
+        .enumerate()
+        .for_each(|(p, out)| {
+            let (image, pixel) = (p / pixels, p % pixels);
+            let (oy, ox) = (pixel / wo, pixel % wo);
+            let image = &codes[image * h * wi * g.cin..(image + 1) * h * wi * g.cin];
+            let mut acc = vec![0i32; g.cout];
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let Some((iy, ix)) = g.source(oy, ox, ky, kx) else {
+                        continue;
+                    };
+                    let x = &image[(iy * wi + ix) * g.cin..][..g.cin];
+                    for (o, acc) in acc.iter_mut().enumerate() {
+                        let group = o / cout_g;
+                        for c in 0..cin_g {
+                            let q = i32::from(x[group * cin_g + c]);
+                            *acc += q * w[((o * cin_g + c) * kh + ky) * kw + kx];
+                        }
+                    }
+                }
+            }
+            for (o, (slot, &sum)) in out.iter_mut().zip(&acc).enumerate() {
+                *slot = whole.apply(sum, 0, o);
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Isa;
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The convolution by its definition, NCHW-free: every output value as a sum over taps.
+    fn naive(codes: &[u8], batch: usize, g: &Geometry, m: &[i32]) -> Vec<i64> {
+        let [ho, wo] = g.output;
+        let (cin_g, cout_g) = (g.cin / g.groups, g.cout / g.groups);
+        let [kh, kw] = g.kernel;
+        let mut out = vec![0i64; batch * ho * wo * g.cout];
+        for b in 0..batch {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    for o in 0..g.cout {
+                        let mut sum = 0i64;
+                        for c in 0..cin_g {
+                            for ky in 0..kh {
+                                for kx in 0..kw {
+                                    let iy = (oy * g.stride[0] + ky) as i64 - g.padding[0] as i64;
+                                    let ix = (ox * g.stride[1] + kx) as i64 - g.padding[1] as i64;
+                                    if iy < 0
+                                        || ix < 0
+                                        || iy >= g.input[0] as i64
+                                        || ix >= g.input[1] as i64
+                                    {
+                                        continue;
+                                    }
+                                    let ci = (o / cout_g) * cin_g + c;
+                                    let q = codes[((b * g.input[0] + iy as usize) * g.input[1]
+                                        + ix as usize)
+                                        * g.cin
+                                        + ci];
+                                    sum += i64::from(q)
+                                        * i64::from(m[((o * cin_g + c) * kh + ky) * kw + kx]);
+                                }
+                            }
+                        }
+                        out[((b * ho + oy) * wo + ox) * g.cout + o] = sum;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn convolutions_equal_the_definition_on_random_shapes(
+            batch in 1usize..3,
+            cin_g in 1usize..6,
+            cout_g in 1usize..6,
+            groups in prop::sample::select(vec![1usize, 1, 2, 3]),
+            depthwise in any::<bool>(),
+            kernel in 1usize..4,
+            stride in 1usize..3,
+            padding in 0usize..2,
+            size in 3usize..9,
+            odd in any::<bool>(),
+            seed in any::<u64>(),
+        ) {
+            let (groups, cin_g, cout_g) = if depthwise { (cin_g * 2, 1, 1) } else { (groups, cin_g, cout_g) };
+            let (cin, cout) = (cin_g * groups, cout_g * groups);
+            let padding = padding.min(kernel - 1);
+            let out_size = (size + 2 * padding - kernel) / stride + 1;
+            let g = Geometry {
+                cin, cout, kernel: [kernel; 2], stride: [stride; 2], padding: [padding; 2],
+                groups, input: [size; 2], output: [out_size; 2],
+            };
+            let mut state = seed | 1;
+            let mut next = || { state ^= state << 13; state ^= state >> 7; state ^= state << 17; state };
+            let codes: Vec<u8> = (0..batch * size * size * cin).map(|_| next() as u8).collect();
+            let values: Vec<i8> = (0..cout * cin_g * kernel * kernel).map(|_| next() as i8).collect();
+            // `odd`: the 8-bit `2j + 1` form, `2·Σ j·q + Σ q`.
+            let numerators = if odd {
+                Numerators { scale: 2, plus_inputs: 1 }
+            } else {
+                Numerators { scale: 1, plus_inputs: 0 }
+            };
+            let m: Vec<i32> = values.iter().map(|&v| numerators.scale * i32::from(v) + numerators.plus_inputs).collect();
+            let expected = naive(&codes, batch, &g, &m);
+            // An epilogue that shows the sums exactly: mult 1, add 0.
+            let epilogue = Epilogue { numerators, mult: vec![1.0; cout], add: vec![0.0; cout], relu: false };
+            for isa in Isa::available() {
+                let weights = ConvWeights::new(isa, &values, numerators, &g);
+                let mut out = vec![f32::NAN; expected.len()];
+                conv(&codes, batch, &g, &weights, &epilogue, &mut out);
+                let found: Vec<i64> = out.iter().map(|&v| v as i64).collect();
+                prop_assert_eq!(&found, &expected, "{:?} {:?}", isa, g);
+            }
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The integer kernels: `u8 × i8 → i32` matrix products, and the instruction set that runs
+//! them, chosen at run time.
+//!
+//! [`Isa::Scalar`] is the portable reference; every other kernel is tested against it on random
+//! shapes (`tests` below and `tests/kernels.rs`). `ADABITS_ISA=scalar` (or `avx512vnni`)
+//! forces a kernel, so that CI runs the portable path on a machine that has the fast one.
+
+mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+/// Channels per packed weight panel (the fast kernels' register tile width).
+pub(crate) const PANEL: usize = 32;
+/// Rows of activations per register tile; activation buffers are padded to a multiple.
+pub(crate) const ROWS: usize = 8;
+
+/// An instruction set the kernels can use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// Portable Rust: the reference.
+    Scalar,
+    /// AVX-512 with VNNI (`vpdpbusd`: four `u8 × i8` products summed into each `i32` lane).
+    Avx512Vnni,
+}
+
+impl Isa {
+    /// The best instruction set this CPU has, unless `ADABITS_ISA` names one (`scalar`,
+    /// `avx512vnni`); a named one the CPU lacks falls back to the scalar kernels.
+    pub fn detect() -> Self {
+        let best = Self::best();
+        match std::env::var("ADABITS_ISA").ok().as_deref() {
+            Some("scalar") => Self::Scalar,
+            Some("avx512vnni") if best == Self::Avx512Vnni => Self::Avx512Vnni,
+            Some(_) => Self::Scalar,
+            None => best,
+        }
+    }
+
+    /// The best instruction set this CPU has.
+    pub fn best() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if x86::has_avx512_vnni() {
+            return Self::Avx512Vnni;
+        }
+        Self::Scalar
+    }
+
+    /// Every instruction set this CPU can run, the scalar one first.
+    pub fn available() -> Vec<Self> {
+        let mut all = vec![Self::Scalar];
+        if Self::best() == Self::Avx512Vnni {
+            all.push(Self::Avx512Vnni);
+        }
+        all
+    }
+
+    /// Its name, as `ADABITS_ISA` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Scalar => "scalar",
+            Self::Avx512Vnni => "avx512vnni",
+        }
+    }
+}
+
+/// A weight matrix `[n][k]` (`n` output channels, `k` inputs) laid out for one instruction
+/// set's kernel, `k` padded with zeros to a multiple of 4.
+#[derive(Clone, Debug)]
+pub(crate) struct PackedWeights {
+    isa: Isa,
+    /// The layout of `isa`: row-major `[n][kp]` (scalar), or panels of [`PANEL`] channels,
+    /// `[n / PANEL][kp / 4][PANEL][4]` with `n` padded to a whole panel (fast kernels).
+    data: Vec<i8>,
+    n: usize,
+    kp: usize,
+}
+
+impl PackedWeights {
+    /// Lays out `values` (`[n][k]`, row-major) for `isa`.
+    pub(crate) fn new(isa: Isa, values: &[i8], n: usize, k: usize) -> Self {
+        assert_eq!(values.len(), n * k, "weights of {n}×{k}");
+        let kp = k.next_multiple_of(4);
+        let data = match isa {
+            Isa::Scalar => {
+                let mut data = vec![0i8; n * kp];
+                for (row, src) in data.chunks_exact_mut(kp).zip(values.chunks_exact(k)) {
+                    row[..k].copy_from_slice(src);
+                }
+                data
+            }
+            Isa::Avx512Vnni => {
+                let panels = n.div_ceil(PANEL);
+                let mut data = vec![0i8; panels * kp * PANEL];
+                for o in 0..n {
+                    let (panel, lane) = (o / PANEL, o % PANEL);
+                    for (i, &v) in values[o * k..(o + 1) * k].iter().enumerate() {
+                        let (k4, byte) = (i / 4, i % 4);
+                        data[((panel * (kp / 4) + k4) * PANEL + lane) * 4 + byte] = v;
+                    }
+                }
+                data
+            }
+        };
+        Self { isa, data, n, kp }
+    }
+
+    /// Output channels.
+    pub(crate) fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Inputs per row of activations (`k` padded to a multiple of 4).
+    pub(crate) fn kp(&self) -> usize {
+        self.kp
+    }
+}
+
+/// `out[r][o] = Σ_i a[r][i] · w[o][i]` for the first `rows` rows of `a` (`[rows][kp]`, padded to
+/// a multiple of [`ROWS`] rows), `out` is `[rows][n]`.
+///
+/// # Panics
+///
+/// Panics if a buffer is shorter than the shapes say.
+pub(crate) fn gemm(a: &[u8], rows: usize, w: &PackedWeights, out: &mut [i32]) {
+    let padded = rows.next_multiple_of(ROWS);
+    assert!(a.len() >= padded * w.kp, "activations of {padded}×{}", w.kp);
+    assert!(out.len() >= rows * w.n, "output of {rows}×{}", w.n);
+    match w.isa {
+        Isa::Scalar => scalar::gemm(a, rows, &w.data, w.n, w.kp, out),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => x86::gemm_vnni(a, rows, &w.data, w.n, w.kp, out),
+        #[cfg(not(target_arch = "x86_64"))]
+        Isa::Avx512Vnni => unreachable!("AVX-512 is only detected on x86-64"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The definition, with no layout at all.
+    fn naive(a: &[u8], rows: usize, k: usize, w: &[i8], n: usize) -> Vec<i32> {
+        let mut out = vec![0; rows * n];
+        for r in 0..rows {
+            for o in 0..n {
+                out[r * n + o] = (0..k)
+                    .map(|i| i32::from(a[r * k + i]) * i32::from(w[o * k + i]))
+                    .sum();
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn every_kernel_equals_the_definition_on_random_shapes(
+            rows in 1usize..40,
+            n in 1usize..80,
+            k in 1usize..300,
+            seed in any::<u64>(),
+        ) {
+            let mut state = seed | 1;
+            let mut next = || {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state
+            };
+            let a: Vec<u8> = (0..rows * k).map(|_| next() as u8).collect();
+            // The extremes of both ranges appear often: they are where a kernel saturates.
+            let w: Vec<i8> = (0..n * k)
+                .map(|_| match next() % 4 {
+                    0 => -128,
+                    1 => 127,
+                    _ => next() as i8,
+                })
+                .collect();
+            let expected = naive(&a, rows, k, &w, n);
+            for isa in Isa::available() {
+                let packed = PackedWeights::new(isa, &w, n, k);
+                let kp = packed.kp();
+                let mut padded = vec![0u8; rows.next_multiple_of(ROWS) * kp];
+                for r in 0..rows {
+                    padded[r * kp..r * kp + k].copy_from_slice(&a[r * k..(r + 1) * k]);
+                }
+                let mut out = vec![0; rows * n];
+                gemm(&padded, rows, &packed, &mut out);
+                prop_assert_eq!(&out, &expected, "{:?}", isa);
+            }
+        }
+    }
+}

@@ -1,0 +1,556 @@
+//! The integer runtime: an artifact's graph at any of its bit-widths, with integer arithmetic in
+//! every quantized layer's body.
+//!
+//! Per quantized layer: the input becomes unsigned codes (PACT at the activation bit-width, or
+//! the pixel values of a weight-only first layer), the weights are signed numerators decoded
+//! from the stored codes (docs/method.md §2; `layer.rs`), the products are summed in `i32` by
+//! the kernels of the detected instruction set, and one float epilogue per output applies the
+//! two step sizes, the weight scale, the folded BatchNorm and the ReLU after it. Between layers
+//! activations are `f32`, channels-last: the residual additions, the pooling and the next
+//! layer's quantizer read them.
+//!
+//! Memory follows the bit-width: at `b` bits each layer keeps its `w`-bit numerators packed
+//! ([`IntRuntime::resident_weight_bytes`]); the kernels' layout is made for one layer at a time
+//! during [`IntRuntime::forward`]. The artifact's stored codes stay in memory so that
+//! [`IntRuntime::set_bits`] can switch to any bit-width without the file.
+
+mod conv;
+mod kernels;
+mod layer;
+mod quantize;
+
+use rayon::prelude::*;
+
+pub use kernels::Isa;
+
+use crate::format::{Artifact, LayerPayload, QuantPayload};
+use crate::graph::{ConvNode, InputTransform, LinearEval, LinearNode, Node, Scheme, Shape};
+use conv::{ConvWeights, Epilogue, Geometry};
+use layer::Weights;
+use quantize::InputCodes;
+
+/// Why the integer runtime cannot run an artifact or an input.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The artifact uses something the integer runtime does not implement.
+    #[error("the integer runtime cannot run this artifact: {0}")]
+    Unsupported(String),
+    /// A bit-width the artifact does not hold.
+    #[error("{bits} bits is not one of the artifact's bit-widths ({list})")]
+    UnknownBits {
+        /// The bit-width asked for.
+        bits: u8,
+        /// The artifact's bit-widths.
+        list: String,
+    },
+    /// Images of the wrong size, channel count or value range.
+    #[error("the input: {0}")]
+    Input(String),
+}
+
+/// A quantized layer at the active bit-width.
+#[derive(Debug)]
+struct Active {
+    weights: Weights,
+    input: InputCodes,
+    /// Per output: step × weight scale × 1/D (× the BatchNorm's scale for a convolution).
+    mult: Vec<f32>,
+    /// Per output: the bias terms.
+    add: Vec<f32>,
+}
+
+/// Runs an [`Artifact`] in integers at any of its bit-widths.
+#[derive(Debug)]
+pub struct IntRuntime {
+    artifact: Artifact,
+    isa: Isa,
+    bits: u8,
+    /// Per node: its layer at the active bit-width, for the convolutions and linear layers.
+    active: Vec<Option<Active>>,
+    /// Per node: whether a convolution applies the ReLU of the node after it (which then only
+    /// passes its input on).
+    fused_relu: Vec<bool>,
+}
+
+impl IntRuntime {
+    /// Prepares `artifact` at its highest bit-width, with the kernels of [`Isa::detect`].
+    ///
+    /// # Errors
+    ///
+    /// [`RuntimeError::Unsupported`] for what the integer runtime does not implement: an input
+    /// transform other than `pixels`, the `centered` activation scheme, double-sided PACT.
+    pub fn new(artifact: Artifact) -> Result<Self, RuntimeError> {
+        Self::with_isa(artifact, Isa::detect())
+    }
+
+    /// As [`new`](Self::new), with the kernels of `isa` (which must be in
+    /// [`Isa::available`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`new`](Self::new).
+    pub fn with_isa(artifact: Artifact, isa: Isa) -> Result<Self, RuntimeError> {
+        let graph = &artifact.header.graph;
+        if graph.input != InputTransform::Pixels {
+            return Err(RuntimeError::Unsupported(format!(
+                "its input transform is {:?}; integer layers need the `pixels` input (round(255·x), the default)",
+                graph.input
+            )));
+        }
+        if graph.act_scheme == Scheme::Centered {
+            return Err(RuntimeError::Unsupported(
+                "the `centered` activation scheme has no zero level, so zero padding is not a code"
+                    .into(),
+            ));
+        }
+        if let Some(c) = graph.layers().find_map(|n| match n {
+            Node::Conv(c) if c.double_sided => Some(c),
+            _ => None,
+        }) {
+            return Err(RuntimeError::Unsupported(format!(
+                "layer `{}` clips its input double-sided (`double_side`), which the integer kernels do not implement",
+                c.name
+            )));
+        }
+        let fused_relu = fusable_relus(&graph.nodes);
+        let top = graph.bits.iter().copied().max().unwrap_or(8);
+        let mut runtime = Self {
+            active: Vec::new(),
+            fused_relu,
+            artifact,
+            isa,
+            bits: top,
+        };
+        runtime.set_bits(top)?;
+        Ok(runtime)
+    }
+
+    /// The artifact.
+    pub fn artifact(&self) -> &Artifact {
+        &self.artifact
+    }
+
+    /// The instruction set the kernels use.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// The active bit-width.
+    pub fn bits(&self) -> u8 {
+        self.bits
+    }
+
+    /// Bytes of weights the active bit-width keeps: each layer's numerators at its weight
+    /// bit-width, packed.
+    pub fn resident_weight_bytes(&self) -> usize {
+        self.active
+            .iter()
+            .flatten()
+            .map(|a| a.weights.bytes())
+            .sum()
+    }
+
+    /// Switches to `bits`: decodes each layer's numerators at its weight bit-width from the
+    /// codes in memory (a right shift for the `modified` and `centered` schemes) and sets its
+    /// clipping level and epilogue.
+    ///
+    /// # Errors
+    ///
+    /// [`RuntimeError::UnknownBits`] for a bit-width the artifact does not hold.
+    pub fn set_bits(&mut self, bits: u8) -> Result<(), RuntimeError> {
+        let graph = &self.artifact.header.graph;
+        let Some(position) = graph.bits.iter().position(|&b| b == bits) else {
+            return Err(RuntimeError::UnknownBits {
+                bits,
+                list: graph
+                    .bits
+                    .iter()
+                    .map(u8::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            });
+        };
+        let mut parts = self.artifact.layers().into_iter();
+        let mut active = Vec::with_capacity(graph.nodes.len());
+        for node in &graph.nodes {
+            let layer = match node {
+                Node::Conv(conv) => {
+                    let Some(LayerPayload::Quant(part)) = parts.next() else {
+                        unreachable!("a checked artifact has a part per layer")
+                    };
+                    let norm = conv.norm.as_ref().map(|_| match parts.next() {
+                        Some(LayerPayload::Norm(norm)) => norm.entry(graph.norm.resolved[position]),
+                        _ => unreachable!("a checked artifact has a part per BatchNorm"),
+                    });
+                    let (weights, input, factor, s) =
+                        quantized(graph, &part, conv.policy, position)?;
+                    let out = conv.channels[1];
+                    // (sum·factor·s + bias), then the BatchNorm's x·scale + shift.
+                    let (mut mult, mut add) = (Vec::with_capacity(out), Vec::with_capacity(out));
+                    for o in 0..out {
+                        let (scale, shift) = norm.map_or((1.0, 0.0), |(a, b)| (a[o], b[o]));
+                        let bias = part.bias.map_or(0.0, |b| b[o]);
+                        mult.push(factor * s * scale);
+                        add.push(bias * scale + shift);
+                    }
+                    Some(Active {
+                        weights,
+                        input,
+                        mult,
+                        add,
+                    })
+                }
+                Node::Linear(linear) => {
+                    let Some(LayerPayload::Quant(part)) = parts.next() else {
+                        unreachable!("a checked artifact has a part per layer")
+                    };
+                    let (weights, input, factor, s) =
+                        quantized(graph, &part, linear.policy, position)?;
+                    let out = linear.features[1];
+                    // The official evaluation form (P1): weight ŵ, bias / s; the training
+                    // form: weight s·ŵ, bias.
+                    let (mult, divide) = match graph.linear_eval {
+                        LinearEval::Official => (factor, s),
+                        LinearEval::TrainForm => (factor * s, 1.0),
+                    };
+                    Some(Active {
+                        weights,
+                        input,
+                        mult: vec![mult; out],
+                        add: (0..out)
+                            .map(|o| part.bias.map_or(0.0, |b| b[o]) / divide)
+                            .collect(),
+                    })
+                }
+                _ => None,
+            };
+            active.push(layer);
+        }
+        self.active = active;
+        self.bits = bits;
+        Ok(())
+    }
+
+    /// The logits of `images` (`[batch, channels, h, w]`, values in `[0, 1]`, row-major) at
+    /// the active bit-width, `[batch, classes]` row-major.
+    ///
+    /// # Errors
+    ///
+    /// [`RuntimeError::Input`] when `images` does not hold `batch` images of the artifact's
+    /// channels and a size its layers fit, or holds values outside `[0, 1]`.
+    pub fn forward(
+        &self,
+        images: &[f32],
+        batch: usize,
+        [h, w]: [usize; 2],
+    ) -> Result<Vec<f32>, RuntimeError> {
+        let graph = &self.artifact.header.graph;
+        let c = graph.in_channels;
+        if batch == 0 || images.len() != batch * c * h * w {
+            return Err(RuntimeError::Input(format!(
+                "expected {batch} images of {c}×{h}×{w} = {} values, found {}",
+                batch * c * h * w,
+                images.len()
+            )));
+        }
+        let shapes = graph.check([h, w]).map_err(|e| {
+            RuntimeError::Input(format!("{h}×{w} images do not fit the model: {e}"))
+        })?;
+        // The last node that reads each value, so that it is dropped once done.
+        let mut last_use = vec![0usize; shapes.len()];
+        for (i, node) in graph.nodes.iter().enumerate() {
+            for v in node.inputs(i) {
+                last_use[v] = i;
+            }
+        }
+        let mut values: Vec<Option<Vec<f32>>> = vec![None; shapes.len()];
+        values[0] = Some(pixels(images, batch, c, h * w)?);
+        let mut codes = Vec::new();
+        for (i, node) in graph.nodes.iter().enumerate() {
+            let inputs = node.inputs(i);
+            let take = |values: &mut Vec<Option<Vec<f32>>>, v: usize| -> Vec<f32> {
+                if last_use[v] == i && inputs.iter().filter(|&&u| u == v).count() == 1 {
+                    values[v]
+                        .take()
+                        .expect("a value is produced before it is read")
+                } else {
+                    values[v]
+                        .clone()
+                        .expect("a value is produced before it is read")
+                }
+            };
+            let per_image = |s: Shape| match s {
+                Shape::Map([c, h, w]) => c * h * w,
+                Shape::Vector(n) => n,
+            };
+            let out = match node {
+                Node::Conv(conv) => {
+                    let active = self.active[i]
+                        .as_ref()
+                        .expect("set_bits prepared every layer");
+                    let x = values[inputs[0]]
+                        .as_ref()
+                        .expect("a value is produced before it is read");
+                    active.input.codes(x, &mut codes).map_err(|v| {
+                        RuntimeError::Input(format!(
+                            "layer `{}` takes the pixel values 0..255 as they are, found {v}",
+                            conv.name
+                        ))
+                    })?;
+                    let Shape::Map([_, ih, iw]) = shapes[inputs[0]] else {
+                        unreachable!("a checked graph feeds a convolution a map")
+                    };
+                    let Shape::Map([_, oh, ow]) = shapes[i + 1] else {
+                        unreachable!("a convolution makes a map")
+                    };
+                    self.run_conv(
+                        conv,
+                        active,
+                        &codes,
+                        batch,
+                        [ih, iw],
+                        [oh, ow],
+                        self.fused_relu[i],
+                    )
+                }
+                Node::Linear(linear) => {
+                    let active = self.active[i]
+                        .as_ref()
+                        .expect("set_bits prepared every layer");
+                    let x = values[inputs[0]]
+                        .as_ref()
+                        .expect("a value is produced before it is read");
+                    active.input.codes(x, &mut codes).map_err(|v| {
+                        RuntimeError::Input(format!(
+                            "layer `{}` takes integers 0..255 as they are, found {v}",
+                            linear.name
+                        ))
+                    })?;
+                    run_linear(linear, active, &codes, batch)
+                }
+                Node::Relu { .. } => {
+                    let mut x = take(&mut values, inputs[0]);
+                    if !(i > 0 && self.fused_relu[i - 1]) {
+                        x.iter_mut().for_each(|v| *v = v.max(0.0));
+                    }
+                    x
+                }
+                Node::Add { .. } => {
+                    let mut a = take(&mut values, inputs[0]);
+                    let b = values[inputs[1]]
+                        .as_ref()
+                        .expect("a value is produced before it is read");
+                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                    a
+                }
+                Node::MaxPool {
+                    kernel,
+                    stride,
+                    padding,
+                    ..
+                } => {
+                    let x = values[inputs[0]]
+                        .as_ref()
+                        .expect("a value is produced before it is read");
+                    let (Shape::Map([c, ih, iw]), Shape::Map([_, oh, ow])) =
+                        (shapes[inputs[0]], shapes[i + 1])
+                    else {
+                        unreachable!("a checked graph pools a map")
+                    };
+                    max_pool(x, batch, c, [ih, iw], [oh, ow], *kernel, *stride, *padding)
+                }
+                Node::GlobalAvgPool { .. } => {
+                    let x = values[inputs[0]]
+                        .as_ref()
+                        .expect("a value is produced before it is read");
+                    let Shape::Map([c, ih, iw]) = shapes[inputs[0]] else {
+                        unreachable!("a checked graph pools a map")
+                    };
+                    global_avg_pool(x, batch, c, ih * iw)
+                }
+            };
+            debug_assert_eq!(out.len(), batch * per_image(shapes[i + 1]));
+            for v in inputs {
+                if last_use[v] == i {
+                    values[v] = None;
+                }
+            }
+            values[i + 1] = Some(out);
+        }
+        Ok(values.pop().flatten().unwrap_or_default())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_conv(
+        &self,
+        node: &ConvNode,
+        active: &Active,
+        codes: &[u8],
+        batch: usize,
+        input: [usize; 2],
+        output: [usize; 2],
+        relu: bool,
+    ) -> Vec<f32> {
+        let g = Geometry {
+            cin: node.channels[0],
+            cout: node.channels[1],
+            kernel: node.kernel,
+            stride: node.stride,
+            padding: node.padding,
+            groups: node.groups,
+            input,
+            output,
+        };
+        let numerators = active.weights.numerators;
+        let weights = ConvWeights::new(self.isa, &active.weights.values(), numerators, &g);
+        let epilogue = Epilogue {
+            numerators,
+            mult: active.mult.clone(),
+            add: active.add.clone(),
+            relu,
+        };
+        let mut out = vec![0.0; batch * output[0] * output[1] * g.cout];
+        conv::conv(codes, batch, &g, &weights, &epilogue, &mut out);
+        out
+    }
+}
+
+/// A quantized layer's weights at the model's bit-width at `position`, its input codes, the
+/// factor `step / D` of its sums and its weight scale `s`.
+fn quantized(
+    graph: &crate::Graph,
+    part: &QuantPayload<'_>,
+    policy: usize,
+    position: usize,
+) -> Result<(Weights, InputCodes, f32, f32), RuntimeError> {
+    let r = graph
+        .resolved(policy, position)
+        .expect("a checked graph's policies cover every bit-width");
+    let weights = Weights::new(part, r.weight_bits, graph.weight_scheme)
+        .ok_or_else(|| RuntimeError::Unsupported(format!("no codes for {} bits", r.weight_bits)))?;
+    let input = if r.act_bits == 32 {
+        InputCodes::Integers
+    } else {
+        InputCodes::Pact {
+            alpha: part.alphas[r.alpha].abs(),
+            bits: r.act_bits,
+            scheme: graph.act_scheme,
+        }
+    };
+    let s = part.scale(r.weight_bits).unwrap_or(1.0);
+    let factor = input.step() * weights.inv_denominator;
+    Ok((weights, input, factor, s))
+}
+
+/// Per node: whether it is a convolution whose output only the ReLU right after it reads.
+fn fusable_relus(nodes: &[Node]) -> Vec<bool> {
+    let mut readers = vec![0usize; nodes.len() + 1];
+    for (i, node) in nodes.iter().enumerate() {
+        for v in node.inputs(i) {
+            readers[v] += 1;
+        }
+    }
+    (0..nodes.len())
+        .map(|i| {
+            matches!(nodes[i], Node::Conv(_))
+                && readers[i + 1] == 1
+                && matches!(nodes.get(i + 1), Some(Node::Relu { input: None }))
+        })
+        .collect()
+}
+
+/// The `pixels` transform, `round(255·x)`, from `[batch][c][hw]` to channels-last.
+fn pixels(images: &[f32], batch: usize, c: usize, hw: usize) -> Result<Vec<f32>, RuntimeError> {
+    if let Some(bad) = images.iter().find(|v| !(0.0..=1.0).contains(*v)) {
+        return Err(RuntimeError::Input(format!(
+            "pixel values must lie in [0, 1], found {bad}"
+        )));
+    }
+    let mut out = vec![0.0; images.len()];
+    for b in 0..batch {
+        for ch in 0..c {
+            for p in 0..hw {
+                out[(b * hw + p) * c + ch] =
+                    (images[(b * c + ch) * hw + p] * 255.0).round_ties_even();
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A quantized linear layer on `[batch][in]` codes.
+fn run_linear(node: &LinearNode, active: &Active, codes: &[u8], batch: usize) -> Vec<f32> {
+    let [fi, fo] = node.features;
+    let n = active.weights.numerators;
+    let m: Vec<i32> = active
+        .weights
+        .values()
+        .iter()
+        .map(|&v| n.scale * i32::from(v) + n.plus_inputs)
+        .collect();
+    let mut out = vec![0.0; batch * fo];
+    out.par_chunks_mut(fo).enumerate().for_each(|(b, out)| {
+        let q = &codes[b * fi..(b + 1) * fi];
+        for (o, slot) in out.iter_mut().enumerate() {
+            let sum: i32 = q
+                .iter()
+                .zip(&m[o * fi..(o + 1) * fi])
+                .map(|(&q, &m)| i32::from(q) * m)
+                .sum();
+            *slot = sum as f32 * active.mult[o] + active.add[o];
+        }
+    });
+    out
+}
+
+/// Max pooling over channels-last maps, the padding never chosen.
+#[allow(clippy::too_many_arguments)]
+fn max_pool(
+    x: &[f32],
+    batch: usize,
+    c: usize,
+    [h, w]: [usize; 2],
+    [oh, ow]: [usize; 2],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+) -> Vec<f32> {
+    let mut out = vec![f32::NEG_INFINITY; batch * oh * ow * c];
+    for b in 0..batch {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let dst = &mut out[((b * oh + oy) * ow + ox) * c..][..c];
+                for ky in 0..kernel[0] {
+                    for kx in 0..kernel[1] {
+                        let (Some(iy), Some(ix)) = (
+                            (oy * stride[0] + ky).checked_sub(padding[0]),
+                            (ox * stride[1] + kx).checked_sub(padding[1]),
+                        ) else {
+                            continue;
+                        };
+                        if iy >= h || ix >= w {
+                            continue;
+                        }
+                        let src = &x[((b * h + iy) * w + ix) * c..][..c];
+                        dst.iter_mut().zip(src).for_each(|(d, &s)| *d = d.max(s));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The mean of every channel over its `hw` pixels: `[batch][hw][c]` to `[batch][c]`.
+fn global_avg_pool(x: &[f32], batch: usize, c: usize, hw: usize) -> Vec<f32> {
+    let mut out = vec![0.0; batch * c];
+    for b in 0..batch {
+        let dst = &mut out[b * c..(b + 1) * c];
+        for p in 0..hw {
+            let src = &x[(b * hw + p) * c..][..c];
+            dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
+        }
+        dst.iter_mut().for_each(|d| *d /= hw as f32);
+    }
+    out
+}
