@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::kernels::{PackedWeights, ROWS, gemm};
+use super::kernels::{self, PackedWeights, ROWS, gemm};
 use super::layer::Numerators;
 
 /// Output rows (pixels) per parallel task.
@@ -140,45 +140,112 @@ fn dense(
     out: &mut [f32],
 ) {
     let [ho, wo] = g.output;
-    let pixels = ho * wo;
-    let total = batch * pixels;
-    let (k, kp, n) = (g.k(), w.kp(), w.n());
-    let [h, wi] = g.input;
-    let sums = epilogue.numerators.plus_inputs != 0;
+    let total = batch * ho * wo;
+    let n = w.n();
     out[..total * n]
         .par_chunks_mut(TASK_ROWS * n)
         .enumerate()
         .for_each(|(task, out)| {
-            let first = task * TASK_ROWS;
-            let rows = out.len() / n;
-            let mut a = vec![0u8; rows.next_multiple_of(ROWS) * kp];
-            let mut inputs = vec![0i32; rows];
-            for r in 0..rows {
-                let p = first + r;
-                let (image, pixel) = (p / pixels, p % pixels);
-                let (oy, ox) = (pixel / wo, pixel % wo);
-                let row = &mut a[r * kp..r * kp + k];
-                let image = &codes[image * h * wi * g.cin..(image + 1) * h * wi * g.cin];
-                for ky in 0..g.kernel[0] {
-                    for kx in 0..g.kernel[1] {
-                        let dst = &mut row[(ky * g.kernel[1] + kx) * g.cin..][..g.cin];
-                        if let Some((iy, ix)) = g.source(oy, ox, ky, kx) {
-                            dst.copy_from_slice(&image[(iy * wi + ix) * g.cin..][..g.cin]);
-                        }
-                    }
+            SCRATCH.with_borrow_mut(|scratch| {
+                let rows = out.len() / n;
+                scratch.im2col(codes, g, w.kp(), task * TASK_ROWS, rows);
+                if epilogue.numerators.plus_inputs != 0 {
+                    scratch.row_sums(w.kp(), rows);
                 }
-                if sums {
-                    inputs[r] = row.iter().map(|&q| i32::from(q)).sum();
-                }
-            }
-            let mut acc = vec![0i32; rows * n];
-            gemm(&a, rows, w, &mut acc);
-            for r in 0..rows {
-                for o in 0..n {
-                    out[r * n + o] = epilogue.apply(acc[r * n + o], inputs[r], o);
-                }
-            }
+                scratch.acc.resize(rows * n, 0);
+                gemm(&scratch.a, rows, w, &mut scratch.acc);
+                kernels::wide(w.isa(), || {
+                    epilogue.rows(&scratch.acc, &scratch.sums, n, out)
+                });
+            });
         });
+}
+
+thread_local! {
+    /// Each worker thread's buffers for its tasks, kept between tasks and layers.
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+}
+
+/// One task's buffers: im2col rows, their sums, the integer outputs.
+#[derive(Debug, Default)]
+struct Scratch {
+    a: Vec<u8>,
+    sums: Vec<i32>,
+    acc: Vec<i32>,
+}
+
+impl Scratch {
+    /// The im2col rows (`kp` bytes each, taps in (ky, kx, c) order) of output pixels
+    /// `first..first + rows`, padded with zero rows to a multiple of [`ROWS`].
+    fn im2col(&mut self, codes: &[u8], g: &Geometry, kp: usize, first: usize, rows: usize) {
+        let [ho, wo] = g.output;
+        let [h, wi] = g.input;
+        let [kh, kw] = g.kernel;
+        let pixels = ho * wo;
+        let c = g.cin;
+        self.a.clear();
+        self.a.resize(rows.next_multiple_of(ROWS) * kp, 0);
+        for r in 0..rows {
+            let p = first + r;
+            let (image, pixel) = (p / pixels, p % pixels);
+            let (oy, ox) = (pixel / wo, pixel % wo);
+            let image = &codes[image * h * wi * c..(image + 1) * h * wi * c];
+            let row = &mut self.a[r * kp..(r + 1) * kp];
+            // The taps of one kernel row that fall inside the image are adjacent pixels:
+            // one copy each.
+            let x0 = (ox * g.stride[1]) as isize - g.padding[1] as isize;
+            let kx_first = (-x0).max(0) as usize;
+            let kx_end = kw.min((wi as isize - x0).max(0) as usize);
+            if kx_first >= kx_end {
+                continue;
+            }
+            for ky in 0..kh {
+                let Some(iy) = (oy * g.stride[0] + ky).checked_sub(g.padding[0]) else {
+                    continue;
+                };
+                if iy >= h {
+                    continue;
+                }
+                let ix = (x0 + kx_first as isize) as usize;
+                let len = (kx_end - kx_first) * c;
+                let src = &image[(iy * wi + ix) * c..][..len];
+                row[(ky * kw + kx_first) * c..][..len].copy_from_slice(src);
+            }
+        }
+    }
+
+    /// The sum of each of the first `rows` rows of `a`.
+    fn row_sums(&mut self, kp: usize, rows: usize) {
+        self.sums.clear();
+        self.sums.extend(
+            self.a
+                .chunks_exact(kp)
+                .take(rows)
+                .map(|row| row.iter().map(|&q| i32::from(q)).sum::<i32>()),
+        );
+    }
+}
+
+impl Epilogue {
+    #[inline(always)]
+    /// The outputs of `rows` rows of integer sums `acc` (`[rows][n]`), with the rows' input
+    /// sums where the numerators need them.
+    fn rows(&self, acc: &[i32], sums: &[i32], n: usize, out: &mut [f32]) {
+        let Numerators { scale, plus_inputs } = self.numerators;
+        for (r, (out, acc)) in out.chunks_exact_mut(n).zip(acc.chunks_exact(n)).enumerate() {
+            let extra = if plus_inputs != 0 {
+                plus_inputs * sums[r]
+            } else {
+                0
+            };
+            for (((y, &a), &m), &b) in out.iter_mut().zip(acc).zip(&self.mult).zip(&self.add) {
+                *y = (scale * a + extra) as f32 * m + b;
+            }
+            if self.relu {
+                out.iter_mut().for_each(|y| *y = y.max(0.0));
+            }
+        }
+    }
 }
 
 /// A grouped convolution (depthwise included): per output pixel, each channel's sum over its

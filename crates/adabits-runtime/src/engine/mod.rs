@@ -24,7 +24,7 @@ use rayon::prelude::*;
 pub use kernels::Isa;
 
 use crate::format::{Artifact, LayerPayload, QuantPayload};
-use crate::graph::{ConvNode, InputTransform, LinearEval, LinearNode, Node, Scheme, Shape};
+use crate::graph::{InputTransform, LinearEval, LinearNode, Node, Scheme, Shape};
 use conv::{ConvWeights, Epilogue, Geometry};
 use layer::Weights;
 use quantize::InputCodes;
@@ -234,6 +234,11 @@ impl IntRuntime {
     /// The logits of `images` (`[batch, channels, h, w]`, values in `[0, 1]`, row-major) at
     /// the active bit-width, `[batch, classes]` row-major.
     ///
+    /// The kernels' layout of every layer's weights is made once per call from the resident
+    /// numerators. A batch runs one image per task on the thread pool, so that each image's
+    /// activations stay in its core's cache from layer to layer; a single image runs each
+    /// layer on every thread.
+    ///
     /// # Errors
     ///
     /// [`RuntimeError::Input`] when `images` does not hold `batch` images of the artifact's
@@ -256,6 +261,72 @@ impl IntRuntime {
         let shapes = graph.check([h, w]).map_err(|e| {
             RuntimeError::Input(format!("{h}×{w} images do not fit the model: {e}"))
         })?;
+        let prepared: Vec<Option<Prepared>> = graph
+            .nodes
+            .par_iter()
+            .enumerate()
+            .map(|(i, node)| self.prepare(i, node))
+            .collect();
+        let run = |images: &[f32], n: usize| self.run(images, n, c, &shapes, &prepared);
+        if batch == 1 {
+            return run(images, 1);
+        }
+        let logits: Vec<Vec<f32>> = images
+            .par_chunks(c * h * w)
+            .map(|image| run(image, 1))
+            .collect::<Result<_, _>>()?;
+        Ok(logits.concat())
+    }
+
+    /// The kernels' form of node `i`'s weights and its epilogue.
+    fn prepare(&self, i: usize, node: &Node) -> Option<Prepared> {
+        let active = self.active[i].as_ref()?;
+        let numerators = active.weights.numerators;
+        let values = active.weights.values();
+        Some(match node {
+            Node::Conv(conv) => {
+                let g = Geometry {
+                    cin: conv.channels[0],
+                    cout: conv.channels[1],
+                    kernel: conv.kernel,
+                    stride: conv.stride,
+                    padding: conv.padding,
+                    groups: conv.groups,
+                    input: [0, 0],
+                    output: [0, 0],
+                };
+                Prepared::Conv(
+                    ConvWeights::new(self.isa, &values, numerators, &g),
+                    Epilogue {
+                        numerators,
+                        mult: active.mult.clone(),
+                        add: active.add.clone(),
+                        relu: self.fused_relu[i],
+                    },
+                )
+            }
+            _ => Prepared::Linear(
+                values
+                    .iter()
+                    .map(|&v| numerators.scale * i32::from(v) + numerators.plus_inputs)
+                    .collect(),
+            ),
+        })
+    }
+
+    /// Runs the graph on `batch` images (`[batch][c][h·w]`) with the prepared layers.
+    fn run(
+        &self,
+        images: &[f32],
+        batch: usize,
+        c: usize,
+        shapes: &[Shape],
+        prepared: &[Option<Prepared>],
+    ) -> Result<Vec<f32>, RuntimeError> {
+        let graph = &self.artifact.header.graph;
+        let Shape::Map([_, h, w]) = shapes[0] else {
+            unreachable!("the input is a map")
+        };
         // The last node that reads each value, so that it is dropped once done.
         let mut last_use = vec![0usize; shapes.len()];
         for (i, node) in graph.nodes.iter().enumerate() {
@@ -266,92 +337,83 @@ impl IntRuntime {
         let mut values: Vec<Option<Vec<f32>>> = vec![None; shapes.len()];
         values[0] = Some(pixels(images, batch, c, h * w)?);
         let mut codes = Vec::new();
+        let produced = "a value is produced before it is read";
         for (i, node) in graph.nodes.iter().enumerate() {
             let inputs = node.inputs(i);
             let take = |values: &mut Vec<Option<Vec<f32>>>, v: usize| -> Vec<f32> {
                 if last_use[v] == i && inputs.iter().filter(|&&u| u == v).count() == 1 {
-                    values[v]
-                        .take()
-                        .expect("a value is produced before it is read")
+                    values[v].take().expect(produced)
                 } else {
-                    values[v]
-                        .clone()
-                        .expect("a value is produced before it is read")
+                    values[v].clone().expect(produced)
                 }
             };
-            let per_image = |s: Shape| match s {
-                Shape::Map([c, h, w]) => c * h * w,
-                Shape::Vector(n) => n,
-            };
-            let out = match node {
-                Node::Conv(conv) => {
+            let out = match (node, &prepared[i]) {
+                (Node::Conv(conv), Some(Prepared::Conv(weights, epilogue))) => {
                     let active = self.active[i]
                         .as_ref()
                         .expect("set_bits prepared every layer");
-                    let x = values[inputs[0]]
-                        .as_ref()
-                        .expect("a value is produced before it is read");
-                    active.input.codes(x, &mut codes).map_err(|v| {
+                    let x = values[inputs[0]].as_ref().expect(produced);
+                    active.input.codes(self.isa, x, &mut codes).map_err(|v| {
                         RuntimeError::Input(format!(
                             "layer `{}` takes the pixel values 0..255 as they are, found {v}",
                             conv.name
                         ))
                     })?;
-                    let Shape::Map([_, ih, iw]) = shapes[inputs[0]] else {
-                        unreachable!("a checked graph feeds a convolution a map")
+                    let (Shape::Map([_, ih, iw]), Shape::Map([cout, oh, ow])) =
+                        (shapes[inputs[0]], shapes[i + 1])
+                    else {
+                        unreachable!("a checked graph's convolutions map maps to maps")
                     };
-                    let Shape::Map([_, oh, ow]) = shapes[i + 1] else {
-                        unreachable!("a convolution makes a map")
+                    let g = Geometry {
+                        cin: conv.channels[0],
+                        cout,
+                        kernel: conv.kernel,
+                        stride: conv.stride,
+                        padding: conv.padding,
+                        groups: conv.groups,
+                        input: [ih, iw],
+                        output: [oh, ow],
                     };
-                    self.run_conv(
-                        conv,
-                        active,
-                        &codes,
-                        batch,
-                        [ih, iw],
-                        [oh, ow],
-                        self.fused_relu[i],
-                    )
+                    let mut out = vec![0.0; batch * oh * ow * cout];
+                    conv::conv(&codes, batch, &g, weights, epilogue, &mut out);
+                    out
                 }
-                Node::Linear(linear) => {
+                (Node::Linear(linear), Some(Prepared::Linear(m))) => {
                     let active = self.active[i]
                         .as_ref()
                         .expect("set_bits prepared every layer");
-                    let x = values[inputs[0]]
-                        .as_ref()
-                        .expect("a value is produced before it is read");
-                    active.input.codes(x, &mut codes).map_err(|v| {
+                    let x = values[inputs[0]].as_ref().expect(produced);
+                    active.input.codes(self.isa, x, &mut codes).map_err(|v| {
                         RuntimeError::Input(format!(
                             "layer `{}` takes integers 0..255 as they are, found {v}",
                             linear.name
                         ))
                     })?;
-                    run_linear(linear, active, &codes, batch)
+                    run_linear(linear, active, m, &codes, batch)
                 }
-                Node::Relu { .. } => {
+                (Node::Relu { .. }, _) => {
                     let mut x = take(&mut values, inputs[0]);
                     if !(i > 0 && self.fused_relu[i - 1]) {
                         x.iter_mut().for_each(|v| *v = v.max(0.0));
                     }
                     x
                 }
-                Node::Add { .. } => {
+                (Node::Add { .. }, _) => {
                     let mut a = take(&mut values, inputs[0]);
-                    let b = values[inputs[1]]
-                        .as_ref()
-                        .expect("a value is produced before it is read");
+                    let b = values[inputs[1]].as_ref().expect(produced);
                     a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
                     a
                 }
-                Node::MaxPool {
-                    kernel,
-                    stride,
-                    padding,
-                    ..
-                } => {
-                    let x = values[inputs[0]]
-                        .as_ref()
-                        .expect("a value is produced before it is read");
+                (
+                    Node::MaxPool {
+                        kernel,
+                        stride,
+                        padding,
+                        ..
+                    },
+                    _,
+                ) => {
+                    let x = values[inputs[0]].as_ref().expect(produced);
                     let (Shape::Map([c, ih, iw]), Shape::Map([_, oh, ow])) =
                         (shapes[inputs[0]], shapes[i + 1])
                     else {
@@ -359,17 +421,15 @@ impl IntRuntime {
                     };
                     max_pool(x, batch, c, [ih, iw], [oh, ow], *kernel, *stride, *padding)
                 }
-                Node::GlobalAvgPool { .. } => {
-                    let x = values[inputs[0]]
-                        .as_ref()
-                        .expect("a value is produced before it is read");
+                (Node::GlobalAvgPool { .. }, _) => {
+                    let x = values[inputs[0]].as_ref().expect(produced);
                     let Shape::Map([c, ih, iw]) = shapes[inputs[0]] else {
                         unreachable!("a checked graph pools a map")
                     };
                     global_avg_pool(x, batch, c, ih * iw)
                 }
+                _ => unreachable!("forward prepared every layer"),
             };
-            debug_assert_eq!(out.len(), batch * per_image(shapes[i + 1]));
             for v in inputs {
                 if last_use[v] == i {
                     values[v] = None;
@@ -379,40 +439,15 @@ impl IntRuntime {
         }
         Ok(values.pop().flatten().unwrap_or_default())
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
-    fn run_conv(
-        &self,
-        node: &ConvNode,
-        active: &Active,
-        codes: &[u8],
-        batch: usize,
-        input: [usize; 2],
-        output: [usize; 2],
-        relu: bool,
-    ) -> Vec<f32> {
-        let g = Geometry {
-            cin: node.channels[0],
-            cout: node.channels[1],
-            kernel: node.kernel,
-            stride: node.stride,
-            padding: node.padding,
-            groups: node.groups,
-            input,
-            output,
-        };
-        let numerators = active.weights.numerators;
-        let weights = ConvWeights::new(self.isa, &active.weights.values(), numerators, &g);
-        let epilogue = Epilogue {
-            numerators,
-            mult: active.mult.clone(),
-            add: active.add.clone(),
-            relu,
-        };
-        let mut out = vec![0.0; batch * output[0] * output[1] * g.cout];
-        conv::conv(codes, batch, &g, &weights, &epilogue, &mut out);
-        out
-    }
+/// A layer's weights in the kernels' layout, made for one forward call.
+#[derive(Debug)]
+enum Prepared {
+    /// A convolution's weights and epilogue.
+    Conv(ConvWeights, Epilogue),
+    /// A linear layer's numerators, `[out][in]`.
+    Linear(Vec<i32>),
 }
 
 /// A quantized layer's weights at the model's bit-width at `position`, its input codes, the
@@ -478,16 +513,15 @@ fn pixels(images: &[f32], batch: usize, c: usize, hw: usize) -> Result<Vec<f32>,
     Ok(out)
 }
 
-/// A quantized linear layer on `[batch][in]` codes.
-fn run_linear(node: &LinearNode, active: &Active, codes: &[u8], batch: usize) -> Vec<f32> {
+/// A quantized linear layer on `[batch][in]` codes, with its numerators `m` (`[out][in]`).
+fn run_linear(
+    node: &LinearNode,
+    active: &Active,
+    m: &[i32],
+    codes: &[u8],
+    batch: usize,
+) -> Vec<f32> {
     let [fi, fo] = node.features;
-    let n = active.weights.numerators;
-    let m: Vec<i32> = active
-        .weights
-        .values()
-        .iter()
-        .map(|&v| n.scale * i32::from(v) + n.plus_inputs)
-        .collect();
     let mut out = vec![0.0; batch * fo];
     out.par_chunks_mut(fo).enumerate().for_each(|(b, out)| {
         let q = &codes[b * fi..(b + 1) * fi];

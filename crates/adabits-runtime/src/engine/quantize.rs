@@ -2,6 +2,9 @@
 //! activation bit-width, with the float operations of the fake quantizer in its order, so
 //! that both pick the same level for the same input (docs/method.md §4).
 
+use rayon::prelude::*;
+
+use super::kernels::{self, Isa};
 use crate::graph::Scheme;
 
 /// How a layer turns its input into codes.
@@ -39,9 +42,9 @@ impl InputCodes {
     /// # Errors
     ///
     /// For [`InputCodes::Integers`], the first value that is not an integer in 0..=255.
-    pub(crate) fn codes(self, x: &[f32], out: &mut Vec<u8>) -> Result<(), f32> {
+    pub(crate) fn codes(self, isa: Isa, x: &[f32], out: &mut Vec<u8>) -> Result<(), f32> {
         out.clear();
-        out.reserve(x.len());
+        out.resize(x.len(), 0);
         match self {
             Self::Pact {
                 alpha,
@@ -49,29 +52,36 @@ impl InputCodes {
                 scheme,
             } => {
                 let top = ((1u32 << bits) - 1) as f32;
-                match scheme {
-                    // The fake quantizer: v = c/α, clamped to [0, 1], then round(v·(2^b − 1)).
-                    Scheme::Original => out.extend(x.iter().map(|&x| {
-                        let v = (clip(x, alpha) / alpha).clamp(0.0, 1.0);
-                        (v * top).round_ties_even() as u8
-                    })),
-                    // min(⌊v·2^b⌋, 2^b − 1).
-                    Scheme::Modified | Scheme::Centered => {
-                        let scale = (1u32 << bits) as f32;
-                        out.extend(x.iter().map(|&x| {
-                            let v = (clip(x, alpha) / alpha).clamp(0.0, 1.0);
-                            (v * scale).floor().min(top) as u8
-                        }));
-                    }
-                }
+                let original = scheme == Scheme::Original;
+                // Levels per unit of x: (2^b − 1)/α or 2^b/α. The fake quantizer divides by α
+                // and then multiplies; one multiplication differs from that by an ulp at most,
+                // the size of the differences the float sums before it already have.
+                let per_unit = if original { top } else { (1u32 << bits) as f32 } / alpha;
+                out.par_chunks_mut(CHUNK)
+                    .zip(x.par_chunks(CHUNK))
+                    .for_each(|(out, x)| {
+                        kernels::wide(isa, || {
+                            if original {
+                                // round(v·(2^b − 1))
+                                for (q, &x) in out.iter_mut().zip(x) {
+                                    *q = round_even(x.clamp(0.0, alpha) * per_unit) as u8;
+                                }
+                            } else {
+                                // min(⌊v·2^b⌋, 2^b − 1)
+                                for (q, &x) in out.iter_mut().zip(x) {
+                                    *q = floor_pos(x.clamp(0.0, alpha) * per_unit).min(top) as u8;
+                                }
+                            }
+                        });
+                    });
                 Ok(())
             }
             Self::Integers => {
-                for &v in x {
+                for (q, &v) in out.iter_mut().zip(x) {
                     if !(0.0..=255.0).contains(&v) || v.fract() != 0.0 {
                         return Err(v);
                     }
-                    out.push(v as u8);
+                    *q = v as u8;
                 }
                 Ok(())
             }
@@ -79,10 +89,25 @@ impl InputCodes {
     }
 }
 
-/// `min(relu(x), α)` as the fake quantizer computes it: `x ≤ 0` gives 0, `c < α` keeps `c`.
-fn clip(x: f32, alpha: f32) -> f32 {
-    let c = if x <= 0.0 { 0.0 } else { x };
-    if c < alpha { c } else { alpha }
+/// Values per parallel task of the quantizer.
+const CHUNK: usize = 1 << 15;
+
+/// `2^23`: adding and subtracting it rounds an `f32` in `[0, 2^22)` to the nearest integer,
+/// ties to even (the default rounding mode), as the fake quantizer's `round` does, without a
+/// call into `libm`.
+const ROUND_MAGIC: f32 = 8_388_608.0;
+
+/// Round half to even, for `0 ≤ y < 2^22`.
+#[inline(always)]
+fn round_even(y: f32) -> f32 {
+    (y + ROUND_MAGIC) - ROUND_MAGIC
+}
+
+/// `⌊y⌋`, for `0 ≤ y < 2^22`.
+#[inline(always)]
+fn floor_pos(y: f32) -> f32 {
+    let r = round_even(y);
+    if r > y { r - 1.0 } else { r }
 }
 
 /// The number of steps between 0 and the top level: `2^b − 1` (original), `2^b` (modified).
@@ -99,6 +124,35 @@ mod tests {
 
     #[test]
     fn pact_codes_follow_the_specification_at_its_boundaries() {
+        for isa in Isa::available() {
+            boundaries(isa);
+        }
+    }
+
+    #[test]
+    fn every_instruction_set_gives_the_same_codes() {
+        let x: Vec<f32> = (0..100_000)
+            .map(|i| (i as f32 * 0.618_034).sin() * 9.0)
+            .collect();
+        for scheme in [Scheme::Original, Scheme::Modified] {
+            for bits in 1..=8 {
+                let pact = InputCodes::Pact {
+                    alpha: 7.3,
+                    bits,
+                    scheme,
+                };
+                let mut expected = Vec::new();
+                pact.codes(Isa::Scalar, &x, &mut expected).unwrap();
+                for isa in Isa::available() {
+                    let mut found = Vec::new();
+                    pact.codes(isa, &x, &mut found).unwrap();
+                    assert_eq!(found, expected, "{isa:?} {scheme:?} {bits}");
+                }
+            }
+        }
+    }
+
+    fn boundaries(isa: Isa) {
         let original = InputCodes::Pact {
             alpha: 2.0,
             bits: 2,
@@ -107,7 +161,11 @@ mod tests {
         let mut out = Vec::new();
         // Levels 0, 2/3, 4/3, 2: 1/3 is the first boundary (round half to even: 0.5 → 0).
         original
-            .codes(&[-1.0, 0.0, 1.0 / 3.0, 0.34, 1.0, 1.9, 2.0, 7.0], &mut out)
+            .codes(
+                isa,
+                &[-1.0, 0.0, 1.0 / 3.0, 0.34, 1.0, 1.9, 2.0, 7.0],
+                &mut out,
+            )
             .unwrap();
         assert_eq!(out, [0, 0, 0, 1, 2, 3, 3, 3]);
         assert!((original.step() - 2.0 / 3.0).abs() < 1e-7);
@@ -117,21 +175,37 @@ mod tests {
             scheme: Scheme::Modified,
         };
         modified
-            .codes(&[0.0, 0.24, 0.25, 0.99, 1.0, 3.0], &mut out)
+            .codes(isa, &[0.0, 0.24, 0.25, 0.99, 1.0, 3.0], &mut out)
             .unwrap();
         assert_eq!(out, [0, 0, 1, 3, 3, 3]);
         assert_eq!(modified.step(), 0.25);
     }
 
     #[test]
+    fn the_rounding_is_half_to_even_as_the_standard_library_s() {
+        for i in 0..200_000u32 {
+            let y = i as f32 * 0.00131;
+            assert_eq!(round_even(y), y.round_ties_even(), "{y}");
+            assert_eq!(floor_pos(y), y.floor(), "{y}");
+        }
+        for y in [0.5f32, 1.5, 2.5, 254.5, 255.0, 0.0] {
+            assert_eq!(round_even(y), y.round_ties_even(), "{y}");
+        }
+    }
+
+    #[test]
     fn the_integer_input_refuses_anything_but_bytes() {
         let mut out = Vec::new();
         InputCodes::Integers
-            .codes(&[0.0, 17.0, 255.0], &mut out)
+            .codes(Isa::Scalar, &[0.0, 17.0, 255.0], &mut out)
             .unwrap();
         assert_eq!(out, [0, 17, 255]);
         for bad in [-1.0, 0.5, 256.0, f32::NAN] {
-            assert!(InputCodes::Integers.codes(&[bad], &mut out).is_err());
+            assert!(
+                InputCodes::Integers
+                    .codes(Isa::Scalar, &[bad], &mut out)
+                    .is_err()
+            );
         }
     }
 }

@@ -9,6 +9,19 @@ mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
+/// Runs `f` with the widest vectors this CPU has (AVX-512 where present), for the
+/// element-wise loops it inlines; the results are the same on every path.
+#[inline(always)]
+pub(crate) fn wide<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
+    match isa {
+        Isa::Scalar => f(),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => x86::wide(f),
+        #[cfg(not(target_arch = "x86_64"))]
+        Isa::Avx512Vnni => f(),
+    }
+}
+
 /// Channels per packed weight panel (the fast kernels' register tile width).
 pub(crate) const PANEL: usize = 32;
 /// Rows of activations per register tile; activation buffers are padded to a multiple.
@@ -102,6 +115,11 @@ impl PackedWeights {
             }
         };
         Self { isa, data, n, kp }
+    }
+
+    /// The instruction set the layout is for.
+    pub(crate) fn isa(&self) -> Isa {
+        self.isa
     }
 
     /// Output channels.

@@ -18,6 +18,32 @@ pub(super) fn has_avx512_vnni() -> bool {
         && std::arch::is_x86_feature_detected!("avx512vnni")
 }
 
+/// Runs `f` compiled for AVX-512 where the CPU has it: the element-wise loops it inlines
+/// (quantizers, epilogues) then use 16-lane vectors instead of SSE2's four. The results are
+/// the same bit for bit: each element's operations are the same, only more lanes run at once.
+#[inline(always)]
+pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
+    if std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+    {
+        // SAFETY: the CPU has AVX-512 F and BW (checked above), the features the function is
+        // compiled for.
+        unsafe { wide_avx512(f) }
+    } else {
+        f()
+    }
+}
+
+/// `f`, compiled with AVX-512 F and BW.
+///
+/// # Safety
+///
+/// The CPU must have AVX-512 F and BW.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,bmi2")]
+unsafe fn wide_avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
 /// `out[r][o] = Σ_i a[r][i] · w[o][i]` with `w` in panels `[n / PANEL][kp / 4][PANEL][4]`.
 ///
 /// The caller (`super::gemm`) has checked that `a` holds `rows` rounded up to [`ROWS`] rows of

@@ -1,5 +1,8 @@
 //! `adabits bench`: throughput of the fake-quant operators and of a quantized conv layer's
-//! training step, on one device.
+//! training step, on one device; with `--artifact`, the integer runtime against the `f32`
+//! evaluation of an exported model (`artifact.rs`).
+
+mod artifact;
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -45,6 +48,10 @@ pub(crate) struct Bench {
     /// The model's input side [default: 32 for CIFAR ResNets, 224 otherwise].
     #[arg(long, value_parser = crate::values::input_side)]
     input: Option<usize>,
+    /// Time the integer runtime and the `f32` evaluation of this artifact (`.abq`) instead, at
+    /// every bit-width, at batch 1 and `--batch`.
+    #[arg(long, value_name = "FILE")]
+    artifact: Option<std::path::PathBuf>,
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -54,6 +61,43 @@ pub(crate) struct Bench {
 pub(crate) fn run(args: Bench) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.iters > 0, "--iters must be at least 1");
     let device = args.device.device();
+    if let Some(path) = &args.artifact {
+        let (rows, isa) = artifact::engines(path, &device, args.batch, args.iters)?;
+        let threads = rayon::current_num_threads();
+        if args.json {
+            print_json(&serde_json::json!({
+                "artifact": path.display().to_string(),
+                "device": args.device.to_string(),
+                "isa": isa,
+                "threads": threads,
+                "results": rows,
+            }))?;
+        } else {
+            println!(
+                "{}: int kernels {isa}, f32 on {}, {threads} threads",
+                path.display(),
+                args.device
+            );
+            println!(
+                "{:>6} {:>6} {:>6} {:>10} {:>12} {:>14} {:>9}",
+                "engine", "bits", "batch", "median ms", "images/s", "weight bytes", "int/f32"
+            );
+            for pair in rows.chunks(2) {
+                for r in pair {
+                    let speedup = if r.engine == "int" {
+                        format!("{:.2}×", pair[1].ms / r.ms)
+                    } else {
+                        String::new()
+                    };
+                    println!(
+                        "{:>6} {:>6} {:>6} {:>10.3} {:>12.1} {:>14} {:>9}",
+                        r.engine, r.bits, r.batch, r.ms, r.throughput, r.weight_bytes, speedup
+                    );
+                }
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut results = operators(&device, args.bits, args.batch, args.iters)?;
     if let Some(arch) = args.model {
         let config = ModelConfig::new(arch, args.list.clone()).with_width_mult(args.width);
