@@ -4,7 +4,8 @@
 
 use rayon::prelude::*;
 
-use super::kernels::{self, PackedWeights, ROWS, gemm};
+use super::Isa;
+use super::kernels::{self, Direct, PackedWeights, ROWS, Wide, gemm};
 use super::layer::Numerators;
 
 /// Output rows (pixels) per parallel task.
@@ -78,30 +79,39 @@ pub(crate) enum ConvWeights {
 }
 
 impl ConvWeights {
-    /// Lays out `values` (PyTorch order `[cout][cin/groups][kh][kw]`, the kernels' stored
-    /// values) for the kernels of `isa`.
-    pub(crate) fn new(
-        isa: super::Isa,
-        values: &[i8],
+    /// Lays out `values` (PyTorch order `[cout][cin/groups][kh][kw]`) in the order the kernels
+    /// of `isa` read them: for a dense convolution the im2col rows' (ky, kx, c) order in the
+    /// GEMM's layout; for a grouped one PyTorch's.
+    pub(crate) fn arrange(isa: Isa, values: Vec<i8>, g: &Geometry) -> Vec<i8> {
+        if g.groups != 1 {
+            return values;
+        }
+        let [kh, kw] = g.kernel;
+        let k = g.k();
+        // PyTorch's (c, ky, kx) to the im2col rows' (ky, kx, c).
+        let mut reordered = vec![0i8; values.len()];
+        for o in 0..g.cout {
+            for c in 0..g.cin {
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        reordered[o * k + (ky * kw + kx) * g.cin + c] =
+                            values[((o * g.cin + c) * kh + ky) * kw + kx];
+                    }
+                }
+            }
+        }
+        PackedWeights::arrange(isa, &reordered, g.cout, k)
+    }
+
+    /// The weights from the kernels' values in [`arrange`](Self::arrange)'s order.
+    pub(crate) fn from_arranged(
+        isa: Isa,
+        values: Vec<i8>,
         numerators: Numerators,
         g: &Geometry,
     ) -> Self {
         if g.groups == 1 {
-            let [kh, kw] = g.kernel;
-            let k = g.k();
-            // PyTorch's (c, ky, kx) to the im2col rows' (ky, kx, c).
-            let mut reordered = vec![0i8; values.len()];
-            for o in 0..g.cout {
-                for c in 0..g.cin {
-                    for ky in 0..kh {
-                        for kx in 0..kw {
-                            reordered[o * k + (ky * kw + kx) * g.cin + c] =
-                                values[((o * g.cin + c) * kh + ky) * kw + kx];
-                        }
-                    }
-                }
-            }
-            Self::Dense(PackedWeights::new(isa, &reordered, g.cout, k))
+            Self::Dense(PackedWeights::from_arranged(isa, values, g.cout, g.k()))
         } else {
             // The grouped loop takes the whole numerator, 9 bits included.
             Self::Grouped(
@@ -111,6 +121,12 @@ impl ConvWeights {
                     .collect(),
             )
         }
+    }
+
+    /// Lays out `values` (PyTorch order) for the kernels of `isa`.
+    #[cfg(test)]
+    pub(crate) fn new(isa: Isa, values: &[i8], numerators: Numerators, g: &Geometry) -> Self {
+        Self::from_arranged(isa, Self::arrange(isa, values.to_vec(), g), numerators, g)
     }
 }
 
@@ -129,6 +145,90 @@ pub(crate) fn conv(
     }
 }
 
+/// A dense convolution with a fast kernel and channels in fours: per image, its codes copied
+/// once into a zero-padded buffer, then per output row the products straight from it
+/// ([`kernels::gemm_direct`]: no im2col rows) and the epilogue.
+fn direct(
+    codes: &[u8],
+    batch: usize,
+    g: &Geometry,
+    w: &PackedWeights,
+    epilogue: &Epilogue,
+    out: &mut [f32],
+) {
+    let [h, wi] = g.input;
+    let [ho, wo] = g.output;
+    let [kh, kw] = g.kernel;
+    let [p0, p1] = g.padding;
+    let (hp, wp) = (h + 2 * p0, wi + 2 * p1);
+    let c = g.cin;
+    let n = w.n();
+    let taps: Vec<usize> = (0..kh)
+        .flat_map(|ky| (0..kw).map(move |kx| (ky * wp + kx) * c))
+        .collect();
+    let pixel_stride = g.stride[1] * c;
+    let reach = Direct::reach(pixel_stride, &taps, c);
+    let sums_needed = epilogue.numerators.plus_inputs != 0;
+    let mut padded = vec![0u8; hp * wp * c + reach];
+    let mut pixel_sums = Vec::new();
+    for (image, out) in codes
+        .chunks_exact(h * wi * c)
+        .zip(out.chunks_exact_mut(ho * wo * n))
+        .take(batch)
+    {
+        for (y, row) in image.chunks_exact(wi * c).enumerate() {
+            padded[((y + p0) * wp + p1) * c..][..wi * c].copy_from_slice(row);
+        }
+        if sums_needed {
+            pixel_sums.clear();
+            pixel_sums.extend(
+                padded[..hp * wp * c]
+                    .chunks_exact(c)
+                    .map(|p| p.iter().map(|&q| i32::from(q)).sum::<i32>()),
+            );
+        }
+        let x = Direct {
+            image: &padded,
+            pixel_stride,
+            taps: &taps,
+            channels: c,
+        };
+        out.par_chunks_mut(wo * n)
+            .enumerate()
+            .for_each(|(oy, out)| {
+                SCRATCH.with_borrow_mut(|scratch| {
+                    for ox0 in (0..wo).step_by(ROWS) {
+                        let rows = ROWS.min(wo - ox0);
+                        let start = ((oy * g.stride[0]) * wp + ox0 * g.stride[1]) * c;
+                        scratch.acc.resize(ROWS * n, 0);
+                        kernels::gemm_direct(&x, start, rows, w, &mut scratch.acc);
+                        scratch.sums.clear();
+                        if sums_needed {
+                            scratch.sums.extend((0..rows).map(|r| {
+                                let (y0, x0) = (oy * g.stride[0], (ox0 + r) * g.stride[1]);
+                                (0..kh)
+                                    .flat_map(|ky| (0..kw).map(move |kx| (ky, kx)))
+                                    .map(|(ky, kx)| pixel_sums[(y0 + ky) * wp + x0 + kx])
+                                    .sum::<i32>()
+                            }));
+                        }
+                        kernels::wide(
+                            w.isa(),
+                            Rows {
+                                epilogue,
+                                acc: &scratch.acc[..rows * n],
+                                sums: &scratch.sums,
+                                n,
+                                out: &mut out[ox0 * n..(ox0 + rows) * n],
+                            },
+                        );
+                    }
+                });
+            });
+        // The next image overwrites the interior; the border stays zero.
+    }
+}
+
 /// A dense convolution: per task of [`TASK_ROWS`] output pixels, their im2col rows, one GEMM
 /// and the epilogue.
 fn dense(
@@ -139,6 +239,9 @@ fn dense(
     epilogue: &Epilogue,
     out: &mut [f32],
 ) {
+    if w.isa() != Isa::Scalar && g.cin.is_multiple_of(4) {
+        return direct(codes, batch, g, w, epilogue, out);
+    }
     let [ho, wo] = g.output;
     let total = batch * ho * wo;
     let n = w.n();
@@ -154,9 +257,16 @@ fn dense(
                 }
                 scratch.acc.resize(rows * n, 0);
                 gemm(&scratch.a, rows, w, &mut scratch.acc);
-                kernels::wide(w.isa(), || {
-                    epilogue.rows(&scratch.acc, &scratch.sums, n, out)
-                });
+                kernels::wide(
+                    w.isa(),
+                    Rows {
+                        epilogue,
+                        acc: &scratch.acc,
+                        sums: &scratch.sums,
+                        n,
+                        out,
+                    },
+                );
             });
         });
 }
@@ -226,22 +336,40 @@ impl Scratch {
     }
 }
 
-impl Epilogue {
+/// The outputs of rows of integer sums `acc` (`[rows][n]`), with the rows' input sums where
+/// the numerators need them.
+struct Rows<'a> {
+    epilogue: &'a Epilogue,
+    acc: &'a [i32],
+    sums: &'a [i32],
+    n: usize,
+    out: &'a mut [f32],
+}
+
+impl Wide for Rows<'_> {
+    type Output = ();
+
     #[inline(always)]
-    /// The outputs of `rows` rows of integer sums `acc` (`[rows][n]`), with the rows' input
-    /// sums where the numerators need them.
-    fn rows(&self, acc: &[i32], sums: &[i32], n: usize, out: &mut [f32]) {
-        let Numerators { scale, plus_inputs } = self.numerators;
+    fn run(self) {
+        let Self {
+            epilogue,
+            acc,
+            sums,
+            n,
+            out,
+        } = self;
+        let Numerators { scale, plus_inputs } = epilogue.numerators;
         for (r, (out, acc)) in out.chunks_exact_mut(n).zip(acc.chunks_exact(n)).enumerate() {
             let extra = if plus_inputs != 0 {
                 plus_inputs * sums[r]
             } else {
                 0
             };
-            for (((y, &a), &m), &b) in out.iter_mut().zip(acc).zip(&self.mult).zip(&self.add) {
+            let constants = epilogue.mult.iter().zip(&epilogue.add);
+            for ((y, &a), (&m, &b)) in out.iter_mut().zip(acc).zip(constants) {
                 *y = (scale * a + extra) as f32 * m + b;
             }
-            if self.relu {
+            if epilogue.relu {
                 out.iter_mut().for_each(|y| *y = y.max(0.0));
             }
         }
@@ -302,7 +430,6 @@ fn grouped(
 
 #[cfg(test)]
 mod tests {
-    use super::super::Isa;
     use super::*;
     use proptest::prelude::*;
 
@@ -353,7 +480,7 @@ mod tests {
         #[test]
         fn convolutions_equal_the_definition_on_random_shapes(
             batch in 1usize..3,
-            cin_g in 1usize..6,
+            cin_g in prop_oneof![1usize..6, prop::sample::select(vec![4usize, 8, 12, 16])],
             cout_g in 1usize..6,
             groups in prop::sample::select(vec![1usize, 1, 2, 3]),
             depthwise in any::<bool>(),

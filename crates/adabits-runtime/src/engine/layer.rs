@@ -31,25 +31,32 @@ pub(crate) struct Numerators {
 #[derive(Clone, Debug)]
 pub(crate) struct Weights {
     /// `j = k − 2^(w−1)` of every weight, `w`-bit two's complement, packed least-significant
-    /// bit first in PyTorch order: `w` bits per weight stay resident.
+    /// bit first in the order the layer's kernel reads them (with its padding slots): `w` bits
+    /// per weight stay resident.
     pub(crate) packed: Vec<u8>,
     /// The weight bit-width `w`.
     pub(crate) bits: u8,
-    /// The number of weights.
+    /// The number of values packed (the weights and the layout's padding slots).
     pub(crate) count: usize,
     /// Whether the numerator is `2j + 1` (centered, original) rather than `j` (modified).
     odd: bool,
-    /// How the sums of [`values`](Self::values) are formed.
+    /// How the sums of [`unpack`](Self::unpack)'s values are formed.
     pub(crate) numerators: Numerators,
     /// `1 / D`.
     pub(crate) inv_denominator: f32,
 }
 
 impl Weights {
-    /// The weights of `part` at weight bit-width `w`.
+    /// The weights of `part` at weight bit-width `w`, laid out by `arrange` (from PyTorch order
+    /// to the kernel's, padding slots included).
     ///
     /// Returns `None` if the layer has no codes for `w` (a checked artifact always has).
-    pub(crate) fn new(part: &QuantPayload<'_>, w: u8, scheme: Scheme) -> Option<Self> {
+    pub(crate) fn new(
+        part: &QuantPayload<'_>,
+        w: u8,
+        scheme: Scheme,
+        arrange: impl FnOnce(Vec<i8>) -> Vec<i8>,
+    ) -> Option<Self> {
         let codes = part.codes(w)?;
         let half = 1i32 << (w - 1);
         let denominator = match scheme {
@@ -70,41 +77,72 @@ impl Weights {
                 plus_inputs: 0,
             }
         };
-        let mask = (1u32 << w) - 1;
-        let raw: Vec<u8> = codes
-            .iter()
-            .map(|&k| ((i32::from(k) - half) as u32 & mask) as u8)
-            .collect();
+        let j: Vec<i8> = codes.iter().map(|&k| (i32::from(k) - half) as i8).collect();
+        let arranged = arrange(j);
+        let mask = ((1u32 << w) - 1) as u8;
+        let raw: Vec<u8> = arranged.iter().map(|&j| j as u8 & mask).collect();
         let mut packed = Vec::new();
         pack(&raw, w, &mut packed);
         Some(Self {
             packed,
             bits: w,
-            count: codes.len(),
+            count: arranged.len(),
             odd,
             numerators,
             inv_denominator: 1.0 / denominator,
         })
     }
 
-    /// The values the kernels multiply by, as signed bytes in PyTorch order: the numerators
-    /// `m`, or `j` where `m` needs 9 bits (then [`numerators`](Self::numerators) says so).
-    pub(crate) fn values(&self) -> Vec<i8> {
-        let shift = 8 - self.bits;
+    /// The values the kernels multiply by, as signed bytes in the kernel's order: the
+    /// numerators `m`, or `j` where `m` needs 9 bits (then [`numerators`](Self::numerators) says
+    /// so). Eight values at a time from `w` bytes.
+    pub(crate) fn unpack(&self, out: &mut Vec<i8>) {
         let expand = self.odd && self.numerators.scale == 1;
-        unpack_shifted(&self.packed, self.count, self.bits, 0)
-            .into_iter()
-            .map(|v| {
-                // Sign-extend a `bits`-bit two's complement value.
-                let j = ((v << shift) as i8) >> shift;
-                if expand { 2 * j + 1 } else { j }
-            })
-            .collect()
+        out.clear();
+        out.reserve(self.count);
+        match (self.bits, expand) {
+            (1, e) => unpack_signed::<1>(&self.packed, self.count, e, out),
+            (2, e) => unpack_signed::<2>(&self.packed, self.count, e, out),
+            (3, e) => unpack_signed::<3>(&self.packed, self.count, e, out),
+            (4, e) => unpack_signed::<4>(&self.packed, self.count, e, out),
+            (5, e) => unpack_signed::<5>(&self.packed, self.count, e, out),
+            (6, e) => unpack_signed::<6>(&self.packed, self.count, e, out),
+            (7, e) => unpack_signed::<7>(&self.packed, self.count, e, out),
+            // Eight bits: the stored bytes are `j` itself.
+            _ => out.extend(self.packed[..self.count].iter().map(|&b| b as i8)),
+        }
     }
 
     /// Resident bytes.
     pub(crate) fn bytes(&self) -> usize {
         self.packed.len()
+    }
+}
+
+/// `count` values of `B` bits (two's complement) from `packed`, sign-extended, as `2j + 1`
+/// where `odd`.
+fn unpack_signed<const B: usize>(packed: &[u8], count: usize, odd: bool, out: &mut Vec<i8>) {
+    let shift = 8 - B as u32;
+    let extend = |v: u64| {
+        let j = ((v as u8) << shift) as i8 >> shift;
+        if odd { 2 * j + 1 } else { j }
+    };
+    // Eight values fill B whole bytes.
+    let groups = count / 8;
+    let start = out.len();
+    out.resize(start + groups * 8, 0);
+    for (dst, src) in out[start..].chunks_exact_mut(8).zip(packed.chunks_exact(B)) {
+        let mut bytes = [0u8; 8];
+        bytes[..B].copy_from_slice(src);
+        let word = u64::from_le_bytes(bytes);
+        for (i, dst) in dst.iter_mut().enumerate() {
+            *dst = extend(word >> (i * B));
+        }
+    }
+    let rest = count - groups * 8;
+    if rest > 0 {
+        let tail = unpack_shifted(&packed[groups * B..], rest, B as u8, 0);
+        out.extend(tail.into_iter().map(u64::from).map(extend));
     }
 }
 
@@ -129,7 +167,9 @@ mod tests {
     fn numerators_over_the_denominator_are_the_weights_at_every_width_and_scheme() {
         for scheme in [Scheme::Original, Scheme::Modified, Scheme::Centered] {
             for w in 1..=8u8 {
-                let codes: Vec<u8> = (0..(1u32 << w)).map(|k| k as u8).collect();
+                // Every code, several times over, and a tail shorter than eight values.
+                let levels = 1u32 << w;
+                let codes: Vec<u8> = (0..3 * levels + 5).map(|k| (k % levels) as u8).collect();
                 let mut packed = Vec::new();
                 pack(&codes, w, &mut packed);
                 let resolved = [Resolved {
@@ -144,9 +184,12 @@ mod tests {
                     bias: None,
                     alphas: &[1.0],
                 };
-                let weights = Weights::new(&part, w, scheme).unwrap();
+                let weights = Weights::new(&part, w, scheme, |j| j).unwrap();
                 let n = weights.numerators;
-                for (&k, &v) in codes.iter().zip(&weights.values()) {
+                let mut values = Vec::new();
+                weights.unpack(&mut values);
+                assert_eq!(values.len(), codes.len());
+                for (&k, &v) in codes.iter().zip(&values) {
                     // The numerator of a single input q = 1: a·v + c.
                     let m = n.scale * i32::from(v) + n.plus_inputs;
                     let found = f64::from(m) * f64::from(weights.inv_denominator);

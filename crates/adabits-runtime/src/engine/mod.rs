@@ -24,7 +24,7 @@ use rayon::prelude::*;
 pub use kernels::Isa;
 
 use crate::format::{Artifact, LayerPayload, QuantPayload};
-use crate::graph::{InputTransform, LinearEval, LinearNode, Node, Scheme, Shape};
+use crate::graph::{ConvNode, InputTransform, LinearEval, LinearNode, Node, Scheme, Shape};
 use conv::{ConvWeights, Epilogue, Geometry};
 use layer::Weights;
 use quantize::InputCodes;
@@ -182,8 +182,12 @@ impl IntRuntime {
                         Some(LayerPayload::Norm(norm)) => norm.entry(graph.norm.resolved[position]),
                         _ => unreachable!("a checked artifact has a part per BatchNorm"),
                     });
+                    let g = geometry(conv, [0, 0], [0, 0]);
+                    let isa = self.isa;
                     let (weights, input, factor, s) =
-                        quantized(graph, &part, conv.policy, position)?;
+                        quantized(graph, &part, conv.policy, position, |j| {
+                            ConvWeights::arrange(isa, j, &g)
+                        })?;
                     let out = conv.channels[1];
                     // (sum·factor·s + bias), then the BatchNorm's x·scale + shift.
                     let (mut mult, mut add) = (Vec::with_capacity(out), Vec::with_capacity(out));
@@ -205,7 +209,7 @@ impl IntRuntime {
                         unreachable!("a checked artifact has a part per layer")
                     };
                     let (weights, input, factor, s) =
-                        quantized(graph, &part, linear.policy, position)?;
+                        quantized(graph, &part, linear.policy, position, |j| j)?;
                     let out = linear.features[1];
                     // The official evaluation form (P1): weight ŵ, bias / s; the training
                     // form: weight s·ŵ, bias.
@@ -249,6 +253,16 @@ impl IntRuntime {
         batch: usize,
         [h, w]: [usize; 2],
     ) -> Result<Vec<f32>, RuntimeError> {
+        in_pool(|| self.forward_in_pool(images, batch, [h, w]))
+    }
+
+    /// [`forward`](Self::forward), on a thread of the pool.
+    fn forward_in_pool(
+        &self,
+        images: &[f32],
+        batch: usize,
+        [h, w]: [usize; 2],
+    ) -> Result<Vec<f32>, RuntimeError> {
         let graph = &self.artifact.header.graph;
         let c = graph.in_channels;
         if batch == 0 || images.len() != batch * c * h * w {
@@ -267,7 +281,7 @@ impl IntRuntime {
             .enumerate()
             .map(|(i, node)| self.prepare(i, node))
             .collect();
-        let run = |images: &[f32], n: usize| self.run(images, n, c, &shapes, &prepared);
+        let run = |images: &[f32], n: usize| self.run(images, n, c, &shapes, &prepared, None);
         if batch == 1 {
             return run(images, 1);
         }
@@ -278,33 +292,94 @@ impl IntRuntime {
         Ok(logits.concat())
     }
 
+    /// Times every node of the graph on `images` (as [`forward`](Self::forward) takes them),
+    /// one image after another with each layer on every thread: per node, its name (or
+    /// operation), milliseconds summed over the images, and multiply-accumulates per image;
+    /// first, the time to lay out the weights for the kernels (once per call).
+    ///
+    /// # Errors
+    ///
+    /// As [`forward`](Self::forward).
+    pub fn profile(
+        &self,
+        images: &[f32],
+        batch: usize,
+        [h, w]: [usize; 2],
+    ) -> Result<Vec<NodeTime>, RuntimeError> {
+        let graph = &self.artifact.header.graph;
+        let c = graph.in_channels;
+        self.forward(images, batch, [h, w])?;
+        let shapes = graph.check([h, w]).map_err(RuntimeError::Input)?;
+        let start = std::time::Instant::now();
+        let prepared: Vec<Option<Prepared>> = in_pool(|| {
+            graph
+                .nodes
+                .par_iter()
+                .enumerate()
+                .map(|(i, node)| self.prepare(i, node))
+                .collect()
+        });
+        let layout_ms = start.elapsed().as_secs_f64() * 1e3;
+        let mut times = vec![0.0; graph.nodes.len()];
+        in_pool(|| {
+            for image in images.chunks(c * h * w) {
+                self.run(image, 1, c, &shapes, &prepared, Some(&mut times))?;
+            }
+            Ok::<_, RuntimeError>(())
+        })?;
+        let layout = NodeTime {
+            name: "(weights laid out, once per call)".into(),
+            ms: layout_ms,
+            macs: 0,
+        };
+        Ok(std::iter::once(layout)
+            .chain(graph.nodes.iter().enumerate().map(|(i, node)| {
+                let (name, macs) = match (node, shapes[i + 1]) {
+                    (Node::Conv(conv), Shape::Map([co, oh, ow])) => (
+                        conv.name.clone(),
+                        (co * oh * ow * conv.channels[0] / conv.groups
+                            * conv.kernel[0]
+                            * conv.kernel[1]) as u64,
+                    ),
+                    (Node::Linear(l), _) => {
+                        (l.name.clone(), (l.features[0] * l.features[1]) as u64)
+                    }
+                    (Node::Relu { .. }, _) => ("relu".into(), 0),
+                    (Node::Add { .. }, _) => ("add".into(), 0),
+                    (Node::MaxPool { .. }, _) => ("max_pool".into(), 0),
+                    (Node::GlobalAvgPool { .. }, _) => ("global_avg_pool".into(), 0),
+                    (Node::Conv(conv), _) => (conv.name.clone(), 0),
+                };
+                NodeTime {
+                    name,
+                    ms: times[i],
+                    macs,
+                }
+            }))
+            .collect())
+    }
+
     /// The kernels' form of node `i`'s weights and its epilogue.
     fn prepare(&self, i: usize, node: &Node) -> Option<Prepared> {
         let active = self.active[i].as_ref()?;
         let numerators = active.weights.numerators;
-        let values = active.weights.values();
+        let mut values = Vec::new();
+        active.weights.unpack(&mut values);
         Some(match node {
-            Node::Conv(conv) => {
-                let g = Geometry {
-                    cin: conv.channels[0],
-                    cout: conv.channels[1],
-                    kernel: conv.kernel,
-                    stride: conv.stride,
-                    padding: conv.padding,
-                    groups: conv.groups,
-                    input: [0, 0],
-                    output: [0, 0],
-                };
-                Prepared::Conv(
-                    ConvWeights::new(self.isa, &values, numerators, &g),
-                    Epilogue {
-                        numerators,
-                        mult: active.mult.clone(),
-                        add: active.add.clone(),
-                        relu: self.fused_relu[i],
-                    },
-                )
-            }
+            Node::Conv(conv) => Prepared::Conv(
+                ConvWeights::from_arranged(
+                    self.isa,
+                    values,
+                    numerators,
+                    &geometry(conv, [0, 0], [0, 0]),
+                ),
+                Epilogue {
+                    numerators,
+                    mult: active.mult.clone(),
+                    add: active.add.clone(),
+                    relu: self.fused_relu[i],
+                },
+            ),
             _ => Prepared::Linear(
                 values
                     .iter()
@@ -322,6 +397,7 @@ impl IntRuntime {
         c: usize,
         shapes: &[Shape],
         prepared: &[Option<Prepared>],
+        mut times: Option<&mut [f64]>,
     ) -> Result<Vec<f32>, RuntimeError> {
         let graph = &self.artifact.header.graph;
         let Shape::Map([_, h, w]) = shapes[0] else {
@@ -339,6 +415,7 @@ impl IntRuntime {
         let mut codes = Vec::new();
         let produced = "a value is produced before it is read";
         for (i, node) in graph.nodes.iter().enumerate() {
+            let start = std::time::Instant::now();
             let inputs = node.inputs(i);
             let take = |values: &mut Vec<Option<Vec<f32>>>, v: usize| -> Vec<f32> {
                 if last_use[v] == i && inputs.iter().filter(|&&u| u == v).count() == 1 {
@@ -364,16 +441,7 @@ impl IntRuntime {
                     else {
                         unreachable!("a checked graph's convolutions map maps to maps")
                     };
-                    let g = Geometry {
-                        cin: conv.channels[0],
-                        cout,
-                        kernel: conv.kernel,
-                        stride: conv.stride,
-                        padding: conv.padding,
-                        groups: conv.groups,
-                        input: [ih, iw],
-                        output: [oh, ow],
-                    };
+                    let g = geometry(conv, [ih, iw], [oh, ow]);
                     let mut out = vec![0.0; batch * oh * ow * cout];
                     conv::conv(&codes, batch, &g, weights, epilogue, &mut out);
                     out
@@ -436,9 +504,23 @@ impl IntRuntime {
                 }
             }
             values[i + 1] = Some(out);
+            if let Some(times) = times.as_deref_mut() {
+                times[i] += start.elapsed().as_secs_f64() * 1e3;
+            }
         }
         Ok(values.pop().flatten().unwrap_or_default())
     }
+}
+
+/// One node's share of [`IntRuntime::profile`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeTime {
+    /// The layer's name, or the operation's.
+    pub name: String,
+    /// Milliseconds, summed over the images.
+    pub ms: f64,
+    /// Multiply-accumulates per image (0 for operations without weights).
+    pub macs: u64,
 }
 
 /// A layer's weights in the kernels' layout, made for one forward call.
@@ -450,6 +532,20 @@ enum Prepared {
     Linear(Vec<i32>),
 }
 
+/// The shape of convolution `conv` on `input`-sized maps.
+fn geometry(conv: &ConvNode, input: [usize; 2], output: [usize; 2]) -> Geometry {
+    Geometry {
+        cin: conv.channels[0],
+        cout: conv.channels[1],
+        kernel: conv.kernel,
+        stride: conv.stride,
+        padding: conv.padding,
+        groups: conv.groups,
+        input,
+        output,
+    }
+}
+
 /// A quantized layer's weights at the model's bit-width at `position`, its input codes, the
 /// factor `step / D` of its sums and its weight scale `s`.
 fn quantized(
@@ -457,11 +553,12 @@ fn quantized(
     part: &QuantPayload<'_>,
     policy: usize,
     position: usize,
+    arrange: impl FnOnce(Vec<i8>) -> Vec<i8>,
 ) -> Result<(Weights, InputCodes, f32, f32), RuntimeError> {
     let r = graph
         .resolved(policy, position)
         .expect("a checked graph's policies cover every bit-width");
-    let weights = Weights::new(part, r.weight_bits, graph.weight_scheme)
+    let weights = Weights::new(part, r.weight_bits, graph.weight_scheme, arrange)
         .ok_or_else(|| RuntimeError::Unsupported(format!("no codes for {} bits", r.weight_bits)))?;
     let input = if r.act_bits == 32 {
         InputCodes::Integers
@@ -475,6 +572,17 @@ fn quantized(
     let s = part.scale(r.weight_bits).unwrap_or(1.0);
     let factor = input.step() * weights.inv_denominator;
     Ok((weights, input, factor, s))
+}
+
+/// Runs `f` on a thread of rayon's pool: the parallel loops inside it then hand work to the
+/// other threads without a round trip through the caller's thread for each loop (which costs
+/// tens of microseconds per layer: a wake-up and a sleep of the caller).
+fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        f()
+    } else {
+        rayon::join(f, || ()).0
+    }
 }
 
 /// Per node: whether it is a convolution whose output only the ReLU right after it reads.

@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::kernels::{self, Isa};
+use super::kernels::{self, Isa, Wide};
 use crate::graph::Scheme;
 
 /// How a layer turns its input into codes.
@@ -60,19 +60,17 @@ impl InputCodes {
                 out.par_chunks_mut(CHUNK)
                     .zip(x.par_chunks(CHUNK))
                     .for_each(|(out, x)| {
-                        kernels::wide(isa, || {
-                            if original {
-                                // round(v·(2^b − 1))
-                                for (q, &x) in out.iter_mut().zip(x) {
-                                    *q = round_even(x.clamp(0.0, alpha) * per_unit) as u8;
-                                }
-                            } else {
-                                // min(⌊v·2^b⌋, 2^b − 1)
-                                for (q, &x) in out.iter_mut().zip(x) {
-                                    *q = floor_pos(x.clamp(0.0, alpha) * per_unit).min(top) as u8;
-                                }
-                            }
-                        });
+                        kernels::wide(
+                            isa,
+                            PactLoop {
+                                x,
+                                out,
+                                alpha,
+                                per_unit,
+                                top,
+                                original,
+                            },
+                        );
                     });
                 Ok(())
             }
@@ -84,6 +82,45 @@ impl InputCodes {
                     *q = v as u8;
                 }
                 Ok(())
+            }
+        }
+    }
+}
+
+/// One chunk of PACT codes.
+struct PactLoop<'a> {
+    x: &'a [f32],
+    out: &'a mut [u8],
+    alpha: f32,
+    per_unit: f32,
+    top: f32,
+    original: bool,
+}
+
+impl Wide for PactLoop<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let Self {
+            x,
+            out,
+            alpha,
+            per_unit,
+            top,
+            original,
+        } = self;
+        // Through `i32`: a float-to-byte cast saturates lane by lane and does not vectorise;
+        // the levels are whole numbers in 0..=255, where both casts are exact.
+        if original {
+            // round(v·(2^b − 1))
+            for (q, &x) in out.iter_mut().zip(x) {
+                *q = round_even(x.clamp(0.0, alpha) * per_unit) as i32 as u8;
+            }
+        } else {
+            // min(⌊v·2^b⌋, 2^b − 1)
+            for (q, &x) in out.iter_mut().zip(x) {
+                *q = floor_pos(x.clamp(0.0, alpha) * per_unit).min(top) as i32 as u8;
             }
         }
     }

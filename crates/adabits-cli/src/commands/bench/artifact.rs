@@ -89,3 +89,48 @@ pub(super) fn engines(
     }
     Ok((rows, isa))
 }
+
+/// One node of the integer runtime's profile at one bit-width.
+#[derive(Debug, serde::Serialize)]
+pub(super) struct ProfileRow {
+    /// The bit-width.
+    pub(super) bits: u8,
+    /// The layer's name, or the operation's.
+    pub(super) node: String,
+    /// Milliseconds per image (the weights' layout: per call).
+    pub(super) ms: f64,
+    /// Multiply-accumulates per image.
+    pub(super) macs: u64,
+    /// Billions of multiply-accumulates per second.
+    pub(super) gmacs: f64,
+}
+
+/// The integer runtime's time per node at every bit-width, over `batch` images run one after
+/// another (each layer on every thread).
+pub(super) fn profile(path: &Path, batch: usize) -> anyhow::Result<Vec<ProfileRow>> {
+    let artifact = Artifact::read(path)?;
+    let graph = &artifact.header.graph;
+    let [h, w] = graph.input_size;
+    let c = graph.in_channels;
+    let bits = graph.bits.clone();
+    let mut int = IntRuntime::new(artifact)?;
+    let pixels: Vec<f32> = (0..batch * c * h * w)
+        .map(|i| ((i as u64 * 2_654_435_761) % 1000) as f32 / 999.0)
+        .collect();
+    let mut rows = Vec::new();
+    for b in bits {
+        int.set_bits(b)?;
+        for (i, t) in int.profile(&pixels, batch, [h, w])?.into_iter().enumerate() {
+            // The first row is once per call, the others per image summed over the batch.
+            let ms = if i == 0 { t.ms } else { t.ms / batch as f64 };
+            rows.push(ProfileRow {
+                bits: b,
+                gmacs: t.macs as f64 / (ms * 1e-3) / 1e9,
+                node: t.name,
+                ms,
+                macs: t.macs,
+            });
+        }
+    }
+    Ok(rows)
+}

@@ -52,6 +52,10 @@ pub(crate) struct Bench {
     /// every bit-width, at batch 1 and `--batch`.
     #[arg(long, value_name = "FILE")]
     artifact: Option<std::path::PathBuf>,
+    /// With --artifact: time each layer of the integer runtime instead (per image, over
+    /// --batch images run one after another).
+    #[arg(long, requires = "artifact")]
+    profile: bool,
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -61,6 +65,26 @@ pub(crate) struct Bench {
 pub(crate) fn run(args: Bench) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.iters > 0, "--iters must be at least 1");
     let device = args.device.device();
+    if let (Some(path), true) = (&args.artifact, args.profile) {
+        let rows = artifact::profile(path, args.batch)?;
+        if args.json {
+            print_json(
+                &serde_json::json!({ "artifact": path.display().to_string(), "profile": rows }),
+            )?;
+        } else {
+            println!(
+                "{:>5} {:<36} {:>10} {:>12} {:>9}",
+                "bits", "node", "ms/image", "MACs", "GMAC/s"
+            );
+            for r in &rows {
+                println!(
+                    "{:>5} {:<36} {:>10.4} {:>12} {:>9.1}",
+                    r.bits, r.node, r.ms, r.macs, r.gmacs
+                );
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Some(path) = &args.artifact {
         let (rows, isa) = artifact::engines(path, &device, args.batch, args.iters)?;
         let threads = rayon::current_num_threads();

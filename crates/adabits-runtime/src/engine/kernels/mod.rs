@@ -9,23 +9,38 @@ mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-/// Runs `f` with the widest vectors this CPU has (AVX-512 where present), for the
-/// element-wise loops it inlines; the results are the same on every path.
+/// An element-wise loop that [`wide`] compiles for the widest vectors the CPU has: its `run`
+/// must be `#[inline(always)]`, so that it is compiled inside the caller with the CPU's
+/// features (a closure would not be).
+pub(crate) trait Wide {
+    /// What the loop returns.
+    type Output;
+    /// The loop.
+    fn run(self) -> Self::Output;
+}
+
+/// Runs `work` with the widest vectors this CPU has (AVX-512 where present) unless `isa` is
+/// the portable one; the results are the same on every path.
 #[inline(always)]
-pub(crate) fn wide<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
+pub(crate) fn wide<W: Wide>(isa: Isa, work: W) -> W::Output {
     match isa {
-        Isa::Scalar => f(),
+        Isa::Scalar => work.run(),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => x86::wide(f),
+        Isa::Avx512Vnni => x86::wide(work),
         #[cfg(not(target_arch = "x86_64"))]
-        Isa::Avx512Vnni => f(),
+        Isa::Avx512Vnni => work.run(),
     }
 }
 
-/// Channels per packed weight panel (the fast kernels' register tile width).
-pub(crate) const PANEL: usize = 32;
-/// Rows of activations per register tile; activation buffers are padded to a multiple.
-pub(crate) const ROWS: usize = 8;
+/// Rows of activations that buffers are padded to a multiple of: the tallest register tile.
+pub(crate) const ROWS: usize = 16;
+
+/// The fast kernels' panel width for `n` output channels: 32 (two vectors of 16 lanes, eight
+/// rows per register tile) where `n` is a multiple of 32, else 16 (one vector, sixteen rows),
+/// so that a 16- or 48-channel layer wastes no lanes.
+pub(crate) fn panel_width(n: usize) -> usize {
+    if n.is_multiple_of(32) { 32 } else { 16 }
+}
 
 /// An instruction set the kernels can use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -81,19 +96,22 @@ impl Isa {
 #[derive(Clone, Debug)]
 pub(crate) struct PackedWeights {
     isa: Isa,
-    /// The layout of `isa`: row-major `[n][kp]` (scalar), or panels of [`PANEL`] channels,
-    /// `[n / PANEL][kp / 4][PANEL][4]` with `n` padded to a whole panel (fast kernels).
+    /// The layout of `isa`: row-major `[n][kp]` (scalar), or panels of `panel` channels,
+    /// `[n / panel][kp / 4][panel][4]` with `n` padded to a whole panel (fast kernels).
     data: Vec<i8>,
+    /// Channels per panel ([`panel_width`]).
+    panel: usize,
     n: usize,
     kp: usize,
 }
 
 impl PackedWeights {
-    /// Lays out `values` (`[n][k]`, row-major) for `isa`.
-    pub(crate) fn new(isa: Isa, values: &[i8], n: usize, k: usize) -> Self {
+    /// Lays out `values` (`[n][k]`, row-major) for `isa`: the order of [`from_arranged`]
+    /// (`Self::from_arranged`), zeros in the padding slots.
+    pub(crate) fn arrange(isa: Isa, values: &[i8], n: usize, k: usize) -> Vec<i8> {
         assert_eq!(values.len(), n * k, "weights of {n}×{k}");
         let kp = k.next_multiple_of(4);
-        let data = match isa {
+        match isa {
             Isa::Scalar => {
                 let mut data = vec![0i8; n * kp];
                 for (row, src) in data.chunks_exact_mut(kp).zip(values.chunks_exact(k)) {
@@ -102,19 +120,43 @@ impl PackedWeights {
                 data
             }
             Isa::Avx512Vnni => {
-                let panels = n.div_ceil(PANEL);
-                let mut data = vec![0i8; panels * kp * PANEL];
+                let width = panel_width(n);
+                let panels = n.div_ceil(width);
+                let mut data = vec![0i8; panels * kp * width];
                 for o in 0..n {
-                    let (panel, lane) = (o / PANEL, o % PANEL);
+                    let (panel, lane) = (o / width, o % width);
                     for (i, &v) in values[o * k..(o + 1) * k].iter().enumerate() {
                         let (k4, byte) = (i / 4, i % 4);
-                        data[((panel * (kp / 4) + k4) * PANEL + lane) * 4 + byte] = v;
+                        data[((panel * (kp / 4) + k4) * width + lane) * 4 + byte] = v;
                     }
                 }
                 data
             }
+        }
+    }
+
+    /// Weights already in `isa`'s order ([`arrange`](Self::arrange)d), whatever the values
+    /// in the padding slots (the kernels discard the outputs and zero the inputs they meet).
+    pub(crate) fn from_arranged(isa: Isa, data: Vec<i8>, n: usize, k: usize) -> Self {
+        let kp = k.next_multiple_of(4);
+        let expected = match isa {
+            Isa::Scalar => n * kp,
+            Isa::Avx512Vnni => n.div_ceil(panel_width(n)) * panel_width(n) * kp,
         };
-        Self { isa, data, n, kp }
+        assert_eq!(data.len(), expected, "arranged weights of {n}×{k}");
+        Self {
+            isa,
+            data,
+            panel: panel_width(n),
+            n,
+            kp,
+        }
+    }
+
+    /// Lays out `values` (`[n][k]`, row-major) for `isa`.
+    #[cfg(test)]
+    pub(crate) fn new(isa: Isa, values: &[i8], n: usize, k: usize) -> Self {
+        Self::from_arranged(isa, Self::arrange(isa, values, n, k), n, k)
     }
 
     /// The instruction set the layout is for.
@@ -146,7 +188,71 @@ pub(crate) fn gemm(a: &[u8], rows: usize, w: &PackedWeights, out: &mut [i32]) {
     match w.isa {
         Isa::Scalar => scalar::gemm(a, rows, &w.data, w.n, w.kp, out),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => x86::gemm_vnni(a, rows, &w.data, w.n, w.kp, out),
+        Isa::Avx512Vnni if w.panel == 32 => {
+            x86::gemm_vnni::<8, 2>(a, rows, &w.data, w.n, w.kp, out);
+        }
+        Isa::Avx512Vnni => x86::gemm_vnni::<16, 1>(a, rows, &w.data, w.n, w.kp, out),
+        #[cfg(not(target_arch = "x86_64"))]
+        Isa::Avx512Vnni => unreachable!("AVX-512 is only detected on x86-64"),
+    }
+}
+
+/// A dense convolution's input for [`gemm_direct`]: a zero-padded channels-last image
+/// (`[h + 2p][w + 2p][c]` plus slack for the last tile's discarded rows), and where each tap
+/// reads relative to an output pixel's first input byte.
+#[derive(Debug)]
+pub(crate) struct Direct<'a> {
+    /// The padded image.
+    pub(crate) image: &'a [u8],
+    /// Bytes between the first input bytes of horizontally adjacent output pixels
+    /// (`stride · c`).
+    pub(crate) pixel_stride: usize,
+    /// Per tap, in (ky, kx) order: its offset in bytes.
+    pub(crate) taps: &'a [usize],
+    /// Channels (a multiple of 4).
+    pub(crate) channels: usize,
+}
+
+impl Direct<'_> {
+    /// The bytes past an output row's first input byte that a tile of [`ROWS`] pixels can read:
+    /// what the padded image must hold after the last row's start.
+    pub(crate) fn reach(pixel_stride: usize, taps: &[usize], channels: usize) -> usize {
+        ROWS * pixel_stride + taps.iter().max().copied().unwrap_or(0) + channels
+    }
+}
+
+/// `out[r][o] = Σ_tap Σ_c image[start + r·pixel_stride + taps[tap] + c] · w[o][tap·c + c]` for
+/// `rows` output pixels from byte `start`: a convolution's products straight from the padded
+/// image, without im2col rows. `w` must be laid out for a fast kernel, with `kp = taps · c`.
+///
+/// # Panics
+///
+/// Panics if `w` is laid out for the scalar kernel or a buffer is shorter than the shapes say.
+pub(crate) fn gemm_direct(
+    x: &Direct<'_>,
+    start: usize,
+    rows: usize,
+    w: &PackedWeights,
+    out: &mut [i32],
+) {
+    assert!(rows <= ROWS && out.len() >= rows * w.n);
+    assert_eq!(
+        w.kp,
+        x.taps.len() * x.channels,
+        "weights of the direct kernel"
+    );
+    assert!(
+        start + Direct::reach(x.pixel_stride, x.taps, x.channels) <= x.image.len(),
+        "the padded image ends before the tile's reach"
+    );
+    match w.isa {
+        Isa::Scalar => panic!("the direct kernel needs a fast instruction set"),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni if w.panel == 32 => {
+            x86::direct_vnni::<8, 2>(x, start, rows, &w.data, w.n, out)
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => x86::direct_vnni::<16, 1>(x, start, rows, &w.data, w.n, out),
         #[cfg(not(target_arch = "x86_64"))]
         Isa::Avx512Vnni => unreachable!("AVX-512 is only detected on x86-64"),
     }
@@ -176,7 +282,8 @@ mod tests {
         #[test]
         fn every_kernel_equals_the_definition_on_random_shapes(
             rows in 1usize..40,
-            n in 1usize..80,
+            // Both panel widths, with and without a partial panel.
+            n in prop_oneof![1usize..80, prop::sample::select(vec![16usize, 32, 48, 64, 96])],
             k in 1usize..300,
             seed in any::<u64>(),
         ) {

@@ -9,7 +9,7 @@ use std::arch::x86_64::{
     _mm512_storeu_si512,
 };
 
-use super::{PANEL, ROWS};
+use super::ROWS;
 
 /// Whether this CPU runs the AVX-512 VNNI kernels.
 pub(super) fn has_avx512_vnni() -> bool {
@@ -18,93 +18,205 @@ pub(super) fn has_avx512_vnni() -> bool {
         && std::arch::is_x86_feature_detected!("avx512vnni")
 }
 
-/// Runs `f` compiled for AVX-512 where the CPU has it: the element-wise loops it inlines
-/// (quantizers, epilogues) then use 16-lane vectors instead of SSE2's four. The results are
-/// the same bit for bit: each element's operations are the same, only more lanes run at once.
+/// Runs `work` compiled for AVX-512 where the CPU has it: its `run`, inlined here, then uses
+/// 16-lane vectors instead of SSE2's four. The results are the same bit for bit: each
+/// element's operations are the same, only more lanes run at once.
 #[inline(always)]
-pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) fn wide<W: super::Wide>(work: W) -> W::Output {
     if std::arch::is_x86_feature_detected!("avx512f")
         && std::arch::is_x86_feature_detected!("avx512bw")
     {
         // SAFETY: the CPU has AVX-512 F and BW (checked above), the features the function is
         // compiled for.
-        unsafe { wide_avx512(f) }
+        unsafe { wide_avx512(work) }
     } else {
-        f()
+        work.run()
     }
 }
 
-/// `f`, compiled with AVX-512 F and BW.
+/// `work.run()`, compiled with AVX-512 F and BW.
 ///
 /// # Safety
 ///
 /// The CPU must have AVX-512 F and BW.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,bmi2")]
-unsafe fn wide_avx512<R>(f: impl FnOnce() -> R) -> R {
-    f()
+unsafe fn wide_avx512<W: super::Wide>(work: W) -> W::Output {
+    work.run()
 }
 
-/// `out[r][o] = Σ_i a[r][i] · w[o][i]` with `w` in panels `[n / PANEL][kp / 4][PANEL][4]`.
+/// `out[r][o] = Σ_i a[r][i] · w[o][i]` with `w` in panels of `16·V` channels,
+/// `[n / 16V][kp / 4][16V][4]`, register tiles of `R` rows.
 ///
 /// The caller (`super::gemm`) has checked that `a` holds `rows` rounded up to [`ROWS`] rows of
-/// `kp` bytes and `out` `rows × n` values; the panels hold `n` rounded up to [`PANEL`].
-pub(super) fn gemm_vnni(a: &[u8], rows: usize, w: &[i8], n: usize, kp: usize, out: &mut [i32]) {
+/// `kp` bytes (`R` divides [`ROWS`]) and `out` `rows × n` values; the panels hold `n` rounded
+/// up to `16·V`.
+pub(super) fn gemm_vnni<const R: usize, const V: usize>(
+    a: &[u8],
+    rows: usize,
+    w: &[i8],
+    n: usize,
+    kp: usize,
+    out: &mut [i32],
+) {
     assert!(
         has_avx512_vnni(),
         "the AVX-512 VNNI kernel needs AVX-512 VNNI"
     );
-    let panels = n.div_ceil(PANEL);
-    assert!(w.len() >= panels * kp * PANEL);
+    assert!(ROWS.is_multiple_of(R) && kp.is_multiple_of(4));
+    let width = 16 * V;
+    let panels = n.div_ceil(width);
+    assert!(w.len() >= panels * kp * width);
     assert!(a.len() >= rows.next_multiple_of(ROWS) * kp && out.len() >= rows * n);
-    let mut tile = [0i32; ROWS * PANEL];
+    let mut tile = [[0i32; 32]; 16];
     for panel in 0..panels {
-        let weights = &w[panel * kp * PANEL..(panel + 1) * kp * PANEL];
-        let lanes = PANEL.min(n - panel * PANEL);
-        for r0 in (0..rows).step_by(ROWS) {
-            let block = &a[r0 * kp..(r0 + ROWS) * kp];
-            // SAFETY: the CPU has AVX-512 F, BW and VNNI (asserted above); `block` holds
-            // ROWS rows of `kp` bytes and `weights` kp/4 groups of PANEL×4 bytes, which is
-            // all the kernel reads; `tile` holds ROWS×PANEL values, all it writes.
-            unsafe { tile_vnni(block, weights, kp, &mut tile) };
-            for r in 0..ROWS.min(rows - r0) {
-                let dst = &mut out[(r0 + r) * n + panel * PANEL..][..lanes];
-                dst.copy_from_slice(&tile[r * PANEL..r * PANEL + lanes]);
+        let weights = &w[panel * kp * width..(panel + 1) * kp * width];
+        let lanes = width.min(n - panel * width);
+        for r0 in (0..rows).step_by(R) {
+            let block = &a[r0 * kp..(r0 + R) * kp];
+            // SAFETY: the CPU has AVX-512 F, BW and VNNI (asserted above); `block` holds R
+            // rows of `kp` bytes and `weights` kp/4 groups of 16V×4 bytes, all the kernel
+            // reads; each of the R ≤ 16 rows of `tile` holds 32 ≥ 16V values.
+            unsafe { tile_vnni::<R, V>(block, weights, kp, &mut tile) };
+            for r in 0..R.min(rows - r0) {
+                let dst = &mut out[(r0 + r) * n + panel * width..][..lanes];
+                dst.copy_from_slice(&tile[r][..lanes]);
             }
         }
     }
 }
 
-/// One register tile: `ROWS` rows of activations against one panel of `PANEL` channels.
+/// One register tile: `R` rows of activations against one panel of `16·V` channels.
 ///
 /// # Safety
 ///
-/// The CPU must have AVX-512 F, BW and VNNI; `block` must hold `ROWS · kp` bytes, `weights`
-/// `kp · PANEL` bytes, and `kp` must be a multiple of 4.
+/// The CPU must have AVX-512 F, BW and VNNI; `block` must hold `R · kp` bytes, `weights`
+/// `kp · 16V` bytes, `kp` must be a multiple of 4, and `R ≤ 16`, `V ≤ 2`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn tile_vnni(block: &[u8], weights: &[i8], kp: usize, tile: &mut [i32; ROWS * PANEL]) {
-    debug_assert!(block.len() >= ROWS * kp && weights.len() >= kp * PANEL && kp.is_multiple_of(4));
-    let mut acc: [[__m512i; 2]; ROWS] = [[_mm512_setzero_si512(); 2]; ROWS];
+unsafe fn tile_vnni<const R: usize, const V: usize>(
+    block: &[u8],
+    weights: &[i8],
+    kp: usize,
+    tile: &mut [[i32; 32]; 16],
+) {
+    debug_assert!(block.len() >= R * kp && weights.len() >= kp * 16 * V && R <= 16 && V <= 2);
+    let mut acc: [[__m512i; V]; R] = [[_mm512_setzero_si512(); V]; R];
     let a = block.as_ptr();
     let b = weights.as_ptr();
     for k4 in 0..kp / 4 {
-        // SAFETY: k4 < kp/4, so the two 64-byte loads end within `weights` (kp·PANEL bytes)
-        // and each 4-byte read within its row of `block`.
+        // SAFETY: k4 < kp/4, so the V 64-byte loads end within `weights` (kp·16V bytes) and
+        // each 4-byte read within its row of `block`.
         unsafe {
-            let w0 = _mm512_loadu_si512(b.add(k4 * PANEL * 4).cast());
-            let w1 = _mm512_loadu_si512(b.add(k4 * PANEL * 4 + 64).cast());
+            let mut w = [_mm512_setzero_si512(); V];
+            for (v, w) in w.iter_mut().enumerate() {
+                *w = _mm512_loadu_si512(b.add((k4 * V + v) * 64).cast());
+            }
             for (r, acc) in acc.iter_mut().enumerate() {
                 let x = a.add(r * kp + k4 * 4).cast::<i32>().read_unaligned();
                 let x = _mm512_set1_epi32(x);
-                acc[0] = _mm512_dpbusd_epi32(acc[0], x, w0);
-                acc[1] = _mm512_dpbusd_epi32(acc[1], x, w1);
+                for (acc, &w) in acc.iter_mut().zip(&w) {
+                    *acc = _mm512_dpbusd_epi32(*acc, x, w);
+                }
             }
         }
     }
-    for (r, acc) in acc.iter().enumerate() {
-        // SAFETY: row r of the tile is PANEL = 32 values, two 64-byte stores.
-        unsafe {
-            _mm512_storeu_si512(tile.as_mut_ptr().add(r * PANEL).cast(), acc[0]);
-            _mm512_storeu_si512(tile.as_mut_ptr().add(r * PANEL + 16).cast(), acc[1]);
+    for (row, acc) in tile.iter_mut().zip(&acc) {
+        for (v, &acc) in acc.iter().enumerate() {
+            // SAFETY: a row of the tile is 32 values; vector v < 2 covers 16v..16v + 16.
+            unsafe { _mm512_storeu_si512(row.as_mut_ptr().add(16 * v).cast(), acc) };
+        }
+    }
+}
+
+/// [`super::gemm_direct`] for panels of `16·V` channels, register tiles of `R` rows.
+///
+/// The caller has checked that `rows ≤ ROWS`, that the image holds the tile's reach from
+/// `start` ([`super::Direct::reach`]), that `out` holds `rows × n` values and that the weights'
+/// `kp` is `taps · channels`.
+pub(super) fn direct_vnni<const R: usize, const V: usize>(
+    x: &super::Direct<'_>,
+    start: usize,
+    rows: usize,
+    w: &[i8],
+    n: usize,
+    out: &mut [i32],
+) {
+    assert!(
+        has_avx512_vnni(),
+        "the AVX-512 VNNI kernel needs AVX-512 VNNI"
+    );
+    assert!(x.channels.is_multiple_of(4) && R <= ROWS && V <= 2);
+    let width = 16 * V;
+    let kp = x.taps.len() * x.channels;
+    let panels = n.div_ceil(width);
+    assert!(w.len() >= panels * kp * width);
+    assert!(start + super::Direct::reach(x.pixel_stride, x.taps, x.channels) <= x.image.len());
+    let mut tile = [[0i32; 32]; 16];
+    for panel in 0..panels {
+        let weights = &w[panel * kp * width..(panel + 1) * kp * width];
+        let lanes = width.min(n - panel * width);
+        for r0 in (0..rows).step_by(R) {
+            // SAFETY: the CPU has AVX-512 F, BW and VNNI (asserted above); every byte the tile
+            // reads, start + (r0 + r)·pixel_stride + tap + c with r < R, r0 + R ≤ ROWS,
+            // lies within the reach asserted above; `weights` holds kp/4 groups of 16V×4
+            // bytes; each of the R ≤ 16 rows of `tile` holds 32 ≥ 16V values.
+            unsafe {
+                direct_tile::<R, V>(x, start + r0 * x.pixel_stride, weights, &mut tile);
+            }
+            for r in 0..R.min(rows - r0) {
+                let dst = &mut out[(r0 + r) * n + panel * width..][..lanes];
+                dst.copy_from_slice(&tile[r][..lanes]);
+            }
+        }
+    }
+}
+
+/// One register tile of the direct kernel: `R` output pixels from byte `start`.
+///
+/// # Safety
+///
+/// The CPU must have AVX-512 F, BW and VNNI; the image must hold every byte
+/// `start + r·pixel_stride + tap + c` for `r < R`; `weights` must hold `taps · channels / 4`
+/// groups of `16V × 4` bytes; `R ≤ 16`, `V ≤ 2`, `channels` a multiple of 4.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn direct_tile<const R: usize, const V: usize>(
+    x: &super::Direct<'_>,
+    start: usize,
+    weights: &[i8],
+    tile: &mut [[i32; 32]; 16],
+) {
+    let mut acc: [[__m512i; V]; R] = [[_mm512_setzero_si512(); V]; R];
+    let b = weights.as_ptr();
+    let c4 = x.channels / 4;
+    let mut k4 = 0;
+    for &tap in x.taps {
+        // SAFETY: the caller guarantees the reach of every row and tap.
+        let a = unsafe { x.image.as_ptr().add(start + tap) };
+        for c in 0..c4 {
+            // SAFETY: k4 < taps·c4 = kp/4, so the loads end within `weights`; the 4-byte read
+            // at a + r·pixel_stride + 4c is within the reach (c < c4).
+            unsafe {
+                let mut w = [_mm512_setzero_si512(); V];
+                for (v, w) in w.iter_mut().enumerate() {
+                    *w = _mm512_loadu_si512(b.add((k4 * V + v) * 64).cast());
+                }
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let q = a
+                        .add(r * x.pixel_stride + 4 * c)
+                        .cast::<i32>()
+                        .read_unaligned();
+                    let q = _mm512_set1_epi32(q);
+                    for (acc, &w) in acc.iter_mut().zip(&w) {
+                        *acc = _mm512_dpbusd_epi32(*acc, q, w);
+                    }
+                }
+            }
+            k4 += 1;
+        }
+    }
+    for (row, acc) in tile.iter_mut().zip(&acc) {
+        for (v, &acc) in acc.iter().enumerate() {
+            // SAFETY: a row of the tile is 32 values; vector v < 2 covers 16v..16v + 16.
+            unsafe { _mm512_storeu_si512(row.as_mut_ptr().add(16 * v).cast(), acc) };
         }
     }
 }
