@@ -131,6 +131,9 @@ impl ConvWeights {
 }
 
 /// Runs one convolution on `codes` (`[n][h][w][cin]`) into `out` (`[n][ho][wo][cout]`).
+///
+/// `split` is the fewest items a parallel task takes: 1 spreads the layer over the pool,
+/// `usize::MAX` keeps it on the calling thread (when the pool is busy with other images).
 pub(crate) fn conv(
     codes: &[u8],
     batch: usize,
@@ -138,10 +141,11 @@ pub(crate) fn conv(
     weights: &ConvWeights,
     epilogue: &Epilogue,
     out: &mut [f32],
+    split: usize,
 ) {
     match weights {
-        ConvWeights::Dense(w) => dense(codes, batch, g, w, epilogue, out),
-        ConvWeights::Grouped(w) => grouped(codes, batch, g, w, epilogue, out),
+        ConvWeights::Dense(w) => dense(codes, batch, g, w, epilogue, out, split),
+        ConvWeights::Grouped(w) => grouped(codes, batch, g, w, epilogue, out, split),
     }
 }
 
@@ -155,6 +159,7 @@ fn direct(
     w: &PackedWeights,
     epilogue: &Epilogue,
     out: &mut [f32],
+    split: usize,
 ) {
     let [h, wi] = g.input;
     let [ho, wo] = g.output;
@@ -194,6 +199,7 @@ fn direct(
             channels: c,
         };
         out.par_chunks_mut(wo * n)
+            .with_min_len(split)
             .enumerate()
             .for_each(|(oy, out)| {
                 SCRATCH.with_borrow_mut(|scratch| {
@@ -238,15 +244,17 @@ fn dense(
     w: &PackedWeights,
     epilogue: &Epilogue,
     out: &mut [f32],
+    split: usize,
 ) {
     if w.isa() != Isa::Scalar && g.cin.is_multiple_of(4) {
-        return direct(codes, batch, g, w, epilogue, out);
+        return direct(codes, batch, g, w, epilogue, out, split);
     }
     let [ho, wo] = g.output;
     let total = batch * ho * wo;
     let n = w.n();
     out[..total * n]
         .par_chunks_mut(TASK_ROWS * n)
+        .with_min_len(split)
         .enumerate()
         .for_each(|(task, out)| {
             SCRATCH.with_borrow_mut(|scratch| {
@@ -385,6 +393,7 @@ fn grouped(
     w: &[i32],
     epilogue: &Epilogue,
     out: &mut [f32],
+    split: usize,
 ) {
     let [ho, wo] = g.output;
     let [h, wi] = g.input;
@@ -401,6 +410,7 @@ fn grouped(
     };
     out[..batch * pixels * g.cout]
         .par_chunks_mut(g.cout)
+        .with_min_len(split)
         .enumerate()
         .for_each(|(p, out)| {
             let (image, pixel) = (p / pixels, p % pixels);
@@ -516,7 +526,7 @@ mod tests {
             for isa in Isa::available() {
                 let weights = ConvWeights::new(isa, &values, numerators, &g);
                 let mut out = vec![f32::NAN; expected.len()];
-                conv(&codes, batch, &g, &weights, &epilogue, &mut out);
+                conv(&codes, batch, &g, &weights, &epilogue, &mut out, 1);
                 let found: Vec<i64> = out.iter().map(|&v| v as i64).collect();
                 prop_assert_eq!(&found, &expected, "{:?} {:?}", isa, g);
             }

@@ -281,13 +281,15 @@ impl IntRuntime {
             .enumerate()
             .map(|(i, node)| self.prepare(i, node))
             .collect();
-        let run = |images: &[f32], n: usize| self.run(images, n, c, &shapes, &prepared, None);
+        let run = |images: &[f32], n: usize, split: usize| {
+            self.run(images, n, c, &shapes, &prepared, None, split)
+        };
         if batch == 1 {
-            return run(images, 1);
+            return run(images, 1, 1);
         }
         let logits: Vec<Vec<f32>> = images
             .par_chunks(c * h * w)
-            .map(|image| run(image, 1))
+            .map(|image| run(image, 1, usize::MAX))
             .collect::<Result<_, _>>()?;
         Ok(logits.concat())
     }
@@ -323,7 +325,7 @@ impl IntRuntime {
         let mut times = vec![0.0; graph.nodes.len()];
         in_pool(|| {
             for image in images.chunks(c * h * w) {
-                self.run(image, 1, c, &shapes, &prepared, Some(&mut times))?;
+                self.run(image, 1, c, &shapes, &prepared, Some(&mut times), 1)?;
             }
             Ok::<_, RuntimeError>(())
         })?;
@@ -389,7 +391,8 @@ impl IntRuntime {
         })
     }
 
-    /// Runs the graph on `batch` images (`[batch][c][h·w]`) with the prepared layers.
+    /// Runs the graph on `batch` images (`[batch][c][h·w]`) with the prepared layers, each
+    /// layer's parallel tasks at least `split` items long (`usize::MAX`: on this thread).
     fn run(
         &self,
         images: &[f32],
@@ -398,6 +401,7 @@ impl IntRuntime {
         shapes: &[Shape],
         prepared: &[Option<Prepared>],
         mut times: Option<&mut [f64]>,
+        split: usize,
     ) -> Result<Vec<f32>, RuntimeError> {
         let graph = &self.artifact.header.graph;
         let Shape::Map([_, h, w]) = shapes[0] else {
@@ -424,80 +428,84 @@ impl IntRuntime {
                     values[v].clone().expect(produced)
                 }
             };
-            let out = match (node, &prepared[i]) {
-                (Node::Conv(conv), Some(Prepared::Conv(weights, epilogue))) => {
-                    let active = self.active[i]
-                        .as_ref()
-                        .expect("set_bits prepared every layer");
-                    let x = values[inputs[0]].as_ref().expect(produced);
-                    active.input.codes(self.isa, x, &mut codes).map_err(|v| {
+            let out =
+                match (node, &prepared[i]) {
+                    (Node::Conv(conv), Some(Prepared::Conv(weights, epilogue))) => {
+                        let active = self.active[i]
+                            .as_ref()
+                            .expect("set_bits prepared every layer");
+                        let x = values[inputs[0]].as_ref().expect(produced);
+                        active.input.codes(self.isa, x, &mut codes, split).map_err(|v| {
                         RuntimeError::Input(format!(
                             "layer `{}` takes the pixel values 0..255 as they are, found {v}",
                             conv.name
                         ))
                     })?;
-                    let (Shape::Map([_, ih, iw]), Shape::Map([cout, oh, ow])) =
-                        (shapes[inputs[0]], shapes[i + 1])
-                    else {
-                        unreachable!("a checked graph's convolutions map maps to maps")
-                    };
-                    let g = geometry(conv, [ih, iw], [oh, ow]);
-                    let mut out = vec![0.0; batch * oh * ow * cout];
-                    conv::conv(&codes, batch, &g, weights, epilogue, &mut out);
-                    out
-                }
-                (Node::Linear(linear), Some(Prepared::Linear(m))) => {
-                    let active = self.active[i]
-                        .as_ref()
-                        .expect("set_bits prepared every layer");
-                    let x = values[inputs[0]].as_ref().expect(produced);
-                    active.input.codes(self.isa, x, &mut codes).map_err(|v| {
-                        RuntimeError::Input(format!(
-                            "layer `{}` takes integers 0..255 as they are, found {v}",
-                            linear.name
-                        ))
-                    })?;
-                    run_linear(linear, active, m, &codes, batch)
-                }
-                (Node::Relu { .. }, _) => {
-                    let mut x = take(&mut values, inputs[0]);
-                    if !(i > 0 && self.fused_relu[i - 1]) {
-                        x.iter_mut().for_each(|v| *v = v.max(0.0));
+                        let (Shape::Map([_, ih, iw]), Shape::Map([cout, oh, ow])) =
+                            (shapes[inputs[0]], shapes[i + 1])
+                        else {
+                            unreachable!("a checked graph's convolutions map maps to maps")
+                        };
+                        let g = geometry(conv, [ih, iw], [oh, ow]);
+                        let mut out = vec![0.0; batch * oh * ow * cout];
+                        conv::conv(&codes, batch, &g, weights, epilogue, &mut out, split);
+                        out
                     }
-                    x
-                }
-                (Node::Add { .. }, _) => {
-                    let mut a = take(&mut values, inputs[0]);
-                    let b = values[inputs[1]].as_ref().expect(produced);
-                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-                    a
-                }
-                (
-                    Node::MaxPool {
-                        kernel,
-                        stride,
-                        padding,
-                        ..
-                    },
-                    _,
-                ) => {
-                    let x = values[inputs[0]].as_ref().expect(produced);
-                    let (Shape::Map([c, ih, iw]), Shape::Map([_, oh, ow])) =
-                        (shapes[inputs[0]], shapes[i + 1])
-                    else {
-                        unreachable!("a checked graph pools a map")
-                    };
-                    max_pool(x, batch, c, [ih, iw], [oh, ow], *kernel, *stride, *padding)
-                }
-                (Node::GlobalAvgPool { .. }, _) => {
-                    let x = values[inputs[0]].as_ref().expect(produced);
-                    let Shape::Map([c, ih, iw]) = shapes[inputs[0]] else {
-                        unreachable!("a checked graph pools a map")
-                    };
-                    global_avg_pool(x, batch, c, ih * iw)
-                }
-                _ => unreachable!("forward prepared every layer"),
-            };
+                    (Node::Linear(linear), Some(Prepared::Linear(m))) => {
+                        let active = self.active[i]
+                            .as_ref()
+                            .expect("set_bits prepared every layer");
+                        let x = values[inputs[0]].as_ref().expect(produced);
+                        active
+                            .input
+                            .codes(self.isa, x, &mut codes, split)
+                            .map_err(|v| {
+                                RuntimeError::Input(format!(
+                                    "layer `{}` takes integers 0..255 as they are, found {v}",
+                                    linear.name
+                                ))
+                            })?;
+                        run_linear(linear, active, m, &codes, batch, split)
+                    }
+                    (Node::Relu { .. }, _) => {
+                        let mut x = take(&mut values, inputs[0]);
+                        if !(i > 0 && self.fused_relu[i - 1]) {
+                            x.iter_mut().for_each(|v| *v = v.max(0.0));
+                        }
+                        x
+                    }
+                    (Node::Add { .. }, _) => {
+                        let mut a = take(&mut values, inputs[0]);
+                        let b = values[inputs[1]].as_ref().expect(produced);
+                        a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                        a
+                    }
+                    (
+                        Node::MaxPool {
+                            kernel,
+                            stride,
+                            padding,
+                            ..
+                        },
+                        _,
+                    ) => {
+                        let x = values[inputs[0]].as_ref().expect(produced);
+                        let (Shape::Map([c, ih, iw]), Shape::Map([_, oh, ow])) =
+                            (shapes[inputs[0]], shapes[i + 1])
+                        else {
+                            unreachable!("a checked graph pools a map")
+                        };
+                        max_pool(x, batch, c, [ih, iw], [oh, ow], *kernel, *stride, *padding)
+                    }
+                    (Node::GlobalAvgPool { .. }, _) => {
+                        let x = values[inputs[0]].as_ref().expect(produced);
+                        let Shape::Map([c, ih, iw]) = shapes[inputs[0]] else {
+                            unreachable!("a checked graph pools a map")
+                        };
+                        global_avg_pool(x, batch, c, ih * iw)
+                    }
+                    _ => unreachable!("forward prepared every layer"),
+                };
             for v in inputs {
                 if last_use[v] == i {
                     values[v] = None;
@@ -628,20 +636,24 @@ fn run_linear(
     m: &[i32],
     codes: &[u8],
     batch: usize,
+    split: usize,
 ) -> Vec<f32> {
     let [fi, fo] = node.features;
     let mut out = vec![0.0; batch * fo];
-    out.par_chunks_mut(fo).enumerate().for_each(|(b, out)| {
-        let q = &codes[b * fi..(b + 1) * fi];
-        for (o, slot) in out.iter_mut().enumerate() {
-            let sum: i32 = q
-                .iter()
-                .zip(&m[o * fi..(o + 1) * fi])
-                .map(|(&q, &m)| i32::from(q) * m)
-                .sum();
-            *slot = sum as f32 * active.mult[o] + active.add[o];
-        }
-    });
+    out.par_chunks_mut(fo)
+        .with_min_len(split)
+        .enumerate()
+        .for_each(|(b, out)| {
+            let q = &codes[b * fi..(b + 1) * fi];
+            for (o, slot) in out.iter_mut().enumerate() {
+                let sum: i32 = q
+                    .iter()
+                    .zip(&m[o * fi..(o + 1) * fi])
+                    .map(|(&q, &m)| i32::from(q) * m)
+                    .sum();
+                *slot = sum as f32 * active.mult[o] + active.add[o];
+            }
+        });
     out
 }
 

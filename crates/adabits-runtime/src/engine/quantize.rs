@@ -42,7 +42,13 @@ impl InputCodes {
     /// # Errors
     ///
     /// For [`InputCodes::Integers`], the first value that is not an integer in 0..=255.
-    pub(crate) fn codes(self, isa: Isa, x: &[f32], out: &mut Vec<u8>) -> Result<(), f32> {
+    pub(crate) fn codes(
+        self,
+        isa: Isa,
+        x: &[f32],
+        out: &mut Vec<u8>,
+        split: usize,
+    ) -> Result<(), f32> {
         out.clear();
         out.resize(x.len(), 0);
         match self {
@@ -59,6 +65,7 @@ impl InputCodes {
                 let per_unit = if original { top } else { (1u32 << bits) as f32 } / alpha;
                 out.par_chunks_mut(CHUNK)
                     .zip(x.par_chunks(CHUNK))
+                    .with_min_len(split)
                     .for_each(|(out, x)| {
                         kernels::wide(
                             isa,
@@ -112,15 +119,20 @@ impl Wide for PactLoop<'_> {
         } = self;
         // Through `i32`: a float-to-byte cast saturates lane by lane and does not vectorise;
         // the levels are whole numbers in 0..=255, where both casts are exact.
+        // `max`/`min` rather than `clamp`, whose checks keep the loop from vectorising; the
+        // fake quantizer's ReLU maps NaN to 0, as `max` does.
+        // The level is read from the bits of `y + 2^23`, whose low mantissa bits are the
+        // rounded integer: a float-to-integer cast saturates lane by lane and does not vectorise.
         if original {
             // round(v·(2^b − 1))
             for (q, &x) in out.iter_mut().zip(x) {
-                *q = round_even(x.clamp(0.0, alpha) * per_unit) as i32 as u8;
+                *q = round_level(x.max(0.0).min(alpha) * per_unit);
             }
         } else {
             // min(⌊v·2^b⌋, 2^b − 1)
+            let top = top as i32;
             for (q, &x) in out.iter_mut().zip(x) {
-                *q = floor_pos(x.clamp(0.0, alpha) * per_unit).min(top) as i32 as u8;
+                *q = floor_level(x.max(0.0).min(alpha) * per_unit, top);
             }
         }
     }
@@ -134,17 +146,20 @@ const CHUNK: usize = 1 << 15;
 /// call into `libm`.
 const ROUND_MAGIC: f32 = 8_388_608.0;
 
-/// Round half to even, for `0 ≤ y < 2^22`.
+/// `round(y)`, half to even, for `0 ≤ y ≤ 255`: the low byte of `y + 2^23`'s bits.
 #[inline(always)]
-fn round_even(y: f32) -> f32 {
-    (y + ROUND_MAGIC) - ROUND_MAGIC
+fn round_level(y: f32) -> u8 {
+    (y + ROUND_MAGIC).to_bits() as u8
 }
 
-/// `⌊y⌋`, for `0 ≤ y < 2^22`.
+/// `min(⌊y⌋, top)` for `0 ≤ y < 2^22`, `top ≤ 255`: the rounded integer from the bits of
+/// `y + 2^23`, less one where rounding went up.
 #[inline(always)]
-fn floor_pos(y: f32) -> f32 {
-    let r = round_even(y);
-    if r > y { r - 1.0 } else { r }
+fn floor_level(y: f32, top: i32) -> u8 {
+    let t = y + ROUND_MAGIC;
+    let rounded = (t.to_bits() - ROUND_MAGIC.to_bits()) as i32;
+    let floor = rounded - i32::from(t - ROUND_MAGIC > y);
+    floor.min(top) as u8
 }
 
 /// The number of steps between 0 and the top level: `2^b − 1` (original), `2^b` (modified).
@@ -179,10 +194,10 @@ mod tests {
                     scheme,
                 };
                 let mut expected = Vec::new();
-                pact.codes(Isa::Scalar, &x, &mut expected).unwrap();
+                pact.codes(Isa::Scalar, &x, &mut expected, 1).unwrap();
                 for isa in Isa::available() {
                     let mut found = Vec::new();
-                    pact.codes(isa, &x, &mut found).unwrap();
+                    pact.codes(isa, &x, &mut found, 1).unwrap();
                     assert_eq!(found, expected, "{isa:?} {scheme:?} {bits}");
                 }
             }
@@ -202,6 +217,7 @@ mod tests {
                 isa,
                 &[-1.0, 0.0, 1.0 / 3.0, 0.34, 1.0, 1.9, 2.0, 7.0],
                 &mut out,
+                1,
             )
             .unwrap();
         assert_eq!(out, [0, 0, 0, 1, 2, 3, 3, 3]);
@@ -212,7 +228,7 @@ mod tests {
             scheme: Scheme::Modified,
         };
         modified
-            .codes(isa, &[0.0, 0.24, 0.25, 0.99, 1.0, 3.0], &mut out)
+            .codes(isa, &[0.0, 0.24, 0.25, 0.99, 1.0, 3.0], &mut out, 1)
             .unwrap();
         assert_eq!(out, [0, 0, 1, 3, 3, 3]);
         assert_eq!(modified.step(), 0.25);
@@ -221,12 +237,14 @@ mod tests {
     #[test]
     fn the_rounding_is_half_to_even_as_the_standard_library_s() {
         for i in 0..200_000u32 {
-            let y = i as f32 * 0.00131;
-            assert_eq!(round_even(y), y.round_ties_even(), "{y}");
-            assert_eq!(floor_pos(y), y.floor(), "{y}");
+            let y = i as f32 * 0.001_275;
+            assert_eq!(round_level(y), y.round_ties_even() as u8, "{y}");
+            assert_eq!(floor_level(y, 255), y.floor() as u8, "{y}");
+            assert_eq!(floor_level(y, 7), y.floor().min(7.0) as u8, "{y}");
         }
-        for y in [0.5f32, 1.5, 2.5, 254.5, 255.0, 0.0] {
-            assert_eq!(round_even(y), y.round_ties_even(), "{y}");
+        for y in [0.0f32, 0.5, 1.5, 2.5, 254.5, 255.0] {
+            assert_eq!(round_level(y), y.round_ties_even() as u8, "{y}");
+            assert_eq!(floor_level(y, 255), y.floor() as u8, "{y}");
         }
     }
 
@@ -234,13 +252,13 @@ mod tests {
     fn the_integer_input_refuses_anything_but_bytes() {
         let mut out = Vec::new();
         InputCodes::Integers
-            .codes(Isa::Scalar, &[0.0, 17.0, 255.0], &mut out)
+            .codes(Isa::Scalar, &[0.0, 17.0, 255.0], &mut out, 1)
             .unwrap();
         assert_eq!(out, [0, 17, 255]);
         for bad in [-1.0, 0.5, 256.0, f32::NAN] {
             assert!(
                 InputCodes::Integers
-                    .codes(Isa::Scalar, &[bad], &mut out)
+                    .codes(Isa::Scalar, &[bad], &mut out, 1)
                     .is_err()
             );
         }

@@ -11,14 +11,25 @@ pub fn pack(codes: &[u8], bits: u8, out: &mut Vec<u8>) {
     let start = out.len();
     out.resize(start + packed_len(codes.len(), bits), 0);
     let bytes = &mut out[start..];
-    let mut bit = 0usize;
-    for &code in codes {
-        for j in 0..usize::from(bits) {
+    let b = usize::from(bits);
+    let mask = (1u64 << b) - 1;
+    // Eight codes fill `bits` whole bytes.
+    let groups = codes.len() / 8;
+    for (dst, src) in bytes.chunks_exact_mut(b).zip(codes.chunks_exact(8)) {
+        let word = src
+            .iter()
+            .enumerate()
+            .fold(0u64, |w, (i, &c)| w | (u64::from(c) & mask) << (i * b));
+        dst.copy_from_slice(&word.to_le_bytes()[..b]);
+    }
+    let mut bit = groups * 8 * b;
+    for &code in &codes[groups * 8..] {
+        for j in 0..b {
             if code >> j & 1 == 1 {
                 bytes[(bit + j) / 8] |= 1 << ((bit + j) % 8);
             }
         }
-        bit += usize::from(bits);
+        bit += b;
     }
 }
 
