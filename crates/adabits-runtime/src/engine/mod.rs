@@ -281,9 +281,12 @@ impl IntRuntime {
             .enumerate()
             .map(|(i, node)| self.prepare(i, node))
             .collect();
-        let run = |images: &[f32], n: usize, split: usize| {
-            self.run(images, n, c, &shapes, &prepared, None, split)
+        let call = Call {
+            channels: c,
+            shapes: &shapes,
+            prepared: &prepared,
         };
+        let run = |images: &[f32], n: usize, split: usize| self.run(images, n, &call, None, split);
         if batch == 1 {
             return run(images, 1, 1);
         }
@@ -323,9 +326,14 @@ impl IntRuntime {
         });
         let layout_ms = start.elapsed().as_secs_f64() * 1e3;
         let mut times = vec![0.0; graph.nodes.len()];
+        let call = Call {
+            channels: c,
+            shapes: &shapes,
+            prepared: &prepared,
+        };
         in_pool(|| {
             for image in images.chunks(c * h * w) {
-                self.run(image, 1, c, &shapes, &prepared, Some(&mut times), 1)?;
+                self.run(image, 1, &call, Some(&mut times), 1)?;
             }
             Ok::<_, RuntimeError>(())
         })?;
@@ -397,12 +405,11 @@ impl IntRuntime {
         &self,
         images: &[f32],
         batch: usize,
-        c: usize,
-        shapes: &[Shape],
-        prepared: &[Option<Prepared>],
+        call: &Call<'_>,
         mut times: Option<&mut [f64]>,
         split: usize,
     ) -> Result<Vec<f32>, RuntimeError> {
+        let (c, shapes, prepared) = (call.channels, call.shapes, call.prepared);
         let graph = &self.artifact.header.graph;
         let Shape::Map([_, h, w]) = shapes[0] else {
             unreachable!("the input is a map")
@@ -529,6 +536,15 @@ pub struct NodeTime {
     pub ms: f64,
     /// Multiply-accumulates per image (0 for operations without weights).
     pub macs: u64,
+}
+
+/// What one forward call prepared: the input channels, every value's shape and every layer's
+/// weights in the kernels' layout.
+#[derive(Debug)]
+struct Call<'a> {
+    channels: usize,
+    shapes: &'a [Shape],
+    prepared: &'a [Option<Prepared>],
 }
 
 /// A layer's weights in the kernels' layout, made for one forward call.
