@@ -168,6 +168,15 @@ fn the_runtime_runs_the_imagenet_models_at_every_bit_width() {
         let model = trained(&config, 32, 60 + i as u64);
         assert_runtime_matches(&model, &config, 32, &device);
     }
+    // MobileNet-V2 as the `adabits` recipe trains it: the linear bottlenecks' outputs clipped
+    // on both sides, whose zero is not a code (the integer runtime's `2q − A`), at 8 bits too
+    // (where the centered numerators need the sum of the inputs).
+    let config = ModelConfig::new(Architecture::MobileNetV2, "8,4,2".parse().unwrap())
+        .with_width_mult(0.25)
+        .with_double_side(true)
+        .with_quant(QuantSettings::new().with_weight_scheme(QuantScheme::Centered));
+    let model = trained(&config, 32, 70);
+    assert_runtime_matches(&model, &config, 32, &device);
 }
 
 #[test]

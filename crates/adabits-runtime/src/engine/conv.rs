@@ -58,6 +58,9 @@ pub(crate) struct Epilogue {
     pub(crate) add: Vec<f32>,
     /// Whether a ReLU follows.
     pub(crate) relu: bool,
+    /// For a grouped convolution with double-sided inputs: `A`, the codes' value being
+    /// `2q − A` steps (0 otherwise; a dense one has the term folded into `mult` and `add`).
+    pub(crate) offset: i32,
 }
 
 impl Epilogue {
@@ -400,6 +403,7 @@ fn grouped(
     let [kh, kw] = g.kernel;
     let (cin_g, cout_g) = (g.cin / g.groups, g.cout / g.groups);
     let pixels = ho * wo;
+    let (double, offset) = (epilogue.offset != 0, epilogue.offset);
     // The numerators already hold the `c·Σq` term.
     let whole = Epilogue {
         numerators: Numerators {
@@ -427,6 +431,7 @@ fn grouped(
                         let group = o / cout_g;
                         for c in 0..cin_g {
                             let q = i32::from(x[group * cin_g + c]);
+                            let q = if double { 2 * q - offset } else { q };
                             *acc += q * w[((o * cin_g + c) * kh + ky) * kw + kx];
                         }
                     }
@@ -522,7 +527,7 @@ mod tests {
             let m: Vec<i32> = values.iter().map(|&v| numerators.scale * i32::from(v) + numerators.plus_inputs).collect();
             let expected = naive(&codes, batch, &g, &m);
             // An epilogue that shows the sums exactly: mult 1, add 0.
-            let epilogue = Epilogue { numerators, mult: vec![1.0; cout], add: vec![0.0; cout], relu: false };
+            let epilogue = Epilogue { numerators, mult: vec![1.0; cout], add: vec![0.0; cout], relu: false, offset: 0 };
             for isa in Isa::available() {
                 let weights = ConvWeights::new(isa, &values, numerators, &g);
                 let mut out = vec![f32::NAN; expected.len()];

@@ -113,6 +113,32 @@ impl Weights {
         }
     }
 
+    /// The sum of the numerators of each run of `per` weights of `part` at weight bit-width
+    /// `w` (PyTorch order: per output channel, with `per` weights each).
+    pub(crate) fn numerator_sums(
+        part: &QuantPayload<'_>,
+        w: u8,
+        scheme: Scheme,
+        per: usize,
+    ) -> Option<Vec<i64>> {
+        let half = 1i64 << (w - 1);
+        let odd = scheme != Scheme::Modified;
+        let codes = part.codes(w)?;
+        Some(
+            codes
+                .chunks(per.max(1))
+                .map(|run| {
+                    run.iter()
+                        .map(|&k| {
+                            let j = i64::from(k) - half;
+                            if odd { 2 * j + 1 } else { j }
+                        })
+                        .sum()
+                })
+                .collect(),
+        )
+    }
+
     /// Resident bytes.
     pub(crate) fn bytes(&self) -> usize {
         self.packed.len()

@@ -57,6 +57,8 @@ struct Active {
     mult: Vec<f32>,
     /// Per output: the bias terms.
     add: Vec<f32>,
+    /// `A` for a grouped convolution with double-sided inputs ([`Epilogue::offset`]), else 0.
+    offset: i32,
 }
 
 /// Runs an [`Artifact`] in integers at any of its bit-widths.
@@ -78,7 +80,8 @@ impl IntRuntime {
     /// # Errors
     ///
     /// [`RuntimeError::Unsupported`] for what the integer runtime does not implement: an input
-    /// transform other than `pixels`, the `centered` activation scheme, double-sided PACT.
+    /// transform other than `pixels`, the `centered` activation scheme, double-sided PACT
+    /// before a padded dense convolution.
     pub fn new(artifact: Artifact) -> Result<Self, RuntimeError> {
         Self::with_isa(artifact, Isa::detect())
     }
@@ -102,15 +105,6 @@ impl IntRuntime {
                 "the `centered` activation scheme has no zero level, so zero padding is not a code"
                     .into(),
             ));
-        }
-        if let Some(c) = graph.layers().find_map(|n| match n {
-            Node::Conv(c) if c.double_sided => Some(c),
-            _ => None,
-        }) {
-            return Err(RuntimeError::Unsupported(format!(
-                "layer `{}` clips its input double-sided (`double_side`), which the integer kernels do not implement",
-                c.name
-            )));
         }
         let fused_relu = fusable_relus(&graph.nodes);
         let top = graph.bits.iter().copied().max().unwrap_or(8);
@@ -184,10 +178,14 @@ impl IntRuntime {
                     });
                     let g = geometry(conv, [0, 0], [0, 0]);
                     let isa = self.isa;
-                    let (weights, input, factor, s) =
-                        quantized(graph, &part, conv.policy, position, |j| {
-                            ConvWeights::arrange(isa, j, &g)
-                        })?;
+                    let (weights, input, factor, s) = quantized(
+                        graph,
+                        &part,
+                        conv.policy,
+                        position,
+                        conv.double_sided,
+                        |j| ConvWeights::arrange(isa, j, &g),
+                    )?;
                     let out = conv.channels[1];
                     // (sum·factor·s + bias), then the BatchNorm's x·scale + shift.
                     let (mut mult, mut add) = (Vec::with_capacity(out), Vec::with_capacity(out));
@@ -197,11 +195,15 @@ impl IntRuntime {
                         mult.push(factor * s * scale);
                         add.push(bias * scale + shift);
                     }
+                    let offset = double_sided_terms(
+                        graph, conv, &part, position, &input, &mut mult, &mut add,
+                    )?;
                     Some(Active {
                         weights,
                         input,
                         mult,
                         add,
+                        offset,
                     })
                 }
                 Node::Linear(linear) => {
@@ -209,7 +211,7 @@ impl IntRuntime {
                         unreachable!("a checked artifact has a part per layer")
                     };
                     let (weights, input, factor, s) =
-                        quantized(graph, &part, linear.policy, position, |j| j)?;
+                        quantized(graph, &part, linear.policy, position, false, |j| j)?;
                     let out = linear.features[1];
                     // The official evaluation form (P1): weight ŵ, bias / s; the training
                     // form: weight s·ŵ, bias.
@@ -220,6 +222,7 @@ impl IntRuntime {
                     Some(Active {
                         weights,
                         input,
+                        offset: 0,
                         mult: vec![mult; out],
                         add: (0..out)
                             .map(|o| part.bias.map_or(0.0, |b| b[o]) / divide)
@@ -388,6 +391,7 @@ impl IntRuntime {
                     mult: active.mult.clone(),
                     add: active.add.clone(),
                     relu: self.fused_relu[i],
+                    offset: active.offset,
                 },
             ),
             _ => Prepared::Linear(
@@ -556,6 +560,47 @@ enum Prepared {
     Linear(Vec<i32>),
 }
 
+/// Double-sided inputs: the value of code `q` is `(2q − A)·step`, so a convolution's sum is
+/// `2·Σ m·q − A·Σ m` over the taps inside the image. A dense convolution without padding
+/// folds this into its epilogue (`mult` doubled, `A·mult·Σ m` taken from `add`); a grouped one
+/// takes `2q − A` in its loop (the returned offset `A`). A dense one with padding, where `Σ m`
+/// would change at the borders, is not implemented.
+fn double_sided_terms(
+    graph: &crate::Graph,
+    conv: &ConvNode,
+    part: &QuantPayload<'_>,
+    position: usize,
+    input: &InputCodes,
+    mult: &mut [f32],
+    add: &mut [f32],
+) -> Result<i32, RuntimeError> {
+    let offset = input.offset();
+    if offset == 0 {
+        return Ok(0);
+    }
+    if conv.groups != 1 {
+        return Ok(offset);
+    }
+    if conv.padding != [0, 0] {
+        return Err(RuntimeError::Unsupported(format!(
+            "layer `{}` clips its input double-sided and pads it: the integer kernels implement double-sided inputs for unpadded dense and for grouped convolutions",
+            conv.name
+        )));
+    }
+    let w = graph
+        .resolved(conv.policy, position)
+        .expect("a checked graph's policies cover every bit-width")
+        .weight_bits;
+    let per = conv.weights() / conv.channels[1];
+    let sums = Weights::numerator_sums(part, w, graph.weight_scheme, per)
+        .ok_or_else(|| RuntimeError::Unsupported(format!("no codes for {w} bits")))?;
+    for ((m, a), &sum) in mult.iter_mut().zip(add.iter_mut()).zip(&sums) {
+        *a -= offset as f32 * *m * sum as f32;
+        *m *= 2.0;
+    }
+    Ok(0)
+}
+
 /// The shape of convolution `conv` on `input`-sized maps.
 fn geometry(conv: &ConvNode, input: [usize; 2], output: [usize; 2]) -> Geometry {
     Geometry {
@@ -577,6 +622,7 @@ fn quantized(
     part: &QuantPayload<'_>,
     policy: usize,
     position: usize,
+    double_sided: bool,
     arrange: impl FnOnce(Vec<i8>) -> Vec<i8>,
 ) -> Result<(Weights, InputCodes, f32, f32), RuntimeError> {
     let r = graph
@@ -591,6 +637,7 @@ fn quantized(
             alpha: part.alphas[r.alpha].abs(),
             bits: r.act_bits,
             scheme: graph.act_scheme,
+            double_sided,
         }
     };
     let s = part.scale(r.weight_bits).unwrap_or(1.0);

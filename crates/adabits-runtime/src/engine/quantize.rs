@@ -10,7 +10,9 @@ use crate::graph::Scheme;
 /// How a layer turns its input into codes.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum InputCodes {
-    /// PACT, single-sided: `q = Q(min(relu(x), α)/α)` at `bits` bits; the value is `q·step`.
+    /// PACT at `bits` bits. Single-sided: `q = Q(min(relu(x), α)/α)`, the value `q·step`.
+    /// Double-sided: `q = Q((clip(x, −α, α)/α + 1)/2)`, the value `(2q − A)·step` with `A` the
+    /// number of steps ([`offset`](Self::offset)): its zero is not a code.
     Pact {
         /// `|α|`.
         alpha: f32,
@@ -18,6 +20,8 @@ pub(crate) enum InputCodes {
         bits: u8,
         /// The activation scheme (`original` or `modified`).
         scheme: Scheme,
+        /// Whether the input is clipped to `[−α, α]`.
+        double_sided: bool,
     },
     /// The input as it is, which must hold integers 0..=255 (the `pixels` input of a
     /// weight-only first layer); the value is `q`.
@@ -32,8 +36,23 @@ impl InputCodes {
                 alpha,
                 bits,
                 scheme,
+                ..
             } => alpha / levels(bits, scheme),
             Self::Integers => 1.0,
+        }
+    }
+
+    /// `A` where the value of code `q` is `(2q − A)·step` (double-sided PACT), else 0 (the value
+    /// is `q·step`).
+    pub(crate) fn offset(self) -> i32 {
+        match self {
+            Self::Pact {
+                bits,
+                scheme,
+                double_sided: true,
+                ..
+            } => levels(bits, scheme) as i32,
+            _ => 0,
         }
     }
 
@@ -56,6 +75,7 @@ impl InputCodes {
                 alpha,
                 bits,
                 scheme,
+                double_sided,
             } => {
                 let top = ((1u32 << bits) - 1) as f32;
                 let original = scheme == Scheme::Original;
@@ -76,6 +96,7 @@ impl InputCodes {
                                 per_unit,
                                 top,
                                 original,
+                                double_sided,
                             },
                         );
                     });
@@ -102,6 +123,7 @@ struct PactLoop<'a> {
     per_unit: f32,
     top: f32,
     original: bool,
+    double_sided: bool,
 }
 
 impl Wide for PactLoop<'_> {
@@ -116,7 +138,21 @@ impl Wide for PactLoop<'_> {
             per_unit,
             top,
             original,
+            double_sided,
         } = self;
+        // Double-sided: u = (c/α + 1)/2 levels of the unit interval, with c = clip(x, −α, α).
+        let (low, half) = if double_sided {
+            (-alpha, 0.5)
+        } else {
+            (0.0, 0.0)
+        };
+        let per_unit = if double_sided {
+            per_unit * 0.5
+        } else {
+            per_unit
+        };
+        let shift = half * top_or_levels(original, top);
+        let units = |x: f32| x.max(low).min(alpha) * per_unit + shift;
         // Through `i32`: a float-to-byte cast saturates lane by lane and does not vectorise;
         // the levels are whole numbers in 0..=255, where both casts are exact.
         // `max`/`min` rather than `clamp`, whose checks keep the loop from vectorising; the
@@ -124,15 +160,15 @@ impl Wide for PactLoop<'_> {
         // The level is read from the bits of `y + 2^23`, whose low mantissa bits are the
         // rounded integer: a float-to-integer cast saturates lane by lane and does not vectorise.
         if original {
-            // round(v·(2^b − 1))
+            // round(u·(2^b − 1))
             for (q, &x) in out.iter_mut().zip(x) {
-                *q = round_level(x.max(0.0).min(alpha) * per_unit);
+                *q = round_level(units(x));
             }
         } else {
-            // min(⌊v·2^b⌋, 2^b − 1)
+            // min(⌊u·2^b⌋, 2^b − 1)
             let top = top as i32;
             for (q, &x) in out.iter_mut().zip(x) {
-                *q = floor_level(x.max(0.0).min(alpha) * per_unit, top);
+                *q = floor_level(units(x), top);
             }
         }
     }
@@ -145,6 +181,12 @@ const CHUNK: usize = 1 << 15;
 /// ties to even (the default rounding mode), as the fake quantizer's `round` does, without a
 /// call into `libm`.
 const ROUND_MAGIC: f32 = 8_388_608.0;
+
+/// The levels of the unit interval: `2^b − 1` (original, `top`) or `2^b` (modified).
+#[inline(always)]
+fn top_or_levels(original: bool, top: f32) -> f32 {
+    if original { top } else { top + 1.0 }
+}
 
 /// `round(y)`, half to even, for `0 ≤ y ≤ 255`: the low byte of `y + 2^23`'s bits.
 #[inline(always)]
@@ -192,6 +234,7 @@ mod tests {
                     alpha: 7.3,
                     bits,
                     scheme,
+                    double_sided: false,
                 };
                 let mut expected = Vec::new();
                 pact.codes(Isa::Scalar, &x, &mut expected, 1).unwrap();
@@ -209,6 +252,7 @@ mod tests {
             alpha: 2.0,
             bits: 2,
             scheme: Scheme::Original,
+            double_sided: false,
         };
         let mut out = Vec::new();
         // Levels 0, 2/3, 4/3, 2: 1/3 is the first boundary (round half to even: 0.5 → 0).
@@ -226,12 +270,33 @@ mod tests {
             alpha: 1.0,
             bits: 2,
             scheme: Scheme::Modified,
+            double_sided: false,
         };
         modified
             .codes(isa, &[0.0, 0.24, 0.25, 0.99, 1.0, 3.0], &mut out, 1)
             .unwrap();
         assert_eq!(out, [0, 0, 1, 3, 3, 3]);
         assert_eq!(modified.step(), 0.25);
+    }
+
+    #[test]
+    fn double_sided_codes_have_their_zero_between_two_levels() {
+        for isa in Isa::available() {
+            let pact = InputCodes::Pact {
+                alpha: 2.0,
+                bits: 2,
+                scheme: Scheme::Original,
+                double_sided: true,
+            };
+            let mut out = Vec::new();
+            // u = (clip(x, −2, 2)/2 + 1)/2, q = round(3u): 0 is u = 1/2, q = round(1.5) = 2.
+            pact.codes(isa, &[-5.0, -2.0, -0.7, 0.0, 0.7, 2.0, 9.0], &mut out, 1)
+                .unwrap();
+            assert_eq!(out, [0, 0, 1, 2, 2, 3, 3], "{isa:?}");
+            assert_eq!(pact.offset(), 3);
+            // The value of q = 2 is (2·2 − 3)·(2/3) = 2/3 = α·(2·Q(u) − 1).
+            assert!(((2 * 2 - pact.offset()) as f32 * pact.step() - 2.0 / 3.0).abs() < 1e-6);
+        }
     }
 
     #[test]
