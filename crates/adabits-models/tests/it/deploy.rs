@@ -8,7 +8,7 @@ use adabits_models::{
     Architecture, Artifact, ArtifactError, BnSharing, Model, ModelConfig, QuantSettings, Runtime,
     export_artifact,
 };
-use adabits_runtime::{IntRuntime, Isa};
+use adabits_runtime::{IntRuntime, Isa, Residency};
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
 
@@ -51,10 +51,14 @@ fn assert_runtime_matches(
     let artifact = export_artifact(model, config, side, &HashMap::new(), None).unwrap();
     let bytes = artifact.to_bytes();
     let artifact = Artifact::from_bytes(&bytes, Path::new("test.abq")).unwrap();
+    // Every instruction set, and both residencies of the fastest.
     let mut integer: Vec<IntRuntime> = Isa::available()
         .into_iter()
         .map(|isa| IntRuntime::with_isa(artifact.clone(), isa).unwrap())
         .collect();
+    let mut expanded = IntRuntime::new(artifact.clone()).unwrap();
+    expanded.set_residency(Residency::Expanded);
+    integer.push(expanded);
     let mut runtime = Runtime::new(artifact, device).unwrap();
     let mut worst = 0f64;
     device.seed(7);

@@ -63,25 +63,25 @@ pub(crate) struct Epilogue {
     pub(crate) offset: i32,
 }
 
-impl Epilogue {
-    fn apply(&self, sum: i32, inputs: i32, o: usize) -> f32 {
-        let n = self.numerators;
-        let y = (n.scale * sum + n.plus_inputs * inputs) as f32 * self.mult[o] + self.add[o];
-        if self.relu { y.max(0.0) } else { y }
-    }
-}
-
 /// The weights of a convolution as a kernel runs them.
 #[derive(Clone, Debug)]
 pub(crate) enum ConvWeights {
     /// A dense convolution (one group): the GEMM's packed weights, `k` in (ky, kx, c) order.
     Dense(PackedWeights),
-    /// A grouped or depthwise one: the numerators, `[cout][cin/groups][kh][kw]` (PyTorch
-    /// order), as `i32`.
-    Grouped(Vec<i32>),
+    /// A grouped or depthwise one: the instruction set its loop is compiled for, and the
+    /// numerators as `i32`, `[kh·kw][cout][cin/groups]`.
+    Grouped(Isa, Vec<i32>),
 }
 
 impl ConvWeights {
+    /// Bytes of weights.
+    pub(crate) fn bytes(&self) -> usize {
+        match self {
+            Self::Dense(w) => w.bytes(),
+            Self::Grouped(_, w) => 4 * w.len(),
+        }
+    }
+
     /// Lays out `values` (PyTorch order `[cout][cin/groups][kh][kw]`) in the order the kernels
     /// of `isa` read them: for a dense convolution the im2col rows' (ky, kx, c) order in the
     /// GEMM's layout; for a grouped one PyTorch's.
@@ -116,13 +116,21 @@ impl ConvWeights {
         if g.groups == 1 {
             Self::Dense(PackedWeights::from_arranged(isa, values, g.cout, g.k()))
         } else {
-            // The grouped loop takes the whole numerator, 9 bits included.
-            Self::Grouped(
-                values
-                    .iter()
-                    .map(|&v| numerators.scale * i32::from(v) + numerators.plus_inputs)
-                    .collect(),
-            )
+            // The grouped loop takes the whole numerator, 9 bits included, `[tap][out][in/g]`.
+            let [kh, kw] = g.kernel;
+            let taps = kh * kw;
+            let cin_g = g.cin / g.groups;
+            let mut w = vec![0i32; values.len()];
+            for o in 0..g.cout {
+                for c in 0..cin_g {
+                    for t in 0..taps {
+                        let v = values[(o * cin_g + c) * taps + t];
+                        w[(t * g.cout + o) * cin_g + c] =
+                            numerators.scale * i32::from(v) + numerators.plus_inputs;
+                    }
+                }
+            }
+            Self::Grouped(isa, w)
         }
     }
 
@@ -148,7 +156,7 @@ pub(crate) fn conv(
 ) {
     match weights {
         ConvWeights::Dense(w) => dense(codes, batch, g, w, epilogue, out, split),
-        ConvWeights::Grouped(w) => grouped(codes, batch, g, w, epilogue, out, split),
+        ConvWeights::Grouped(isa, w) => grouped(codes, batch, g, (*isa, w), epilogue, out, split),
     }
 }
 
@@ -387,23 +395,20 @@ impl Wide for Rows<'_> {
     }
 }
 
-/// A grouped convolution (depthwise included): per output pixel, each channel's sum over its
-/// group's inputs and the kernel taps.
+/// A grouped convolution (depthwise included): per output row, each channel's sum over its
+/// group's inputs and the kernel taps, weights `[tap][out][in/groups]`, then the epilogue.
 fn grouped(
     codes: &[u8],
     batch: usize,
     g: &Geometry,
-    w: &[i32],
+    (isa, w): (Isa, &[i32]),
     epilogue: &Epilogue,
     out: &mut [f32],
     split: usize,
 ) {
     let [ho, wo] = g.output;
     let [h, wi] = g.input;
-    let [kh, kw] = g.kernel;
-    let (cin_g, cout_g) = (g.cin / g.groups, g.cout / g.groups);
-    let pixels = ho * wo;
-    let (double, offset) = (epilogue.offset != 0, epilogue.offset);
+    let n = g.cout;
     // The numerators already hold the `c·Σq` term.
     let whole = Epilogue {
         numerators: Numerators {
@@ -412,35 +417,102 @@ fn grouped(
         },
         ..epilogue.clone()
     };
-    out[..batch * pixels * g.cout]
-        .par_chunks_mut(g.cout)
+    out[..batch * ho * wo * n]
+        .par_chunks_mut(wo * n)
         .with_min_len(split)
         .enumerate()
-        .for_each(|(p, out)| {
-            let (image, pixel) = (p / pixels, p % pixels);
-            let (oy, ox) = (pixel / wo, pixel % wo);
+        .for_each(|(row, out)| {
+            let (image, oy) = (row / ho, row % ho);
             let image = &codes[image * h * wi * g.cin..(image + 1) * h * wi * g.cin];
-            let mut acc = vec![0i32; g.cout];
+            SCRATCH.with_borrow_mut(|scratch| {
+                scratch.acc.clear();
+                scratch.acc.resize(wo * n, 0);
+                kernels::wide(
+                    isa,
+                    GroupedRow {
+                        image,
+                        g,
+                        w,
+                        oy,
+                        offset: epilogue.offset,
+                        acc: &mut scratch.acc,
+                    },
+                );
+                kernels::wide(
+                    isa,
+                    Rows {
+                        epilogue: &whole,
+                        acc: &scratch.acc,
+                        sums: &[],
+                        n,
+                        out,
+                    },
+                );
+            });
+        });
+}
+
+/// One output row of a grouped convolution: its integer sums, `[wo][out]`.
+struct GroupedRow<'a> {
+    image: &'a [u8],
+    g: &'a Geometry,
+    w: &'a [i32],
+    oy: usize,
+    /// `A` for double-sided inputs (the code's value is `2q − A`), else 0.
+    offset: i32,
+    acc: &'a mut [i32],
+}
+
+impl Wide for GroupedRow<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let Self {
+            image,
+            g,
+            w,
+            oy,
+            offset,
+            acc,
+        } = self;
+        let [_, wi] = g.input;
+        let [kh, kw] = g.kernel;
+        let (cin_g, cout_g) = (g.cin / g.groups, g.cout / g.groups);
+        let n = g.cout;
+        let depthwise = cin_g == 1 && cout_g == 1;
+        for (ox, acc) in acc.chunks_exact_mut(n).enumerate() {
             for ky in 0..kh {
                 for kx in 0..kw {
                     let Some((iy, ix)) = g.source(oy, ox, ky, kx) else {
                         continue;
                     };
                     let x = &image[(iy * wi + ix) * g.cin..][..g.cin];
-                    for (o, acc) in acc.iter_mut().enumerate() {
-                        let group = o / cout_g;
-                        for c in 0..cin_g {
-                            let q = i32::from(x[group * cin_g + c]);
-                            let q = if double { 2 * q - offset } else { q };
-                            *acc += q * w[((o * cin_g + c) * kh + ky) * kw + kx];
+                    let tap = &w[(ky * kw + kx) * n * cin_g..][..n * cin_g];
+                    if depthwise && offset == 0 {
+                        for ((acc, &q), &m) in acc.iter_mut().zip(x).zip(tap) {
+                            *acc += i32::from(q) * m;
+                        }
+                    } else if depthwise {
+                        for ((acc, &q), &m) in acc.iter_mut().zip(x).zip(tap) {
+                            *acc += (2 * i32::from(q) - offset) * m;
+                        }
+                    } else {
+                        for (o, acc) in acc.iter_mut().enumerate() {
+                            let group = o / cout_g;
+                            let x = &x[group * cin_g..][..cin_g];
+                            let m = &tap[o * cin_g..][..cin_g];
+                            for (&q, &m) in x.iter().zip(m) {
+                                let q = i32::from(q);
+                                let q = if offset != 0 { 2 * q - offset } else { q };
+                                *acc += q * m;
+                            }
                         }
                     }
                 }
             }
-            for (o, (slot, &sum)) in out.iter_mut().zip(&acc).enumerate() {
-                *slot = whole.apply(sum, 0, o);
-            }
-        });
+        }
+    }
 }
 
 #[cfg(test)]
@@ -449,7 +521,7 @@ mod tests {
     use proptest::prelude::*;
 
     /// The convolution by its definition, NCHW-free: every output value as a sum over taps.
-    fn naive(codes: &[u8], batch: usize, g: &Geometry, m: &[i32]) -> Vec<i64> {
+    fn naive(codes: &[u8], batch: usize, g: &Geometry, m: &[i32], offset: i64) -> Vec<i64> {
         let [ho, wo] = g.output;
         let (cin_g, cout_g) = (g.cin / g.groups, g.cout / g.groups);
         let [kh, kw] = g.kernel;
@@ -476,8 +548,12 @@ mod tests {
                                         + ix as usize)
                                         * g.cin
                                         + ci];
-                                    sum += i64::from(q)
-                                        * i64::from(m[((o * cin_g + c) * kh + ky) * kw + kx]);
+                                    let q = if offset != 0 {
+                                        2 * i64::from(q) - offset
+                                    } else {
+                                        i64::from(q)
+                                    };
+                                    sum += q * i64::from(m[((o * cin_g + c) * kh + ky) * kw + kx]);
                                 }
                             }
                         }
@@ -504,6 +580,7 @@ mod tests {
             padding in 0usize..2,
             size in 3usize..9,
             odd in any::<bool>(),
+            double in any::<bool>(),
             seed in any::<u64>(),
         ) {
             let (groups, cin_g, cout_g) = if depthwise { (cin_g * 2, 1, 1) } else { (groups, cin_g, cout_g) };
@@ -525,9 +602,11 @@ mod tests {
                 Numerators { scale: 1, plus_inputs: 0 }
             };
             let m: Vec<i32> = values.iter().map(|&v| numerators.scale * i32::from(v) + numerators.plus_inputs).collect();
-            let expected = naive(&codes, batch, &g, &m);
+            // Double-sided inputs (`2q − A`) reach the kernels only in grouped convolutions.
+            let offset = if double && groups > 1 { 255 } else { 0 };
+            let expected = naive(&codes, batch, &g, &m, i64::from(offset));
             // An epilogue that shows the sums exactly: mult 1, add 0.
-            let epilogue = Epilogue { numerators, mult: vec![1.0; cout], add: vec![0.0; cout], relu: false, offset: 0 };
+            let epilogue = Epilogue { numerators, mult: vec![1.0; cout], add: vec![0.0; cout], relu: false, offset };
             for isa in Isa::available() {
                 let weights = ConvWeights::new(isa, &values, numerators, &g);
                 let mut out = vec![f32::NAN; expected.len()];

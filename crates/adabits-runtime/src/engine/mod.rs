@@ -72,6 +72,24 @@ pub struct IntRuntime {
     /// Per node: whether a convolution applies the ReLU of the node after it (which then only
     /// passes its input on).
     fused_relu: Vec<bool>,
+    /// What stays in memory between calls.
+    residency: Residency,
+    /// With [`Residency::Expanded`]: every layer in the kernels' layout at the active
+    /// bit-width.
+    expanded: Option<Vec<Option<Prepared>>>,
+}
+
+/// What the integer runtime keeps of the active bit-width's weights between calls.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Residency {
+    /// Each layer's numerators packed at its weight bit-width (`w/8` bytes per weight); every
+    /// call lays them out for the kernels first (a linear unpack) and frees that afterwards.
+    /// Memory follows the bit-width.
+    #[default]
+    Packed,
+    /// The packed numerators and the kernels' layout of the active bit-width (one byte per
+    /// weight more), so that a call starts at once: for latency at small batches.
+    Expanded,
 }
 
 impl IntRuntime {
@@ -110,6 +128,8 @@ impl IntRuntime {
         let top = graph.bits.iter().copied().max().unwrap_or(8);
         let mut runtime = Self {
             active: Vec::new(),
+            residency: Residency::Packed,
+            expanded: None,
             fused_relu,
             artifact,
             isa,
@@ -235,7 +255,40 @@ impl IntRuntime {
         }
         self.active = active;
         self.bits = bits;
+        self.expanded = (self.residency == Residency::Expanded).then(|| self.prepare_all());
         Ok(())
+    }
+
+    /// Sets what stays in memory between calls (lays the active bit-width out at once for
+    /// [`Residency::Expanded`], frees that layout for [`Residency::Packed`]).
+    pub fn set_residency(&mut self, residency: Residency) {
+        self.residency = residency;
+        self.expanded = (residency == Residency::Expanded).then(|| self.prepare_all());
+    }
+
+    /// What stays in memory between calls.
+    pub fn residency(&self) -> Residency {
+        self.residency
+    }
+
+    /// Bytes of the kernels' layout kept between calls ([`Residency::Expanded`]), else 0.
+    pub fn expanded_weight_bytes(&self) -> usize {
+        self.expanded.as_ref().map_or(0, |layers| {
+            layers.iter().flatten().map(Prepared::bytes).sum()
+        })
+    }
+
+    /// Every layer in the kernels' layout.
+    fn prepare_all(&self) -> Vec<Option<Prepared>> {
+        let graph = &self.artifact.header.graph;
+        in_pool(|| {
+            graph
+                .nodes
+                .par_iter()
+                .enumerate()
+                .map(|(i, node)| self.prepare(i, node))
+                .collect()
+        })
     }
 
     /// The logits of `images` (`[batch, channels, h, w]`, values in `[0, 1]`, row-major) at
@@ -278,16 +331,18 @@ impl IntRuntime {
         let shapes = graph.check([h, w]).map_err(|e| {
             RuntimeError::Input(format!("{h}×{w} images do not fit the model: {e}"))
         })?;
-        let prepared: Vec<Option<Prepared>> = graph
-            .nodes
-            .par_iter()
-            .enumerate()
-            .map(|(i, node)| self.prepare(i, node))
-            .collect();
+        let fresh;
+        let prepared = match &self.expanded {
+            Some(layers) => layers,
+            None => {
+                fresh = self.prepare_all();
+                &fresh
+            }
+        };
         let call = Call {
             channels: c,
             shapes: &shapes,
-            prepared: &prepared,
+            prepared,
         };
         let run = |images: &[f32], n: usize, split: usize| self.run(images, n, &call, None, split);
         if batch == 1 {
@@ -540,6 +595,16 @@ pub struct NodeTime {
     pub ms: f64,
     /// Multiply-accumulates per image (0 for operations without weights).
     pub macs: u64,
+}
+
+impl Prepared {
+    /// Bytes of weights.
+    fn bytes(&self) -> usize {
+        match self {
+            Self::Conv(w, _) => w.bytes(),
+            Self::Linear(m) => 4 * m.len(),
+        }
+    }
 }
 
 /// What one forward call prepared: the input channels, every value's shape and every layer's

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use adabits_models::{Artifact, Runtime};
 use adabits_quant::BitWidth;
-use adabits_runtime::IntRuntime;
+use adabits_runtime::{IntRuntime, Residency};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::time_ms;
@@ -16,6 +16,9 @@ use super::time_ms;
 pub(super) struct EngineRow {
     /// `int` (the integer runtime) or `f32` (the Burn evaluation on `device`).
     pub(super) engine: &'static str,
+    /// The integer runtime's residency: `packed` (w-bit numerators, laid out per call) or
+    /// `expanded` (the kernels' layout kept); `null` for `f32`.
+    pub(super) residency: Option<&'static str>,
     /// The bit-width.
     pub(super) bits: u8,
     /// Images per forward pass.
@@ -55,23 +58,32 @@ pub(super) fn engines(
         f32_runtime.set_bits(BitWidth::new(b)?)?;
         for n in [1, batch] {
             let images = &pixels[..n * c * h * w];
-            let mut failure = None;
-            let ms = time_ms(device, 1, iters, || {
-                if let Err(e) = int.forward(images, n, [h, w]) {
-                    failure = Some(e);
+            let residencies = [
+                (Residency::Packed, "packed"),
+                (Residency::Expanded, "expanded"),
+            ];
+            for (residency, name) in residencies {
+                int.set_residency(residency);
+                let mut failure = None;
+                let ms = time_ms(device, 1, iters, || {
+                    if let Err(e) = int.forward(images, n, [h, w]) {
+                        failure = Some(e);
+                    }
+                })?;
+                if let Some(e) = failure {
+                    return Err(e.into());
                 }
-            })?;
-            if let Some(e) = failure {
-                return Err(e.into());
+                rows.push(EngineRow {
+                    engine: "int",
+                    residency: Some(name),
+                    bits: b,
+                    batch: n,
+                    ms,
+                    throughput: n as f64 / (ms * 1e-3),
+                    weight_bytes: int.resident_weight_bytes() + int.expanded_weight_bytes(),
+                });
             }
-            rows.push(EngineRow {
-                engine: "int",
-                bits: b,
-                batch: n,
-                ms,
-                throughput: n as f64 / (ms * 1e-3),
-                weight_bytes: int.resident_weight_bytes(),
-            });
+            int.set_residency(Residency::Packed);
             let tensor =
                 Tensor::<4>::from_data(TensorData::new(images.to_vec(), [n, c, h, w]), device);
             let ms = time_ms(device, 1, iters, || {
@@ -79,6 +91,7 @@ pub(super) fn engines(
             })?;
             rows.push(EngineRow {
                 engine: "f32",
+                residency: None,
                 bits: b,
                 batch: n,
                 ms,

@@ -103,19 +103,35 @@ pub(crate) fn run(args: Bench) -> anyhow::Result<ExitCode> {
                 args.device
             );
             println!(
-                "{:>6} {:>6} {:>6} {:>10} {:>12} {:>14} {:>9}",
-                "engine", "bits", "batch", "median ms", "images/s", "weight bytes", "int/f32"
+                "{:>6} {:>9} {:>5} {:>6} {:>10} {:>11} {:>13} {:>8}",
+                "engine",
+                "residency",
+                "bits",
+                "batch",
+                "median ms",
+                "images/s",
+                "weight bytes",
+                "f32/int"
             );
-            for pair in rows.chunks(2) {
-                for r in pair {
-                    let speedup = if r.engine == "int" {
-                        format!("{:.2}×", pair[1].ms / r.ms)
+            // Per bit-width and batch: the integer runtime packed, expanded, then f32.
+            for group in rows.chunks(3) {
+                let f32_ms = group[2].ms;
+                for r in group {
+                    let ratio = if r.engine == "int" {
+                        format!("{:.2}×", f32_ms / r.ms)
                     } else {
                         String::new()
                     };
                     println!(
-                        "{:>6} {:>6} {:>6} {:>10.3} {:>12.1} {:>14} {:>9}",
-                        r.engine, r.bits, r.batch, r.ms, r.throughput, r.weight_bytes, speedup
+                        "{:>6} {:>9} {:>5} {:>6} {:>10.3} {:>11.1} {:>13} {:>8}",
+                        r.engine,
+                        r.residency.unwrap_or("–"),
+                        r.bits,
+                        r.batch,
+                        r.ms,
+                        r.throughput,
+                        r.weight_bytes,
+                        ratio
                     );
                 }
             }

@@ -159,6 +159,11 @@ impl PackedWeights {
         Self::from_arranged(isa, Self::arrange(isa, values, n, k), n, k)
     }
 
+    /// Bytes of weights, padding included.
+    pub(crate) fn bytes(&self) -> usize {
+        self.data.len()
+    }
+
     /// The instruction set the layout is for.
     pub(crate) fn isa(&self) -> Isa {
         self.isa
