@@ -23,7 +23,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    bench, calibrate, check_numerics, eval, export, info, profile, select, train, verify,
+    bench, calibrate, check_numerics, eval, export, info, predict, profile, select, train, verify,
 };
 
 /// Train, evaluate and deploy networks that switch bit-width at run time (AdaBits).
@@ -67,8 +67,14 @@ enum Command {
     /// BitOPs and size per bit-width. Versioned and checksummed; see docs/artifact.md.
     Export(export::Export),
     /// Check that an artifact gives its checkpoint's predictions on every validation image, at
-    /// every bit-width (exit status 1 if not).
+    /// every bit-width, on the f32 runtime and the integer runtime (exit status 1 if not).
     Verify(verify::Verify),
+    /// Classify images with an artifact's integer runtime at one bit-width.
+    ///
+    /// Reads PNG or JPEG images (or folders of them), CIFAR binary files and .npy float32
+    /// arrays [N, 3, H, W] in [0, 1]; prints each image's most likely classes with their
+    /// logits (--json: every logit), and the top-1 accuracy where the inputs carry labels.
+    Predict(predict::Predict),
     /// Pick the bit-width of an artifact that fits a size, cost or accuracy budget, and say why.
     ///
     /// Within --max-bytes and --max-bitops: the most accurate bit-width; with only
@@ -129,6 +135,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Info(args) => info::run(args),
         Command::Export(args) => export::run(args),
         Command::Verify(args) => verify::run(args),
+        Command::Predict(args) => predict::run(args),
         Command::Select(args) => select::run(args),
         Command::Calibrate(args) => calibrate::run(args),
         Command::CheckNumerics(args) => check_numerics::run(args),

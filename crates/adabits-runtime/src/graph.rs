@@ -279,6 +279,18 @@ pub struct Graph {
     pub nodes: Vec<Node>,
 }
 
+/// The most channels (or features) a layer may have: the sizes a file claims are checked before
+/// anything is allocated for them.
+pub const MAX_CHANNELS: usize = 1 << 16;
+/// The largest kernel, stride or padding.
+pub const MAX_WINDOW: usize = 1 << 10;
+/// The largest input side.
+pub const MAX_SIDE: usize = 1 << 14;
+/// The most values a layer's output may hold per image.
+pub const MAX_ELEMENTS: usize = 1 << 28;
+/// The most clipping levels or BatchNorm entries per layer.
+pub const MAX_ENTRIES: usize = 256;
+
 /// The shape of a value: `[c, h, w]` maps or `[features]` vectors (per image).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Shape {
@@ -329,6 +341,14 @@ impl Graph {
     /// A sentence naming the node and what is wrong.
     pub fn check(&self, input: [usize; 2]) -> Result<Vec<Shape>, String> {
         self.check_tables()?;
+        if !(1..=MAX_CHANNELS).contains(&self.in_channels)
+            || input.iter().any(|&s| s == 0 || s > MAX_SIDE)
+        {
+            return Err(format!(
+                "an input of {} channels at {}×{}: expected 1 to {MAX_CHANNELS} channels and sides of 1 to {MAX_SIDE}",
+                self.in_channels, input[0], input[1]
+            ));
+        }
         let mut shapes = vec![Shape::Map([self.in_channels, input[0], input[1]])];
         for (i, node) in self.nodes.iter().enumerate() {
             let what = node
@@ -350,8 +370,11 @@ impl Graph {
                     let [c, h, w] = map(read[0])?;
                     let [ci, co] = conv.channels;
                     let valid = conv.groups > 0
-                        && ci > 0
-                        && co > 0
+                        && (1..=MAX_CHANNELS).contains(&ci)
+                        && (1..=MAX_CHANNELS).contains(&co)
+                        && conv.kernel.iter().all(|&k| k <= MAX_WINDOW)
+                        && conv.stride.iter().all(|&s| s <= MAX_WINDOW)
+                        && conv.padding.iter().all(|&p| p <= MAX_WINDOW)
                         && ci % conv.groups == 0
                         && co % conv.groups == 0
                         && conv.kernel.iter().all(|&k| k > 0)
@@ -370,7 +393,10 @@ impl Graph {
                 }
                 Node::Linear(linear) => {
                     let [fi, fo] = linear.features;
-                    if fi == 0 || fo == 0 || !self.policy_fits(linear.policy) {
+                    if !(1..=MAX_CHANNELS).contains(&fi)
+                        || !(1..=MAX_CHANNELS).contains(&fo)
+                        || !self.policy_fits(linear.policy)
+                    {
                         return Err(format!("{what}: inconsistent sizes or bit-widths"));
                     }
                     if read[0] != Shape::Vector(fi) {
@@ -397,7 +423,9 @@ impl Graph {
                     let [c, h, w] = map(read[0])?;
                     let out = |size: usize, d: usize| {
                         let padded = size + 2 * padding[d];
-                        (kernel[d] > 0
+                        (kernel[d] <= MAX_WINDOW
+                            && stride[d] <= MAX_WINDOW
+                            && kernel[d] > 0
                             && stride[d] > 0
                             && padding[d] < kernel[d]
                             && padded >= kernel[d])
@@ -410,6 +438,15 @@ impl Graph {
                 }
                 Node::GlobalAvgPool { .. } => Shape::Vector(map(read[0])?[0]),
             };
+            let elements = match shape {
+                Shape::Map([c, h, w]) => c.checked_mul(h).and_then(|x| x.checked_mul(w)),
+                Shape::Vector(n) => Some(n),
+            };
+            if elements.is_none_or(|e| e > MAX_ELEMENTS) {
+                return Err(format!(
+                    "{what} makes a value of shape {shape}, above the {MAX_ELEMENTS} values per image this runtime takes"
+                ));
+            }
             shapes.push(shape);
         }
         match shapes.last() {
@@ -448,6 +485,12 @@ impl Graph {
             }
         }
         let norm = &self.norm;
+        if self.alphas > MAX_ENTRIES || norm.entries > MAX_ENTRIES {
+            return Err(format!(
+                "{} clipping levels and {} BatchNorm entries per layer: expected at most {MAX_ENTRIES}",
+                self.alphas, norm.entries
+            ));
+        }
         if norm.resolved.len() != n || norm.resolved.iter().any(|&e| e >= norm.entries) {
             return Err(format!(
                 "the BatchNorm table: expected one entry index below {} per bit-width",

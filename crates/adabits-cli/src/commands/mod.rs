@@ -6,6 +6,7 @@ pub(crate) mod check_numerics;
 pub(crate) mod eval;
 pub(crate) mod export;
 pub(crate) mod info;
+pub(crate) mod predict;
 pub(crate) mod profile;
 pub(crate) mod select;
 pub(crate) mod train;

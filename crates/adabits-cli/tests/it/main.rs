@@ -393,7 +393,7 @@ fn export_verify_select_and_calibrate_a_trained_run() {
         "{report}"
     );
 
-    // Verify: every validation image at every bit-width.
+    // Verify: every validation image at every bit-width, on both runtimes.
     let out = adabits(&[
         "verify",
         "--artifact",
@@ -405,12 +405,66 @@ fn export_verify_select_and_calibrate_a_trained_run() {
     assert!(out.status.success(), "{}", text(&out.stdout));
     let verdict: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(verdict["pass"], true);
-    for row in verdict["bits"].as_array().unwrap() {
+    let rows = verdict["bits"].as_array().unwrap();
+    assert_eq!(rows.len(), 6, "{verdict}");
+    for engine in ["f32", "int"] {
+        assert_eq!(rows.iter().filter(|r| r["engine"] == engine).count(), 3);
+    }
+    for row in rows {
         assert_eq!(
             (row["images"].as_u64(), row["same_prediction"].as_u64()),
             (Some(48), Some(48))
         );
     }
+
+    // Predict with the integer runtime: a .npy array of three 16×16 images.
+    let npy = dir.join("three.npy");
+    write_npy(&npy, &[3, 3, 16, 16]);
+    let npy_s = npy.to_str().unwrap();
+    let out = adabits(&[
+        "predict",
+        "--artifact",
+        abq_s,
+        "--bits",
+        "2",
+        "--top",
+        "2",
+        "--json",
+        npy_s,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let predictions = answer["predictions"].as_array().unwrap();
+    assert_eq!(predictions.len(), 3);
+    for p in predictions {
+        assert_eq!(p["top"].as_array().unwrap().len(), 2);
+        assert_eq!(p["logits"].as_array().unwrap().len(), 10);
+    }
+    // Bad input: an unknown bit-width, an array of the wrong size, a missing file.
+    let out = adabits(&["predict", "--artifact", abq_s, "--bits", "7", npy_s]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr).trim(),
+        "error: --bits: 7 bits is not one of the artifact's bit-widths (4,3,2)"
+    );
+    let wrong = dir.join("wrong.npy");
+    write_npy(&wrong, &[1, 3, 32, 32]);
+    let out = adabits(&["predict", "--artifact", abq_s, wrong.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr).trim(),
+        format!(
+            "error: {}: the array's shape: expected [N, 3, 16, 16], found [1, 3, 32, 32]",
+            wrong.display()
+        )
+    );
+    let out = adabits(&["predict", "--artifact", abq_s, "/nonexistent/x.png"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("no such file"),
+        "{}",
+        text(&out.stderr)
+    );
 
     // Select: the 4-bit model is over the byte limit; an impossible limit selects nothing.
     let bytes4 = table[0]["model_bytes"].as_f64().unwrap();
@@ -501,13 +555,19 @@ fn export_verify_select_and_calibrate_a_trained_run() {
     bytes[last] ^= 1;
     let bad = dir.join("bad.abq");
     std::fs::write(&bad, &bytes).unwrap();
-    let out = adabits(&["info", bad.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = text(&out.stderr);
-    assert!(
-        stderr.starts_with(&format!("error: {}: checksum mismatch", bad.display())),
-        "{stderr}"
-    );
+    for command in [
+        vec!["info", bad.to_str().unwrap()],
+        vec!["predict", "--artifact", bad.to_str().unwrap(), npy_s],
+    ] {
+        let out = adabits(&command);
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.starts_with(&format!("error: {}: checksum mismatch", bad.display())),
+            "{stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
     std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
     let out = adabits(&[
         "select",
@@ -523,6 +583,27 @@ fn export_verify_select_and_calibrate_a_trained_run() {
         text(&out.stderr)
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Writes a `.npy` float32 array of `shape` with values in `[0, 1]`.
+fn write_npy(path: &std::path::Path, shape: &[usize]) {
+    let dims: Vec<String> = shape.iter().map(ToString::to_string).collect();
+    let mut header = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}), }}",
+        dims.join(", ")
+    );
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((header.len() as u16).to_le_bytes());
+    bytes.extend(header.as_bytes());
+    let count: usize = shape.iter().product();
+    for i in 0..count {
+        bytes.extend(((i % 251) as f32 / 250.0).to_le_bytes());
+    }
+    std::fs::write(path, bytes).unwrap();
 }
 
 /// Ctrl-C is the binary's: the library only sees the stop flag it sets.

@@ -408,3 +408,90 @@ fn rebuild(
     let metadata = HashMap::from([("adabits".to_string(), header.to_string())]);
     safetensors::serialize(views, Some(metadata)).unwrap()
 }
+
+/// Every number of a JSON value, as a path of keys and indices.
+fn numbers(value: &serde_json::Value, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+    match value {
+        serde_json::Value::Number(_) => out.push(path.clone()),
+        serde_json::Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                path.push(i.to_string());
+                numbers(item, path, out);
+                path.pop();
+            }
+        }
+        serde_json::Value::Object(map) => {
+            for (key, item) in map {
+                path.push(key.clone());
+                numbers(item, path, out);
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn resealed_graph_edits_are_refused_or_run_by_the_integer_runtime_without_a_panic() {
+    // A file written by something else can carry a valid checksum over a graph that does not
+    // fit: every number of the graph is edited in turn, the file resealed, and the reader and
+    // the integer runtime must refuse it by name or run it, never panic.
+    let config = ModelConfig::new(Architecture::CifarResNet(20), "4,2".parse().unwrap())
+        .with_width_mult(0.25);
+    let model = config.init(&crate::device());
+    let good = export_artifact(&model, &config, 16, &HashMap::new(), None)
+        .unwrap()
+        .to_bytes();
+    let (header_text, tensors) = split(&good);
+    let header: serde_json::Value = serde_json::from_str(&header_text).unwrap();
+    let mut paths = Vec::new();
+    numbers(&header["graph"], &mut vec!["graph".into()], &mut paths);
+    let data = |name: &str| tensors.iter().find(|t| t.0 == name).unwrap().3.clone();
+    let (codes, scalars) = (data("codes"), data("scalars"));
+    let images = vec![0.5f32; 3 * 16 * 16];
+    let (mut refused, mut ran, mut panics) = (0, 0, 0);
+    for (i, path) in paths.iter().enumerate() {
+        for value in [0u64, 1, 3, 7, 1 + i as u64 % 40, 1 << 40] {
+            let mut edited = header.clone();
+            let mut slot = &mut edited;
+            for key in path {
+                slot = match slot {
+                    serde_json::Value::Array(items) => &mut items[key.parse::<usize>().unwrap()],
+                    other => &mut other[key.as_str()],
+                };
+            }
+            *slot = value.into();
+            // Resealed: a header that no longer deserialises is refused like any other.
+            let Ok(mut sealed) = serde_json::from_value::<adabits_models::ArtifactHeader>(edited)
+            else {
+                refused += 1;
+                continue;
+            };
+            sealed.crc32 = sealed.checksum(&codes, &scalars);
+            let text = serde_json::to_string(&sealed).unwrap();
+            let bytes = rebuild(&text, &tensors, &["codes", "scalars"]);
+            let outcome = std::panic::catch_unwind(|| {
+                let artifact =
+                    Artifact::from_bytes(&bytes, Path::new("m.abq")).map_err(|e| e.to_string())?;
+                let mut int = IntRuntime::new(artifact).map_err(|e| e.to_string())?;
+                for b in int.artifact().bits() {
+                    int.set_bits(b).map_err(|e| e.to_string())?;
+                    int.forward(&images, 1, [16, 16])
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok::<_, String>(())
+            });
+            match outcome {
+                Err(_) => panics += 1,
+                Ok(Err(_)) => refused += 1,
+                Ok(Ok(())) => ran += 1,
+            }
+        }
+    }
+    eprintln!(
+        "{} resealed graph edits: {refused} refused, {ran} ran, {panics} panics",
+        6 * paths.len()
+    );
+    assert!(paths.len() > 50, "{} numbers in the graph", paths.len());
+    assert_eq!(panics, 0);
+}
