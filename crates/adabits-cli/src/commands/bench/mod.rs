@@ -67,11 +67,23 @@ pub(crate) fn run(args: Bench) -> anyhow::Result<ExitCode> {
     let device = args.device.device();
     if let (Some(path), true) = (&args.artifact, args.profile) {
         let rows = artifact::profile(path, args.batch)?;
+        let isa = adabits_runtime::Isa::detect();
+        let kernel = isa.kernel_gmacs();
+        let threads = rayon::current_num_threads();
         if args.json {
-            print_json(
-                &serde_json::json!({ "artifact": path.display().to_string(), "profile": rows }),
-            )?;
+            print_json(&serde_json::json!({
+                "artifact": path.display().to_string(),
+                "isa": isa.name(),
+                "threads": threads,
+                "kernel_gmacs_per_thread": kernel,
+                "profile": rows,
+            }))?;
         } else {
+            println!(
+                "{}: {} kernel in cache {kernel:.1} GMAC/s per thread, {threads} threads",
+                path.display(),
+                isa.name()
+            );
             println!(
                 "{:>5} {:<36} {:>10} {:>12} {:>9}",
                 "bits", "node", "ms/image", "MACs", "GMAC/s"
