@@ -15,6 +15,7 @@
 //! kernels multiply by `j` and the epilogue adds the sum of the inputs,
 //! `Σ m·q = 2·Σ j·q + Σ q`.
 
+use super::kernels::{self, Isa, Wide};
 use crate::format::{QuantPayload, pack, unpack_shifted};
 use crate::graph::Scheme;
 
@@ -96,21 +97,11 @@ impl Weights {
     /// The values the kernels multiply by, as signed bytes in the kernel's order: the
     /// numerators `m`, or `j` where `m` needs 9 bits (then [`numerators`](Self::numerators) says
     /// so). Eight values at a time from `w` bytes.
-    pub(crate) fn unpack(&self, out: &mut Vec<i8>) {
-        let expand = self.odd && self.numerators.scale == 1;
+    /// The loop is compiled for the widest vectors of `isa` ([`kernels::wide`]).
+    pub(crate) fn unpack(&self, isa: Isa, out: &mut Vec<i8>) {
         out.clear();
         out.reserve(self.count);
-        match (self.bits, expand) {
-            (1, e) => unpack_signed::<1>(&self.packed, self.count, e, out),
-            (2, e) => unpack_signed::<2>(&self.packed, self.count, e, out),
-            (3, e) => unpack_signed::<3>(&self.packed, self.count, e, out),
-            (4, e) => unpack_signed::<4>(&self.packed, self.count, e, out),
-            (5, e) => unpack_signed::<5>(&self.packed, self.count, e, out),
-            (6, e) => unpack_signed::<6>(&self.packed, self.count, e, out),
-            (7, e) => unpack_signed::<7>(&self.packed, self.count, e, out),
-            // Eight bits: the stored bytes are `j` itself.
-            _ => out.extend(self.packed[..self.count].iter().map(|&b| b as i8)),
-        }
+        kernels::wide(isa, Unpack { weights: self, out });
     }
 
     /// The sum of the numerators of each run of `per` weights of `part` at weight bit-width
@@ -145,8 +136,37 @@ impl Weights {
     }
 }
 
+/// [`Weights::unpack`]'s loop.
+struct Unpack<'a> {
+    weights: &'a Weights,
+    out: &'a mut Vec<i8>,
+}
+
+impl Wide for Unpack<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let Self { weights: w, out } = self;
+        let expand = w.odd && w.numerators.scale == 1;
+        let (packed, count) = (&w.packed[..], w.count);
+        match w.bits {
+            1 => unpack_signed::<1>(packed, count, expand, out),
+            2 => unpack_signed::<2>(packed, count, expand, out),
+            3 => unpack_signed::<3>(packed, count, expand, out),
+            4 => unpack_signed::<4>(packed, count, expand, out),
+            5 => unpack_signed::<5>(packed, count, expand, out),
+            6 => unpack_signed::<6>(packed, count, expand, out),
+            7 => unpack_signed::<7>(packed, count, expand, out),
+            // Eight bits: the stored bytes are `j` itself.
+            _ => out.extend(packed[..count].iter().map(|&b| b as i8)),
+        }
+    }
+}
+
 /// `count` values of `B` bits (two's complement) from `packed`, sign-extended, as `2j + 1`
 /// where `odd`.
+#[inline(always)]
 fn unpack_signed<const B: usize>(packed: &[u8], count: usize, odd: bool, out: &mut Vec<i8>) {
     let shift = 8 - B as u32;
     let extend = |v: u64| {
@@ -213,8 +233,13 @@ mod tests {
                 let weights = Weights::new(&part, w, scheme, |j| j).unwrap();
                 let n = weights.numerators;
                 let mut values = Vec::new();
-                weights.unpack(&mut values);
+                weights.unpack(Isa::Scalar, &mut values);
                 assert_eq!(values.len(), codes.len());
+                for isa in Isa::available() {
+                    let mut wide = Vec::new();
+                    weights.unpack(isa, &mut wide);
+                    assert_eq!(wide, values, "{isa:?}");
+                }
                 for (&k, &v) in codes.iter().zip(&values) {
                     // The numerator of a single input q = 1: a·v + c.
                     let m = n.scale * i32::from(v) + n.plus_inputs;

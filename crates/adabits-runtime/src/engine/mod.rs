@@ -432,7 +432,7 @@ impl IntRuntime {
         let active = self.active[i].as_ref()?;
         let numerators = active.weights.numerators;
         let mut values = Vec::new();
-        active.weights.unpack(&mut values);
+        active.weights.unpack(self.isa, &mut values);
         Some(match node {
             Node::Conv(conv) => Prepared::Conv(
                 ConvWeights::from_arranged(
