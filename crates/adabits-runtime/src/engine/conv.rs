@@ -257,7 +257,7 @@ fn dense(
     out: &mut [f32],
     split: usize,
 ) {
-    if w.isa() != Isa::Scalar && g.cin.is_multiple_of(4) {
+    if w.isa() == Isa::Avx512Vnni && g.cin.is_multiple_of(4) {
         return direct(codes, batch, g, w, epilogue, out, split);
     }
     let [ho, wo] = g.output;

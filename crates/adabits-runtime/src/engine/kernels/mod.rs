@@ -26,20 +26,26 @@ pub(crate) fn wide<W: Wide>(isa: Isa, work: W) -> W::Output {
     match isa {
         Isa::Scalar => work.run(),
         #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => x86::wide_avx2(work),
+        #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => x86::wide(work),
         #[cfg(not(target_arch = "x86_64"))]
-        Isa::Avx512Vnni => work.run(),
+        Isa::Avx2 | Isa::Avx512Vnni => work.run(),
     }
 }
 
 /// Rows of activations that buffers are padded to a multiple of: the tallest register tile.
 pub(crate) const ROWS: usize = 16;
 
-/// The fast kernels' panel width for `n` output channels: 32 (two vectors of 16 lanes, eight
-/// rows per register tile) where `n` is a multiple of 32, else 16 (one vector, sixteen rows),
-/// so that a 16- or 48-channel layer wastes no lanes.
-pub(crate) fn panel_width(n: usize) -> usize {
-    if n.is_multiple_of(32) { 32 } else { 16 }
+/// A fast kernel's panel width for `n` output channels. AVX-512 VNNI: 32 (two vectors of 16
+/// lanes, eight rows per register tile) where `n` is a multiple of 32, else 16 (one vector,
+/// sixteen rows), so that a 16- or 48-channel layer wastes no lanes. AVX2: 8.
+pub(crate) fn panel_width(isa: Isa, n: usize) -> usize {
+    match isa {
+        Isa::Avx2 => 8,
+        _ if n.is_multiple_of(32) => 32,
+        _ => 16,
+    }
 }
 
 /// An instruction set the kernels can use.
@@ -47,37 +53,43 @@ pub(crate) fn panel_width(n: usize) -> usize {
 pub enum Isa {
     /// Portable Rust: the reference.
     Scalar,
+    /// AVX2 (for CPUs without VNNI): the bytes widened to 16 bits and multiplied in pairs
+    /// (`vpmaddwd`), exact for every code.
+    Avx2,
     /// AVX-512 with VNNI (`vpdpbusd`: four `u8 × i8` products summed into each `i32` lane).
     Avx512Vnni,
 }
 
 impl Isa {
     /// The best instruction set this CPU has, unless `ADABITS_ISA` names one (`scalar`,
-    /// `avx512vnni`); a named one the CPU lacks falls back to the scalar kernels.
+    /// `avx2`, `avx512vnni`); a named one the CPU lacks falls back to the scalar kernels.
     pub fn detect() -> Self {
-        let best = Self::best();
+        let available = Self::available();
         match std::env::var("ADABITS_ISA").ok().as_deref() {
-            Some("scalar") => Self::Scalar,
-            Some("avx512vnni") if best == Self::Avx512Vnni => Self::Avx512Vnni,
-            Some(_) => Self::Scalar,
-            None => best,
+            Some(name) => available
+                .into_iter()
+                .find(|isa| isa.name() == name)
+                .unwrap_or(Self::Scalar),
+            None => Self::best(),
         }
     }
 
     /// The best instruction set this CPU has.
     pub fn best() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        if x86::has_avx512_vnni() {
-            return Self::Avx512Vnni;
-        }
-        Self::Scalar
+        Self::available().pop().unwrap_or(Self::Scalar)
     }
 
-    /// Every instruction set this CPU can run, the scalar one first.
+    /// Every instruction set this CPU can run, the scalar one first, the best last.
     pub fn available() -> Vec<Self> {
         let mut all = vec![Self::Scalar];
-        if Self::best() == Self::Avx512Vnni {
-            all.push(Self::Avx512Vnni);
+        #[cfg(target_arch = "x86_64")]
+        {
+            if x86::has_avx2() {
+                all.push(Self::Avx2);
+            }
+            if x86::has_avx512_vnni() {
+                all.push(Self::Avx512Vnni);
+            }
         }
         all
     }
@@ -109,6 +121,7 @@ impl Isa {
     pub fn name(self) -> &'static str {
         match self {
             Self::Scalar => "scalar",
+            Self::Avx2 => "avx2",
             Self::Avx512Vnni => "avx512vnni",
         }
     }
@@ -142,8 +155,8 @@ impl PackedWeights {
                 }
                 data
             }
-            Isa::Avx512Vnni => {
-                let width = panel_width(n);
+            Isa::Avx2 | Isa::Avx512Vnni => {
+                let width = panel_width(isa, n);
                 let panels = n.div_ceil(width);
                 let mut data = vec![0i8; panels * kp * width];
                 for o in 0..n {
@@ -164,13 +177,15 @@ impl PackedWeights {
         let kp = k.next_multiple_of(4);
         let expected = match isa {
             Isa::Scalar => n * kp,
-            Isa::Avx512Vnni => n.div_ceil(panel_width(n)) * panel_width(n) * kp,
+            Isa::Avx2 | Isa::Avx512Vnni => {
+                n.div_ceil(panel_width(isa, n)) * panel_width(isa, n) * kp
+            }
         };
         assert_eq!(data.len(), expected, "arranged weights of {n}×{k}");
         Self {
             isa,
             data,
-            panel: panel_width(n),
+            panel: panel_width(isa, n),
             n,
             kp,
         }
@@ -216,12 +231,16 @@ pub(crate) fn gemm(a: &[u8], rows: usize, w: &PackedWeights, out: &mut [i32]) {
     match w.isa {
         Isa::Scalar => scalar::gemm(a, rows, &w.data, w.n, w.kp, out),
         #[cfg(target_arch = "x86_64")]
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => x86::gemm_avx2(a, rows, &w.data, w.n, w.kp, out),
+        #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni if w.panel == 32 => {
             x86::gemm_vnni::<8, 2>(a, rows, &w.data, w.n, w.kp, out);
         }
+        #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => x86::gemm_vnni::<16, 1>(a, rows, &w.data, w.n, w.kp, out),
         #[cfg(not(target_arch = "x86_64"))]
-        Isa::Avx512Vnni => unreachable!("AVX-512 is only detected on x86-64"),
+        Isa::Avx2 | Isa::Avx512Vnni => unreachable!("AVX is only detected on x86-64"),
     }
 }
 
@@ -274,7 +293,7 @@ pub(crate) fn gemm_direct(
         "the padded image ends before the tile's reach"
     );
     match w.isa {
-        Isa::Scalar => panic!("the direct kernel needs a fast instruction set"),
+        Isa::Scalar | Isa::Avx2 => panic!("the direct kernel needs AVX-512 VNNI"),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni if w.panel == 32 => {
             x86::direct_vnni::<8, 2>(x, start, rows, &w.data, w.n, out)

@@ -1,12 +1,14 @@
-//! The x86-64 kernels (AVX-512 VNNI). This is the one module of the crate with `unsafe`: the
-//! intrinsics need the CPU features they are compiled for, which `has_avx512_vnni` checks at
-//! run time before any of them is called, and raw pointer reads whose bounds the callers
-//! check (`super::gemm`).
+//! The x86-64 kernels (AVX-512 VNNI, AVX2). This is the one module of the crate with `unsafe`:
+//! the intrinsics need the CPU features they are compiled for, which `has_avx512_vnni` and
+//! `has_avx2` check at run time before any of them is called, and raw pointer reads whose
+//! bounds the callers check (`super::gemm`).
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::{
-    __m512i, _mm512_dpbusd_epi32, _mm512_loadu_si512, _mm512_set1_epi32, _mm512_setzero_si512,
-    _mm512_storeu_si512,
+    __m256i, __m512i, _mm_cvtepu8_epi16, _mm_cvtsi32_si128, _mm_loadu_si128, _mm256_add_epi32,
+    _mm256_broadcastq_epi64, _mm256_cvtepi8_epi16, _mm256_madd_epi16, _mm256_setzero_si256,
+    _mm256_storeu_si256, _mm512_dpbusd_epi32, _mm512_loadu_si512, _mm512_set1_epi32,
+    _mm512_setzero_si512, _mm512_storeu_si512,
 };
 
 use super::ROWS;
@@ -16,6 +18,108 @@ pub(super) fn has_avx512_vnni() -> bool {
     std::arch::is_x86_feature_detected!("avx512f")
         && std::arch::is_x86_feature_detected!("avx512bw")
         && std::arch::is_x86_feature_detected!("avx512vnni")
+}
+
+/// Whether this CPU runs the AVX2 kernels.
+pub(super) fn has_avx2() -> bool {
+    std::arch::is_x86_feature_detected!("avx2")
+}
+
+/// Runs `work` compiled for AVX2 where the CPU has it (see [`wide`]).
+#[inline(always)]
+pub(crate) fn wide_avx2<W: super::Wide>(work: W) -> W::Output {
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 (checked above), the feature the function is compiled for.
+        unsafe { wide_avx2_compiled(work) }
+    } else {
+        work.run()
+    }
+}
+
+/// `work.run()`, compiled with AVX2.
+///
+/// # Safety
+///
+/// The CPU must have AVX2.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn wide_avx2_compiled<W: super::Wide>(work: W) -> W::Output {
+    work.run()
+}
+
+/// `out[r][o] = Σ_i a[r][i] · w[o][i]` with `w` in panels of 8 channels, `[n / 8][kp / 4][8][4]`,
+/// register tiles of 4 rows: each 4-byte group of weights widened to 16 bits and multiplied in
+/// pairs with the row's 4 codes (`vpmaddwd`), which is exact for every `u8` and `i8` (a
+/// saturating `vpmaddubsw` is not, at 8-bit codes).
+///
+/// The caller (`super::gemm`) has checked that `a` holds `rows` rounded up to [`ROWS`] rows of
+/// `kp` bytes and `out` `rows × n` values; the panels hold `n` rounded up to 8.
+pub(super) fn gemm_avx2(a: &[u8], rows: usize, w: &[i8], n: usize, kp: usize, out: &mut [i32]) {
+    const R: usize = 4;
+    assert!(has_avx2(), "the AVX2 kernel needs AVX2");
+    assert!(ROWS.is_multiple_of(R) && kp.is_multiple_of(4));
+    let panels = n.div_ceil(8);
+    assert!(w.len() >= panels * kp * 8);
+    assert!(a.len() >= rows.next_multiple_of(ROWS) * kp && out.len() >= rows * n);
+    let mut tile = [[0i32; 8]; R];
+    for panel in 0..panels {
+        let weights = &w[panel * kp * 8..(panel + 1) * kp * 8];
+        let lanes = 8.min(n - panel * 8);
+        for r0 in (0..rows).step_by(R) {
+            let block = &a[r0 * kp..(r0 + R) * kp];
+            // SAFETY: the CPU has AVX2 (asserted above); `block` holds R rows of `kp` bytes and
+            // `weights` kp/4 groups of 32 bytes, all the kernel reads; `tile` is R rows of 8.
+            unsafe { tile_avx2::<R>(block, weights, kp, &mut tile) };
+            for r in 0..R.min(rows - r0) {
+                let dst = &mut out[(r0 + r) * n + panel * 8..][..lanes];
+                dst.copy_from_slice(&tile[r][..lanes]);
+            }
+        }
+    }
+}
+
+/// One AVX2 register tile: `R` rows against one panel of 8 channels.
+///
+/// # Safety
+///
+/// The CPU must have AVX2; `block` must hold `R · kp` bytes, `weights` `kp · 8` bytes, and `kp`
+/// must be a multiple of 4.
+#[target_feature(enable = "avx2")]
+unsafe fn tile_avx2<const R: usize>(
+    block: &[u8],
+    weights: &[i8],
+    kp: usize,
+    tile: &mut [[i32; 8]; R],
+) {
+    debug_assert!(block.len() >= R * kp && weights.len() >= kp * 8);
+    // acc[r][h]: lanes 2c and 2c + 1 hold channel 4h + c's two halves of its sum.
+    let mut acc: [[__m256i; 2]; R] = [[_mm256_setzero_si256(); 2]; R];
+    let a = block.as_ptr();
+    let b = weights.as_ptr();
+    for k4 in 0..kp / 4 {
+        // SAFETY: k4 < kp/4, so the 32 bytes at 32·k4 are within `weights` and each 4-byte
+        // read within its row of `block`.
+        unsafe {
+            let w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(k4 * 32).cast()));
+            let w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(k4 * 32 + 16).cast()));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let q = a.add(r * kp + k4 * 4).cast::<i32>().read_unaligned();
+                // The row's 4 codes as 16-bit values, repeated for the 4 channels of a half.
+                let q = _mm256_broadcastq_epi64(_mm_cvtepu8_epi16(_mm_cvtsi32_si128(q)));
+                acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(w0, q));
+                acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(w1, q));
+            }
+        }
+    }
+    let mut lanes = [0i32; 8];
+    for (row, acc) in tile.iter_mut().zip(&acc) {
+        for (h, &acc) in acc.iter().enumerate() {
+            // SAFETY: `lanes` holds 8 values, one 32-byte store.
+            unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), acc) };
+            for c in 0..4 {
+                row[4 * h + c] = lanes[2 * c] + lanes[2 * c + 1];
+            }
+        }
+    }
 }
 
 /// Runs `work` compiled for AVX-512 where the CPU has it: its `run`, inlined here, then uses
