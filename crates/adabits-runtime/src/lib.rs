@@ -19,7 +19,7 @@ mod format;
 mod fs;
 pub mod graph;
 
-pub use engine::{IntRuntime, Isa, NodeTime, Residency, RuntimeError};
+pub use engine::{Crossover, IntRuntime, Isa, NodeTime, Residency, RuntimeError, crossover};
 pub use format::{
     ARTIFACT_FORMAT, ARTIFACT_VERSION, Artifact, ArtifactError, ArtifactHeader, BitRow,
     LayerPayload, NormPayload, QuantPayload, WeightPlan, crc32, pack, packed_len, split_payload,

@@ -21,7 +21,7 @@ mod quantize;
 
 use rayon::prelude::*;
 
-pub use kernels::Isa;
+pub use kernels::{Crossover, Isa, crossover};
 
 use crate::format::{Artifact, LayerPayload, QuantPayload};
 use crate::graph::{ConvNode, InputTransform, LinearEval, LinearNode, Node, Scheme, Shape};

@@ -52,6 +52,10 @@ pub(crate) struct Bench {
     /// every bit-width, at batch 1 and `--batch`.
     #[arg(long, value_name = "FILE")]
     artifact: Option<std::path::PathBuf>,
+    /// Time the integer runtime's bit-serial products (AND and popcount over bit-planes)
+    /// against its `u8 × i8` kernel at small bit-widths, one thread, and print where each wins.
+    #[arg(long, conflicts_with_all = ["artifact", "model"])]
+    crossover: bool,
     /// With --artifact: time each layer of the integer runtime instead (per image, over
     /// --batch images run one after another).
     #[arg(long, requires = "artifact")]
@@ -65,6 +69,41 @@ pub(crate) struct Bench {
 pub(crate) fn run(args: Bench) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.iters > 0, "--iters must be at least 1");
     let device = args.device.device();
+    if args.crossover {
+        let pairs = [(1, 1), (1, 2), (2, 1), (2, 2), (2, 3), (3, 3), (4, 4)];
+        let rows = adabits_runtime::crossover(&pairs);
+        let isa = adabits_runtime::Isa::best();
+        if args.json {
+            let rows: Vec<_> = rows
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "activation_bits": r.a_bits, "weight_bits": r.w_bits,
+                        "bit_serial_gmacs": r.bit_serial_gmacs, "bytes_gmacs": r.bytes_gmacs,
+                    })
+                })
+                .collect();
+            print_json(&serde_json::json!({ "bytes_isa": isa.name(), "crossover": rows }))?;
+        } else {
+            println!("one thread, in cache; u8×i8 kernel: {}", isa.name());
+            println!(
+                "{:>6} {:>6} {:>16} {:>12} {:>8}",
+                "a bits", "w bits", "bit-serial GMAC/s", "u8×i8 GMAC/s", "faster"
+            );
+            for r in &rows {
+                let faster = if r.bit_serial_gmacs > r.bytes_gmacs {
+                    "bits"
+                } else {
+                    "bytes"
+                };
+                println!(
+                    "{:>6} {:>6} {:>16.1} {:>12.1} {:>8}",
+                    r.a_bits, r.w_bits, r.bit_serial_gmacs, r.bytes_gmacs, faster
+                );
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if let (Some(path), true) = (&args.artifact, args.profile) {
         let rows = artifact::profile(path, args.batch)?;
         let isa = adabits_runtime::Isa::detect();

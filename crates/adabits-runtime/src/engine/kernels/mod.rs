@@ -5,9 +5,12 @@
 //! shapes (`tests` below and `tests/kernels.rs`). `ADABITS_ISA=scalar` (or `avx512vnni`)
 //! forces a kernel, so that CI runs the portable path on a machine that has the fast one.
 
+mod bits;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+
+pub use bits::{Crossover, crossover};
 
 /// An element-wise loop that [`wide`] compiles for the widest vectors the CPU has: its `run`
 /// must be `#[inline(always)]`, so that it is compiled inside the caller with the CPU's

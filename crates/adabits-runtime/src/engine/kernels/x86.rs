@@ -7,7 +7,8 @@
 use std::arch::x86_64::{
     __m256i, __m512i, _mm_cvtepu8_epi16, _mm_cvtsi32_si128, _mm_loadu_si128, _mm256_add_epi32,
     _mm256_broadcastq_epi64, _mm256_cvtepi8_epi16, _mm256_madd_epi16, _mm256_setzero_si256,
-    _mm256_storeu_si256, _mm512_dpbusd_epi32, _mm512_loadu_si512, _mm512_set1_epi32,
+    _mm256_storeu_si256, _mm512_add_epi64, _mm512_and_si512, _mm512_dpbusd_epi32,
+    _mm512_loadu_si512, _mm512_popcnt_epi64, _mm512_reduce_add_epi64, _mm512_set1_epi32,
     _mm512_setzero_si512, _mm512_storeu_si512,
 };
 
@@ -323,4 +324,90 @@ unsafe fn direct_tile<const R: usize, const V: usize>(
             unsafe { _mm512_storeu_si512(row.as_mut_ptr().add(16 * v).cast(), acc) };
         }
     }
+}
+
+/// Whether this CPU runs the AVX-512 popcount kernel (VPOPCNTDQ).
+pub(super) fn has_avx512_popcnt() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512vpopcntdq")
+}
+
+/// The bit-serial product with AVX-512 VPOPCNTDQ: tiles of 4 rows × 4 channels, per pair of
+/// planes an AND, a popcount and an add per 512 products.
+pub(super) fn gemm_bits_popcnt(p: &super::bits::Planes, rows: usize, n: usize, out: &mut [i32]) {
+    assert!(
+        has_avx512_popcnt(),
+        "the popcount kernel needs AVX-512 VPOPCNTDQ"
+    );
+    let (ab, wb, words) = (p.a_bits, p.w_bits, p.words);
+    assert!(words.is_multiple_of(8) && p.a.len() >= rows * ab * words);
+    assert!(p.w.len() >= n * wb * words && out.len() >= rows * n);
+    for r0 in (0..rows).step_by(4) {
+        for o0 in (0..n).step_by(4) {
+            let (tr, tc) = (4.min(rows - r0), 4.min(n - o0));
+            let mut sums = [[0i64; 4]; 4];
+            for i in 0..ab {
+                for j in 0..wb {
+                    let mut a = [&p.a[..0]; 4];
+                    let mut w = [&p.w[..0]; 4];
+                    for r in 0..4 {
+                        // Rows past the tile repeat its last row; their sums are dropped.
+                        let row = r0 + r.min(tr - 1);
+                        a[r] = &p.a[(row * ab + i) * words..][..words];
+                    }
+                    for c in 0..4 {
+                        let col = o0 + c.min(tc - 1);
+                        w[c] = &p.w[(col * wb + j) * words..][..words];
+                    }
+                    // SAFETY: the CPU has AVX-512 F and VPOPCNTDQ (asserted above); every plane
+                    // slice holds `words` words, a multiple of 8, all the tile reads.
+                    let counts = unsafe { tile_popcnt(&a, &w, words) };
+                    let weight = p.pair_weight(i, j);
+                    for r in 0..4 {
+                        for c in 0..4 {
+                            sums[r][c] += weight * counts[r][c];
+                        }
+                    }
+                }
+            }
+            for r in 0..tr {
+                for c in 0..tc {
+                    out[(r0 + r) * n + o0 + c] = sums[r][c] as i32;
+                }
+            }
+        }
+    }
+}
+
+/// `popcount(a[r] AND w[c])` over `words` words for a 4 × 4 tile.
+///
+/// # Safety
+///
+/// The CPU must have AVX-512 F and VPOPCNTDQ; every slice must hold `words` words, a multiple
+/// of 8.
+#[target_feature(enable = "avx512f,avx512vpopcntdq")]
+unsafe fn tile_popcnt(a: &[&[u64]; 4], w: &[&[u64]; 4], words: usize) -> [[i64; 4]; 4] {
+    let mut acc = [[_mm512_setzero_si512(); 4]; 4];
+    for chunk in (0..words).step_by(8) {
+        // SAFETY: chunk + 8 ≤ words, the length of every slice.
+        unsafe {
+            let mut wv = [_mm512_setzero_si512(); 4];
+            for (v, w) in wv.iter_mut().zip(w) {
+                *v = _mm512_loadu_si512(w.as_ptr().add(chunk).cast());
+            }
+            for (acc, a) in acc.iter_mut().zip(a) {
+                let av = _mm512_loadu_si512(a.as_ptr().add(chunk).cast());
+                for (acc, &wv) in acc.iter_mut().zip(&wv) {
+                    *acc = _mm512_add_epi64(*acc, _mm512_popcnt_epi64(_mm512_and_si512(av, wv)));
+                }
+            }
+        }
+    }
+    let mut out = [[0i64; 4]; 4];
+    for (out, acc) in out.iter_mut().zip(&acc) {
+        for (out, &acc) in out.iter_mut().zip(acc) {
+            *out = _mm512_reduce_add_epi64(acc);
+        }
+    }
+    out
 }
