@@ -348,24 +348,22 @@ pub(super) fn gemm_bits_popcnt(p: &super::bits::Planes, rows: usize, n: usize, o
             let mut sums = [[0i64; 4]; 4];
             for i in 0..ab {
                 for j in 0..wb {
-                    let mut a = [&p.a[..0]; 4];
-                    let mut w = [&p.w[..0]; 4];
-                    for r in 0..4 {
-                        // Rows past the tile repeat its last row; their sums are dropped.
+                    // Rows and channels past the tile repeat its last; their sums are dropped.
+                    let a: [&[u64]; 4] = std::array::from_fn(|r| {
                         let row = r0 + r.min(tr - 1);
-                        a[r] = &p.a[(row * ab + i) * words..][..words];
-                    }
-                    for c in 0..4 {
+                        &p.a[(row * ab + i) * words..][..words]
+                    });
+                    let w: [&[u64]; 4] = std::array::from_fn(|c| {
                         let col = o0 + c.min(tc - 1);
-                        w[c] = &p.w[(col * wb + j) * words..][..words];
-                    }
+                        &p.w[(col * wb + j) * words..][..words]
+                    });
                     // SAFETY: the CPU has AVX-512 F and VPOPCNTDQ (asserted above); every plane
                     // slice holds `words` words, a multiple of 8, all the tile reads.
                     let counts = unsafe { tile_popcnt(&a, &w, words) };
                     let weight = p.pair_weight(i, j);
-                    for r in 0..4 {
-                        for c in 0..4 {
-                            sums[r][c] += weight * counts[r][c];
+                    for (sums, counts) in sums.iter_mut().zip(&counts) {
+                        for (sum, &count) in sums.iter_mut().zip(counts) {
+                            *sum += weight * count;
                         }
                     }
                 }
