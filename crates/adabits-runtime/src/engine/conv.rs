@@ -7,6 +7,7 @@ use rayon::prelude::*;
 use super::Isa;
 use super::kernels::{self, Direct, PackedWeights, ROWS, Wide, gemm};
 use super::layer::Numerators;
+use super::quantize::InputCodes;
 
 /// Output rows (pixels) per parallel task.
 const TASK_ROWS: usize = 64;
@@ -61,6 +62,10 @@ pub(crate) struct Epilogue {
     /// For a grouped convolution with double-sided inputs: `A`, the codes' value being
     /// `2q − A` steps (0 otherwise; a dense one has the term folded into `mult` and `add`).
     pub(crate) offset: i32,
+    /// Whether the output buffer holds a value to add (a residual) before the ReLU.
+    pub(crate) accumulate: bool,
+    /// The input codes of the one layer that reads this output: the epilogue writes them too.
+    pub(crate) codes: Option<InputCodes>,
 }
 
 /// The weights of a convolution as a kernel runs them.
@@ -151,12 +156,47 @@ pub(crate) fn conv(
     g: &Geometry,
     weights: &ConvWeights,
     epilogue: &Epilogue,
-    out: &mut [f32],
+    out: Output<'_>,
     split: usize,
 ) {
     match weights {
         ConvWeights::Dense(w) => dense(codes, batch, g, w, epilogue, out, split),
         ConvWeights::Grouped(isa, w) => grouped(codes, batch, g, (*isa, w), epilogue, out, split),
+    }
+}
+
+/// Where a convolution writes: its `f32` output (`[pixels][channels]`, holding the residual
+/// when the epilogue accumulates), and the next layer's codes when the epilogue makes them.
+#[derive(Debug)]
+pub(crate) struct Output<'a> {
+    /// The output values.
+    pub(crate) values: &'a mut [f32],
+    /// The next layer's codes, one per value.
+    pub(crate) codes: Option<&'a mut [u8]>,
+}
+
+impl Output<'_> {
+    /// Runs `f(task, values, codes)` on chunks of `chunk` values (and the codes beside them),
+    /// tasks at least `split` chunks long.
+    fn par_chunks<F>(self, chunk: usize, split: usize, f: F)
+    where
+        F: Fn(usize, &mut [f32], Option<&mut [u8]>) + Sync + Send,
+    {
+        match self.codes {
+            Some(codes) => self
+                .values
+                .par_chunks_mut(chunk)
+                .zip(codes.par_chunks_mut(chunk))
+                .with_min_len(split)
+                .enumerate()
+                .for_each(|(i, (v, c))| f(i, v, Some(c))),
+            None => self
+                .values
+                .par_chunks_mut(chunk)
+                .with_min_len(split)
+                .enumerate()
+                .for_each(|(i, v)| f(i, v, None)),
+        }
     }
 }
 
@@ -169,7 +209,7 @@ fn direct(
     g: &Geometry,
     w: &PackedWeights,
     epilogue: &Epilogue,
-    out: &mut [f32],
+    out: Output<'_>,
     split: usize,
 ) {
     let [h, wi] = g.input;
@@ -187,11 +227,20 @@ fn direct(
     let sums_needed = epilogue.numerators.plus_inputs != 0;
     let mut padded = vec![0u8; hp * wp * c + reach];
     let mut pixel_sums = Vec::new();
-    for (image, out) in codes
+    let per_image = ho * wo * n;
+    let Output {
+        values,
+        codes: mut next,
+    } = out;
+    for (b, (image, out)) in codes
         .chunks_exact(h * wi * c)
-        .zip(out.chunks_exact_mut(ho * wo * n))
+        .zip(values.chunks_exact_mut(per_image))
         .take(batch)
+        .enumerate()
     {
+        let next = next
+            .as_deref_mut()
+            .map(|c| &mut c[b * per_image..(b + 1) * per_image]);
         for (y, row) in image.chunks_exact(wi * c).enumerate() {
             padded[((y + p0) * wp + p1) * c..][..wi * c].copy_from_slice(row);
         }
@@ -209,39 +258,43 @@ fn direct(
             taps: &taps,
             channels: c,
         };
-        out.par_chunks_mut(wo * n)
-            .with_min_len(split)
-            .enumerate()
-            .for_each(|(oy, out)| {
-                SCRATCH.with_borrow_mut(|scratch| {
-                    for ox0 in (0..wo).step_by(ROWS) {
-                        let rows = ROWS.min(wo - ox0);
-                        let start = ((oy * g.stride[0]) * wp + ox0 * g.stride[1]) * c;
-                        scratch.acc.resize(ROWS * n, 0);
-                        kernels::gemm_direct(&x, start, rows, w, &mut scratch.acc);
-                        scratch.sums.clear();
-                        if sums_needed {
-                            scratch.sums.extend((0..rows).map(|r| {
-                                let (y0, x0) = (oy * g.stride[0], (ox0 + r) * g.stride[1]);
-                                (0..kh)
-                                    .flat_map(|ky| (0..kw).map(move |kx| (ky, kx)))
-                                    .map(|(ky, kx)| pixel_sums[(y0 + ky) * wp + x0 + kx])
-                                    .sum::<i32>()
-                            }));
-                        }
-                        kernels::wide(
-                            w.isa(),
-                            Rows {
-                                epilogue,
-                                acc: &scratch.acc[..rows * n],
-                                sums: &scratch.sums,
-                                n,
-                                out: &mut out[ox0 * n..(ox0 + rows) * n],
-                            },
-                        );
+        let out = Output {
+            values: out,
+            codes: next,
+        };
+        out.par_chunks(wo * n, split, |oy, out, mut next| {
+            SCRATCH.with_borrow_mut(|scratch| {
+                for ox0 in (0..wo).step_by(ROWS) {
+                    let rows = ROWS.min(wo - ox0);
+                    let start = ((oy * g.stride[0]) * wp + ox0 * g.stride[1]) * c;
+                    scratch.acc.resize(ROWS * n, 0);
+                    kernels::gemm_direct(&x, start, rows, w, &mut scratch.acc);
+                    scratch.sums.clear();
+                    if sums_needed {
+                        scratch.sums.extend((0..rows).map(|r| {
+                            let (y0, x0) = (oy * g.stride[0], (ox0 + r) * g.stride[1]);
+                            (0..kh)
+                                .flat_map(|ky| (0..kw).map(move |kx| (ky, kx)))
+                                .map(|(ky, kx)| pixel_sums[(y0 + ky) * wp + x0 + kx])
+                                .sum::<i32>()
+                        }));
                     }
-                });
+                    kernels::wide(
+                        w.isa(),
+                        Rows {
+                            epilogue,
+                            acc: &scratch.acc[..rows * n],
+                            sums: &scratch.sums,
+                            n,
+                            out: &mut out[ox0 * n..(ox0 + rows) * n],
+                            codes: next
+                                .as_deref_mut()
+                                .map(|c| &mut c[ox0 * n..(ox0 + rows) * n]),
+                        },
+                    );
+                }
             });
+        });
         // The next image overwrites the interior; the border stays zero.
     }
 }
@@ -254,7 +307,7 @@ fn dense(
     g: &Geometry,
     w: &PackedWeights,
     epilogue: &Epilogue,
-    out: &mut [f32],
+    out: Output<'_>,
     split: usize,
 ) {
     if w.isa() == Isa::Avx512Vnni && g.cin.is_multiple_of(4) {
@@ -263,31 +316,29 @@ fn dense(
     let [ho, wo] = g.output;
     let total = batch * ho * wo;
     let n = w.n();
-    out[..total * n]
-        .par_chunks_mut(TASK_ROWS * n)
-        .with_min_len(split)
-        .enumerate()
-        .for_each(|(task, out)| {
-            SCRATCH.with_borrow_mut(|scratch| {
-                let rows = out.len() / n;
-                scratch.im2col(codes, g, w.kp(), task * TASK_ROWS, rows);
-                if epilogue.numerators.plus_inputs != 0 {
-                    scratch.row_sums(w.kp(), rows);
-                }
-                scratch.acc.resize(rows * n, 0);
-                gemm(&scratch.a, rows, w, &mut scratch.acc);
-                kernels::wide(
-                    w.isa(),
-                    Rows {
-                        epilogue,
-                        acc: &scratch.acc,
-                        sums: &scratch.sums,
-                        n,
-                        out,
-                    },
-                );
-            });
+    debug_assert_eq!(out.values.len(), total * n);
+    out.par_chunks(TASK_ROWS * n, split, |task, out, next| {
+        SCRATCH.with_borrow_mut(|scratch| {
+            let rows = out.len() / n;
+            scratch.im2col(codes, g, w.kp(), task * TASK_ROWS, rows);
+            if epilogue.numerators.plus_inputs != 0 {
+                scratch.row_sums(w.kp(), rows);
+            }
+            scratch.acc.resize(rows * n, 0);
+            gemm(&scratch.a, rows, w, &mut scratch.acc);
+            kernels::wide(
+                w.isa(),
+                Rows {
+                    epilogue,
+                    acc: &scratch.acc,
+                    sums: &scratch.sums,
+                    n,
+                    out,
+                    codes: next,
+                },
+            );
         });
+    });
 }
 
 thread_local! {
@@ -363,6 +414,7 @@ struct Rows<'a> {
     sums: &'a [i32],
     n: usize,
     out: &'a mut [f32],
+    codes: Option<&'a mut [u8]>,
 }
 
 impl Wide for Rows<'_> {
@@ -376,6 +428,7 @@ impl Wide for Rows<'_> {
             sums,
             n,
             out,
+            mut codes,
         } = self;
         let Numerators { scale, plus_inputs } = epilogue.numerators;
         for (r, (out, acc)) in out.chunks_exact_mut(n).zip(acc.chunks_exact(n)).enumerate() {
@@ -385,11 +438,21 @@ impl Wide for Rows<'_> {
                 0
             };
             let constants = epilogue.mult.iter().zip(&epilogue.add);
-            for ((y, &a), (&m, &b)) in out.iter_mut().zip(acc).zip(constants) {
-                *y = (scale * a + extra) as f32 * m + b;
+            if epilogue.accumulate {
+                // The residual: added to the BatchNorm's output, before the ReLU, as the model does.
+                for ((y, &a), (&m, &b)) in out.iter_mut().zip(acc).zip(constants) {
+                    *y = ((scale * a + extra) as f32 * m + b) + *y;
+                }
+            } else {
+                for ((y, &a), (&m, &b)) in out.iter_mut().zip(acc).zip(constants) {
+                    *y = (scale * a + extra) as f32 * m + b;
+                }
             }
             if epilogue.relu {
                 out.iter_mut().for_each(|y| *y = y.max(0.0));
+            }
+            if let (Some(input), Some(codes)) = (epilogue.codes, codes.as_deref_mut()) {
+                input.row(out, &mut codes[r * n..(r + 1) * n]);
             }
         }
     }
@@ -403,7 +466,7 @@ fn grouped(
     g: &Geometry,
     (isa, w): (Isa, &[i32]),
     epilogue: &Epilogue,
-    out: &mut [f32],
+    out: Output<'_>,
     split: usize,
 ) {
     let [ho, wo] = g.output;
@@ -417,39 +480,37 @@ fn grouped(
         },
         ..epilogue.clone()
     };
-    out[..batch * ho * wo * n]
-        .par_chunks_mut(wo * n)
-        .with_min_len(split)
-        .enumerate()
-        .for_each(|(row, out)| {
-            let (image, oy) = (row / ho, row % ho);
-            let image = &codes[image * h * wi * g.cin..(image + 1) * h * wi * g.cin];
-            SCRATCH.with_borrow_mut(|scratch| {
-                scratch.acc.clear();
-                scratch.acc.resize(wo * n, 0);
-                kernels::wide(
-                    isa,
-                    GroupedRow {
-                        image,
-                        g,
-                        w,
-                        oy,
-                        offset: epilogue.offset,
-                        acc: &mut scratch.acc,
-                    },
-                );
-                kernels::wide(
-                    isa,
-                    Rows {
-                        epilogue: &whole,
-                        acc: &scratch.acc,
-                        sums: &[],
-                        n,
-                        out,
-                    },
-                );
-            });
+    debug_assert_eq!(out.values.len(), batch * ho * wo * n);
+    out.par_chunks(wo * n, split, |row, out, next| {
+        let (image, oy) = (row / ho, row % ho);
+        let image = &codes[image * h * wi * g.cin..(image + 1) * h * wi * g.cin];
+        SCRATCH.with_borrow_mut(|scratch| {
+            scratch.acc.clear();
+            scratch.acc.resize(wo * n, 0);
+            kernels::wide(
+                isa,
+                GroupedRow {
+                    image,
+                    g,
+                    w,
+                    oy,
+                    offset: epilogue.offset,
+                    acc: &mut scratch.acc,
+                },
+            );
+            kernels::wide(
+                isa,
+                Rows {
+                    epilogue: &whole,
+                    acc: &scratch.acc,
+                    sums: &[],
+                    n,
+                    out,
+                    codes: next,
+                },
+            );
         });
+    });
 }
 
 /// One output row of a grouped convolution: its integer sums, `[wo][out]`.
@@ -606,11 +667,11 @@ mod tests {
             let offset = if double && groups > 1 { 255 } else { 0 };
             let expected = naive(&codes, batch, &g, &m, i64::from(offset));
             // An epilogue that shows the sums exactly: mult 1, add 0.
-            let epilogue = Epilogue { numerators, mult: vec![1.0; cout], add: vec![0.0; cout], relu: false, offset };
+            let epilogue = Epilogue { numerators, mult: vec![1.0; cout], add: vec![0.0; cout], relu: false, offset, accumulate: false, codes: None };
             for isa in Isa::available() {
                 let weights = ConvWeights::new(isa, &values, numerators, &g);
                 let mut out = vec![f32::NAN; expected.len()];
-                conv(&codes, batch, &g, &weights, &epilogue, &mut out, 1);
+                conv(&codes, batch, &g, &weights, &epilogue, Output { values: &mut out, codes: None }, 1);
                 let found: Vec<i64> = out.iter().map(|&v| v as i64).collect();
                 prop_assert_eq!(&found, &expected, "{:?} {:?}", isa, g);
             }

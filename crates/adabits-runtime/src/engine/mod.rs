@@ -69,9 +69,10 @@ pub struct IntRuntime {
     bits: u8,
     /// Per node: its layer at the active bit-width, for the convolutions and linear layers.
     active: Vec<Option<Active>>,
-    /// Per node: whether a convolution applies the ReLU of the node after it (which then only
-    /// passes its input on).
-    fused_relu: Vec<bool>,
+    /// Per node: what a convolution's epilogue does of the nodes after it.
+    fusion: Vec<Fusion>,
+    /// Per node: whether the epilogue of a convolution before it does its work.
+    absorbed: Vec<bool>,
     /// What stays in memory between calls.
     residency: Residency,
     /// With [`Residency::Expanded`]: every layer in the kernels' layout at the active
@@ -124,13 +125,14 @@ impl IntRuntime {
                     .into(),
             ));
         }
-        let fused_relu = fusable_relus(&graph.nodes);
+        let (fusion, absorbed) = plan_fusion(&graph.nodes);
         let top = graph.bits.iter().copied().max().unwrap_or(8);
         let mut runtime = Self {
             active: Vec::new(),
             residency: Residency::Packed,
             expanded: None,
-            fused_relu,
+            fusion,
+            absorbed,
             artifact,
             isa,
             bits: top,
@@ -445,8 +447,15 @@ impl IntRuntime {
                     numerators,
                     mult: active.mult.clone(),
                     add: active.add.clone(),
-                    relu: self.fused_relu[i],
+                    relu: self.fusion[i].relu,
                     offset: active.offset,
+                    accumulate: self.fusion[i].residual.is_some(),
+                    // Codes for the next layer, where it alone reads this output.
+                    codes: self.fusion[i]
+                        .codes_for
+                        .and_then(|j| self.active[j].as_ref())
+                        .map(|a| a.input)
+                        .filter(|input| !matches!(input, InputCodes::Integers)),
                 },
             ),
             _ => Prepared::Linear(
@@ -481,103 +490,139 @@ impl IntRuntime {
             }
         }
         let mut values: Vec<Option<Vec<f32>>> = vec![None; shapes.len()];
+        // Codes an epilogue made for the one convolution that reads the value.
+        let mut made_codes: Vec<Option<Vec<u8>>> = vec![None; shapes.len()];
         values[0] = Some(pixels(images, batch, c, h * w)?);
         let mut codes = Vec::new();
         let produced = "a value is produced before it is read";
+        // The value `v` for node `at`: moved out where `at` is its last reader (reading it
+        // once), else copied.
+        let take = |values: &mut Vec<Option<Vec<f32>>>, v: usize, at: usize| -> Vec<f32> {
+            let reads = graph.nodes[at]
+                .inputs(at)
+                .iter()
+                .filter(|&&u| u == v)
+                .count();
+            if last_use[v] == at && reads == 1 {
+                values[v].take().expect(produced)
+            } else {
+                values[v].clone().expect(produced)
+            }
+        };
         for (i, node) in graph.nodes.iter().enumerate() {
+            if self.absorbed[i] {
+                continue;
+            }
             let start = std::time::Instant::now();
             let inputs = node.inputs(i);
-            let take = |values: &mut Vec<Option<Vec<f32>>>, v: usize| -> Vec<f32> {
-                if last_use[v] == i && inputs.iter().filter(|&&u| u == v).count() == 1 {
-                    values[v].take().expect(produced)
-                } else {
-                    values[v].clone().expect(produced)
-                }
-            };
-            let out =
-                match (node, &prepared[i]) {
-                    (Node::Conv(conv), Some(Prepared::Conv(weights, epilogue))) => {
-                        let active = self.active[i]
-                            .as_ref()
-                            .expect("set_bits prepared every layer");
-                        let x = values[inputs[0]].as_ref().expect(produced);
-                        active.input.codes(self.isa, x, &mut codes, split).map_err(|v| {
-                        RuntimeError::Input(format!(
-                            "layer `{}` takes the pixel values 0..255 as they are, found {v}",
-                            conv.name
-                        ))
-                    })?;
-                        let (Shape::Map([_, ih, iw]), Shape::Map([cout, oh, ow])) =
-                            (shapes[inputs[0]], shapes[i + 1])
-                        else {
-                            unreachable!("a checked graph's convolutions map maps to maps")
-                        };
-                        let g = geometry(conv, [ih, iw], [oh, ow]);
-                        let mut out = vec![0.0; batch * oh * ow * cout];
-                        conv::conv(&codes, batch, &g, weights, epilogue, &mut out, split);
-                        out
-                    }
-                    (Node::Linear(linear), Some(Prepared::Linear(m))) => {
-                        let active = self.active[i]
-                            .as_ref()
-                            .expect("set_bits prepared every layer");
-                        let x = values[inputs[0]].as_ref().expect(produced);
-                        active
-                            .input
-                            .codes(self.isa, x, &mut codes, split)
-                            .map_err(|v| {
-                                RuntimeError::Input(format!(
-                                    "layer `{}` takes integers 0..255 as they are, found {v}",
-                                    linear.name
-                                ))
-                            })?;
-                        run_linear(linear, active, m, &codes, batch, split)
-                    }
-                    (Node::Relu { .. }, _) => {
-                        let mut x = take(&mut values, inputs[0]);
-                        if !(i > 0 && self.fused_relu[i - 1]) {
-                            x.iter_mut().for_each(|v| *v = v.max(0.0));
+            // The last node this one's work covers (itself, or the end of a fused group).
+            let last = i + self.fusion[i].absorbs;
+            let out = match (node, &prepared[i]) {
+                (Node::Conv(conv), Some(Prepared::Conv(weights, epilogue))) => {
+                    let active = self.active[i]
+                        .as_ref()
+                        .expect("set_bits prepared every layer");
+                    let input_codes = match made_codes[inputs[0]].take() {
+                        Some(made) => made,
+                        None => {
+                            let x = values[inputs[0]].as_ref().expect(produced);
+                            active
+                                .input
+                                .codes(self.isa, x, &mut codes, split)
+                                .map_err(|v| {
+                                    RuntimeError::Input(format!(
+                                        "layer `{}` takes the pixel values 0..255 as they are, found {v}",
+                                        conv.name
+                                    ))
+                                })?;
+                            std::mem::take(&mut codes)
                         }
-                        x
+                    };
+                    let (Shape::Map([_, ih, iw]), Shape::Map([cout, oh, ow])) =
+                        (shapes[inputs[0]], shapes[i + 1])
+                    else {
+                        unreachable!("a checked graph's convolutions map maps to maps")
+                    };
+                    let g = geometry(conv, [ih, iw], [oh, ow]);
+                    let len = batch * oh * ow * cout;
+                    // A fused residual: the output starts as the value it adds.
+                    let mut out = match self.fusion[i].residual {
+                        Some(r) => take(&mut values, r, i + 1),
+                        None => vec![0.0; len],
+                    };
+                    let mut next = epilogue.codes.map(|_| vec![0u8; len]);
+                    let target = conv::Output {
+                        values: &mut out,
+                        codes: next.as_deref_mut(),
+                    };
+                    conv::conv(&input_codes, batch, &g, weights, epilogue, target, split);
+                    codes = input_codes;
+                    made_codes[last + 1] = next;
+                    out
+                }
+                (Node::Linear(linear), Some(Prepared::Linear(m))) => {
+                    let active = self.active[i]
+                        .as_ref()
+                        .expect("set_bits prepared every layer");
+                    let x = values[inputs[0]].as_ref().expect(produced);
+                    active
+                        .input
+                        .codes(self.isa, x, &mut codes, split)
+                        .map_err(|v| {
+                            RuntimeError::Input(format!(
+                                "layer `{}` takes integers 0..255 as they are, found {v}",
+                                linear.name
+                            ))
+                        })?;
+                    run_linear(linear, active, m, &codes, batch, split)
+                }
+                (Node::Relu { .. }, _) => {
+                    let mut x = take(&mut values, inputs[0], i);
+                    x.iter_mut().for_each(|v| *v = v.max(0.0));
+                    x
+                }
+                (Node::Add { .. }, _) => {
+                    let mut a = take(&mut values, inputs[0], i);
+                    let b = values[inputs[1]].as_ref().expect(produced);
+                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                    a
+                }
+                (
+                    Node::MaxPool {
+                        kernel,
+                        stride,
+                        padding,
+                        ..
+                    },
+                    _,
+                ) => {
+                    let x = values[inputs[0]].as_ref().expect(produced);
+                    let (Shape::Map([c, ih, iw]), Shape::Map([_, oh, ow])) =
+                        (shapes[inputs[0]], shapes[i + 1])
+                    else {
+                        unreachable!("a checked graph pools a map")
+                    };
+                    max_pool(x, batch, c, [ih, iw], [oh, ow], *kernel, *stride, *padding)
+                }
+                (Node::GlobalAvgPool { .. }, _) => {
+                    let x = values[inputs[0]].as_ref().expect(produced);
+                    let Shape::Map([c, ih, iw]) = shapes[inputs[0]] else {
+                        unreachable!("a checked graph pools a map")
+                    };
+                    global_avg_pool(x, batch, c, ih * iw)
+                }
+                _ => unreachable!("forward prepared every layer"),
+            };
+            // Drop what no later node reads.
+            for k in i..=last {
+                for v in graph.nodes[k].inputs(k) {
+                    if last_use[v] <= last {
+                        values[v] = None;
+                        made_codes[v] = None;
                     }
-                    (Node::Add { .. }, _) => {
-                        let mut a = take(&mut values, inputs[0]);
-                        let b = values[inputs[1]].as_ref().expect(produced);
-                        a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-                        a
-                    }
-                    (
-                        Node::MaxPool {
-                            kernel,
-                            stride,
-                            padding,
-                            ..
-                        },
-                        _,
-                    ) => {
-                        let x = values[inputs[0]].as_ref().expect(produced);
-                        let (Shape::Map([c, ih, iw]), Shape::Map([_, oh, ow])) =
-                            (shapes[inputs[0]], shapes[i + 1])
-                        else {
-                            unreachable!("a checked graph pools a map")
-                        };
-                        max_pool(x, batch, c, [ih, iw], [oh, ow], *kernel, *stride, *padding)
-                    }
-                    (Node::GlobalAvgPool { .. }, _) => {
-                        let x = values[inputs[0]].as_ref().expect(produced);
-                        let Shape::Map([c, ih, iw]) = shapes[inputs[0]] else {
-                            unreachable!("a checked graph pools a map")
-                        };
-                        global_avg_pool(x, batch, c, ih * iw)
-                    }
-                    _ => unreachable!("forward prepared every layer"),
-                };
-            for v in inputs {
-                if last_use[v] == i {
-                    values[v] = None;
                 }
             }
-            values[i + 1] = Some(out);
+            values[last + 1] = Some(out);
             if let Some(times) = times.as_deref_mut() {
                 times[i] += start.elapsed().as_secs_f64() * 1e3;
             }
@@ -721,21 +766,61 @@ fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     }
 }
 
-/// Per node: whether it is a convolution whose output only the ReLU right after it reads.
-fn fusable_relus(nodes: &[Node]) -> Vec<bool> {
+/// What a convolution's epilogue does of the nodes after it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Fusion {
+    /// How many nodes after it the epilogue does (an addition, a ReLU, or both): the last
+    /// one's value is the group's output, the others' values are never made.
+    absorbs: usize,
+    /// The value an absorbed addition adds (the residual), added before the ReLU.
+    residual: Option<usize>,
+    /// Whether a ReLU ends the group.
+    relu: bool,
+    /// The convolution that alone reads the group's output: the epilogue makes its codes.
+    codes_for: Option<usize>,
+}
+
+/// Per node: the fusion of a convolution with the nodes after it (an addition its output alone
+/// feeds, then a ReLU the sum alone feeds; or a ReLU alone), and whether a node is absorbed.
+fn plan_fusion(nodes: &[Node]) -> (Vec<Fusion>, Vec<bool>) {
     let mut readers = vec![0usize; nodes.len() + 1];
     for (i, node) in nodes.iter().enumerate() {
         for v in node.inputs(i) {
             readers[v] += 1;
         }
     }
-    (0..nodes.len())
-        .map(|i| {
-            matches!(nodes[i], Node::Conv(_))
-                && readers[i + 1] == 1
-                && matches!(nodes.get(i + 1), Some(Node::Relu { input: None }))
-        })
-        .collect()
+    let mut fusion = vec![Fusion::default(); nodes.len()];
+    let mut absorbed = vec![false; nodes.len()];
+    for i in 0..nodes.len() {
+        if !matches!(nodes[i], Node::Conv(_)) || absorbed[i] {
+            continue;
+        }
+        let mut f = Fusion::default();
+        let mut last = i;
+        // Node `last + 1` reads value `last + 1`, the group's output so far.
+        let own = last + 1;
+        if readers[own] == 1
+            && let Some(Node::Add { a, b }) = nodes.get(own)
+            && (*a == own) != (*b == own)
+        {
+            f.residual = Some(if *a == own { *b } else { *a });
+            last += 1;
+        }
+        if readers[last + 1] == 1 && matches!(nodes.get(last + 1), Some(Node::Relu { input: None }))
+        {
+            f.relu = true;
+            last += 1;
+        }
+        f.absorbs = last - i;
+        if readers[last + 1] == 1 {
+            f.codes_for = (last + 1..nodes.len())
+                .find(|&j| nodes[j].inputs(j).contains(&(last + 1)))
+                .filter(|&j| matches!(nodes[j], Node::Conv(_)));
+        }
+        absorbed[i + 1..=last].iter_mut().for_each(|a| *a = true);
+        fusion[i] = f;
+    }
+    (fusion, absorbed)
 }
 
 /// The `pixels` transform, `round(255·x)`, from `[batch][c][hw]` to channels-last.

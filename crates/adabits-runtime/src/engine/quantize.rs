@@ -133,36 +133,72 @@ impl Wide for PactLoop<'_> {
             original,
             double_sided,
         } = self;
-        // The fake quantizer's operations in its order, so that the same input gets the same
-        // level: v = c/α with c = min(relu(x), α), or u = (v + 1)/2 with c = clip(x, −α, α)
-        // (double-sided), then times the levels (2^b − 1 or 2^b). (Multiplying by levels/α
-        // instead gave more flips against the model on a trained ResNet-20: 34 images beyond
-        // 1e-4 of 2000 at 8 bits, against 27.) `max`/`min` rather than `clamp`, whose checks
-        // keep the loop from vectorising; the fake quantizer's ReLU maps NaN to 0, as `max`
-        // does.
-        let low = if double_sided { -alpha } else { 0.0 };
-        let levels = top_or_levels(original, top);
-        let units = |x: f32| {
-            let v = x.max(low).min(alpha) / alpha;
-            if double_sided {
-                (v + 1.0) / 2.0 * levels
-            } else {
-                v * levels
+        pact_row(x, out, alpha, top, original, double_sided);
+    }
+}
+
+impl InputCodes {
+    /// The codes of `x` into `out` (`x.len()` values), on the calling thread, inlined into a
+    /// caller that [`kernels::wide`] compiles: for an epilogue that quantizes each output row
+    /// for the layer that reads it. `Integers` copies the values as bytes (the caller has
+    /// checked them).
+    #[inline(always)]
+    pub(crate) fn row(self, x: &[f32], out: &mut [u8]) {
+        match self {
+            Self::Pact {
+                alpha,
+                bits,
+                scheme,
+                double_sided,
+            } => pact_row(
+                x,
+                out,
+                alpha,
+                ((1u32 << bits) - 1) as f32,
+                scheme == Scheme::Original,
+                double_sided,
+            ),
+            Self::Integers => {
+                for (q, &v) in out.iter_mut().zip(x) {
+                    *q = v as i32 as u8;
+                }
             }
-        };
-        // The level is read from the bits of `y + 2^23`, whose low mantissa bits are the
-        // rounded integer: a float-to-integer cast saturates lane by lane and does not vectorise.
-        if original {
-            // round(u·(2^b − 1))
-            for (q, &x) in out.iter_mut().zip(x) {
-                *q = round_level(units(x));
-            }
+        }
+    }
+}
+
+/// PACT codes of one run of values: `top = 2^b − 1`.
+#[inline(always)]
+fn pact_row(x: &[f32], out: &mut [u8], alpha: f32, top: f32, original: bool, double_sided: bool) {
+    // The fake quantizer's operations in its order, so that the same input gets the same
+    // level: v = c/α with c = min(relu(x), α), or u = (v + 1)/2 with c = clip(x, −α, α)
+    // (double-sided), then times the levels (2^b − 1 or 2^b). (Multiplying by levels/α
+    // instead gave more flips against the model on a trained ResNet-20: 34 images beyond
+    // 1e-4 of 2000 at 8 bits, against 27.) `max`/`min` rather than `clamp`, whose checks
+    // keep the loop from vectorising; the fake quantizer's ReLU maps NaN to 0, as `max`
+    // does.
+    let low = if double_sided { -alpha } else { 0.0 };
+    let levels = top_or_levels(original, top);
+    let units = |x: f32| {
+        let v = x.max(low).min(alpha) / alpha;
+        if double_sided {
+            (v + 1.0) / 2.0 * levels
         } else {
-            // min(⌊u·2^b⌋, 2^b − 1)
-            let top = top as i32;
-            for (q, &x) in out.iter_mut().zip(x) {
-                *q = floor_level(units(x), top);
-            }
+            v * levels
+        }
+    };
+    // The level is read from the bits of `y + 2^23`, whose low mantissa bits are the
+    // rounded integer: a float-to-integer cast saturates lane by lane and does not vectorise.
+    if original {
+        // round(u·(2^b − 1))
+        for (q, &x) in out.iter_mut().zip(x) {
+            *q = round_level(units(x));
+        }
+    } else {
+        // min(⌊u·2^b⌋, 2^b − 1)
+        let top = top as i32;
+        for (q, &x) in out.iter_mut().zip(x) {
+            *q = floor_level(units(x), top);
         }
     }
 }
