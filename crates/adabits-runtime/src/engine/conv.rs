@@ -441,7 +441,7 @@ impl Wide for Rows<'_> {
             if epilogue.accumulate {
                 // The residual: added to the BatchNorm's output, before the ReLU, as the model does.
                 for ((y, &a), (&m, &b)) in out.iter_mut().zip(acc).zip(constants) {
-                    *y = ((scale * a + extra) as f32 * m + b) + *y;
+                    *y += (scale * a + extra) as f32 * m + b;
                 }
             } else {
                 for ((y, &a), (&m, &b)) in out.iter_mut().zip(acc).zip(constants) {
