@@ -47,7 +47,7 @@ pub use mobilenet_v2::{InvertedResidual, MobileNetV2, MobileNetV2Config};
 pub use profile::{Accounting, CostReport, LayerCost, LayerShape, OpKind, avg_pool_shape, cost};
 pub use resnet_cifar::{BasicBlock, CifarResNet, CifarResNetConfig};
 pub use resnet_imagenet::{Bottleneck, ImageNetResNet, ImageNetResNetConfig};
-pub use settings::{InputTransform, QuantSettings};
+pub use settings::{InputTransform, QuantSettings, TransformImages};
 pub use state_dict::{StateDict, StateDictError, StateTensor};
 pub use surgery::{SurgeryError, adapt_from, scale_alpha, spread_first, with_added_bits};
 pub use zoo::{Architecture, Model, ModelConfig};

@@ -5,6 +5,7 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
+use crate::TransformImages;
 use crate::builder::{LayerBuilder, eight, make_divisible, pool_and_classify, stem_policy};
 use crate::layout::stage_layer_names;
 use crate::profile::{LayerShape, avg_pool_shape};

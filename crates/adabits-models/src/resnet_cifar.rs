@@ -7,6 +7,7 @@ use burn::tensor::Device;
 use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
 
+use crate::TransformImages;
 use crate::builder::{LayerBuilder, pool_and_classify, stem_policy};
 use crate::deploy::Tracer;
 use crate::profile::{LayerShape, avg_pool_shape};

@@ -9,6 +9,7 @@ use burn::tensor::module::max_pool2d;
 use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{Device, Tensor};
 
+use crate::TransformImages;
 use crate::builder::{LayerBuilder, eight, pool_and_classify, stem_policy};
 use crate::deploy::Tracer;
 use crate::profile::{LayerShape, avg_pool_shape};

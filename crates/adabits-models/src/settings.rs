@@ -5,44 +5,26 @@ use adabits_quant::{
 };
 use burn::config::Config;
 use burn::tensor::{Tensor, TensorData};
-use serde::{Deserialize, Serialize};
 
 use crate::BnSharing;
 
-/// What the network does to its input images (values in `[0, 1]`) before the first conv.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum InputTransform {
-    /// `round(255·x)`: integer pixel values 0..255, no mean or std (the official input, P7).
-    Pixels,
-    /// `x` itself.
-    Unit,
-    /// `(x − mean) / std` per channel (the official `normalize` flag); see
-    /// [`InputTransform::imagenet`].
-    Normalize {
-        /// Per-channel mean.
-        mean: [f64; 3],
-        /// Per-channel standard deviation.
-        std: [f64; 3],
-    },
-}
+/// What the network does to its input images (values in `[0, 1]`) before the first conv: one
+/// definition, in `adabits-runtime`, which the artifact's graph carries.
+pub use adabits_runtime::graph::InputTransform;
 
-impl InputTransform {
-    /// Normalisation with the ImageNet statistics torchvision uses.
-    pub fn imagenet() -> Self {
-        Self::Normalize {
-            mean: [0.485, 0.456, 0.406],
-            std: [0.229, 0.224, 0.225],
-        }
-    }
-
+/// [`InputTransform`] on a batch of images on a Burn device.
+pub trait TransformImages {
     /// Applies the transform.
     ///
     /// # Shapes
     ///
-    /// `images`: `[batch, 3, h, w]` (any channel count for [`Pixels`](Self::Pixels) and
-    /// [`Unit`](Self::Unit)); output the same.
-    pub fn apply(&self, images: Tensor<4>) -> Tensor<4> {
+    /// `images`: `[batch, 3, h, w]` (any channel count for `Pixels` and `Unit`); output the
+    /// same.
+    fn apply(&self, images: Tensor<4>) -> Tensor<4>;
+}
+
+impl TransformImages for InputTransform {
+    fn apply(&self, images: Tensor<4>) -> Tensor<4> {
         match self {
             Self::Pixels => adabits_quant::input_pixels(images),
             Self::Unit => images,

@@ -32,21 +32,32 @@ pub enum LinearEval {
     TrainForm,
 }
 
-/// What is done to the input images before the first layer (the model's input transform).
+/// What the network does to its input images (values in `[0, 1]`) before the first layer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InputTransform {
-    /// `round(255·x)`: integer pixel values 0..255 (the official input, P7).
+    /// `round(255·x)`: integer pixel values 0..255, no mean or std (the official input, P7).
     Pixels,
-    /// `x` as it is.
+    /// `x` itself.
     Unit,
-    /// `(x − mean)/std` per channel.
+    /// `(x − mean) / std` per channel (the official `normalize` flag); see
+    /// [`InputTransform::imagenet`].
     Normalize {
         /// Per-channel mean.
         mean: [f64; 3],
         /// Per-channel standard deviation.
         std: [f64; 3],
     },
+}
+
+impl InputTransform {
+    /// Normalisation with the ImageNet statistics torchvision uses.
+    pub fn imagenet() -> Self {
+        Self::Normalize {
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+        }
+    }
 }
 
 /// What a quantized layer uses at one of the model's bit-widths; written as the array

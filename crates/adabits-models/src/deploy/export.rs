@@ -18,7 +18,6 @@ use super::Tracer;
 use super::trace::Traced;
 use crate::layout::{LayerMut, OfficialLayout};
 use crate::profile::{Accounting, cost};
-use crate::settings::InputTransform;
 use crate::zoo::{Model, ModelConfig};
 
 /// Exports `model` (built from `config`, on any device) as an artifact: its graph, its codes at
@@ -80,14 +79,7 @@ pub fn export_artifact(
         },
         in_channels: 3,
         input_size: [input, input],
-        input: match &config.input {
-            InputTransform::Pixels => graph::InputTransform::Pixels,
-            InputTransform::Unit => graph::InputTransform::Unit,
-            InputTransform::Normalize { mean, std } => graph::InputTransform::Normalize {
-                mean: *mean,
-                std: *std,
-            },
-        },
+        input: config.input.clone(),
         policies: out.policies,
         alphas: out.alphas.unwrap_or(1),
         norm: out.norm.unwrap_or(NormTable {

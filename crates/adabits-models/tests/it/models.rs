@@ -1,6 +1,6 @@
 //! The models: one set of weights at every bit-width, forward and backward.
 
-use adabits_models::{CifarResNetConfig, MobileNetV1Config, QuantSettings};
+use adabits_models::{CifarResNetConfig, MobileNetV1Config, QuantSettings, TransformImages};
 use adabits_quant::{BitWidth, BitWidths};
 use burn::module::Module;
 use burn::tensor::{Distribution, Tensor};

@@ -509,6 +509,14 @@ impl IntRuntime {
                 values[v].clone().expect(produced)
             }
         };
+        // A layer's input codes; a weight-only layer's input must be bytes.
+        let quantize = |input: InputCodes, x: &[f32], codes: &mut Vec<u8>, name: &str| {
+            input.codes(self.isa, x, codes, split).map_err(|v| {
+                RuntimeError::Input(format!(
+                    "layer `{name}` takes the pixel values 0..255 as they are, found {v}"
+                ))
+            })
+        };
         for (i, node) in graph.nodes.iter().enumerate() {
             if self.absorbed[i] {
                 continue;
@@ -526,15 +534,7 @@ impl IntRuntime {
                         Some(made) => made,
                         None => {
                             let x = values[inputs[0]].as_ref().expect(produced);
-                            active
-                                .input
-                                .codes(self.isa, x, &mut codes, split)
-                                .map_err(|v| {
-                                    RuntimeError::Input(format!(
-                                        "layer `{}` takes the pixel values 0..255 as they are, found {v}",
-                                        conv.name
-                                    ))
-                                })?;
+                            quantize(active.input, x, &mut codes, &conv.name)?;
                             std::mem::take(&mut codes)
                         }
                     };
@@ -565,15 +565,7 @@ impl IntRuntime {
                         .as_ref()
                         .expect("set_bits prepared every layer");
                     let x = values[inputs[0]].as_ref().expect(produced);
-                    active
-                        .input
-                        .codes(self.isa, x, &mut codes, split)
-                        .map_err(|v| {
-                            RuntimeError::Input(format!(
-                                "layer `{}` takes integers 0..255 as they are, found {v}",
-                                linear.name
-                            ))
-                        })?;
+                    quantize(active.input, x, &mut codes, &linear.name)?;
                     run_linear(linear, active, m, &codes, batch, split)
                 }
                 (Node::Relu { .. }, _) => {

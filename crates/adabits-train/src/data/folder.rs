@@ -146,29 +146,37 @@ impl Dataset for ImageFolder {
                 }
                 out
             }
-            None => {
-                let short = (f64::from(crop) * 256.0 / 224.0).round() as u32;
-                let (w, h) = (image.width(), image.height());
-                let scale = f64::from(short) / f64::from(w.min(h));
-                let (nw, nh) = (
-                    ((f64::from(w) * scale).round() as u32).max(crop),
-                    ((f64::from(h) * scale).round() as u32).max(crop),
-                );
-                let resized = image::imageops::resize(&image, nw, nh, FilterType::Triangle);
-                image::imageops::crop_imm(&resized, (nw - crop) / 2, (nh - crop) / 2, crop, crop)
-                    .to_image()
-            }
+            None => center_crop(&image, crop),
         };
-        let side = self.crop;
-        let mut pixels = vec![0.0f32; 3 * side * side];
-        for (x, y, p) in out.enumerate_pixels() {
-            for c in 0..3 {
-                pixels[(c * side + y as usize) * side + x as usize] = f32::from(p[c]) / 255.0;
-            }
-        }
         Ok(Sample {
-            pixels,
+            pixels: channels_first(&out),
             label: *label,
         })
     }
+}
+
+/// The validation transform: `image` resized so that its short side is `crop·256/224`, then
+/// its center `crop`×`crop` (torchvision's Resize(256) and CenterCrop(224), scaled).
+pub fn center_crop(image: &RgbImage, crop: u32) -> RgbImage {
+    let short = (f64::from(crop) * 256.0 / 224.0).round() as u32;
+    let (w, h) = (image.width(), image.height());
+    let scale = f64::from(short) / f64::from(w.min(h));
+    let (nw, nh) = (
+        ((f64::from(w) * scale).round() as u32).max(crop),
+        ((f64::from(h) * scale).round() as u32).max(crop),
+    );
+    let resized = image::imageops::resize(image, nw, nh, FilterType::Triangle);
+    image::imageops::crop_imm(&resized, (nw - crop) / 2, (nh - crop) / 2, crop, crop).to_image()
+}
+
+/// An image's pixels as `[3][h][w]` values in `[0, 1]`.
+pub fn channels_first(image: &RgbImage) -> Vec<f32> {
+    let (w, h) = (image.width() as usize, image.height() as usize);
+    let mut pixels = vec![0.0f32; 3 * h * w];
+    for (x, y, p) in image.enumerate_pixels() {
+        for c in 0..3 {
+            pixels[(c * h + y as usize) * w + x as usize] = f32::from(p[c]) / 255.0;
+        }
+    }
+    pixels
 }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use cifar::{CifarKind, load_cifar};
-pub use folder::ImageFolder;
+pub use folder::{ImageFolder, center_crop, channels_first};
 pub use loader::{Batch, Loader};
 pub use synthetic::{SyntheticConfig, synthetic};
 

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use image::imageops::FilterType;
+use adabits_train::data::{center_crop, channels_first};
 
 /// One image to classify.
 #[derive(Debug)]
@@ -81,22 +81,9 @@ fn image_file(path: &Path, side: usize) -> anyhow::Result<Input> {
     let image = if image.width() == crop && image.height() == crop {
         image
     } else {
-        let short = (f64::from(crop) * 256.0 / 224.0).round() as u32;
-        let (w, h) = (image.width(), image.height());
-        let scale = f64::from(short) / f64::from(w.min(h));
-        let (nw, nh) = (
-            ((f64::from(w) * scale).round() as u32).max(crop),
-            ((f64::from(h) * scale).round() as u32).max(crop),
-        );
-        let resized = image::imageops::resize(&image, nw, nh, FilterType::Triangle);
-        image::imageops::crop_imm(&resized, (nw - crop) / 2, (nh - crop) / 2, crop, crop).to_image()
+        center_crop(&image, crop)
     };
-    let mut pixels = vec![0.0f32; 3 * side * side];
-    for (x, y, p) in image.enumerate_pixels() {
-        for c in 0..3 {
-            pixels[(c * side + y as usize) * side + x as usize] = f32::from(p[c]) / 255.0;
-        }
-    }
+    let pixels = channels_first(&image);
     Ok(Input {
         name: path.display().to_string(),
         pixels,
