@@ -79,6 +79,14 @@ pub(crate) enum ConvWeights {
 }
 
 impl ConvWeights {
+    /// The buffer of a dense convolution's layout (empty for a grouped one).
+    pub(crate) fn into_buffer(self) -> Vec<i8> {
+        match self {
+            Self::Dense(w) => w.into_data(),
+            Self::Grouped(..) => Vec::new(),
+        }
+    }
+
     /// Bytes of weights.
     pub(crate) fn bytes(&self) -> usize {
         match self {

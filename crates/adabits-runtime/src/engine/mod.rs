@@ -333,6 +333,17 @@ impl IntRuntime {
         let shapes = graph.check([h, w]).map_err(|e| {
             RuntimeError::Input(format!("{h}×{w} images do not fit the model: {e}"))
         })?;
+        if batch == 1 && self.expanded.is_none() {
+            // One image, weights packed: each layer is laid out just before it runs, in one
+            // buffer, so that its weights are in cache for its products and no more than one
+            // layer's layout is alive.
+            let call = Call {
+                channels: c,
+                shapes: &shapes,
+                prepared: &[],
+            };
+            return self.run(images, 1, &call, None, 1);
+        }
         let fresh;
         let prepared = match &self.expanded {
             Some(layers) => layers,
@@ -431,9 +442,15 @@ impl IntRuntime {
 
     /// The kernels' form of node `i`'s weights and its epilogue.
     fn prepare(&self, i: usize, node: &Node) -> Option<Prepared> {
+        self.prepare_into(i, node, Vec::new())
+    }
+
+    /// [`prepare`](Self::prepare), laying the weights out in `buffer` (whose allocation a
+    /// dense convolution keeps: [`Prepared::into_buffer`] gives it back).
+    fn prepare_into(&self, i: usize, node: &Node, buffer: Vec<i8>) -> Option<Prepared> {
         let active = self.active[i].as_ref()?;
         let numerators = active.weights.numerators;
-        let mut values = Vec::new();
+        let mut values = buffer;
         active.weights.unpack(self.isa, &mut values);
         Some(match node {
             Node::Conv(conv) => Prepared::Conv(
@@ -494,6 +511,7 @@ impl IntRuntime {
         let mut made_codes: Vec<Option<Vec<u8>>> = vec![None; shapes.len()];
         values[0] = Some(pixels(images, batch, c, h * w)?);
         let mut codes = Vec::new();
+        let mut spare = Vec::new();
         let produced = "a value is produced before it is read";
         // The value `v` for node `at`: moved out where `at` is its last reader (reading it
         // once), else copied.
@@ -525,7 +543,18 @@ impl IntRuntime {
             let inputs = node.inputs(i);
             // The last node this one's work covers (itself, or the end of a fused group).
             let last = i + self.fusion[i].absorbs;
-            let out = match (node, &prepared[i]) {
+            // Laid out now, when the call has no layouts (one image, weights packed).
+            let lazy = if prepared.is_empty() {
+                self.prepare_into(i, node, std::mem::take(&mut spare))
+            } else {
+                None
+            };
+            let layout = if prepared.is_empty() {
+                &lazy
+            } else {
+                &prepared[i]
+            };
+            let out = match (node, layout) {
                 (Node::Conv(conv), Some(Prepared::Conv(weights, epilogue))) => {
                     let active = self.active[i]
                         .as_ref()
@@ -605,6 +634,9 @@ impl IntRuntime {
                 }
                 _ => unreachable!("forward prepared every layer"),
             };
+            if let Some(layout) = lazy {
+                spare = layout.into_buffer();
+            }
             // Drop what no later node reads.
             for k in i..=last {
                 for v in graph.nodes[k].inputs(k) {
@@ -635,6 +667,14 @@ pub struct NodeTime {
 }
 
 impl Prepared {
+    /// The buffer of a dense convolution's layout, to lay the next layer out in.
+    fn into_buffer(self) -> Vec<i8> {
+        match self {
+            Self::Conv(w, _) => w.into_buffer(),
+            Self::Linear(_) => Vec::new(),
+        }
+    }
+
     /// Bytes of weights.
     fn bytes(&self) -> usize {
         match self {
@@ -650,6 +690,7 @@ impl Prepared {
 struct Call<'a> {
     channels: usize,
     shapes: &'a [Shape],
+    /// Every layer's layout, or none: each layer is then laid out when it runs.
     prepared: &'a [Option<Prepared>],
 }
 

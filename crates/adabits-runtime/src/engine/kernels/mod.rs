@@ -200,6 +200,11 @@ impl PackedWeights {
         Self::from_arranged(isa, Self::arrange(isa, values, n, k), n, k)
     }
 
+    /// The layout's buffer.
+    pub(crate) fn into_data(self) -> Vec<i8> {
+        self.data
+    }
+
     /// Bytes of weights, padding included.
     pub(crate) fn bytes(&self) -> usize {
         self.data.len()
