@@ -229,7 +229,7 @@ fn direct(
                                 .sum::<i32>()
                         }));
                     }
-                    kernels::wide(
+                    kernels::epilogue(
                         w.isa(),
                         Rows {
                             epilogue,
@@ -276,7 +276,7 @@ fn dense(
             }
             scratch.acc.resize(rows * n, 0);
             gemm(&scratch.a, rows, w, &mut scratch.acc);
-            kernels::wide(
+            kernels::epilogue(
                 w.isa(),
                 Rows {
                     epilogue,
@@ -396,7 +396,7 @@ fn grouped(
                     acc: &mut scratch.acc,
                 },
             );
-            kernels::wide(
+            kernels::epilogue(
                 isa,
                 Rows {
                     epilogue: &whole,

@@ -70,34 +70,15 @@ impl InputCodes {
     ) -> Result<(), f32> {
         out.clear();
         out.resize(x.len(), 0);
-        match self {
-            Self::Pact {
-                alpha,
-                bits,
-                scheme,
-                double_sided,
-            } => {
-                let top = ((1u32 << bits) - 1) as f32;
-                let original = scheme == Scheme::Original;
+        match self.pact() {
+            Some(pact) => {
                 out.par_chunks_mut(CHUNK)
                     .zip(x.par_chunks(CHUNK))
                     .with_min_len(split)
-                    .for_each(|(out, x)| {
-                        kernels::wide(
-                            isa,
-                            PactLoop {
-                                x,
-                                out,
-                                alpha,
-                                top,
-                                original,
-                                double_sided,
-                            },
-                        );
-                    });
+                    .for_each(|(out, x)| kernels::pact(isa, &pact, x, out));
                 Ok(())
             }
-            Self::Integers => {
+            None => {
                 for (q, &v) in out.iter_mut().zip(x) {
                     if !(0.0..=255.0).contains(&v) || v.fract() != 0.0 {
                         return Err(v);
@@ -108,16 +89,33 @@ impl InputCodes {
             }
         }
     }
+
+    /// PACT's constants, or `None` for [`InputCodes::Integers`].
+    pub(crate) fn pact(self) -> Option<Pact> {
+        match self {
+            Self::Pact {
+                alpha,
+                bits,
+                scheme,
+                double_sided,
+            } => Some(Pact {
+                low: if double_sided { -alpha } else { 0.0 },
+                alpha,
+                levels: levels(bits, scheme),
+                top: (1i32 << bits) - 1,
+                original: scheme == Scheme::Original,
+                double_sided,
+            }),
+            Self::Integers => None,
+        }
+    }
 }
 
-/// One chunk of PACT codes.
-struct PactLoop<'a> {
-    x: &'a [f32],
-    out: &'a mut [u8],
-    alpha: f32,
-    top: f32,
-    original: bool,
-    double_sided: bool,
+/// One chunk of PACT codes, in blocks of [`LANES`].
+pub(crate) struct PactLoop<'a> {
+    pub(crate) x: &'a [f32],
+    pub(crate) out: &'a mut [u8],
+    pub(crate) pact: Pact,
 }
 
 impl Wide for PactLoop<'_> {
@@ -125,80 +123,77 @@ impl Wide for PactLoop<'_> {
 
     #[inline(always)]
     fn run(self) {
-        let Self {
-            x,
-            out,
-            alpha,
-            top,
-            original,
-            double_sided,
-        } = self;
-        pact_row(x, out, alpha, top, original, double_sided);
+        let Self { x, out, pact } = self;
+        let mut blocks = out.chunks_exact_mut(LANES);
+        for (q, x) in (&mut blocks).zip(x.chunks_exact(LANES)) {
+            pact.block(x.try_into().unwrap(), q.try_into().unwrap());
+        }
+        let q = blocks.into_remainder();
+        let x = &x[x.len() - q.len()..];
+        let mut padded = [0.0; LANES];
+        padded[..x.len()].copy_from_slice(x);
+        let mut codes = [0; LANES];
+        pact.block(&padded, &mut codes);
+        q.copy_from_slice(&codes[..q.len()]);
     }
 }
 
-impl InputCodes {
-    /// The codes of `x` into `out` (`x.len()` values), on the calling thread, inlined into a
-    /// caller that [`kernels::wide`] compiles: for an epilogue that quantizes each output row
-    /// for the layer that reads it. `Integers` copies the values as bytes (the caller has
-    /// checked them).
+/// Values per block of the element-wise loops: one AVX-512 vector of `f32`. A loop over
+/// fixed-size blocks compiles to whole vectors, with no remainder loop per row of a layer's
+/// output.
+pub(crate) const LANES: usize = 16;
+
+/// PACT with one layer's constants ([`InputCodes::pact`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Pact {
+    /// `−α` (double-sided) or 0.
+    pub(crate) low: f32,
+    /// `α`.
+    pub(crate) alpha: f32,
+    /// The steps of the unit interval: `2^b − 1` (original) or `2^b` (modified).
+    pub(crate) levels: f32,
+    /// The top code, `2^b − 1`.
+    pub(crate) top: i32,
+    /// Whether the scheme rounds (`original`) rather than floors (`modified`).
+    pub(crate) original: bool,
+    /// Whether the input is clipped to `[−α, α]`.
+    pub(crate) double_sided: bool,
+}
+
+impl Pact {
+    /// The codes of one block of values.
+    ///
+    /// The fake quantizer's operations in its order, so that the same input gets the same
+    /// level: `v = c/α` with `c = min(relu(x), α)`, or `u = (v + 1)/2` with
+    /// `c = clip(x, −α, α)` (double-sided), then times the levels. (Multiplying by `levels/α`
+    /// instead gave more flips against the model on a trained ResNet-20: 34 images beyond
+    /// 1e-4 of 2000 at 8 bits, against 27.) `max`/`min` rather than `clamp`, whose checks keep
+    /// the loop from vectorising; the fake quantizer's ReLU maps NaN to 0, as `max` does.
     #[inline(always)]
-    pub(crate) fn row(self, x: &[f32], out: &mut [u8]) {
-        match self {
-            Self::Pact {
-                alpha,
-                bits,
-                scheme,
-                double_sided,
-            } => pact_row(
-                x,
-                out,
-                alpha,
-                ((1u32 << bits) - 1) as f32,
-                scheme == Scheme::Original,
-                double_sided,
-            ),
-            Self::Integers => {
-                for (q, &v) in out.iter_mut().zip(x) {
-                    *q = v as i32 as u8;
-                }
-            }
+    pub(crate) fn block(&self, x: &[f32; LANES], q: &mut [u8; LANES]) {
+        let mut u = [0.0f32; LANES];
+        for (u, &x) in u.iter_mut().zip(x) {
+            *u = x.max(self.low).min(self.alpha) / self.alpha;
         }
-    }
-}
-
-/// PACT codes of one run of values: `top = 2^b − 1`.
-#[inline(always)]
-fn pact_row(x: &[f32], out: &mut [u8], alpha: f32, top: f32, original: bool, double_sided: bool) {
-    // The fake quantizer's operations in its order, so that the same input gets the same
-    // level: v = c/α with c = min(relu(x), α), or u = (v + 1)/2 with c = clip(x, −α, α)
-    // (double-sided), then times the levels (2^b − 1 or 2^b). (Multiplying by levels/α
-    // instead gave more flips against the model on a trained ResNet-20: 34 images beyond
-    // 1e-4 of 2000 at 8 bits, against 27.) `max`/`min` rather than `clamp`, whose checks
-    // keep the loop from vectorising; the fake quantizer's ReLU maps NaN to 0, as `max`
-    // does.
-    let low = if double_sided { -alpha } else { 0.0 };
-    let levels = top_or_levels(original, top);
-    let units = |x: f32| {
-        let v = x.max(low).min(alpha) / alpha;
-        if double_sided {
-            (v + 1.0) / 2.0 * levels
+        if self.double_sided {
+            u.iter_mut()
+                .for_each(|u| *u = (*u + 1.0) / 2.0 * self.levels);
         } else {
-            v * levels
+            u.iter_mut().for_each(|u| *u *= self.levels);
         }
-    };
-    // The level is read from the bits of `y + 2^23`, whose low mantissa bits are the
-    // rounded integer: a float-to-integer cast saturates lane by lane and does not vectorise.
-    if original {
-        // round(u·(2^b − 1))
-        for (q, &x) in out.iter_mut().zip(x) {
-            *q = round_level(units(x));
-        }
-    } else {
-        // min(⌊u·2^b⌋, 2^b − 1)
-        let top = top as i32;
-        for (q, &x) in out.iter_mut().zip(x) {
-            *q = floor_level(units(x), top);
+        // The level is read from the bits of `y + 2^23`, whose low mantissa bits are the
+        // rounded integer: a float-to-integer cast saturates lane by lane and does not
+        // vectorise.
+        if self.original {
+            // round(u·(2^b − 1))
+            for (q, &u) in q.iter_mut().zip(&u) {
+                *q = round_level(u);
+            }
+        } else {
+            // min(⌊u·2^b⌋, 2^b − 1)
+            for (q, &u) in q.iter_mut().zip(&u) {
+                *q = floor_level(u, self.top);
+            }
         }
     }
 }
@@ -209,13 +204,7 @@ const CHUNK: usize = 1 << 15;
 /// `2^23`: adding and subtracting it rounds an `f32` in `[0, 2^22)` to the nearest integer,
 /// ties to even (the default rounding mode), as the fake quantizer's `round` does, without a
 /// call into `libm`.
-const ROUND_MAGIC: f32 = 8_388_608.0;
-
-/// The levels of the unit interval: `2^b − 1` (original, `top`) or `2^b` (modified).
-#[inline(always)]
-fn top_or_levels(original: bool, top: f32) -> f32 {
-    if original { top } else { top + 1.0 }
-}
+pub(crate) const ROUND_MAGIC: f32 = 8_388_608.0;
 
 /// `round(y)`, half to even, for `0 ≤ y ≤ 255`: the low byte of `y + 2^23`'s bits.
 #[inline(always)]

@@ -55,8 +55,7 @@ impl IntRuntime {
                     codes: self.fusion[i]
                         .codes_for
                         .and_then(|j| self.active[j].as_ref())
-                        .map(|a| a.input)
-                        .filter(|input| !matches!(input, InputCodes::Integers)),
+                        .and_then(|a| a.input.pact()),
                 },
             ),
             _ => Prepared::Linear(

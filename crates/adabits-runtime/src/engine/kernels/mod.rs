@@ -12,6 +12,9 @@ mod x86;
 
 pub use bits::{Crossover, crossover};
 
+use super::epilogue::{Block, Rows};
+use super::quantize::{Pact, PactLoop};
+
 /// An element-wise loop that [`wide`] compiles for the widest vectors the CPU has: its `run`
 /// must be `#[inline(always)]`, so that it is compiled inside the caller with the CPU's
 /// features (a closure would not be).
@@ -35,6 +38,45 @@ pub(crate) fn wide<W: Wide>(isa: Isa, work: W) -> W::Output {
         #[cfg(not(target_arch = "x86_64"))]
         Isa::Avx2 | Isa::Avx512Vnni => work.run(),
     }
+}
+
+/// Runs the epilogue of `rows` with the fastest code of `isa`: on AVX-512, 16 channels at a
+/// time under masks ([`x86::epilogue_avx512`]); elsewhere [`Rows`]'s loop through [`wide`]. The
+/// values are the same bit for bit.
+pub(crate) fn epilogue(isa: Isa, rows: Rows<'_>) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni {
+        let Rows {
+            epilogue,
+            acc,
+            sums,
+            n,
+            out,
+            codes,
+        } = rows;
+        let block = Block::of(epilogue);
+        let sums = if block.plus_inputs != 0 { sums } else { &[] };
+        let constants = (&epilogue.mult[..n], &epilogue.add[..n]);
+        return x86::epilogue_avx512(&block, sums, acc, constants, out, codes);
+    }
+    wide(isa, rows)
+}
+
+/// The PACT codes of `x` into `out` with the fastest code of `isa` (on AVX-512,
+/// [`x86::pact_avx512`]); the codes are the same on every path.
+pub(crate) fn pact(isa: Isa, pact: &Pact, x: &[f32], out: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni {
+        return x86::pact_avx512(pact, x, out);
+    }
+    wide(
+        isa,
+        PactLoop {
+            x,
+            out,
+            pact: *pact,
+        },
+    )
 }
 
 /// Rows of activations that buffers are padded to a multiple of: the tallest register tile.

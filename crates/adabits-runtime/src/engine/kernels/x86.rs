@@ -5,14 +5,21 @@
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::{
-    __m256i, __m512i, _mm_cvtepu8_epi16, _mm_cvtsi32_si128, _mm_loadu_si128, _mm256_add_epi32,
-    _mm256_broadcastq_epi64, _mm256_cvtepi8_epi16, _mm256_madd_epi16, _mm256_setzero_si256,
-    _mm256_storeu_si256, _mm512_add_epi64, _mm512_and_si512, _mm512_dpbusd_epi32,
-    _mm512_loadu_si512, _mm512_popcnt_epi64, _mm512_reduce_add_epi64, _mm512_set1_epi32,
-    _mm512_setzero_si512, _mm512_storeu_si512,
+    __m256i, __m512, __m512i, __mmask16, _CMP_GT_OQ, _mm_cvtepu8_epi16, _mm_cvtsi32_si128,
+    _mm_loadu_si128, _mm256_add_epi32, _mm256_broadcastq_epi64, _mm256_cvtepi8_epi16,
+    _mm256_madd_epi16, _mm256_setzero_si256, _mm256_storeu_si256, _mm512_add_epi32,
+    _mm512_add_epi64, _mm512_add_ps, _mm512_and_si512, _mm512_castps_si512, _mm512_cmp_ps_mask,
+    _mm512_cvtepi32_ps, _mm512_div_ps, _mm512_dpbusd_epi32, _mm512_loadu_si512,
+    _mm512_mask_cvtepi32_storeu_epi8, _mm512_mask_storeu_ps, _mm512_mask_sub_epi32,
+    _mm512_maskz_loadu_epi32, _mm512_maskz_loadu_ps, _mm512_max_ps, _mm512_min_epi32,
+    _mm512_min_ps, _mm512_mul_ps, _mm512_mullo_epi32, _mm512_popcnt_epi64, _mm512_reduce_add_epi64,
+    _mm512_set1_epi32, _mm512_set1_ps, _mm512_setzero_ps, _mm512_setzero_si512,
+    _mm512_storeu_si512, _mm512_sub_epi32, _mm512_sub_ps,
 };
 
 use super::ROWS;
+use crate::engine::epilogue::Block;
+use crate::engine::quantize::{Pact, ROUND_MAGIC};
 
 /// Whether this CPU runs the AVX-512 VNNI kernels.
 pub(super) fn has_avx512_vnni() -> bool {
@@ -408,4 +415,135 @@ unsafe fn tile_popcnt(a: &[&[u64]; 4], w: &[&[u64]; 4], words: usize) -> [[i64; 
         }
     }
     out
+}
+
+/// The epilogue of `rows = out.len() / n` rows of sums `acc` (`[rows][n]`, `n = mult.len()`),
+/// 16 channels at a time, the last ones under a mask: the operations of
+/// [`Block::run`](crate::engine::epilogue::Block) lane by lane, in the same order, so that the
+/// values and codes are the same bit for bit. `sums[r]` is row `r`'s `Σq` (or `sums` is empty:
+/// `c·Σq` is 0).
+pub(crate) fn epilogue_avx512(
+    block: &Block,
+    sums: &[i32],
+    acc: &[i32],
+    (mult, add): (&[f32], &[f32]),
+    out: &mut [f32],
+    codes: Option<&mut [u8]>,
+) {
+    let n = mult.len();
+    assert!(has_avx512_vnni(), "the AVX-512 epilogue needs AVX-512");
+    assert!(n > 0 && add.len() == n && out.len().is_multiple_of(n) && acc.len() >= out.len());
+    let rows = out.len() / n;
+    assert!(sums.is_empty() || sums.len() >= rows);
+    assert!(codes.as_ref().is_none_or(|c| c.len() >= out.len()));
+    // SAFETY: the CPU has AVX-512 F and BW (asserted above); the lengths are checked above.
+    unsafe { epilogue_compiled(block, sums, acc, (mult, add), out, codes) }
+}
+
+/// [`epilogue_avx512`]'s loop.
+///
+/// # Safety
+///
+/// The CPU must have AVX-512 F and BW; `add` must hold `n = mult.len()` values, `acc` and
+/// `codes` at least `out.len()`, `sums` none or a value per row.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn epilogue_compiled(
+    block: &Block,
+    sums: &[i32],
+    acc: &[i32],
+    (mult, add): (&[f32], &[f32]),
+    out: &mut [f32],
+    mut codes: Option<&mut [u8]>,
+) {
+    let n = mult.len();
+    let rows = out.len() / n;
+    let scale = _mm512_set1_epi32(block.scale);
+    let zero = _mm512_setzero_ps();
+    for j in (0..n).step_by(16) {
+        let mask: __mmask16 = if n - j >= 16 {
+            0xffff
+        } else {
+            (1 << (n - j)) - 1
+        };
+        // SAFETY (every access below): lanes j..j + 16 under `mask` are within row `r` of
+        // `n` values, and `rows · n` values are within `out`, `acc` and `codes`.
+        unsafe {
+            let m = _mm512_maskz_loadu_ps(mask, mult.as_ptr().add(j));
+            let b = _mm512_maskz_loadu_ps(mask, add.as_ptr().add(j));
+            for r in 0..rows {
+                let at = r * n + j;
+                let extra =
+                    _mm512_set1_epi32(block.plus_inputs * sums.get(r).copied().unwrap_or(0));
+                let a = _mm512_maskz_loadu_epi32(mask, acc.as_ptr().add(at));
+                let t = _mm512_add_epi32(_mm512_mullo_epi32(scale, a), extra);
+                let mut v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(t), m), b);
+                if block.accumulate {
+                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, out.as_ptr().add(at)));
+                }
+                if block.relu {
+                    v = _mm512_max_ps(v, zero);
+                }
+                _mm512_mask_storeu_ps(out.as_mut_ptr().add(at), mask, v);
+                if let (Some(pact), Some(codes)) = (&block.pact, codes.as_deref_mut()) {
+                    let q = pact_lanes(pact, v);
+                    _mm512_mask_cvtepi32_storeu_epi8(codes.as_mut_ptr().add(at).cast(), mask, q);
+                }
+            }
+        }
+    }
+}
+
+/// PACT codes of `x` into `out` (as many), 16 at a time: [`Pact::block`]'s operations.
+pub(crate) fn pact_avx512(pact: &Pact, x: &[f32], out: &mut [u8]) {
+    assert!(has_avx512_vnni(), "the AVX-512 quantizer needs AVX-512");
+    assert_eq!(x.len(), out.len());
+    // SAFETY: the CPU has AVX-512 F and BW (asserted above); `out` holds as many values as `x`.
+    unsafe { pact_compiled(pact, x, out) }
+}
+
+/// [`pact_avx512`]'s loop.
+///
+/// # Safety
+///
+/// The CPU must have AVX-512 F and BW; `out` must hold `x.len()` values.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn pact_compiled(pact: &Pact, x: &[f32], out: &mut [u8]) {
+    for j in (0..x.len()).step_by(16) {
+        let left = x.len() - j;
+        let mask: __mmask16 = if left >= 16 { 0xffff } else { (1 << left) - 1 };
+        // SAFETY: lanes j..j + 16 under `mask` are within `x` and `out`.
+        unsafe {
+            let q = pact_lanes(pact, _mm512_maskz_loadu_ps(mask, x.as_ptr().add(j)));
+            _mm512_mask_cvtepi32_storeu_epi8(out.as_mut_ptr().add(j).cast(), mask, q);
+        }
+    }
+}
+
+/// The PACT codes of 16 values, as `i32` lanes: [`Pact::block`]'s operations in its order.
+/// `vmaxps a, b` returns `b` where either is NaN, as `a.max(b)` returns `b` for a NaN `a`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn pact_lanes(pact: &Pact, x: __m512) -> __m512i {
+    let alpha = _mm512_set1_ps(pact.alpha);
+    let c = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(pact.low)), alpha);
+    let mut u = _mm512_div_ps(c, alpha);
+    let levels = _mm512_set1_ps(pact.levels);
+    u = if pact.double_sided {
+        let one = _mm512_set1_ps(1.0);
+        let two = _mm512_set1_ps(2.0);
+        _mm512_mul_ps(_mm512_div_ps(_mm512_add_ps(u, one), two), levels)
+    } else {
+        _mm512_mul_ps(u, levels)
+    };
+    let magic = _mm512_set1_ps(ROUND_MAGIC);
+    let t = _mm512_add_ps(u, magic);
+    let bits = _mm512_castps_si512(t);
+    if pact.original {
+        bits
+    } else {
+        let rounded = _mm512_sub_epi32(bits, _mm512_castps_si512(magic));
+        let up = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_sub_ps(t, magic), u);
+        let floor = _mm512_mask_sub_epi32(rounded, up, rounded, _mm512_set1_epi32(1));
+        _mm512_min_epi32(floor, _mm512_set1_epi32(pact.top))
+    }
 }
