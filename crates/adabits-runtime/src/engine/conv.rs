@@ -176,7 +176,7 @@ fn direct(
     let reach = Direct::reach(pixel_stride, &taps, c);
     let sums_needed = epilogue.numerators.plus_inputs != 0;
     let mut padded = vec![0u8; hp * wp * c + reach];
-    let mut pixel_sums = Vec::new();
+    let (mut pixel_sums, mut sums) = (Vec::new(), Vec::new());
     let per_image = ho * wo * n;
     let Output {
         values,
@@ -195,11 +195,13 @@ fn direct(
             padded[((y + p0) * wp + p1) * c..][..wi * c].copy_from_slice(row);
         }
         if sums_needed {
-            pixel_sums.clear();
-            pixel_sums.extend(
-                padded[..hp * wp * c]
-                    .chunks_exact(c)
-                    .map(|p| p.iter().map(|&q| i32::from(q)).sum::<i32>()),
+            window_sums(
+                w.isa(),
+                &padded[..hp * wp * c],
+                g,
+                wp,
+                &mut pixel_sums,
+                &mut sums,
             );
         }
         let x = Direct {
@@ -219,22 +221,17 @@ fn direct(
                     let start = ((oy * g.stride[0]) * wp + ox0 * g.stride[1]) * c;
                     scratch.acc.resize(ROWS * n, 0);
                     kernels::gemm_direct(&x, start, rows, w, &mut scratch.acc);
-                    scratch.sums.clear();
-                    if sums_needed {
-                        scratch.sums.extend((0..rows).map(|r| {
-                            let (y0, x0) = (oy * g.stride[0], (ox0 + r) * g.stride[1]);
-                            (0..kh)
-                                .flat_map(|ky| (0..kw).map(move |kx| (ky, kx)))
-                                .map(|(ky, kx)| pixel_sums[(y0 + ky) * wp + x0 + kx])
-                                .sum::<i32>()
-                        }));
-                    }
+                    let sums = if sums_needed {
+                        &sums[oy * wo + ox0..][..rows]
+                    } else {
+                        &[]
+                    };
                     kernels::epilogue(
                         w.isa(),
                         Rows {
                             epilogue,
                             acc: &scratch.acc[..rows * n],
-                            sums: &scratch.sums,
+                            sums,
                             n,
                             out: &mut out[ox0 * n..(ox0 + rows) * n],
                             codes: next
@@ -247,6 +244,85 @@ fn direct(
         });
         // The next image overwrites the interior; the border stays zero.
     }
+}
+
+/// The sum of the codes under each output pixel's window, `[ho][wo]`, from the zero-padded
+/// image `padded` (`[hp][wp][cin]`): each pixel's sum over its channels, then the windows'
+/// rows, then their columns (`kh + kw` additions per output rather than `kh · kw`).
+fn window_sums(
+    isa: Isa,
+    padded: &[u8],
+    g: &Geometry,
+    wp: usize,
+    pixels: &mut Vec<i32>,
+    out: &mut Vec<i32>,
+) {
+    let [ho, wo] = g.output;
+    let [kh, kw] = g.kernel;
+    let [sy, sx] = g.stride;
+    kernels::wide(
+        isa,
+        PixelSums {
+            image: padded,
+            c: g.cin,
+            out: pixels,
+        },
+    );
+    let hp = pixels.len() / wp;
+    // Along each padded row: the sum of the `kw` pixels from each output column's first.
+    let mut across = vec![0i32; hp * wo];
+    for (row, sums) in pixels.chunks_exact(wp).zip(across.chunks_exact_mut(wo)) {
+        for (ox, sum) in sums.iter_mut().enumerate() {
+            *sum = row[ox * sx..][..kw].iter().sum();
+        }
+    }
+    out.clear();
+    out.resize(ho * wo, 0);
+    for (oy, sums) in out.chunks_exact_mut(wo).enumerate() {
+        for ky in 0..kh {
+            let row = &across[(oy * sy + ky) * wo..][..wo];
+            sums.iter_mut().zip(row).for_each(|(s, &r)| *s += r);
+        }
+    }
+}
+
+/// Each pixel's sum over its `c` codes, through [`kernels::wide`]: a fixed channel count
+/// compiles to whole vectors.
+struct PixelSums<'a> {
+    image: &'a [u8],
+    c: usize,
+    out: &'a mut Vec<i32>,
+}
+
+impl Wide for PixelSums<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let Self { image, c, out } = self;
+        out.clear();
+        match c {
+            4 => sums_of::<4>(image, out),
+            8 => sums_of::<8>(image, out),
+            16 => sums_of::<16>(image, out),
+            32 => sums_of::<32>(image, out),
+            64 => sums_of::<64>(image, out),
+            _ => out.extend(
+                image
+                    .chunks_exact(c)
+                    .map(|p| p.iter().map(|&q| i32::from(q)).sum::<i32>()),
+            ),
+        }
+    }
+}
+
+/// [`PixelSums`] for `C` channels.
+#[inline(always)]
+fn sums_of<const C: usize>(image: &[u8], out: &mut Vec<i32>) {
+    out.extend(image.chunks_exact(C).map(|p| {
+        let p: &[u8; C] = p.try_into().unwrap();
+        p.iter().map(|&q| u32::from(q)).sum::<u32>() as i32
+    }));
 }
 
 /// A dense convolution: per task of [`TASK_ROWS`] output pixels, their im2col rows, one GEMM
