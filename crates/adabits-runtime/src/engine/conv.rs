@@ -32,9 +32,15 @@ pub(crate) struct Geometry {
 }
 
 impl Geometry {
-    /// Inputs per output value: `cin / groups · kh · kw`.
-    pub(crate) fn k(&self) -> usize {
-        self.cin / self.groups * self.kernel[0] * self.kernel[1]
+    /// The input channels as a dense convolution's kernels of `isa` lay them out: in fours
+    /// for the direct AVX-512 VNNI kernel (a 3-channel image gets a fourth channel of zeros),
+    /// else as they are.
+    pub(crate) fn laid_out_channels(&self, isa: Isa) -> usize {
+        if isa == Isa::Avx512Vnni && self.groups == 1 {
+            self.cin.next_multiple_of(4)
+        } else {
+            self.cin
+        }
     }
 
     /// The input pixel under tap `(ky, kx)` of output pixel `(oy, ox)`, if not in the padding.
@@ -80,14 +86,16 @@ impl ConvWeights {
             return values;
         }
         let [kh, kw] = g.kernel;
-        let k = g.k();
-        // PyTorch's (c, ky, kx) to the im2col rows' (ky, kx, c).
-        let mut reordered = vec![0i8; values.len()];
+        let cp = g.laid_out_channels(isa);
+        let k = kh * kw * cp;
+        // PyTorch's (c, ky, kx) to the im2col rows' (ky, kx, c), with zeros for the channels
+        // the direct kernel adds.
+        let mut reordered = vec![0i8; g.cout * k];
         for o in 0..g.cout {
             for c in 0..g.cin {
                 for ky in 0..kh {
                     for kx in 0..kw {
-                        reordered[o * k + (ky * kw + kx) * g.cin + c] =
+                        reordered[o * k + (ky * kw + kx) * cp + c] =
                             values[((o * g.cin + c) * kh + ky) * kw + kx];
                     }
                 }
@@ -104,7 +112,8 @@ impl ConvWeights {
         g: &Geometry,
     ) -> Self {
         if g.groups == 1 {
-            Self::Dense(PackedWeights::from_arranged(isa, values, g.cout, g.k()))
+            let k = g.kernel[0] * g.kernel[1] * g.laid_out_channels(isa);
+            Self::Dense(PackedWeights::from_arranged(isa, values, g.cout, k))
         } else {
             // The grouped loop takes the whole numerator, 9 bits included, `[tap][out][in/g]`.
             let [kh, kw] = g.kernel;
@@ -150,8 +159,8 @@ pub(crate) fn conv(
     }
 }
 
-/// A dense convolution with a fast kernel and channels in fours: per image, its codes copied
-/// once into a zero-padded buffer, then per output row the products straight from it
+/// A dense convolution with the AVX-512 VNNI kernel: per image, its codes copied once into a
+/// zero-padded buffer (channels in fours, a zero channel added where they are not), then per output row the products straight from it
 /// ([`kernels::gemm_direct`]: no im2col rows) and the epilogue.
 fn direct(
     codes: &[u8],
@@ -167,7 +176,7 @@ fn direct(
     let [kh, kw] = g.kernel;
     let [p0, p1] = g.padding;
     let (hp, wp) = (h + 2 * p0, wi + 2 * p1);
-    let c = g.cin;
+    let (cin, c) = (g.cin, g.laid_out_channels(w.isa()));
     let n = w.n();
     let taps: Vec<usize> = (0..kh)
         .flat_map(|ky| (0..kw).map(move |kx| (ky * wp + kx) * c))
@@ -183,7 +192,7 @@ fn direct(
         codes: mut next,
     } = out;
     for (b, (image, out)) in codes
-        .chunks_exact(h * wi * c)
+        .chunks_exact(h * wi * cin)
         .zip(values.chunks_exact_mut(per_image))
         .take(batch)
         .enumerate()
@@ -191,13 +200,22 @@ fn direct(
         let next = next
             .as_deref_mut()
             .map(|c| &mut c[b * per_image..(b + 1) * per_image]);
-        for (y, row) in image.chunks_exact(wi * c).enumerate() {
-            padded[((y + p0) * wp + p1) * c..][..wi * c].copy_from_slice(row);
+        for (y, row) in image.chunks_exact(wi * cin).enumerate() {
+            let dst = &mut padded[((y + p0) * wp + p1) * c..][..wi * c];
+            if cin == c {
+                dst.copy_from_slice(row);
+            } else {
+                // Byte by byte: a copy call per pixel of three bytes costs more than the bytes.
+                for (dst, src) in dst.chunks_exact_mut(c).zip(row.chunks_exact(cin)) {
+                    dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s);
+                }
+            }
         }
         if sums_needed {
             window_sums(
                 w.isa(),
                 &padded[..hp * wp * c],
+                c,
                 g,
                 wp,
                 &mut pixel_sums,
@@ -247,11 +265,12 @@ fn direct(
 }
 
 /// The sum of the codes under each output pixel's window, `[ho][wo]`, from the zero-padded
-/// image `padded` (`[hp][wp][cin]`): each pixel's sum over its channels, then the windows'
+/// image `padded` (`[hp][wp][c]`): each pixel's sum over its channels, then the windows'
 /// rows, then their columns (`kh + kw` additions per output rather than `kh · kw`).
 fn window_sums(
     isa: Isa,
     padded: &[u8],
+    c: usize,
     g: &Geometry,
     wp: usize,
     pixels: &mut Vec<i32>,
@@ -264,7 +283,7 @@ fn window_sums(
         isa,
         PixelSums {
             image: padded,
-            c: g.cin,
+            c,
             out: pixels,
         },
     );
@@ -336,7 +355,7 @@ fn dense(
     out: Output<'_>,
     split: usize,
 ) {
-    if w.isa() == Isa::Avx512Vnni && g.cin.is_multiple_of(4) {
+    if w.isa() == Isa::Avx512Vnni {
         return direct(codes, batch, g, w, epilogue, out, split);
     }
     let [ho, wo] = g.output;

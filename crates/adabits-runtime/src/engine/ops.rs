@@ -5,6 +5,7 @@ use rayon::prelude::*;
 
 use super::RuntimeError;
 use super::active::Active;
+use super::quantize::round_even;
 use crate::graph::LinearNode;
 
 /// The `pixels` transform, `round(255·x)`, from `[batch][c][hw]` to channels-last.
@@ -23,8 +24,8 @@ pub(super) fn pixels(
     for b in 0..batch {
         for ch in 0..c {
             for p in 0..hw {
-                out[(b * hw + p) * c + ch] =
-                    (images[(b * c + ch) * hw + p] * 255.0).round_ties_even();
+                // In [0, 255] (checked above), where `round_even` is `round_ties_even`.
+                out[(b * hw + p) * c + ch] = round_even(images[(b * c + ch) * hw + p] * 255.0);
             }
         }
     }

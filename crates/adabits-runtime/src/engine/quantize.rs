@@ -79,13 +79,21 @@ impl InputCodes {
                 Ok(())
             }
             None => {
+                // Whole vectors: every value checked and converted, the first bad one found
+                // only if there is one. `v + 2^23 − 2^23 == v` is integer-ness for `0 ≤ v ≤ 255`.
+                let mut ok = true;
                 for (q, &v) in out.iter_mut().zip(x) {
-                    if !(0.0..=255.0).contains(&v) || v.fract() != 0.0 {
-                        return Err(v);
-                    }
-                    *q = v as u8;
+                    let t = v + ROUND_MAGIC;
+                    ok &= (v >= 0.0) & (v <= 255.0) & (t - ROUND_MAGIC == v);
+                    *q = t.to_bits() as u8;
                 }
-                Ok(())
+                match ok {
+                    true => Ok(()),
+                    false => Err(*x
+                        .iter()
+                        .find(|v| !(0.0..=255.0).contains(*v) || v.fract() != 0.0)
+                        .expect("a value failed the check")),
+                }
             }
         }
     }
@@ -206,6 +214,13 @@ const CHUNK: usize = 1 << 15;
 /// call into `libm`.
 pub(crate) const ROUND_MAGIC: f32 = 8_388_608.0;
 
+/// `round(y)`, half to even, as an `f32`, for `0 ≤ y < 2^22`: `y + 2^23 − 2^23`, without a
+/// call into `libm`.
+#[inline(always)]
+pub(crate) fn round_even(y: f32) -> f32 {
+    (y + ROUND_MAGIC) - ROUND_MAGIC
+}
+
 /// `round(y)`, half to even, for `0 ≤ y ≤ 255`: the low byte of `y + 2^23`'s bits.
 #[inline(always)]
 fn round_level(y: f32) -> u8 {
@@ -321,11 +336,13 @@ mod tests {
     fn the_rounding_is_half_to_even_as_the_standard_library_s() {
         for i in 0..200_000u32 {
             let y = i as f32 * 0.001_275;
+            assert_eq!(round_even(y), y.round_ties_even(), "{y}");
             assert_eq!(round_level(y), y.round_ties_even() as u8, "{y}");
             assert_eq!(floor_level(y, 255), y.floor() as u8, "{y}");
             assert_eq!(floor_level(y, 7), y.floor().min(7.0) as u8, "{y}");
         }
         for y in [0.0f32, 0.5, 1.5, 2.5, 254.5, 255.0] {
+            assert_eq!(round_even(y), y.round_ties_even(), "{y}");
             assert_eq!(round_level(y), y.round_ties_even() as u8, "{y}");
             assert_eq!(floor_level(y, 255), y.floor() as u8, "{y}");
         }
