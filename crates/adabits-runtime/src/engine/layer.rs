@@ -96,12 +96,21 @@ impl Weights {
 
     /// The values the kernels multiply by, as signed bytes in the kernel's order: the
     /// numerators `m`, or `j` where `m` needs 9 bits (then [`numerators`](Self::numerators) says
-    /// so). Eight values at a time from `w` bytes.
-    /// The loop is compiled for the widest vectors of `isa` ([`kernels::wide`]).
+    /// so). With AVX-512 VBMI 64 values at a time ([`kernels::unpack`]), else eight at a time
+    /// from `w` bytes in a loop compiled for the widest vectors of `isa` ([`kernels::wide`]).
     pub(crate) fn unpack(&self, isa: Isa, out: &mut Vec<i8>) {
-        out.clear();
-        out.reserve(self.count);
-        kernels::wide(isa, Unpack { weights: self, out });
+        // Every value is written below: a reused buffer's bytes need no clearing.
+        out.resize(self.count, 0);
+        let expand = self.odd && self.numerators.scale == 1;
+        let done = kernels::unpack(isa, self.bits, &self.packed, expand, out);
+        kernels::wide(
+            isa,
+            Unpack {
+                weights: self,
+                from: done,
+                out: &mut out[done..],
+            },
+        );
     }
 
     /// The sum of the numerators of each run of `per` weights of `part` at weight bit-width
@@ -136,10 +145,11 @@ impl Weights {
     }
 }
 
-/// [`Weights::unpack`]'s loop.
+/// [`Weights::unpack`]'s loop: the values from number `from` (a multiple of 8) on.
 struct Unpack<'a> {
     weights: &'a Weights,
-    out: &'a mut Vec<i8>,
+    from: usize,
+    out: &'a mut [i8],
 }
 
 impl Wide for Unpack<'_> {
@@ -147,37 +157,39 @@ impl Wide for Unpack<'_> {
 
     #[inline(always)]
     fn run(self) {
-        let Self { weights: w, out } = self;
+        let Self {
+            weights: w,
+            from,
+            out,
+        } = self;
         let expand = w.odd && w.numerators.scale == 1;
-        let (packed, count) = (&w.packed[..], w.count);
+        let packed = &w.packed[from / 8 * usize::from(w.bits)..];
         match w.bits {
-            1 => unpack_signed::<1>(packed, count, expand, out),
-            2 => unpack_signed::<2>(packed, count, expand, out),
-            3 => unpack_signed::<3>(packed, count, expand, out),
-            4 => unpack_signed::<4>(packed, count, expand, out),
-            5 => unpack_signed::<5>(packed, count, expand, out),
-            6 => unpack_signed::<6>(packed, count, expand, out),
-            7 => unpack_signed::<7>(packed, count, expand, out),
+            1 => unpack_signed::<1>(packed, expand, out),
+            2 => unpack_signed::<2>(packed, expand, out),
+            3 => unpack_signed::<3>(packed, expand, out),
+            4 => unpack_signed::<4>(packed, expand, out),
+            5 => unpack_signed::<5>(packed, expand, out),
+            6 => unpack_signed::<6>(packed, expand, out),
+            7 => unpack_signed::<7>(packed, expand, out),
             // Eight bits: the stored bytes are `j` itself.
-            _ => out.extend(packed[..count].iter().map(|&b| b as i8)),
+            _ => out.iter_mut().zip(packed).for_each(|(j, &b)| *j = b as i8),
         }
     }
 }
 
-/// `count` values of `B` bits (two's complement) from `packed`, sign-extended, as `2j + 1`
+/// `out.len()` values of `B` bits (two's complement) from `packed`, sign-extended, as `2j + 1`
 /// where `odd`.
 #[inline(always)]
-fn unpack_signed<const B: usize>(packed: &[u8], count: usize, odd: bool, out: &mut Vec<i8>) {
+fn unpack_signed<const B: usize>(packed: &[u8], odd: bool, out: &mut [i8]) {
     let shift = 8 - B as u32;
     let extend = |v: u64| {
         let j = ((v as u8) << shift) as i8 >> shift;
         if odd { 2 * j + 1 } else { j }
     };
     // Eight values fill B whole bytes.
-    let groups = count / 8;
-    let start = out.len();
-    out.resize(start + groups * 8, 0);
-    for (dst, src) in out[start..].chunks_exact_mut(8).zip(packed.chunks_exact(B)) {
+    let groups = out.len() / 8;
+    for (dst, src) in out.chunks_exact_mut(8).zip(packed.chunks_exact(B)) {
         let mut bytes = [0u8; 8];
         bytes[..B].copy_from_slice(src);
         let word = u64::from_le_bytes(bytes);
@@ -185,10 +197,12 @@ fn unpack_signed<const B: usize>(packed: &[u8], count: usize, odd: bool, out: &m
             *dst = extend(word >> (i * B));
         }
     }
-    let rest = count - groups * 8;
+    let rest = out.len() - groups * 8;
     if rest > 0 {
         let tail = unpack_shifted(&packed[groups * B..], rest, B as u8, 0);
-        out.extend(tail.into_iter().map(u64::from).map(extend));
+        for (dst, v) in out[groups * 8..].iter_mut().zip(tail) {
+            *dst = extend(u64::from(v));
+        }
     }
 }
 
@@ -215,7 +229,10 @@ mod tests {
             for w in 1..=8u8 {
                 // Every code, several times over, and a tail shorter than eight values.
                 let levels = 1u32 << w;
-                let codes: Vec<u8> = (0..3 * levels + 5).map(|k| (k % levels) as u8).collect();
+                // Several blocks of the 64-value unpack and a tail, for every width.
+                let codes: Vec<u8> = (0..3 * levels + 389)
+                    .map(|k| (k * 7 % levels) as u8)
+                    .collect();
                 let mut packed = Vec::new();
                 pack(&codes, w, &mut packed);
                 let resolved = [Resolved {

@@ -79,6 +79,28 @@ pub(crate) fn pact(isa: Isa, pact: &Pact, x: &[f32], out: &mut [u8]) {
     )
 }
 
+/// Unpacks the first values of `out` from `bits`-bit two's complement codes `packed` with the
+/// fastest code of `isa` (`2j + 1` where `odd`), and returns how many (a multiple of 8): on
+/// AVX-512 with VBMI, 64 at a time ([`x86::unpack_vbmi`]); 0 elsewhere, where the caller's
+/// loop does them all.
+pub(crate) fn unpack(isa: Isa, bits: u8, packed: &[u8], odd: bool, out: &mut [i8]) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni && x86::has_avx512_vbmi() {
+        return match bits {
+            1 => x86::unpack_vbmi::<1>(packed, odd, out),
+            2 => x86::unpack_vbmi::<2>(packed, odd, out),
+            3 => x86::unpack_vbmi::<3>(packed, odd, out),
+            4 => x86::unpack_vbmi::<4>(packed, odd, out),
+            5 => x86::unpack_vbmi::<5>(packed, odd, out),
+            6 => x86::unpack_vbmi::<6>(packed, odd, out),
+            7 => x86::unpack_vbmi::<7>(packed, odd, out),
+            _ => 0,
+        };
+    }
+    let _ = (isa, bits, packed, odd, out);
+    0
+}
+
 /// Rows of activations that buffers are padded to a multiple of: the tallest register tile.
 pub(crate) const ROWS: usize = 16;
 

@@ -5,16 +5,18 @@
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::{
-    __m256i, __m512, __m512i, __mmask16, _CMP_GT_OQ, _mm_cvtepu8_epi16, _mm_cvtsi32_si128,
-    _mm_loadu_si128, _mm256_add_epi32, _mm256_broadcastq_epi64, _mm256_cvtepi8_epi16,
-    _mm256_madd_epi16, _mm256_setzero_si256, _mm256_storeu_si256, _mm512_add_epi32,
-    _mm512_add_epi64, _mm512_add_ps, _mm512_and_si512, _mm512_castps_si512, _mm512_cmp_ps_mask,
-    _mm512_cvtepi32_ps, _mm512_div_ps, _mm512_dpbusd_epi32, _mm512_loadu_si512,
-    _mm512_mask_cvtepi32_storeu_epi8, _mm512_mask_storeu_ps, _mm512_mask_sub_epi32,
+    __m256i, __m512, __m512i, __mmask16, __mmask64, _CMP_GT_OQ, _mm_cvtepu8_epi16,
+    _mm_cvtsi32_si128, _mm_loadu_si128, _mm256_add_epi32, _mm256_broadcastq_epi64,
+    _mm256_cvtepi8_epi16, _mm256_madd_epi16, _mm256_setzero_si256, _mm256_storeu_si256,
+    _mm512_add_epi8, _mm512_add_epi32, _mm512_add_epi64, _mm512_add_ps, _mm512_and_si512,
+    _mm512_castps_si512, _mm512_cmp_ps_mask, _mm512_cvtepi32_ps, _mm512_div_ps,
+    _mm512_dpbusd_epi32, _mm512_loadu_si512, _mm512_mask_cvtepi32_storeu_epi8,
+    _mm512_mask_storeu_ps, _mm512_mask_sub_epi32, _mm512_maskz_loadu_epi8,
     _mm512_maskz_loadu_epi32, _mm512_maskz_loadu_ps, _mm512_max_ps, _mm512_min_epi32,
-    _mm512_min_ps, _mm512_mul_ps, _mm512_mullo_epi32, _mm512_popcnt_epi64, _mm512_reduce_add_epi64,
+    _mm512_min_ps, _mm512_mul_ps, _mm512_mullo_epi32, _mm512_multishift_epi64_epi8,
+    _mm512_permutexvar_epi8, _mm512_popcnt_epi64, _mm512_reduce_add_epi64, _mm512_set1_epi8,
     _mm512_set1_epi32, _mm512_set1_ps, _mm512_setzero_ps, _mm512_setzero_si512,
-    _mm512_storeu_si512, _mm512_sub_epi32, _mm512_sub_ps,
+    _mm512_storeu_si512, _mm512_sub_epi8, _mm512_sub_epi32, _mm512_sub_ps, _mm512_xor_si512,
 };
 
 use super::ROWS;
@@ -545,5 +547,73 @@ fn pact_lanes(pact: &Pact, x: __m512) -> __m512i {
         let up = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_sub_ps(t, magic), u);
         let floor = _mm512_mask_sub_epi32(rounded, up, rounded, _mm512_set1_epi32(1));
         _mm512_min_epi32(floor, _mm512_set1_epi32(pact.top))
+    }
+}
+
+/// Whether this CPU runs [`unpack_vbmi`]: AVX-512 VBMI's byte permutes and bit-field
+/// extraction (`vpermb`, `vpmultishiftqb`).
+pub(crate) fn has_avx512_vbmi() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vbmi")
+}
+
+/// The first `out.len() / 64 · 64` of `B`-bit two's complement values packed least-significant
+/// bit first in `packed`, sign-extended into `out`, as `2j + 1` where `odd`; returns how many
+/// it wrote (the caller unpacks the rest). 64 values a time: the `8·B` bytes of eight groups of
+/// eight values, each group's `B` bytes moved into a 64-bit lane (`vpermb`), the eight
+/// `B`-bit fields of each lane pulled into its bytes (`vpmultishiftqb`), then sign-extended.
+pub(crate) fn unpack_vbmi<const B: usize>(packed: &[u8], odd: bool, out: &mut [i8]) -> usize {
+    assert!(has_avx512_vbmi(), "the VBMI unpack needs AVX-512 VBMI");
+    assert!((1..8).contains(&B));
+    let blocks = (out.len() / 64).min(packed.len() / (8 * B));
+    // SAFETY: the CPU has AVX-512 F, BW and VBMI (asserted above); `blocks` blocks of `8·B`
+    // bytes are within `packed` and of 64 values within `out`.
+    unsafe { unpack_compiled::<B>(packed, odd, out, blocks) };
+    blocks * 64
+}
+
+/// [`unpack_vbmi`]'s loop over `blocks` blocks.
+///
+/// # Safety
+///
+/// The CPU must have AVX-512 F, BW and VBMI; `packed` must hold `blocks · 8·B` bytes and
+/// `out` `blocks · 64` values.
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+unsafe fn unpack_compiled<const B: usize>(packed: &[u8], odd: bool, out: &mut [i8], blocks: usize) {
+    // Byte i of lane L: byte L·B + i of the block (bytes past the group's B hold the next
+    // group's, whose bits the mask below drops).
+    let mut index = [0u8; 64];
+    let mut fields = [0u8; 64];
+    for (i, (index, field)) in index.iter_mut().zip(&mut fields).enumerate() {
+        let (lane, byte) = (i / 8, i % 8);
+        *index = (lane * B + byte).min(63) as u8;
+        *field = (byte * B) as u8;
+    }
+    let load_mask: __mmask64 = (1u64 << (8 * B)) - 1;
+    // SAFETY: `index` and `fields` hold 64 bytes each.
+    let (index, fields) = unsafe {
+        (
+            _mm512_loadu_si512(index.as_ptr().cast()),
+            _mm512_loadu_si512(fields.as_ptr().cast()),
+        )
+    };
+    let low = _mm512_set1_epi8(((1u32 << B) - 1) as i8);
+    let sign = _mm512_set1_epi8((1u32 << (B - 1)) as i8);
+    let one = _mm512_set1_epi8(1);
+    for block in 0..blocks {
+        // SAFETY: block < blocks, so the 8·B bytes read (under `load_mask`) are within
+        // `packed` and the 64 written within `out`.
+        unsafe {
+            let bytes =
+                _mm512_maskz_loadu_epi8(load_mask, packed.as_ptr().add(block * 8 * B).cast());
+            let lanes = _mm512_permutexvar_epi8(index, bytes);
+            let v = _mm512_and_si512(_mm512_multishift_epi64_epi8(fields, lanes), low);
+            let mut j = _mm512_sub_epi8(_mm512_xor_si512(v, sign), sign);
+            if odd {
+                j = _mm512_add_epi8(_mm512_add_epi8(j, j), one);
+            }
+            _mm512_storeu_si512(out.as_mut_ptr().add(block * 64).cast(), j);
+        }
     }
 }
