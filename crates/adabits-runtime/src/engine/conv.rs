@@ -324,8 +324,8 @@ impl Wide for PixelSums<'_> {
             4 => sums_of::<4>(image, out),
             8 => sums_of::<8>(image, out),
             16 => sums_of::<16>(image, out),
-            32 => sums_of::<32>(image, out),
-            64 => sums_of::<64>(image, out),
+            _ if c.is_multiple_of(16) => sums_by::<16>(image, c, out),
+            _ if c.is_multiple_of(8) => sums_by::<8>(image, c, out),
             _ => out.extend(
                 image
                     .chunks_exact(c)
@@ -341,6 +341,23 @@ fn sums_of<const C: usize>(image: &[u8], out: &mut Vec<i32>) {
     out.extend(image.chunks_exact(C).map(|p| {
         let p: &[u8; C] = p.try_into().unwrap();
         p.iter().map(|&q| u32::from(q)).sum::<u32>() as i32
+    }));
+}
+
+/// [`PixelSums`] for `c` channels, a multiple of `L`: `L` lanes of sums per pixel, then their
+/// total.
+#[inline(always)]
+fn sums_by<const L: usize>(image: &[u8], c: usize, out: &mut Vec<i32>) {
+    out.extend(image.chunks_exact(c).map(|p| {
+        let mut lanes = [0u32; L];
+        for part in p.chunks_exact(L) {
+            let part: &[u8; L] = part.try_into().unwrap();
+            lanes
+                .iter_mut()
+                .zip(part)
+                .for_each(|(s, &q)| *s += u32::from(q));
+        }
+        lanes.iter().sum::<u32>() as i32
     }));
 }
 
@@ -625,7 +642,7 @@ mod tests {
         #[test]
         fn convolutions_equal_the_definition_on_random_shapes(
             batch in 1usize..3,
-            cin_g in prop_oneof![1usize..6, prop::sample::select(vec![4usize, 8, 12, 16])],
+            cin_g in prop_oneof![1usize..6, prop::sample::select(vec![4usize, 8, 12, 16, 24, 48])],
             cout_g in 1usize..6,
             groups in prop::sample::select(vec![1usize, 1, 2, 3]),
             depthwise in any::<bool>(),

@@ -118,6 +118,14 @@ impl IntRuntime {
                 ))
             })
         };
+        // With no layouts for the call (one image, weights packed), each layer is laid out
+        // while the node before it runs: the layout of the next node with weights.
+        let lazy_mode = prepared.is_empty();
+        let weighted = |k: usize| !self.absorbed[k] && self.active[k].is_some();
+        let mut upcoming: Option<(usize, Option<Prepared>)> = None;
+        if lazy_mode && let Some(j) = (0..graph.nodes.len()).find(|&k| weighted(k)) {
+            upcoming = Some((j, self.prepare_into(j, &graph.nodes[j], Vec::new())));
+        }
         for (i, node) in graph.nodes.iter().enumerate() {
             if self.absorbed[i] {
                 continue;
@@ -126,96 +134,111 @@ impl IntRuntime {
             let inputs = node.inputs(i);
             // The last node this one's work covers (itself, or the end of a fused group).
             let last = i + self.fusion[i].absorbs;
-            // Laid out now, when the call has no layouts (one image, weights packed).
-            let lazy = if prepared.is_empty() {
-                self.prepare_into(i, node, std::mem::take(&mut spare))
+            let lazy = match upcoming.take() {
+                Some((j, layout)) if j == i => layout,
+                other => {
+                    upcoming = other;
+                    None
+                }
+            };
+            let layout = if lazy_mode { &lazy } else { &prepared[i] };
+            // The next layout to make while this node runs, if none is made yet.
+            let following = if lazy_mode && upcoming.is_none() {
+                (i + 1..graph.nodes.len()).find(|&k| weighted(k))
             } else {
                 None
             };
-            let layout = if prepared.is_empty() {
-                &lazy
-            } else {
-                &prepared[i]
+            let mut execute = || -> Result<Vec<f32>, RuntimeError> {
+                Ok(match (node, layout) {
+                    (Node::Conv(conv), Some(Prepared::Conv(weights, epilogue))) => {
+                        let active = self.active[i]
+                            .as_ref()
+                            .expect("set_bits prepared every layer");
+                        let input_codes = match made_codes[inputs[0]].take() {
+                            Some(made) => made,
+                            None => {
+                                let x = values[inputs[0]].as_ref().expect(produced);
+                                quantize(active.input, x, &mut codes, &conv.name)?;
+                                std::mem::take(&mut codes)
+                            }
+                        };
+                        let (Shape::Map([_, ih, iw]), Shape::Map([cout, oh, ow])) =
+                            (shapes[inputs[0]], shapes[i + 1])
+                        else {
+                            unreachable!("a checked graph's convolutions map maps to maps")
+                        };
+                        let g = geometry(conv, [ih, iw], [oh, ow]);
+                        let len = batch * oh * ow * cout;
+                        // A fused residual: the output starts as the value it adds.
+                        let mut out = match self.fusion[i].residual {
+                            Some(r) => take(&mut values, r, i + 1),
+                            None => vec![0.0; len],
+                        };
+                        let mut next = epilogue.codes.map(|_| vec![0u8; len]);
+                        let target = Output {
+                            values: &mut out,
+                            codes: next.as_deref_mut(),
+                        };
+                        conv::conv(&input_codes, batch, &g, weights, epilogue, target, split);
+                        codes = input_codes;
+                        made_codes[last + 1] = next;
+                        out
+                    }
+                    (Node::Linear(linear), Some(Prepared::Linear(m))) => {
+                        let active = self.active[i]
+                            .as_ref()
+                            .expect("set_bits prepared every layer");
+                        let x = values[inputs[0]].as_ref().expect(produced);
+                        quantize(active.input, x, &mut codes, &linear.name)?;
+                        run_linear(linear, active, m, &codes, batch, split)
+                    }
+                    (Node::Relu { .. }, _) => {
+                        let mut x = take(&mut values, inputs[0], i);
+                        x.iter_mut().for_each(|v| *v = v.max(0.0));
+                        x
+                    }
+                    (Node::Add { .. }, _) => {
+                        let mut a = take(&mut values, inputs[0], i);
+                        let b = values[inputs[1]].as_ref().expect(produced);
+                        a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                        a
+                    }
+                    (
+                        Node::MaxPool {
+                            kernel,
+                            stride,
+                            padding,
+                            ..
+                        },
+                        _,
+                    ) => {
+                        let x = values[inputs[0]].as_ref().expect(produced);
+                        let (Shape::Map([c, ih, iw]), Shape::Map([_, oh, ow])) =
+                            (shapes[inputs[0]], shapes[i + 1])
+                        else {
+                            unreachable!("a checked graph pools a map")
+                        };
+                        max_pool(x, batch, c, [ih, iw], [oh, ow], *kernel, *stride, *padding)
+                    }
+                    (Node::GlobalAvgPool { .. }, _) => {
+                        let x = values[inputs[0]].as_ref().expect(produced);
+                        let Shape::Map([c, ih, iw]) = shapes[inputs[0]] else {
+                            unreachable!("a checked graph pools a map")
+                        };
+                        global_avg_pool(x, batch, c, ih * iw)
+                    }
+                    _ => unreachable!("forward prepared every layer"),
+                })
             };
-            let out = match (node, layout) {
-                (Node::Conv(conv), Some(Prepared::Conv(weights, epilogue))) => {
-                    let active = self.active[i]
-                        .as_ref()
-                        .expect("set_bits prepared every layer");
-                    let input_codes = match made_codes[inputs[0]].take() {
-                        Some(made) => made,
-                        None => {
-                            let x = values[inputs[0]].as_ref().expect(produced);
-                            quantize(active.input, x, &mut codes, &conv.name)?;
-                            std::mem::take(&mut codes)
-                        }
-                    };
-                    let (Shape::Map([_, ih, iw]), Shape::Map([cout, oh, ow])) =
-                        (shapes[inputs[0]], shapes[i + 1])
-                    else {
-                        unreachable!("a checked graph's convolutions map maps to maps")
-                    };
-                    let g = geometry(conv, [ih, iw], [oh, ow]);
-                    let len = batch * oh * ow * cout;
-                    // A fused residual: the output starts as the value it adds.
-                    let mut out = match self.fusion[i].residual {
-                        Some(r) => take(&mut values, r, i + 1),
-                        None => vec![0.0; len],
-                    };
-                    let mut next = epilogue.codes.map(|_| vec![0u8; len]);
-                    let target = Output {
-                        values: &mut out,
-                        codes: next.as_deref_mut(),
-                    };
-                    conv::conv(&input_codes, batch, &g, weights, epilogue, target, split);
-                    codes = input_codes;
-                    made_codes[last + 1] = next;
-                    out
+            let out = match following {
+                Some(j) => {
+                    let buffer = std::mem::take(&mut spare);
+                    let (out, layout) =
+                        rayon::join(execute, || self.prepare_into(j, &graph.nodes[j], buffer));
+                    upcoming = Some((j, layout));
+                    out?
                 }
-                (Node::Linear(linear), Some(Prepared::Linear(m))) => {
-                    let active = self.active[i]
-                        .as_ref()
-                        .expect("set_bits prepared every layer");
-                    let x = values[inputs[0]].as_ref().expect(produced);
-                    quantize(active.input, x, &mut codes, &linear.name)?;
-                    run_linear(linear, active, m, &codes, batch, split)
-                }
-                (Node::Relu { .. }, _) => {
-                    let mut x = take(&mut values, inputs[0], i);
-                    x.iter_mut().for_each(|v| *v = v.max(0.0));
-                    x
-                }
-                (Node::Add { .. }, _) => {
-                    let mut a = take(&mut values, inputs[0], i);
-                    let b = values[inputs[1]].as_ref().expect(produced);
-                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-                    a
-                }
-                (
-                    Node::MaxPool {
-                        kernel,
-                        stride,
-                        padding,
-                        ..
-                    },
-                    _,
-                ) => {
-                    let x = values[inputs[0]].as_ref().expect(produced);
-                    let (Shape::Map([c, ih, iw]), Shape::Map([_, oh, ow])) =
-                        (shapes[inputs[0]], shapes[i + 1])
-                    else {
-                        unreachable!("a checked graph pools a map")
-                    };
-                    max_pool(x, batch, c, [ih, iw], [oh, ow], *kernel, *stride, *padding)
-                }
-                (Node::GlobalAvgPool { .. }, _) => {
-                    let x = values[inputs[0]].as_ref().expect(produced);
-                    let Shape::Map([c, ih, iw]) = shapes[inputs[0]] else {
-                        unreachable!("a checked graph pools a map")
-                    };
-                    global_avg_pool(x, batch, c, ih * iw)
-                }
-                _ => unreachable!("forward prepared every layer"),
+                None => execute()?,
             };
             if let Some(layout) = lazy {
                 spare = layout.into_buffer();
