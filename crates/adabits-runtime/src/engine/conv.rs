@@ -80,12 +80,22 @@ impl ConvWeights {
 
     /// Lays out `values` (PyTorch order `[cout][cin/groups][kh][kw]`) in the order the kernels
     /// of `isa` read them: for a dense convolution the im2col rows' (ky, kx, c) order in the
-    /// GEMM's layout; for a grouped one PyTorch's.
+    /// GEMM's layout; for a grouped one `[kh·kw][cout][cin/groups]`, the grouped loop's.
     pub(crate) fn arrange(isa: Isa, values: Vec<i8>, g: &Geometry) -> Vec<i8> {
-        if g.groups != 1 {
-            return values;
-        }
         let [kh, kw] = g.kernel;
+        if g.groups != 1 {
+            let taps = kh * kw;
+            let cin_g = g.cin / g.groups;
+            let mut arranged = vec![0i8; values.len()];
+            for o in 0..g.cout {
+                for c in 0..cin_g {
+                    for t in 0..taps {
+                        arranged[(t * g.cout + o) * cin_g + c] = values[(o * cin_g + c) * taps + t];
+                    }
+                }
+            }
+            return arranged;
+        }
         let cp = g.laid_out_channels(isa);
         let k = kh * kw * cp;
         // PyTorch's (c, ky, kx) to the im2col rows' (ky, kx, c), with zeros for the channels
@@ -104,31 +114,29 @@ impl ConvWeights {
         PackedWeights::arrange(isa, &reordered, g.cout, k)
     }
 
-    /// The weights from the kernels' values in [`arrange`](Self::arrange)'s order.
+    /// The weights from the kernels' values in [`arrange`](Self::arrange)'s order. A dense
+    /// convolution takes `values`' buffer; a grouped one reads it and leaves it to the caller.
     pub(crate) fn from_arranged(
         isa: Isa,
-        values: Vec<i8>,
+        values: &mut Vec<i8>,
         numerators: Numerators,
         g: &Geometry,
     ) -> Self {
         if g.groups == 1 {
             let k = g.kernel[0] * g.kernel[1] * g.laid_out_channels(isa);
-            Self::Dense(PackedWeights::from_arranged(isa, values, g.cout, k))
+            Self::Dense(PackedWeights::from_arranged(
+                isa,
+                std::mem::take(values),
+                g.cout,
+                k,
+            ))
         } else {
-            // The grouped loop takes the whole numerator, 9 bits included, `[tap][out][in/g]`.
-            let [kh, kw] = g.kernel;
-            let taps = kh * kw;
-            let cin_g = g.cin / g.groups;
-            let mut w = vec![0i32; values.len()];
-            for o in 0..g.cout {
-                for c in 0..cin_g {
-                    for t in 0..taps {
-                        let v = values[(o * cin_g + c) * taps + t];
-                        w[(t * g.cout + o) * cin_g + c] =
-                            numerators.scale * i32::from(v) + numerators.plus_inputs;
-                    }
-                }
-            }
+            // The grouped loop takes the whole numerator, 9 bits included.
+            let Numerators { scale, plus_inputs } = numerators;
+            let w = values
+                .iter()
+                .map(|&v| scale * i32::from(v) + plus_inputs)
+                .collect();
             Self::Grouped(isa, w)
         }
     }
@@ -136,7 +144,12 @@ impl ConvWeights {
     /// Lays out `values` (PyTorch order) for the kernels of `isa`.
     #[cfg(test)]
     pub(crate) fn new(isa: Isa, values: &[i8], numerators: Numerators, g: &Geometry) -> Self {
-        Self::from_arranged(isa, Self::arrange(isa, values.to_vec(), g), numerators, g)
+        Self::from_arranged(
+            isa,
+            &mut Self::arrange(isa, values.to_vec(), g),
+            numerators,
+            g,
+        )
     }
 }
 

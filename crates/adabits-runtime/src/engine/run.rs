@@ -26,16 +26,17 @@ impl IntRuntime {
 
     /// The kernels' form of node `i`'s weights and its epilogue.
     pub(super) fn prepare(&self, i: usize, node: &Node) -> Option<Prepared> {
-        self.prepare_into(i, node, Vec::new())
+        self.prepare_into(i, node, &mut Vec::new())
     }
 
-    /// [`prepare`](Self::prepare), laying the weights out in `buffer` (whose allocation a
-    /// dense convolution keeps: [`Prepared::into_buffer`] gives it back).
-    fn prepare_into(&self, i: usize, node: &Node, buffer: Vec<i8>) -> Option<Prepared> {
+    /// [`prepare`](Self::prepare), laying the weights out in `buffer`, whose allocation a
+    /// dense convolution takes ([`Prepared::into_buffer`] gives it back) and the other layers
+    /// leave in it.
+    fn prepare_into(&self, i: usize, node: &Node, buffer: &mut Vec<i8>) -> Option<Prepared> {
         let active = self.active[i].as_ref()?;
         let numerators = active.weights.numerators;
-        let mut values = buffer;
-        active.weights.unpack(self.isa, &mut values);
+        let values = buffer;
+        active.weights.unpack(self.isa, values);
         Some(match node {
             Node::Conv(conv) => Prepared::Conv(
                 ConvWeights::from_arranged(
@@ -124,7 +125,7 @@ impl IntRuntime {
         let weighted = |k: usize| !self.absorbed[k] && self.active[k].is_some();
         let mut upcoming: Option<(usize, Option<Prepared>)> = None;
         if lazy_mode && let Some(j) = (0..graph.nodes.len()).find(|&k| weighted(k)) {
-            upcoming = Some((j, self.prepare_into(j, &graph.nodes[j], Vec::new())));
+            upcoming = Some((j, self.prepare_into(j, &graph.nodes[j], &mut spare)));
         }
         for (i, node) in graph.nodes.iter().enumerate() {
             if self.absorbed[i] {
@@ -232,16 +233,22 @@ impl IntRuntime {
             };
             let out = match following {
                 Some(j) => {
-                    let buffer = std::mem::take(&mut spare);
-                    let (out, layout) =
-                        rayon::join(execute, || self.prepare_into(j, &graph.nodes[j], buffer));
+                    let mut buffer = std::mem::take(&mut spare);
+                    let (out, layout) = rayon::join(execute, || {
+                        self.prepare_into(j, &graph.nodes[j], &mut buffer)
+                    });
+                    // What a layout that does not keep its buffer left.
+                    spare = buffer;
                     upcoming = Some((j, layout));
                     out?
                 }
                 None => execute()?,
             };
             if let Some(layout) = lazy {
-                spare = layout.into_buffer();
+                let buffer = layout.into_buffer();
+                if buffer.capacity() > spare.capacity() {
+                    spare = buffer;
+                }
             }
             // Drop what no later node reads.
             for k in i..=last {
