@@ -189,6 +189,33 @@ fn the_runtime_reproduces_the_fake_quantized_model_at_every_bit_width() {
 }
 
 #[test]
+fn one_bit_layers_run_bit_serially_and_reproduce_the_model() {
+    let device = crate::device();
+    // Width 2: the last stage's 3×3 convolutions have 128·9 = 1152 products per output, deep
+    // enough for the bit-serial kernel at 1 bit; the others run on bytes. 8×8 images.
+    for (i, scheme) in [QuantScheme::Modified, QuantScheme::Centered]
+        .into_iter()
+        .enumerate()
+    {
+        let config = ModelConfig::new(Architecture::CifarResNet(20), "2,1".parse().unwrap())
+            .with_width_mult(2.0)
+            .with_quant(QuantSettings::new().with_weight_scheme(scheme));
+        let model = trained(&config, 8, 80 + i as u64);
+        assert_runtime_matches(&model, &config, 8, &device);
+        let artifact = export_artifact(&model, &config, 8, &HashMap::new(), None).unwrap();
+        let artifact = Artifact::from_bytes(&artifact.to_bytes(), Path::new("t.abq")).unwrap();
+        let mut int = IntRuntime::new(artifact).unwrap();
+        int.set_bits(1).unwrap();
+        let fast = int.isa().runs_bit_serial()
+            && std::env::var("ADABITS_BIT_SERIAL").as_deref() != Ok("off");
+        // The five 3×3 convolutions of the last stage after its first (64 inputs).
+        assert_eq!(int.bit_serial_layers(), if fast { 5 } else { 0 });
+        int.set_bits(2).unwrap();
+        assert_eq!(int.bit_serial_layers(), 0);
+    }
+}
+
+#[test]
 fn the_runtime_runs_the_imagenet_models_at_every_bit_width() {
     let device = crate::device();
     for (i, arch) in ["mobilenet_v1", "mobilenet_v2", "resnet18", "resnet50"]

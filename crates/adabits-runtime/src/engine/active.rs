@@ -19,6 +19,8 @@ pub(super) struct Active {
     pub(super) add: Vec<f32>,
     /// `A` for a grouped convolution with double-sided inputs ([`Epilogue::offset`]), else 0.
     pub(super) offset: i32,
+    /// Whether the layer runs bit-serially (its packed weights are its planes).
+    pub(super) bit_serial: bool,
 }
 
 /// Double-sided inputs: the value of code `q` is `(2q − A)·step`, so a convolution's sum is
@@ -84,13 +86,20 @@ pub(super) fn quantized(
     policy: usize,
     position: usize,
     double_sided: bool,
+    bit_serial: bool,
     arrange: impl FnOnce(Vec<i8>) -> Vec<i8>,
 ) -> Result<(Weights, InputCodes, f32, f32), RuntimeError> {
     let r = graph
         .resolved(policy, position)
         .expect("a checked graph's policies cover every bit-width");
-    let weights = Weights::new(part, r.weight_bits, graph.weight_scheme, arrange)
-        .ok_or_else(|| RuntimeError::Unsupported(format!("no codes for {} bits", r.weight_bits)))?;
+    let weights = Weights::new(
+        part,
+        r.weight_bits,
+        graph.weight_scheme,
+        bit_serial,
+        arrange,
+    )
+    .ok_or_else(|| RuntimeError::Unsupported(format!("no codes for {} bits", r.weight_bits)))?;
     let input = if r.act_bits == 32 {
         InputCodes::Integers
     } else {

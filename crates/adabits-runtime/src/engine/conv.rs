@@ -3,12 +3,13 @@
 //! epilogue, `y = (a·Σ m·q + c·Σ q)·mult[o] + add[o]`, and the ReLU after it if fused.
 
 use super::Isa;
+use super::bit_serial::{BitWeights, bit_serial};
 use super::epilogue::{Epilogue, Output, Rows};
 use super::kernels::{self, Direct, PackedWeights, ROWS, Wide, gemm};
 use super::layer::Numerators;
 
 /// Output rows (pixels) per parallel task.
-const TASK_ROWS: usize = 64;
+pub(super) const TASK_ROWS: usize = 64;
 
 /// The shape of one convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +60,8 @@ pub(crate) enum ConvWeights {
     /// A grouped or depthwise one: the instruction set its loop is compiled for, and the
     /// numerators as `i32`, `[kh·kw][cout][cin/groups]`.
     Grouped(Isa, Vec<i32>),
+    /// A dense convolution with 1-bit weights and activations, run bit-serially.
+    Bits(BitWeights),
 }
 
 impl ConvWeights {
@@ -66,7 +69,7 @@ impl ConvWeights {
     pub(crate) fn into_buffer(self) -> Vec<i8> {
         match self {
             Self::Dense(w) => w.into_data(),
-            Self::Grouped(..) => Vec::new(),
+            Self::Grouped(..) | Self::Bits(_) => Vec::new(),
         }
     }
 
@@ -75,6 +78,7 @@ impl ConvWeights {
         match self {
             Self::Dense(w) => w.bytes(),
             Self::Grouped(_, w) => 4 * w.len(),
+            Self::Bits(w) => w.bytes(),
         }
     }
 
@@ -169,6 +173,7 @@ pub(crate) fn conv(
     match weights {
         ConvWeights::Dense(w) => dense(codes, batch, g, w, epilogue, out, split),
         ConvWeights::Grouped(isa, w) => grouped(codes, batch, g, (*isa, w), epilogue, out, split),
+        ConvWeights::Bits(w) => bit_serial(codes, batch, g, w, epilogue, out, split),
     }
 }
 
@@ -418,21 +423,30 @@ fn dense(
 
 thread_local! {
     /// Each worker thread's buffers for its tasks, kept between tasks and layers.
-    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+    pub(super) static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
 }
 
 /// One task's buffers: im2col rows, their sums, the integer outputs.
 #[derive(Debug, Default)]
-struct Scratch {
-    a: Vec<u8>,
-    sums: Vec<i32>,
-    acc: Vec<i32>,
+pub(super) struct Scratch {
+    pub(super) a: Vec<u8>,
+    pub(super) sums: Vec<i32>,
+    pub(super) acc: Vec<i32>,
+    /// The bit-planes of the rows of `a` (bit-serial layers).
+    pub(super) planes: Vec<u64>,
 }
 
 impl Scratch {
     /// The im2col rows (`kp` bytes each, taps in (ky, kx, c) order) of output pixels
     /// `first..first + rows`, padded with zero rows to a multiple of [`ROWS`].
-    fn im2col(&mut self, codes: &[u8], g: &Geometry, kp: usize, first: usize, rows: usize) {
+    pub(super) fn im2col(
+        &mut self,
+        codes: &[u8],
+        g: &Geometry,
+        kp: usize,
+        first: usize,
+        rows: usize,
+    ) {
         let [ho, wo] = g.output;
         let [h, wi] = g.input;
         let [kh, kw] = g.kernel;
@@ -470,7 +484,7 @@ impl Scratch {
     }
 
     /// The sum of each of the first `rows` rows of `a`.
-    fn row_sums(&mut self, kp: usize, rows: usize) {
+    pub(super) fn row_sums(&mut self, kp: usize, rows: usize) {
         self.sums.clear();
         self.sums.extend(
             self.a

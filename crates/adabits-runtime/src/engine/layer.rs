@@ -49,13 +49,15 @@ pub(crate) struct Weights {
 
 impl Weights {
     /// The weights of `part` at weight bit-width `w`, laid out by `arrange` (from PyTorch order
-    /// to the kernel's, padding slots included).
+    /// to the kernel's, padding slots included). `j_only`: the kernel takes `j` even where `2j
+    /// + 1` would fit a byte (a bit-serial layer, whose planes are `j`'s bits).
     ///
     /// Returns `None` if the layer has no codes for `w` (a checked artifact always has).
     pub(crate) fn new(
         part: &QuantPayload<'_>,
         w: u8,
         scheme: Scheme,
+        j_only: bool,
         arrange: impl FnOnce(Vec<i8>) -> Vec<i8>,
     ) -> Option<Self> {
         let codes = part.codes(w)?;
@@ -67,7 +69,7 @@ impl Weights {
         };
         let odd = scheme != Scheme::Modified;
         // `2j + 1` fits a signed byte below 8 bits; at 8 bits the kernels take `j`.
-        let numerators = if odd && w == 8 {
+        let numerators = if odd && (w == 8 || j_only) {
             Numerators {
                 scale: 2,
                 plus_inputs: 1,
@@ -247,7 +249,7 @@ mod tests {
                     bias: None,
                     alphas: &[1.0],
                 };
-                let weights = Weights::new(&part, w, scheme, |j| j).unwrap();
+                let weights = Weights::new(&part, w, scheme, false, |j| j).unwrap();
                 let n = weights.numerators;
                 let mut values = Vec::new();
                 weights.unpack(Isa::Scalar, &mut values);

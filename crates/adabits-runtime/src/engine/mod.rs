@@ -15,6 +15,7 @@
 //! [`IntRuntime::set_bits`] can switch to any bit-width without the file.
 
 mod active;
+mod bit_serial;
 mod conv;
 mod epilogue;
 mod fusion;
@@ -31,8 +32,10 @@ pub use kernels::{Crossover, Isa, crossover};
 use crate::format::{Artifact, LayerPayload};
 use crate::graph::{InputTransform, LinearEval, Node, Scheme, Shape};
 use active::{Active, double_sided_terms, geometry, quantized};
+use bit_serial::BitWeights;
 use conv::ConvWeights;
 use fusion::{Fusion, plan_fusion};
+use kernels::use_bit_serial;
 use run::{Call, Prepared};
 
 /// Why the integer runtime cannot run an artifact or an input.
@@ -159,6 +162,17 @@ impl IntRuntime {
             .sum()
     }
 
+    /// How many layers run bit-serially at the active bit-width (1-bit weights and activations
+    /// with enough products per output, on a CPU with AVX-512 VPOPCNTDQ; docs/performance.md
+    /// records where that wins).
+    pub fn bit_serial_layers(&self) -> usize {
+        self.active
+            .iter()
+            .flatten()
+            .filter(|a| a.bit_serial)
+            .count()
+    }
+
     /// Switches to `bits`: decodes each layer's numerators at its weight bit-width from the
     /// codes in memory (a right shift for the `modified` and `centered` schemes) and sets its
     /// clipping level and epilogue.
@@ -193,13 +207,24 @@ impl IntRuntime {
                     });
                     let g = geometry(conv, [0, 0], [0, 0]);
                     let isa = self.isa;
+                    let r = graph
+                        .resolved(conv.policy, position)
+                        .expect("a checked graph's policies cover every bit-width");
+                    let k = conv.channels[0] * conv.kernel[0] * conv.kernel[1];
+                    let bit_serial = conv.groups == 1
+                        && r.act_bits != 32
+                        && use_bit_serial(isa, r.act_bits, r.weight_bits, k);
                     let (weights, input, factor, s) = quantized(
                         graph,
                         &part,
                         conv.policy,
                         position,
                         conv.double_sided,
-                        |j| ConvWeights::arrange(isa, j, &g),
+                        bit_serial,
+                        |j| match bit_serial {
+                            true => BitWeights::arrange(j, &g),
+                            false => ConvWeights::arrange(isa, j, &g),
+                        },
                     )?;
                     let out = conv.channels[1];
                     // (sum·factor·s + bias), then the BatchNorm's x·scale + shift.
@@ -219,6 +244,7 @@ impl IntRuntime {
                         mult,
                         add,
                         offset,
+                        bit_serial,
                     })
                 }
                 Node::Linear(linear) => {
@@ -226,7 +252,7 @@ impl IntRuntime {
                         unreachable!("a checked artifact has a part per layer")
                     };
                     let (weights, input, factor, s) =
-                        quantized(graph, &part, linear.policy, position, false, |j| j)?;
+                        quantized(graph, &part, linear.policy, position, false, false, |j| j)?;
                     let out = linear.features[1];
                     // The official evaluation form (P1): weight ŵ, bias / s; the training
                     // form: weight s·ŵ, bias.
@@ -238,6 +264,7 @@ impl IntRuntime {
                         weights,
                         input,
                         offset: 0,
+                        bit_serial: false,
                         mult: vec![mult; out],
                         add: (0..out)
                             .map(|o| part.bias.map_or(0.0, |b| b[o]) / divide)

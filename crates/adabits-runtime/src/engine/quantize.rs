@@ -84,7 +84,7 @@ impl InputCodes {
                 let mut ok = true;
                 for (q, &v) in out.iter_mut().zip(x) {
                     let t = v + ROUND_MAGIC;
-                    ok &= (v >= 0.0) & (v <= 255.0) & (t - ROUND_MAGIC == v);
+                    ok &= (0.0..=255.0).contains(&v) & (t - ROUND_MAGIC == v);
                     *q = t.to_bits() as u8;
                 }
                 match ok {

@@ -3,6 +3,7 @@
 
 use rayon::prelude::*;
 
+use super::bit_serial::BitWeights;
 use super::conv::{self, ConvWeights};
 use super::epilogue::{Epilogue, Output};
 use super::ops::{global_avg_pool, max_pool, pixels, run_linear};
@@ -36,15 +37,23 @@ impl IntRuntime {
         let active = self.active[i].as_ref()?;
         let numerators = active.weights.numerators;
         let values = buffer;
-        active.weights.unpack(self.isa, values);
+        if !active.bit_serial {
+            active.weights.unpack(self.isa, values);
+        }
         Some(match node {
             Node::Conv(conv) => Prepared::Conv(
-                ConvWeights::from_arranged(
-                    self.isa,
-                    values,
-                    numerators,
-                    &geometry(conv, [0, 0], [0, 0]),
-                ),
+                match active.bit_serial {
+                    // The packed 1-bit weights are the planes.
+                    true => {
+                        ConvWeights::Bits(BitWeights::from_packed(self.isa, &active.weights.packed))
+                    }
+                    false => ConvWeights::from_arranged(
+                        self.isa,
+                        values,
+                        numerators,
+                        &geometry(conv, [0, 0], [0, 0]),
+                    ),
+                },
                 Epilogue {
                     numerators,
                     mult: active.mult.clone(),

@@ -71,14 +71,17 @@ pub(crate) fn run(args: Bench) -> anyhow::Result<ExitCode> {
     let device = args.device.device();
     if args.crossover {
         let pairs = [(1, 1), (1, 2), (2, 1), (2, 2), (2, 3), (3, 3), (4, 4)];
-        let rows = adabits_runtime::crossover(&pairs);
+        // 3×3 convolutions of 16, 64 and 512 channels (the CIFAR ResNets' first and last
+        // stages, ResNet-18's last), and the depths around the runtime's threshold.
+        let depths = [144, 576, 1024, 1536, 4608];
+        let rows = adabits_runtime::crossover(&pairs, &depths);
         let isa = adabits_runtime::Isa::best();
         if args.json {
             let rows: Vec<_> = rows
                 .iter()
                 .map(|r| {
                     serde_json::json!({
-                        "activation_bits": r.a_bits, "weight_bits": r.w_bits,
+                        "k": r.k, "activation_bits": r.a_bits, "weight_bits": r.w_bits,
                         "bit_serial_gmacs": r.bit_serial_gmacs, "bytes_gmacs": r.bytes_gmacs,
                     })
                 })
@@ -87,8 +90,8 @@ pub(crate) fn run(args: Bench) -> anyhow::Result<ExitCode> {
         } else {
             println!("one thread, in cache; u8×i8 kernel: {}", isa.name());
             println!(
-                "{:>6} {:>6} {:>16} {:>12} {:>8}",
-                "a bits", "w bits", "bit-serial GMAC/s", "u8×i8 GMAC/s", "faster"
+                "{:>6} {:>6} {:>6} {:>17} {:>12} {:>8}",
+                "k", "a bits", "w bits", "bit-serial GMAC/s", "u8×i8 GMAC/s", "faster"
             );
             for r in &rows {
                 let faster = if r.bit_serial_gmacs > r.bytes_gmacs {
@@ -97,8 +100,8 @@ pub(crate) fn run(args: Bench) -> anyhow::Result<ExitCode> {
                     "bytes"
                 };
                 println!(
-                    "{:>6} {:>6} {:>16.1} {:>12.1} {:>8}",
-                    r.a_bits, r.w_bits, r.bit_serial_gmacs, r.bytes_gmacs, faster
+                    "{:>6} {:>6} {:>6} {:>17.1} {:>12.1} {:>8}",
+                    r.k, r.a_bits, r.w_bits, r.bit_serial_gmacs, r.bytes_gmacs, faster
                 );
             }
         }

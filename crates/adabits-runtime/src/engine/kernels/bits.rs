@@ -2,8 +2,89 @@
 //! of unsigned activation codes (`A_i`) and two's-complement weights (`W_j`, the top plane
 //! negative). By instruction count they beat `vpdpbusd` (64 products per instruction) only
 //! when the two bit-widths multiply to at most 2: each pair of planes costs an AND, a popcount
-//! and an add per 512 products. [`crossover`] measures it; the runtime does not use them
-//! (docs/performance.md records the measurement).
+//! and an add per 512 products. [`crossover`] measures it (docs/performance.md records the
+//! measurement); the runtime uses them where it says they win: 1-bit weights and activations
+//! with at least [`BIT_SERIAL_DEPTH`] products per output ([`use_bit_serial`]).
+
+/// The fewest products per output at which the runtime runs a 1-bit layer bit-serially: below
+/// it the planes' padding to whole 512-bit vectors costs more than the popcounts save
+/// (`adabits bench --crossover`: at 576 products 176 GMAC/s against 226 for `u8 × i8`, at 1024
+/// and more the bit-serial kernel leads).
+pub(crate) const BIT_SERIAL_DEPTH: usize = 1024;
+
+/// Whether a dense layer with `a_bits` activation bits, `w_bits` weight bits (of `j`, the
+/// numerators' stored form) and `k` products per output runs bit-serially on this CPU: AVX-512
+/// VPOPCNTDQ, 1 × 1 bits, `k ≥` [`BIT_SERIAL_DEPTH`], and `ADABITS_BIT_SERIAL` not `off`.
+pub(crate) fn use_bit_serial(isa: super::Isa, a_bits: u8, w_bits: u8, k: usize) -> bool {
+    isa.runs_bit_serial()
+        && a_bits == 1
+        && w_bits == 1
+        && k >= BIT_SERIAL_DEPTH
+        && std::env::var("ADABITS_BIT_SERIAL").as_deref() != Ok("off")
+}
+
+/// 64-bit words per bit-plane of `k` values: whole 512-bit vectors.
+pub(crate) fn plane_words(k: usize) -> usize {
+    k.div_ceil(512) * 8
+}
+
+/// The bit-planes of activations and weights a product reads.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PlanesRef<'a> {
+    /// `[rows][a_bits][words]`.
+    pub(crate) a: &'a [u64],
+    /// `[n][w_bits][words]`.
+    pub(crate) w: &'a [u64],
+    pub(crate) a_bits: usize,
+    pub(crate) w_bits: usize,
+    /// 64-bit words per plane (a multiple of 8: whole 512-bit vectors).
+    pub(crate) words: usize,
+}
+
+impl PlanesRef<'_> {
+    /// The weight of the pair of planes `(i, j)`: `2^(i+j)`, negative for the weights' sign
+    /// plane.
+    pub(crate) fn pair_weight(&self, i: usize, j: usize) -> i64 {
+        let w = 1i64 << (i + j);
+        if j + 1 == self.w_bits { -w } else { w }
+    }
+}
+
+/// The bit-planes of `rows` rows of `stride` codes (the first `k` of each counted, codes below
+/// `2^bits`) into `out`, `[rows][bits][plane_words(k)]`.
+pub(crate) fn activation_planes(
+    codes: &[u8],
+    rows: usize,
+    stride: usize,
+    k: usize,
+    bits: usize,
+    out: &mut Vec<u64>,
+) {
+    let words = plane_words(k);
+    out.clear();
+    out.resize(rows * bits * words, 0);
+    for (row, planes) in codes
+        .chunks(stride)
+        .take(rows)
+        .zip(out.chunks_exact_mut(bits * words))
+    {
+        let row = &row[..k];
+        #[cfg(target_arch = "x86_64")]
+        if super::x86::has_avx512_vbmi() {
+            super::x86::bit_planes_avx512(row, bits, words, planes);
+            continue;
+        }
+        for b in 0..bits {
+            let plane = &mut planes[b * words..][..words];
+            for (word, chunk) in plane.iter_mut().zip(row.chunks(64)) {
+                *word = chunk
+                    .iter()
+                    .enumerate()
+                    .fold(0, |w, (i, &q)| w | u64::from(q >> b & 1) << i);
+            }
+        }
+    }
+}
 
 /// Activations `a` (`[rows][k]`, codes below `2^a_bits`) and weights `w` (`[n][k]`, values in
 /// `[−2^(w_bits−1), 2^(w_bits−1))`) as bit-planes of 64-bit words, `k` padded with zeros.
@@ -30,7 +111,7 @@ impl Planes {
         a_bits: usize,
         w_bits: usize,
     ) -> Self {
-        let words = k.div_ceil(512) * 8;
+        let words = plane_words(k);
         let plane = |values: &mut dyn Iterator<Item = u8>, bits: usize, out: &mut [u64]| {
             for (i, v) in values.enumerate() {
                 for b in 0..bits {
@@ -61,16 +142,20 @@ impl Planes {
         }
     }
 
-    /// The weight of the pair of planes `(i, j)`: `2^(i+j)`, negative for the weights' sign
-    /// plane.
-    pub(crate) fn pair_weight(&self, i: usize, j: usize) -> i64 {
-        let w = 1i64 << (i + j);
-        if j + 1 == self.w_bits { -w } else { w }
+    /// The planes, borrowed.
+    pub(crate) fn view(&self) -> PlanesRef<'_> {
+        PlanesRef {
+            a: &self.a,
+            w: &self.w,
+            a_bits: self.a_bits,
+            w_bits: self.w_bits,
+            words: self.words,
+        }
     }
 }
 
 /// The portable bit-serial product, `out` `[rows][n]`.
-pub(crate) fn gemm_scalar(p: &Planes, rows: usize, n: usize, out: &mut [i32]) {
+pub(crate) fn gemm_scalar(p: &PlanesRef<'_>, rows: usize, n: usize, out: &mut [i32]) {
     let (ab, wb, words) = (p.a_bits, p.w_bits, p.words);
     for r in 0..rows {
         for o in 0..n {
@@ -92,6 +177,8 @@ pub(crate) fn gemm_scalar(p: &Planes, rows: usize, n: usize, out: &mut [i32]) {
 /// the same products, in billions of multiply-accumulates per second on one thread.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Crossover {
+    /// Products per output (a layer's inputs per output value, `cin · kh · kw`).
+    pub k: usize,
     /// Activation bits.
     pub a_bits: usize,
     /// Weight bits.
@@ -103,25 +190,29 @@ pub struct Crossover {
 }
 
 /// Times the bit-serial kernel against the best `u8 × i8` kernel at each pair of bit-widths
-/// of `pairs`, on 64 rows × 64 channels × 1536 products (in cache).
-pub fn crossover(pairs: &[(usize, usize)]) -> Vec<Crossover> {
+/// of `pairs` and each depth of `depths` (products per output), on 64 rows × 64 channels (in
+/// cache).
+pub fn crossover(pairs: &[(usize, usize)], depths: &[usize]) -> Vec<Crossover> {
     use super::{Isa, PackedWeights, gemm};
-    let (rows, n, k) = (64, 64, 1536);
-    let time = |f: &mut dyn FnMut()| {
+    let (rows, n) = (64, 64);
+    let time = |f: &mut dyn FnMut(), k: usize| {
+        // Enough repetitions for about 100 million products per timing.
+        let reps = (100_000_000 / (rows * n * k)).max(1);
         let mut best = f64::INFINITY;
         for _ in 0..5 {
             let start = std::time::Instant::now();
-            for _ in 0..10 {
+            for _ in 0..reps {
                 f();
             }
-            best = best.min(start.elapsed().as_secs_f64() / 10.0);
+            best = best.min(start.elapsed().as_secs_f64() / reps as f64);
         }
         (rows * n * k) as f64 / best / 1e9
     };
     let isa = Isa::best();
-    pairs
+    depths
         .iter()
-        .map(|&(a_bits, w_bits)| {
+        .flat_map(|&k| pairs.iter().map(move |&pair| (k, pair)))
+        .map(|(k, (a_bits, w_bits))| {
             let a: Vec<u8> = (0..rows * k)
                 .map(|i| (i * 7 % 251) as u8 >> (8 - a_bits))
                 .collect();
@@ -130,19 +221,26 @@ pub fn crossover(pairs: &[(usize, usize)]) -> Vec<Crossover> {
                 .collect();
             let planes = Planes::new(&a, rows, &w, n, k, a_bits, w_bits);
             let mut out = vec![0; rows * n];
-            let bit_serial_gmacs = time(&mut || {
-                gemm_bits(&planes, rows, n, &mut out);
-                std::hint::black_box(&mut out);
-            });
+            let bit_serial_gmacs = time(
+                &mut || {
+                    gemm_bits(&planes.view(), rows, n, &mut out);
+                    std::hint::black_box(&mut out);
+                },
+                k,
+            );
             let packed =
                 PackedWeights::from_arranged(isa, PackedWeights::arrange(isa, &w, n, k), n, k);
             let mut padded = vec![0u8; rows.next_multiple_of(super::ROWS) * k];
             padded[..rows * k].copy_from_slice(&a);
-            let bytes_gmacs = time(&mut || {
-                gemm(&padded, rows, &packed, &mut out);
-                std::hint::black_box(&mut out);
-            });
+            let bytes_gmacs = time(
+                &mut || {
+                    gemm(&padded, rows, &packed, &mut out);
+                    std::hint::black_box(&mut out);
+                },
+                k,
+            );
             Crossover {
+                k,
                 a_bits,
                 w_bits,
                 bit_serial_gmacs,
@@ -153,7 +251,7 @@ pub fn crossover(pairs: &[(usize, usize)]) -> Vec<Crossover> {
 }
 
 /// The bit-serial product with the best kernel this CPU has.
-pub(crate) fn gemm_bits(p: &Planes, rows: usize, n: usize, out: &mut [i32]) {
+pub(crate) fn gemm_bits(p: &PlanesRef<'_>, rows: usize, n: usize, out: &mut [i32]) {
     #[cfg(target_arch = "x86_64")]
     if super::x86::has_avx512_popcnt() {
         return super::x86::gemm_bits_popcnt(p, rows, n, out);
@@ -190,10 +288,10 @@ mod tests {
                 .collect();
             let planes = Planes::new(&a, rows, &w, n, k, a_bits, w_bits);
             let mut out = vec![0; rows * n];
-            gemm_scalar(&planes, rows, n, &mut out);
+            gemm_scalar(&planes.view(), rows, n, &mut out);
             prop_assert_eq!(&out, &expected);
             let mut fast = vec![0; rows * n];
-            gemm_bits(&planes, rows, n, &mut fast);
+            gemm_bits(&planes.view(), rows, n, &mut fast);
             prop_assert_eq!(&fast, &expected);
         }
     }

@@ -11,6 +11,7 @@ mod scalar;
 mod x86;
 
 pub use bits::{Crossover, crossover};
+pub(crate) use bits::{PlanesRef, activation_planes, gemm_bits, plane_words, use_bit_serial};
 
 use super::epilogue::{Block, Rows};
 use super::quantize::{Pact, PactLoop};
@@ -139,6 +140,15 @@ impl Isa {
                 .unwrap_or(Self::Scalar),
             None => Self::best(),
         }
+    }
+
+    /// Whether the runtime runs deep 1-bit layers bit-serially with this instruction set on
+    /// this CPU: AVX-512 VNNI with VPOPCNTDQ (`ADABITS_BIT_SERIAL=off` turns it off).
+    pub fn runs_bit_serial(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return self == Self::Avx512Vnni && x86::has_avx512_popcnt();
+        #[cfg(not(target_arch = "x86_64"))]
+        return false;
     }
 
     /// The best instruction set this CPU has.

@@ -16,7 +16,8 @@ use std::arch::x86_64::{
     _mm512_min_ps, _mm512_mul_ps, _mm512_mullo_epi32, _mm512_multishift_epi64_epi8,
     _mm512_permutexvar_epi8, _mm512_popcnt_epi64, _mm512_reduce_add_epi64, _mm512_set1_epi8,
     _mm512_set1_epi32, _mm512_set1_ps, _mm512_setzero_ps, _mm512_setzero_si512,
-    _mm512_storeu_si512, _mm512_sub_epi8, _mm512_sub_epi32, _mm512_sub_ps, _mm512_xor_si512,
+    _mm512_storeu_si512, _mm512_sub_epi8, _mm512_sub_epi32, _mm512_sub_ps, _mm512_test_epi8_mask,
+    _mm512_xor_si512,
 };
 
 use super::ROWS;
@@ -343,7 +344,12 @@ pub(super) fn has_avx512_popcnt() -> bool {
 
 /// The bit-serial product with AVX-512 VPOPCNTDQ: tiles of 4 rows × 4 channels, per pair of
 /// planes an AND, a popcount and an add per 512 products.
-pub(super) fn gemm_bits_popcnt(p: &super::bits::Planes, rows: usize, n: usize, out: &mut [i32]) {
+pub(super) fn gemm_bits_popcnt(
+    p: &super::bits::PlanesRef<'_>,
+    rows: usize,
+    n: usize,
+    out: &mut [i32],
+) {
     assert!(
         has_avx512_popcnt(),
         "the popcount kernel needs AVX-512 VPOPCNTDQ"
@@ -550,8 +556,8 @@ fn pact_lanes(pact: &Pact, x: __m512) -> __m512i {
     }
 }
 
-/// Whether this CPU runs [`unpack_vbmi`]: AVX-512 VBMI's byte permutes and bit-field
-/// extraction (`vpermb`, `vpmultishiftqb`).
+/// Whether this CPU runs [`unpack_vbmi`] (AVX-512 VBMI's byte permutes and bit-field
+/// extraction, `vpermb` and `vpmultishiftqb`) and [`bit_planes_avx512`].
 pub(crate) fn has_avx512_vbmi() -> bool {
     std::arch::is_x86_feature_detected!("avx512f")
         && std::arch::is_x86_feature_detected!("avx512bw")
@@ -615,5 +621,37 @@ unsafe fn unpack_compiled<const B: usize>(packed: &[u8], odd: bool, out: &mut [i
             }
             _mm512_storeu_si512(out.as_mut_ptr().add(block * 64).cast(), j);
         }
+    }
+}
+
+/// The `bits` bit-planes of one row of codes (`words` words each, zeros past the row) into
+/// `planes`: 64 codes per step, one `vptestmb` per plane.
+pub(crate) fn bit_planes_avx512(row: &[u8], bits: usize, words: usize, planes: &mut [u64]) {
+    assert!(has_avx512_vbmi(), "the plane kernel needs AVX-512 BW");
+    assert!(planes.len() >= bits * words && row.len() <= words * 64 && bits <= 8);
+    // SAFETY: the CPU has AVX-512 F and BW (asserted above); the lengths are checked above.
+    unsafe { bit_planes_compiled(row, bits, words, planes) }
+}
+
+/// [`bit_planes_avx512`]'s loop.
+///
+/// # Safety
+///
+/// The CPU must have AVX-512 F and BW; `planes` must hold `bits · words` words and `row` at
+/// most `64 · words` codes.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn bit_planes_compiled(row: &[u8], bits: usize, words: usize, planes: &mut [u64]) {
+    for (word, start) in (0..row.len()).step_by(64).enumerate() {
+        let left = row.len() - start;
+        let mask: __mmask64 = if left >= 64 { !0 } else { (1u64 << left) - 1 };
+        // SAFETY: the 64 bytes from `start` under `mask` are within `row`.
+        let codes = unsafe { _mm512_maskz_loadu_epi8(mask, row.as_ptr().add(start).cast()) };
+        for (b, plane) in planes.chunks_exact_mut(words).take(bits).enumerate() {
+            plane[word] = _mm512_test_epi8_mask(codes, _mm512_set1_epi8((1u8 << b) as i8));
+        }
+    }
+    let used = row.len().div_ceil(64);
+    for plane in planes.chunks_exact_mut(words).take(bits) {
+        plane[used..].fill(0);
     }
 }
