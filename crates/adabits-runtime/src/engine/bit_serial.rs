@@ -3,7 +3,7 @@
 //! bit-planes, and `Σ q·j` is an AND and a popcount per 512 products
 //! (`kernels::bits`; the runtime takes this path only where `use_bit_serial` says it wins).
 
-use super::conv::{Geometry, SCRATCH, TASK_ROWS};
+use super::conv::{Geometry, SCRATCH, TASK_ROWS, im2col_order};
 use super::epilogue::{Epilogue, Output, Rows};
 use super::kernels::{self, Isa, PlanesRef, activation_planes, gemm_bits, plane_words};
 
@@ -21,21 +21,8 @@ impl BitWeights {
     /// [`from_packed`](Self::from_packed) reads once they are packed at 1 bit: per output
     /// channel, the (ky, kx, c) order padded with zeros to whole planes.
     pub(crate) fn arrange(values: Vec<i8>, g: &Geometry) -> Vec<i8> {
-        let [kh, kw] = g.kernel;
-        let k = g.cin * kh * kw;
-        let row = plane_words(k) * 64;
-        let mut arranged = vec![0i8; g.cout * row];
-        for o in 0..g.cout {
-            for c in 0..g.cin {
-                for ky in 0..kh {
-                    for kx in 0..kw {
-                        arranged[o * row + (ky * kw + kx) * g.cin + c] =
-                            values[((o * g.cin + c) * kh + ky) * kw + kx];
-                    }
-                }
-            }
-        }
-        arranged
+        let k = g.cin * g.kernel[0] * g.kernel[1];
+        im2col_order(&values, g, g.cin, plane_words(k) * 64)
     }
 
     /// The planes from [`arrange`](Self::arrange)'s values packed at 1 bit, least-significant

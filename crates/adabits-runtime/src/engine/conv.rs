@@ -102,19 +102,8 @@ impl ConvWeights {
         }
         let cp = g.laid_out_channels(isa);
         let k = kh * kw * cp;
-        // PyTorch's (c, ky, kx) to the im2col rows' (ky, kx, c), with zeros for the channels
-        // the direct kernel adds.
-        let mut reordered = vec![0i8; g.cout * k];
-        for o in 0..g.cout {
-            for c in 0..g.cin {
-                for ky in 0..kh {
-                    for kx in 0..kw {
-                        reordered[o * k + (ky * kw + kx) * cp + c] =
-                            values[((o * g.cin + c) * kh + ky) * kw + kx];
-                    }
-                }
-            }
-        }
+        // Zeros for the channels the direct kernel adds.
+        let reordered = im2col_order(&values, g, cp, k);
         PackedWeights::arrange(isa, &reordered, g.cout, k)
     }
 
@@ -157,6 +146,25 @@ impl ConvWeights {
     }
 }
 
+/// A dense convolution's weights from PyTorch's `[cout][cin][kh][kw]` to the im2col rows'
+/// (ky, kx, c) order, `row` values per output channel with `channels ≥ cin` per tap: zeros in
+/// the slots past `cin` and past the taps.
+pub(crate) fn im2col_order(values: &[i8], g: &Geometry, channels: usize, row: usize) -> Vec<i8> {
+    let [kh, kw] = g.kernel;
+    let mut reordered = vec![0i8; g.cout * row];
+    for o in 0..g.cout {
+        for c in 0..g.cin {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    reordered[o * row + (ky * kw + kx) * channels + c] =
+                        values[((o * g.cin + c) * kh + ky) * kw + kx];
+                }
+            }
+        }
+    }
+    reordered
+}
+
 /// Runs one convolution on `codes` (`[n][h][w][cin]`) into `out` (`[n][ho][wo][cout]`).
 ///
 /// `split` is the fewest items a parallel task takes: 1 spreads the layer over the pool,
@@ -178,8 +186,9 @@ pub(crate) fn conv(
 }
 
 /// A dense convolution with the AVX-512 VNNI kernel: per image, its codes copied once into a
-/// zero-padded buffer (channels in fours, a zero channel added where they are not), then per output row the products straight from it
-/// ([`kernels::gemm_direct`]: no im2col rows) and the epilogue.
+/// zero-padded buffer (channels in fours, a zero channel added where they are not), then per
+/// output row the products straight from it ([`kernels::gemm_direct`]: no im2col rows) and the
+/// epilogue.
 fn direct(
     codes: &[u8],
     batch: usize,
