@@ -73,7 +73,7 @@ pub(super) fn bit_serial(
             if epilogue.numerators.plus_inputs != 0 {
                 scratch.row_sums(kp, rows);
             }
-            activation_planes(&scratch.a, rows, kp, k, 1, &mut scratch.planes);
+            activation_planes(w.isa, &scratch.a, rows, kp, k, 1, &mut scratch.planes);
             scratch.acc.resize(rows * n, 0);
             let planes = PlanesRef {
                 a: &scratch.planes,

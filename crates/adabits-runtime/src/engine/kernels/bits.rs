@@ -51,8 +51,10 @@ impl PlanesRef<'_> {
 }
 
 /// The bit-planes of `rows` rows of `stride` codes (the first `k` of each counted, codes below
-/// `2^bits`) into `out`, `[rows][bits][plane_words(k)]`.
+/// `2^bits`) into `out`, `[rows][bits][plane_words(k)]`: with AVX-512 for `Isa::Avx512Vnni`
+/// on a CPU with VBMI, else the portable loop.
 pub(crate) fn activation_planes(
+    isa: super::Isa,
     codes: &[u8],
     rows: usize,
     stride: usize,
@@ -70,7 +72,7 @@ pub(crate) fn activation_planes(
     {
         let row = &row[..k];
         #[cfg(target_arch = "x86_64")]
-        if super::x86::has_avx512_vbmi() {
+        if isa == super::Isa::Avx512Vnni && super::x86::has_avx512_vbmi() {
             super::x86::bit_planes_avx512(row, bits, words, planes);
             continue;
         }
