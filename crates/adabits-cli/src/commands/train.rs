@@ -96,6 +96,11 @@ pub(crate) struct Train {
     /// Stop (with a checkpoint) after this many optimiser steps.
     #[arg(long, value_name = "N", value_parser = crate::values::count)]
     max_steps: Option<usize>,
+    /// Every this-many steps: a point of the loss curve (`losses.jsonl`) and, when stderr is not
+    /// a terminal (a pipe, a file, CI), a progress line in place of the bar; 0 for neither
+    /// [default: 10].
+    #[arg(long, value_name = "N")]
+    log_every: Option<usize>,
     /// Seed of the initialisation, data order and augmentation [default: 0].
     #[arg(long)]
     seed: Option<u64>,
@@ -148,6 +153,7 @@ pub(crate) fn resolve(args: &Train) -> anyhow::Result<TrainConfig> {
     if let Some(n) = args.max_steps {
         config.max_steps = Some(n);
     }
+    set(args.log_every, &mut config.log_every);
     if let Some(seed) = args.seed {
         config.seed = seed;
     }
@@ -372,7 +378,8 @@ pub(crate) fn run(args: Train) -> anyhow::Result<ExitCode> {
             out.display()
         );
     }
-    let mut progress = crate::progress::TerminalProgress::new(config.stage_count());
+    let mut progress =
+        crate::progress::TerminalProgress::new(config.stage_count(), config.log_every);
     let results =
         train(config, &args.device.device(), &options, &mut progress).map_err(with_hint)?;
     if args.json {

@@ -375,9 +375,28 @@ fn export_verify_select_and_calibrate_a_trained_run() {
     let run = dir.join("run");
     let (run_s, preset_s) = (run.to_str().unwrap(), preset.to_str().unwrap());
     let out = adabits(&[
-        "train", "--config", preset_s, "--bits", "4,3,2", "--out", run_s,
+        "train",
+        "--config",
+        preset_s,
+        "--bits",
+        "4,3,2",
+        "--out",
+        run_s,
+        "--log-every",
+        "2",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // Off a terminal, a plain progress line every 2 of the epoch's 4 steps, in both stages.
+    let log = text(&out.stderr);
+    let lines = |step: &str| log.lines().filter(|l| l.contains(step)).count();
+    assert_eq!((lines("step 2/4 |"), lines("step 4/4 |")), (2, 2), "{log}");
+    assert_eq!(lines("step 1/4 |") + lines("step 3/4 |"), 0, "{log}");
+    assert!(
+        log.lines().any(|l| l.contains("step 4/4 | loss 4b ")
+            && l.contains("img/s | lr ")
+            && l.contains("| ETA 0:00")),
+        "{log}"
+    );
 
     // Export: the table holds each bit-width's accuracy, and the file its size.
     let abq = dir.join("model.abq");
