@@ -27,6 +27,15 @@ pub enum Accounting {
     PaperFirstLayerFullPrecision,
 }
 
+impl std::fmt::Display for Accounting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Official => "official",
+            Self::PaperFirstLayerFullPrecision => "the paper's (first layer at 32×32 bits)",
+        })
+    }
+}
+
 /// One layer's static description, from which its cost at any bit-width follows.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct LayerShape {

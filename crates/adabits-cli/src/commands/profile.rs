@@ -12,8 +12,8 @@ use crate::output::print_json;
 /// The flags of `adabits profile`.
 #[derive(Debug, Args)]
 pub(crate) struct Profile {
-    /// The model (resnet20 … mobilenet_v2).
-    #[arg(long, default_value = "mobilenet_v1")]
+    /// The model (resnet20 … mobilenet_v2), as `adabits train` defaults to.
+    #[arg(long, default_value = "resnet20")]
     model: Architecture,
     /// The bit-widths.
     #[arg(long, default_value = "8,6,5,4")]
@@ -72,7 +72,7 @@ pub(crate) fn run(args: Profile) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{arch} ×{} at {side}×{side}, {classes} classes ({accounting:?} accounting)",
+        "{arch} ×{} at {side}×{side}, {classes} classes, {accounting} accounting",
         args.width
     );
     println!(

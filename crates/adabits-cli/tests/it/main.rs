@@ -354,11 +354,21 @@ fn profile_prints_the_official_figures() {
     assert_eq!(reports.len(), 5);
     assert_eq!(reports[0]["macs"], 568_790_528u64);
     assert_eq!(reports[0]["params"], 4_210_088u64);
-    let table = adabits(&["profile", "--model", "resnet20", "--bits", "5,4,3"]);
+    // The model `train` defaults to, and the accounting in words.
+    let table = adabits(&["profile", "--bits", "5,4,3"]);
     let stdout = text(&table.stdout);
+    assert!(
+        stdout.starts_with("resnet20 ×1 at 32×32, 10 classes, official accounting\n"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("40817280") && stdout.contains("1.084"),
         "{stdout}"
+    );
+    let paper = text(&adabits(&["profile", "--paper"]).stdout);
+    assert!(
+        paper.contains("the paper's (first layer at 32×32 bits) accounting"),
+        "{paper}"
     );
 }
 
