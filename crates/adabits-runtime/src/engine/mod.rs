@@ -394,14 +394,7 @@ impl IntRuntime {
         self.forward(images, batch, [h, w])?;
         let shapes = graph.check([h, w]).map_err(RuntimeError::Input)?;
         let start = std::time::Instant::now();
-        let prepared: Vec<Option<Prepared>> = in_pool(|| {
-            graph
-                .nodes
-                .par_iter()
-                .enumerate()
-                .map(|(i, node)| self.prepare(i, node))
-                .collect()
-        });
+        let prepared = self.prepare_all();
         let layout_ms = start.elapsed().as_secs_f64() * 1e3;
         let mut times = vec![0.0; graph.nodes.len()];
         let call = Call {
