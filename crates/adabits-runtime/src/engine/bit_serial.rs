@@ -3,9 +3,9 @@
 //! bit-planes, and `Σ q·j` is an AND and a popcount per 512 products
 //! (`kernels::bits`; the runtime takes this path only where `use_bit_serial` says it wins).
 
-use super::conv::{Geometry, SCRATCH, TASK_ROWS, im2col_order};
-use super::epilogue::{Epilogue, Output, Rows};
-use super::kernels::{self, Isa, PlanesRef, activation_planes, gemm_bits, plane_words};
+use super::conv::{Geometry, im2col_order, im2col_tasks};
+use super::epilogue::{Epilogue, Output};
+use super::kernels::{Isa, PlanesRef, activation_planes, gemm_bits, plane_words};
 
 /// A layer's 1-bit weights `j` (two's complement: a set bit is `j = −1`) as bit-planes,
 /// `[cout][plane_words(k)]`, `k` in the im2col rows' (ky, kx, c) order and padded with zeros.
@@ -48,8 +48,8 @@ impl BitWeights {
 }
 
 /// Runs a bit-serial convolution on `codes` (`[n][h][w][cin]`, codes 0 and 1) into `out`, per
-/// task of [`TASK_ROWS`] output pixels: the im2col rows, their planes, the popcount product,
-/// the epilogue.
+/// task of output pixels (`conv::im2col_tasks`): the im2col rows, their planes, the popcount
+/// product, the epilogue.
 pub(super) fn bit_serial(
     codes: &[u8],
     batch: usize,
@@ -64,17 +64,17 @@ pub(super) fn bit_serial(
     let kp = k.next_multiple_of(4);
     let words = plane_words(k);
     let n = g.cout;
-    debug_assert_eq!(out.values.len(), batch * g.output[0] * g.output[1] * n);
     debug_assert_eq!(w.planes.len(), n * words);
-    out.par_chunks(TASK_ROWS * n, split, |task, out, next| {
-        SCRATCH.with_borrow_mut(|scratch| {
-            let rows = out.len() / n;
-            scratch.im2col(codes, g, kp, task * TASK_ROWS, rows);
-            if epilogue.numerators.plus_inputs != 0 {
-                scratch.row_sums(kp, rows);
-            }
+    im2col_tasks(
+        codes,
+        batch,
+        g,
+        (kp, n),
+        (w.isa, epilogue),
+        out,
+        split,
+        |scratch, rows| {
             activation_planes(w.isa, &scratch.a, rows, kp, k, 1, &mut scratch.planes);
-            scratch.acc.resize(rows * n, 0);
             let planes = PlanesRef {
                 a: &scratch.planes,
                 w: &w.planes,
@@ -83,19 +83,8 @@ pub(super) fn bit_serial(
                 words,
             };
             gemm_bits(&planes, rows, n, &mut scratch.acc);
-            kernels::epilogue(
-                w.isa,
-                Rows {
-                    epilogue,
-                    acc: &scratch.acc,
-                    sums: &scratch.sums,
-                    n,
-                    out,
-                    codes: next,
-                },
-            );
-        });
-    });
+        },
+    );
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use super::kernels::{self, Direct, PackedWeights, ROWS, Wide, gemm};
 use super::layer::Numerators;
 
 /// Output rows (pixels) per parallel task.
-pub(super) const TASK_ROWS: usize = 64;
+const TASK_ROWS: usize = 64;
 
 /// The shape of one convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -402,21 +402,45 @@ fn dense(
     if w.isa() == Isa::Avx512Vnni {
         return direct(codes, batch, g, w, epilogue, out, split);
     }
+    im2col_tasks(
+        codes,
+        batch,
+        g,
+        (w.kp(), w.n()),
+        (w.isa(), epilogue),
+        out,
+        split,
+        |scratch, rows| gemm(&scratch.a, rows, w, &mut scratch.acc),
+    );
+}
+
+/// A dense convolution from im2col rows: per task of [`TASK_ROWS`] output pixels, their rows
+/// (`kp` bytes each) and the rows' sums where the epilogue needs them, then `product`, which
+/// fills `scratch.acc` with the `rows × n` integer sums, then the epilogue on `isa`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn im2col_tasks(
+    codes: &[u8],
+    batch: usize,
+    g: &Geometry,
+    (kp, n): (usize, usize),
+    (isa, epilogue): (Isa, &Epilogue),
+    out: Output<'_>,
+    split: usize,
+    product: impl Fn(&mut Scratch, usize) + Sync,
+) {
     let [ho, wo] = g.output;
-    let total = batch * ho * wo;
-    let n = w.n();
-    debug_assert_eq!(out.values.len(), total * n);
+    debug_assert_eq!(out.values.len(), batch * ho * wo * n);
     out.par_chunks(TASK_ROWS * n, split, |task, out, next| {
         SCRATCH.with_borrow_mut(|scratch| {
             let rows = out.len() / n;
-            scratch.im2col(codes, g, w.kp(), task * TASK_ROWS, rows);
+            scratch.im2col(codes, g, kp, task * TASK_ROWS, rows);
             if epilogue.numerators.plus_inputs != 0 {
-                scratch.row_sums(w.kp(), rows);
+                scratch.row_sums(kp, rows);
             }
             scratch.acc.resize(rows * n, 0);
-            gemm(&scratch.a, rows, w, &mut scratch.acc);
+            product(scratch, rows);
             kernels::epilogue(
-                w.isa(),
+                isa,
                 Rows {
                     epilogue,
                     acc: &scratch.acc,
@@ -432,7 +456,7 @@ fn dense(
 
 thread_local! {
     /// Each worker thread's buffers for its tasks, kept between tasks and layers.
-    pub(super) static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
 }
 
 /// One task's buffers: im2col rows, their sums, the integer outputs.
@@ -448,14 +472,7 @@ pub(super) struct Scratch {
 impl Scratch {
     /// The im2col rows (`kp` bytes each, taps in (ky, kx, c) order) of output pixels
     /// `first..first + rows`, padded with zero rows to a multiple of [`ROWS`].
-    pub(super) fn im2col(
-        &mut self,
-        codes: &[u8],
-        g: &Geometry,
-        kp: usize,
-        first: usize,
-        rows: usize,
-    ) {
+    fn im2col(&mut self, codes: &[u8], g: &Geometry, kp: usize, first: usize, rows: usize) {
         let [ho, wo] = g.output;
         let [h, wi] = g.input;
         let [kh, kw] = g.kernel;
@@ -493,7 +510,7 @@ impl Scratch {
     }
 
     /// The sum of each of the first `rows` rows of `a`.
-    pub(super) fn row_sums(&mut self, kp: usize, rows: usize) {
+    fn row_sums(&mut self, kp: usize, rows: usize) {
         self.sums.clear();
         self.sums.extend(
             self.a
