@@ -17,7 +17,7 @@ pub(super) struct Active {
     pub(super) mult: Vec<f32>,
     /// Per output: the bias terms.
     pub(super) add: Vec<f32>,
-    /// `A` for a grouped convolution with double-sided inputs ([`Epilogue::offset`]), else 0.
+    /// `A` for a grouped convolution with double-sided inputs ([`Epilogue::offset`](super::epilogue::Epilogue::offset)), else 0.
     pub(super) offset: i32,
     /// Whether the layer runs bit-serially (its packed weights are its planes).
     pub(super) bit_serial: bool,

@@ -219,8 +219,8 @@ pub(crate) struct PackedWeights {
 }
 
 impl PackedWeights {
-    /// Lays out `values` (`[n][k]`, row-major) for `isa`: the order of [`from_arranged`]
-    /// (`Self::from_arranged`), zeros in the padding slots.
+    /// Lays out `values` (`[n][k]`, row-major) for `isa`: the order of
+    /// [`from_arranged`](Self::from_arranged), zeros in the padding slots.
     pub(crate) fn arrange(isa: Isa, values: &[i8], n: usize, k: usize) -> Vec<i8> {
         assert_eq!(values.len(), n * k, "weights of {n}×{k}");
         let kp = k.next_multiple_of(4);
