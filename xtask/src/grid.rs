@@ -2,12 +2,13 @@
 //! binary, and the report is built from the runs' `results.json`.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use serde_json::{Value, json};
 
+use crate::eta::Eta;
 use crate::plot::{Chart, Reference, Series, loss_chart, svg};
 
 /// The size of every run of the grid.
@@ -58,9 +59,69 @@ struct Entry {
     flags: Vec<String>,
     /// Which evaluation of results.json fills the row (by label), or the headline.
     evaluation: Option<&'static str>,
+    /// What the run costs after the shared full-precision stage, in passes ([`Eta`]).
+    cost: f64,
 }
 
-fn entries(list: &[u8]) -> Vec<Entry> {
+/// A reproduction's grids: the binary, where it runs, the settings every run shares, the
+/// shared full-precision stage, the progress, and the runs done so far (by flags, so that a
+/// run two grids share is trained once).
+pub(crate) struct Job<'a> {
+    pub(crate) adabits: &'a Path,
+    pub(crate) device: &'a str,
+    pub(crate) scale: &'a Scale,
+    /// The preset every run starts from.
+    pub(crate) preset: PathBuf,
+    /// The run whose full-precision stage every run takes.
+    pub(crate) stem: PathBuf,
+    pub(crate) eta: Eta,
+    pub(crate) done: Vec<(Vec<String>, PathBuf)>,
+}
+
+impl Scale {
+    /// The cost of `epochs` epochs training `trained` bit-widths at each step and evaluating
+    /// `evaluated` after each, in passes: evaluating a bit-width on the validation set counts
+    /// as a third of a training pass over as many images (forward only).
+    fn cost(&self, epochs: usize, trained: usize, evaluated: usize) -> f64 {
+        let eval = self.val as f64 / (3.0 * self.train as f64);
+        epochs as f64 * (trained as f64 + evaluated as f64 * eval)
+    }
+
+    /// The epochs of each fine-tuning stage of progressive training (as `adabits train`
+    /// chooses them: half of the first stage's, at least 1).
+    fn finetune_epochs(&self) -> usize {
+        (self.epochs / 2).max(1)
+    }
+
+    /// The cost of the shared full-precision stage (as long as the training after it, the
+    /// recipe's default).
+    pub(crate) fn stem_cost(&self) -> f64 {
+        self.cost(self.epochs, 1, 1)
+    }
+
+    /// The steps of the shared full-precision stage.
+    pub(crate) fn stem_steps(&self) -> usize {
+        self.epochs * (self.train / self.batch)
+    }
+}
+
+/// The preset every run of the grids starts from, as JSON.
+pub(crate) fn preset(scale: &Scale) -> String {
+    let preset = json!({
+        "model": {"arch": "resnet20", "width_mult": scale.width},
+        "data": {"kind": "synthetic", "train": scale.train, "val": scale.val, "side": scale.side},
+        "epochs": scale.epochs,
+        "batch_size": scale.batch,
+        // Every cell gets a number: a model that stays at chance (an individual 2-bit model
+        // may) is a result here, not an error.
+        "stuck_steps": 0,
+    });
+    serde_json::to_string_pretty(&preset).unwrap_or_default()
+}
+
+/// The rows of the grid for `list`, with the runs that fill them.
+fn entries(list: &[u8], scale: &Scale) -> Vec<Entry> {
+    let n = list.len();
     let bits = list.iter().map(u8::to_string).collect::<Vec<_>>().join(",");
     let mut out = Vec::new();
     for &b in list {
@@ -74,6 +135,7 @@ fn entries(list: &[u8]) -> Vec<Entry> {
                 b.to_string(),
             ],
             evaluation: None,
+            cost: scale.cost(scale.epochs, 1, 1),
         });
     }
     let with = |strategy: &str, extra: &[&str]| {
@@ -91,59 +153,121 @@ fn entries(list: &[u8]) -> Vec<Entry> {
         name: "direct".into(),
         flags: with("direct", &[]),
         evaluation: Some("direct"),
+        // The epochs, then every bit-width evaluated twice (plain and calibrated).
+        cost: scale.cost(scale.epochs, 1, n) + scale.cost(1, 0, 2 * n),
     });
     out.push(Entry {
         label: "direct + BN calibration",
         name: "direct".into(),
         flags: Vec::new(),
         evaluation: Some("direct + BN calibration"),
+        cost: 0.0,
     });
+    let stages = scale.epochs + (n - 1) * scale.finetune_epochs();
     out.push(Entry {
         label: "progressive (high to low)",
         name: "progressive".into(),
         flags: with("progressive", &[]),
         evaluation: None,
+        cost: scale.cost(stages, 1, n) + scale.cost(n, 0, n),
     });
     out.push(Entry {
         label: "joint, shared α (Vanilla AdaBits)",
         name: "joint-shared-alpha".into(),
         flags: with("joint", &["--shared-alpha"]),
         evaluation: None,
+        cost: scale.cost(scale.epochs, n, n),
     });
     out.push(Entry {
         label: "joint, S-CL (AdaBits)",
         name: "joint-scl".into(),
         flags: with("joint", &[]),
         evaluation: None,
+        cost: scale.cost(scale.epochs, n, n),
     });
     out
 }
 
-/// Runs the grid for `list` with the binary `adabits` into `dir`, returning the report section.
-pub(crate) fn run(
-    adabits: &Path,
-    device: &str,
-    list: &[u8],
-    scale: &Scale,
-    dir: &Path,
-) -> Result<String, String> {
-    let preset = dir.join("preset.json");
-    let preset_json = json!({
-        "model": {"arch": "resnet20", "width_mult": scale.width},
-        "data": {"kind": "synthetic", "train": scale.train, "val": scale.val, "side": scale.side},
-        "epochs": scale.epochs,
-        "batch_size": scale.batch,
-        // Every cell gets a number: a model that stays at chance (an individual 2-bit model
-        // may) is a result here, not an error.
-        "stuck_steps": 0,
-    });
+/// The cost in passes of the grid for `list` after the shared full-precision stage, counting
+/// a run that an earlier grid in `before` has too only once.
+pub(crate) fn cost(list: &[u8], scale: &Scale, before: &[&[u8]]) -> f64 {
+    let earlier: Vec<Vec<String>> = before
+        .iter()
+        .flat_map(|l| entries(l, scale))
+        .map(|e| e.flags)
+        .collect();
+    entries(list, scale)
+        .iter()
+        .filter(|e| !e.flags.is_empty() && !earlier.contains(&e.flags))
+        .map(|e| e.cost)
+        .sum()
+}
+
+/// Trains the full-precision stage every run of the job takes (`adabits train
+/// --fp-stage-from`): a joint run of `list` stopped at the end of that stage.
+pub(crate) fn train_stem(job: &mut Job<'_>, list: &[u8]) -> Result<(), String> {
+    let bits = list.iter().map(u8::to_string).collect::<Vec<_>>().join(",");
+    let _ = std::fs::remove_dir_all(&job.stem);
+    println!(
+        "      the full-precision stage, {} epochs, trained once for every run ({})",
+        job.scale.epochs,
+        job.stem.display()
+    );
+    let started = Instant::now();
+    let status = Command::new(job.adabits)
+        .arg("train")
+        .arg("--config")
+        .arg(&job.preset)
+        .args(["--strategy", "joint", "--bits", &bits, "--max-steps"])
+        .arg(job.scale.stem_steps().to_string())
+        .args(["--device", job.device, "--json", "--out"])
+        .arg(&job.stem)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .status()
+        .map_err(|e| format!("cannot run {}: {e}", job.adabits.display()))?;
+    if !status.success() {
+        return Err(format!(
+            "the shared full-precision stage failed (its message is above): {}",
+            job.stem.display()
+        ));
+    }
+    job.eta
+        .finished(job.scale.stem_cost(), started.elapsed().as_secs_f64());
+    println!("            {}", job.eta.line());
+    Ok(())
+}
+
+/// Copies the run folder `from` to `to` (no lock file): a run one grid shares with another.
+fn copy_run(from: &Path, to: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(to).map_err(|e| format!("cannot create {}: {e}", to.display()))?;
+    let entries =
+        std::fs::read_dir(from).map_err(|e| format!("cannot read {}: {e}", from.display()))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("cannot read {}: {e}", from.display()))?;
+        let path = entry.path();
+        let target = to.join(entry.file_name());
+        if path.is_dir() {
+            copy_run(&path, &target)?;
+        } else if entry.file_name() != "run.lock" {
+            std::fs::copy(&path, &target).map_err(|e| {
+                format!(
+                    "cannot copy {} to {}: {e}",
+                    path.display(),
+                    target.display()
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs the grid for `list` into `dir`, every run from the job's full-precision stage,
+/// returning the report section.
+pub(crate) fn run(job: &mut Job<'_>, list: &[u8], dir: &Path) -> Result<String, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    std::fs::write(
-        &preset,
-        serde_json::to_string_pretty(&preset_json).unwrap_or_default(),
-    )
-    .map_err(|e| format!("cannot write {}: {e}", preset.display()))?;
-    let grid = entries(list);
+    let scale = job.scale;
+    let grid = entries(list, scale);
     let runs = grid.iter().filter(|e| !e.flags.is_empty()).count();
     let mut results: Vec<(String, Value)> = Vec::new();
     let mut failed: Vec<String> = Vec::new();
@@ -152,22 +276,45 @@ pub(crate) fn run(
         k += 1;
         let out = dir.join(&entry.name);
         let _ = std::fs::remove_dir_all(&out);
+        let same = job
+            .done
+            .iter()
+            .find(|(flags, _)| *flags == entry.flags)
+            .map(|(_, d)| d.clone());
+        if let Some(earlier) = same {
+            println!(
+                "      [{k}/{runs}] {}: the same run as {}, copied",
+                entry.name,
+                earlier.display()
+            );
+            copy_run(&earlier, &out)?;
+            let text = std::fs::read_to_string(out.join("results.json"))
+                .map_err(|e| format!("{}: cannot read results.json: {e}", out.display()))?;
+            let value: Value = serde_json::from_str(&text)
+                .map_err(|e| format!("{}: unreadable results: {e}", out.display()))?;
+            results.push((entry.name.clone(), value));
+            continue;
+        }
         println!(
             "      [{k}/{runs}] {} ({})",
             entry.name,
             entry.flags.join(" ")
         );
         let started = Instant::now();
-        let output = Command::new(adabits)
+        let output = Command::new(job.adabits)
             .arg("train")
             .arg("--config")
-            .arg(&preset)
+            .arg(&job.preset)
             .args(&entry.flags)
-            .args(["--device", device, "--json", "--out"])
+            .arg("--fp-stage-from")
+            .arg(&job.stem)
+            .args(["--device", job.device, "--json", "--out"])
             .arg(&out)
             .stderr(Stdio::inherit())
             .output()
-            .map_err(|e| format!("cannot run {}: {e}", adabits.display()))?;
+            .map_err(|e| format!("cannot run {}: {e}", job.adabits.display()))?;
+        job.eta
+            .finished(entry.cost, started.elapsed().as_secs_f64());
         if !output.status.success() {
             // A run that diverges is a result too: its cells stay empty and the report says
             // why, instead of the whole grid stopping.
@@ -180,7 +327,12 @@ pub(crate) fn run(
         }
         let value: Value = serde_json::from_slice(&output.stdout)
             .map_err(|e| format!("{}: unreadable results: {e}", entry.name))?;
-        println!("            {:.0} s", started.elapsed().as_secs_f64());
+        println!(
+            "            {:.0} s; {}",
+            started.elapsed().as_secs_f64(),
+            job.eta.line()
+        );
+        job.done.push((entry.flags.clone(), out.clone()));
         results.push((entry.name.clone(), value));
     }
     let find = |name: &str| results.iter().find(|(n, _)| n == name).map(|(_, v)| v);

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 mod cargo;
+mod eta;
 mod full;
 mod grid;
 mod plot;
@@ -177,11 +178,18 @@ fn reproduce(args: &[String]) -> Result<(), String> {
     }
     let out = out.unwrap_or_else(|| project_root().join("runs/reproduce"));
     fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let job_started = std::time::Instant::now();
 
-    println!("[1/3] building the release adabits binary ({features})");
+    println!(
+        "[1/4] building the release adabits binary ({features}; minutes when cold, seconds when built)"
+    );
     let adabits = cargo::build(&project_root(), features)?;
+    println!(
+        "      {:.1} min",
+        job_started.elapsed().as_secs_f64() / 60.0
+    );
 
-    println!("[2/3] numeric core: the specification's test vectors on {device}");
+    println!("[2/4] numeric core: the specification's test vectors on {device}");
     let output = Command::new(&adabits)
         .current_dir(project_root())
         .args(["check-numerics", "--json", "--device", &device])
@@ -213,21 +221,33 @@ fn reproduce(args: &[String]) -> Result<(), String> {
     } else {
         &grid::Scale::DEFAULT
     };
+    let lists: [&[u8]; 2] = [&[8, 6, 5, 4], &[4, 3, 2]];
+    let preset = out.join("preset.json");
+    fs::write(&preset, grid::preset(scale))
+        .map_err(|e| format!("cannot write {}: {e}", preset.display()))?;
+    let total = scale.stem_cost()
+        + lists
+            .iter()
+            .enumerate()
+            .map(|(i, list)| grid::cost(list, scale, &lists[..i]))
+            .sum::<f64>();
+    let mut job = grid::Job {
+        adabits: &adabits,
+        device: &device,
+        scale,
+        preset,
+        stem: out.join("full-precision-stage"),
+        eta: eta::Eta::new(job_started, total),
+        done: Vec::new(),
+    };
     let started = std::time::Instant::now();
+    println!("[3/4] the shared full-precision stage");
+    grid::train_stem(&mut job, lists[0])?;
     let mut sections = String::new();
-    for (i, list) in [[8u8, 6, 5, 4].as_slice(), [4u8, 3, 2].as_slice()]
-        .iter()
-        .enumerate()
-    {
+    for (i, list) in lists.iter().enumerate() {
         let name = list.iter().map(u8::to_string).collect::<Vec<_>>().join("");
-        println!("[3/3] training grid {}/2: bits {:?}", i + 1, list);
-        let section = grid::run(
-            &adabits,
-            &device,
-            list,
-            scale,
-            &out.join(format!("grid-{name}")),
-        )?;
+        println!("[4/4] training grid {}/2: bits {:?}", i + 1, list);
+        let section = grid::run(&mut job, list, &out.join(format!("grid-{name}")))?;
         let bits = list.iter().map(u8::to_string).collect::<Vec<_>>().join(",");
         sections.push_str(&format!("### Bit-widths {{{bits}}}\n\n{section}\n"));
     }
@@ -243,7 +263,11 @@ fn reproduce(args: &[String]) -> Result<(), String> {
          training and {val} validation images of {side}×{side}, 10 classes) with ResNet-20 at \
          width {width}, {epochs} epochs at full precision and then {epochs} epochs \
          (progressive: {epochs} for the first stage, then fine-tuning stages), batch {batch}, \
-         on `{device}`, with the default `adabits` recipe (the official flags with centered \
+         on `{device}`. The full-precision stage is the same computation for every row, so it \
+         is trained once (`full-precision-stage`) and every run continues from its end \
+         (`adabits train --fp-stage-from`), step for step as if it had trained it; a run \
+         that two grids share (the individual 4-bit model) is trained once and copied. \
+         Every run uses the default `adabits` recipe (the official flags with centered \
          weights, a classifier initialised at N(0, 1), rescaled by its fan-in and evaluated in \
          its training form, the gradient clipped to norm 5, and that full-precision stage \
          first: the official recipe collapses from a random start, see docs/recipe.md); the \

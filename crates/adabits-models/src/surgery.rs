@@ -9,6 +9,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::import::{ImportError, ImportMode, ImportReport, import_official};
 use crate::layout::{OfficialLayout, export_official};
+use crate::state_dict::StateTensor;
 use crate::zoo::{Model, ModelConfig};
 
 /// Why a model could not be changed.
@@ -31,9 +32,12 @@ pub enum SurgeryError {
     Import(#[from] ImportError),
 }
 
-/// Starts an adaptive model from a trained single-bit-width model of the same architecture (for
-/// example one trained at full precision, bit list `[32]`): the weights are copied, each
-/// BatchNorm and `alpha` is spread to every bit-width, as [`ImportMode::FullPrecision`] does.
+/// Starts an adaptive model from a trained model of the same architecture: the weights are
+/// copied, and the source's first BatchNorm entry and first clipping level go to every
+/// bit-width of `adaptive`, as [`ImportMode::FullPrecision`] does. The source may be a
+/// single-bit-width model (for example one trained at full precision, bit list `[32]`) or a
+/// model of any bit-width list and sharing that ran at full precision on its first entries (a
+/// run's full-precision stage, see [`spread_first`]); `adaptive` may have any list and sharing.
 ///
 /// # Errors
 ///
@@ -42,11 +46,18 @@ pub fn adapt_from<M: OfficialLayout>(
     source: &M,
     adaptive: M,
 ) -> Result<(M, ImportReport), ImportError> {
-    import_official(
-        adaptive,
-        &export_official(source),
-        ImportMode::FullPrecision,
-    )
+    let mut dict = export_official(source);
+    let keys: Vec<String> = dict.keys().map(str::to_string).collect();
+    for key in keys {
+        if let Some(tensor) = dict.get(&key)
+            && key.ends_with(".alpha")
+            && tensor.values.len() > 1
+        {
+            let first = StateTensor::new(vec![1], vec![tensor.values[0]]);
+            dict.insert(key, first);
+        }
+    }
+    import_official(adaptive, &dict, ImportMode::FullPrecision)
 }
 
 /// Copies the first bit-width's BatchNorm entries and clipping levels to every other bit-width

@@ -1,5 +1,6 @@
 //! The configuration of a training run, as saved beside its results.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use adabits_models::{BnSharing, ModelConfig};
@@ -205,6 +206,71 @@ fn default_calibration() -> usize {
     20
 }
 
+/// The settings that shape only the stages after the full-precision one: two runs that differ
+/// in nothing else train the same full-precision stage (as dotted paths of `config.json`).
+const AFTER_FULL_PRECISION: [&str; 9] = [
+    "strategy",
+    "epochs",
+    "finetune_epochs",
+    "best_by",
+    "calibration_batches",
+    "max_steps",
+    "model.bits",
+    "model.quant.switchable_alpha",
+    "model.quant.bn",
+];
+
+impl TrainConfig {
+    /// The first setting on which a run saved with `other` (its `config.json`) trains another
+    /// full-precision stage than a run of this configuration, as `(field, other's value, this
+    /// one's value)`; `None` when both stages are the same computation. Only the settings of
+    /// [`AFTER_FULL_PRECISION`] (the strategy, the bit-widths, the sharing, the later stages'
+    /// lengths) may differ.
+    pub(crate) fn full_precision_difference(
+        &self,
+        other: &serde_json::Value,
+    ) -> Option<(String, String, String)> {
+        fn flatten(v: &serde_json::Value, prefix: &str, out: &mut BTreeMap<String, String>) {
+            match v.as_object() {
+                Some(o) => {
+                    for (k, v) in o {
+                        let path = if prefix.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{prefix}.{k}")
+                        };
+                        if !AFTER_FULL_PRECISION.contains(&path.as_str()) {
+                            flatten(v, &path, out);
+                        }
+                    }
+                }
+                None => {
+                    out.insert(prefix.to_string(), v.to_string());
+                }
+            }
+        }
+        let mut ours = BTreeMap::new();
+        let mut theirs = BTreeMap::new();
+        flatten(
+            &serde_json::to_value(self).expect("a config serialises"),
+            "",
+            &mut ours,
+        );
+        flatten(other, "", &mut theirs);
+        let absent = || "absent".to_string();
+        ours.keys()
+            .chain(theirs.keys())
+            .find(|k| ours.get(*k) != theirs.get(*k))
+            .map(|k| {
+                (
+                    k.clone(),
+                    theirs.get(k).cloned().unwrap_or_else(absent),
+                    ours.get(k).cloned().unwrap_or_else(absent),
+                )
+            })
+    }
+}
+
 impl TrainConfig {
     /// A configuration with the official optimiser on `data`.
     pub fn new(model: ModelConfig, data: DataSource, strategy: Strategy) -> Self {
@@ -392,6 +458,13 @@ pub struct RunOptions {
     pub resume: bool,
     /// Set from another thread (Ctrl-C) to stop after the current step with a checkpoint.
     pub stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// A new run takes its full-precision stage from this run directory instead of training
+    /// it: a run whose configuration differs only in what comes after that stage (the
+    /// strategy, the bit-widths, the sharing, the later stages' lengths), stopped at the end of
+    /// that stage. Its model, BatchNorm and clipping levels are spread to every bit-width as
+    /// at the end of a full-precision stage, its history and loss curve are copied, and the
+    /// run continues as if it had trained the stage itself: the same computation, step for step.
+    pub fp_stage_from: Option<PathBuf>,
 }
 
 impl RunOptions {
@@ -401,6 +474,7 @@ impl RunOptions {
             out: out.into(),
             resume: false,
             stop: Default::default(),
+            fp_stage_from: None,
         }
     }
 }

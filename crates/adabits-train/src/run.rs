@@ -86,6 +86,22 @@ pub fn train_on(
             path: options.out.clone(),
         });
     }
+    if options.fp_stage_from.is_some() && (options.resume || config.fp_epochs == 0) {
+        return Err(TrainError::Config {
+            field: "fp_stage_from".into(),
+            expected: "a new run with a full-precision stage (fp_epochs above 0, not resumed)"
+                .into(),
+            found: format!(
+                "{} with fp_epochs {}",
+                if options.resume {
+                    "a resumed run"
+                } else {
+                    "a new run"
+                },
+                config.fp_epochs
+            ),
+        });
+    }
     dir.create()?;
     let ad = device.clone().autodiff();
     let mut run = Run::new(&config, device, &ad, train_set, val_set, dir)?;
@@ -103,7 +119,17 @@ pub fn train_on(
             progress.note("the run has no checkpoint yet: starting it from the beginning");
         }
         run.dir.write_config(&config)?;
-        run.dir.start_logs()?;
+        match &options.fp_stage_from {
+            Some(source) => {
+                run.start_after_full_precision(&RunDir::new(source))?;
+                progress.note(&format!(
+                    "full-precision stage taken from {} ({} steps): its BatchNorm and clipping levels go to every bit-width",
+                    source.display(),
+                    run.state.step
+                ));
+            }
+            None => run.dir.start_logs()?,
+        }
     }
     let status = run.train_all(options, progress, started)?;
     let results = run.results(status);
@@ -573,6 +599,35 @@ impl<'a> Run<'a> {
             ));
         }
         Ok(())
+    }
+
+    /// Starts this new run at the end of `source`'s full-precision stage (see
+    /// [`RunOptions::fp_stage_from`]) and writes a checkpoint there, so that the run no longer
+    /// needs `source`.
+    fn start_after_full_precision(&mut self, source: &RunDir) -> Result<(), TrainError> {
+        let theirs = source.read_config_json()?;
+        if let Some((field, there, here)) = self.config.full_precision_difference(&theirs) {
+            return Err(run_file(
+                &source.config_path(),
+                format!(
+                    "trains another full-precision stage than this run: `{field}` is {there} there and {here} here"
+                ),
+            ));
+        }
+        let source_config = source.read_config()?;
+        let (trained, state) = source
+            .full_precision_stage_end(source_config.model.init(self.ad), self.config.fp_epochs)?;
+        let (model, report) = adabits_models::adapt_from(&trained, self.model.clone())
+            .map_err(|e| TrainError::Internal(format!("taking the full-precision stage: {e}")))?;
+        if let Some(key) = report.kept_initial.first().or(report.dropped.first()) {
+            return Err(TrainError::Internal(format!(
+                "taking the full-precision stage: `{key}` is in one model and not the other"
+            )));
+        }
+        self.model = model;
+        self.state = state;
+        self.dir.continue_logs_from(source, &self.state)?;
+        self.checkpoint(false)
     }
 
     /// Loads the latest checkpoint.

@@ -87,6 +87,12 @@ pub(crate) struct Train {
     /// levels then go to every bit-width (the official runs start from a full-precision model).
     #[arg(long, value_name = "N")]
     fp_epochs: Option<usize>,
+    /// Take the full-precision stage from this run instead of training it: a run of the same
+    /// model, data, seed and optimiser (strategy, bit-widths, sharing and later epochs may
+    /// differ) stopped at the end of that stage with --max-steps. This run then continues
+    /// exactly as if it had trained the stage itself.
+    #[arg(long, value_name = "RUN", conflicts_with = "resume")]
+    fp_stage_from: Option<PathBuf>,
     /// Learning-rate warm-up epochs [default: 0, or 5 for batches above 256].
     #[arg(long, value_name = "N")]
     warmup_epochs: Option<usize>,
@@ -355,6 +361,7 @@ pub(crate) fn run(args: Train) -> anyhow::Result<ExitCode> {
     let run_dir = RunDir::new(&out);
     let mut options = RunOptions::new(&out);
     options.resume = args.resume;
+    options.fp_stage_from.clone_from(&args.fp_stage_from);
     let caught = crate::signals::stop_on_signals(options.stop.clone())?;
     if !args.json {
         eprintln!(

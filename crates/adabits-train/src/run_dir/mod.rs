@@ -363,6 +363,17 @@ impl RunDir {
     }
 
     fn keep_logs_up_to(&self, state: &RunState) -> Result<(), TrainError> {
+        self.continue_logs_from(self, state)
+    }
+
+    /// Writes this run's logs as they stand at `state`, a checkpoint of `source` (this run or
+    /// another): `metrics.jsonl` holds exactly its history, `losses.jsonl` the points of
+    /// `source`'s curve up to its step.
+    pub(crate) fn continue_logs_from(
+        &self,
+        source: &RunDir,
+        state: &RunState,
+    ) -> Result<(), TrainError> {
         let mut lines = String::new();
         for record in &state.history {
             lines.push_str(
@@ -373,17 +384,46 @@ impl RunDir {
         let metrics = self.log_path(Log::Metrics);
         write_atomically(&metrics, lines.as_bytes()).map_err(|e| run_file(&metrics, e))?;
         let curve = self.log_path(Log::Losses);
-        if let Ok(text) = std::fs::read_to_string(&curve) {
-            let kept: String = text
-                .lines()
-                .filter(|line| {
-                    serde_json::from_str::<LossRecord>(line).is_ok_and(|r| r.step <= state.step)
-                })
-                .map(|line| format!("{line}\n"))
-                .collect();
-            write_atomically(&curve, kept.as_bytes()).map_err(|e| run_file(&curve, e))?;
+        let kept: String = std::fs::read_to_string(source.log_path(Log::Losses))
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| {
+                serde_json::from_str::<LossRecord>(line).is_ok_and(|r| r.step <= state.step)
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        write_atomically(&curve, kept.as_bytes()).map_err(|e| run_file(&curve, e))
+    }
+
+    /// The model (loaded into `model`, built from this run's configuration) and state of the
+    /// latest checkpoint, which must stand at the end of the run's full-precision stage of
+    /// `fp_epochs` epochs, its files checked against their checksums: what another run starts
+    /// from when it takes this run's full-precision stage instead of training it again. The
+    /// optimiser state is not read (the next stage starts with fresh momentum).
+    ///
+    /// # Errors
+    ///
+    /// [`TrainError::NoCheckpoint`] when the run has none; [`TrainError::RunFile`] naming the
+    /// checkpoint's `state.json` when it stands elsewhere, or a file that is damaged.
+    pub(crate) fn full_precision_stage_end(
+        &self,
+        model: Model,
+        fp_epochs: usize,
+    ) -> Result<(Model, RunState), TrainError> {
+        let ckpt = self.checkpoint_dir(Which::Latest)?;
+        self.verify(&ckpt, &[MODEL, STATE])?;
+        let state = read_json::<RunState>(&ckpt.join(STATE))?;
+        if (state.stage, state.epoch, state.batch) != (0, fp_epochs, 0) {
+            return Err(run_file(
+                &ckpt.join(STATE),
+                format!(
+                    "expected the latest checkpoint at the end of the full-precision stage (stage 0, epoch {fp_epochs}, batch 0), found stage {}, epoch {}, batch {}: stop that run at the end of its full-precision stage (--max-steps) and do not continue it",
+                    state.stage, state.epoch, state.batch
+                ),
+            ));
         }
-        Ok(())
+        let model = load_checked(model, &ckpt.join(MODEL))?;
+        Ok((model, state))
     }
 
     /// Writes a run directory holding one model and no training state: `config.json` with

@@ -225,6 +225,82 @@ fn a_full_precision_first_stage_hands_over_to_the_bit_widths_and_resumes_exactly
 }
 
 #[test]
+fn a_run_that_takes_another_runs_full_precision_stage_is_the_same_computation() {
+    let device = crate::device();
+    let base = |bits: &str, strategy: Strategy| {
+        let mut config = tiny_config(bits, strategy);
+        config.fp_epochs = 1;
+        config.epochs = 1;
+        // A point of the loss curve every 3 steps: the window open at the end of the
+        // full-precision stage (step 8) is carried over.
+        config.log_every = 3;
+        config
+    };
+    // The shared stage, trained once by a joint S-CL run stopped at its end.
+    let stem = temp_dir("fp-stem");
+    let mut stem_config = base("4,2", Strategy::Joint { distill: false });
+    stem_config.max_steps = Some(8);
+    let r = train(stem_config, &device, &RunOptions::new(&stem), &mut Quiet).unwrap();
+    assert_eq!((r.status, r.steps), (RunStatus::StepLimit, 8));
+    let curve = |out: &std::path::Path| std::fs::read_to_string(out.join("losses.jsonl")).unwrap();
+    let mut shared_alpha = base("4,3,2", Strategy::Joint { distill: false });
+    shared_alpha.model.quant.switchable_alpha = false;
+    // Other bit-widths, another strategy, another sharing of BatchNorm and clipping levels.
+    for (name, config) in [
+        ("direct", base("4,2", Strategy::Direct)),
+        ("individual", base("2", Strategy::Individual)),
+        ("shared-alpha", shared_alpha),
+        (
+            "three-bit-widths",
+            base("4,3,2", Strategy::Joint { distill: false }),
+        ),
+    ] {
+        let (straight, whole) = completed_run(&config, &format!("fp-whole-{name}"), 16);
+        let forked = temp_dir(&format!("fp-forked-{name}"));
+        let mut options = RunOptions::new(&forked);
+        options.fp_stage_from = Some(stem.clone());
+        let r = train(config, &device, &options, &mut Quiet).unwrap();
+        assert_eq!((r.status, r.steps), (RunStatus::Completed, 16), "{name}");
+        assert_eq!(r.evaluations, whole.evaluations, "{name}");
+        assert_eq!(history(&forked), history(&straight), "{name}");
+        assert_eq!(curve(&forked), curve(&straight), "{name}");
+    }
+    // Refused: a stage trained with other settings, a run past its stage, a run without one.
+    let mut other_lr = base("4,2", Strategy::Direct);
+    other_lr.optim.lr = 0.05;
+    let mut options = RunOptions::new(temp_dir("fp-other-lr"));
+    options.fp_stage_from = Some(stem.clone());
+    let err = train(other_lr, &device, &options, &mut Quiet)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("config.json") && err.contains("`optim.lr` is 0.1 there and 0.05 here"),
+        "{err}"
+    );
+    let (past, _) = completed_run(&base("4,2", Strategy::Direct), "fp-past", 16);
+    let mut options = RunOptions::new(temp_dir("fp-from-past"));
+    options.fp_stage_from = Some(past);
+    let err = train(base("4,2", Strategy::Direct), &device, &options, &mut Quiet)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("state.json") && err.contains("found stage 1, epoch 1"),
+        "{err}"
+    );
+    let mut none = base("4,2", Strategy::Direct);
+    none.fp_epochs = 0;
+    let mut options = RunOptions::new(temp_dir("fp-none"));
+    options.fp_stage_from = Some(stem);
+    let err = train(none, &device, &options, &mut Quiet)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("fp_stage_from") && err.contains("fp_epochs 0"),
+        "{err}"
+    );
+}
+
+#[test]
 fn resuming_with_another_configuration_is_refused() {
     let device = crate::device();
     let out = temp_dir("other-config");
