@@ -52,7 +52,7 @@ impl Scale {
 /// One run of the grid.
 struct Entry {
     /// Row label in the report.
-    label: &'static str,
+    label: String,
     /// Run directory name.
     name: String,
     /// Flags of `adabits train`.
@@ -126,7 +126,7 @@ fn entries(list: &[u8], scale: &Scale) -> Vec<Entry> {
     let mut out = Vec::new();
     for &b in list {
         out.push(Entry {
-            label: "individual",
+            label: "individual".into(),
             name: format!("individual-{b}"),
             flags: vec![
                 "--strategy".into(),
@@ -149,7 +149,7 @@ fn entries(list: &[u8], scale: &Scale) -> Vec<Entry> {
         flags
     };
     out.push(Entry {
-        label: "direct, no BN calibration",
+        label: "direct, no BN calibration".into(),
         name: "direct".into(),
         flags: with("direct", &[]),
         evaluation: Some("direct"),
@@ -157,7 +157,7 @@ fn entries(list: &[u8], scale: &Scale) -> Vec<Entry> {
         cost: scale.cost(scale.epochs, 1, n) + scale.cost(1, 0, 2 * n),
     });
     out.push(Entry {
-        label: "direct + BN calibration",
+        label: "direct + BN calibration".into(),
         name: "direct".into(),
         flags: Vec::new(),
         evaluation: Some("direct + BN calibration"),
@@ -165,28 +165,46 @@ fn entries(list: &[u8], scale: &Scale) -> Vec<Entry> {
     });
     let stages = scale.epochs + (n - 1) * scale.finetune_epochs();
     out.push(Entry {
-        label: "progressive (high to low)",
+        label: format!(
+            "progressive (high to low; BN-calibrated; {} more epochs)",
+            (n - 1) * scale.finetune_epochs()
+        ),
         name: "progressive".into(),
         flags: with("progressive", &[]),
         evaluation: None,
         cost: scale.cost(stages, 1, n) + scale.cost(n, 0, n),
     });
     out.push(Entry {
-        label: "joint, shared α (Vanilla AdaBits)",
+        label: "joint, shared α (Vanilla AdaBits)".into(),
         name: "joint-shared-alpha".into(),
         flags: with("joint", &["--shared-alpha"]),
         evaluation: None,
         cost: scale.cost(scale.epochs, n, n),
     });
     out.push(Entry {
-        label: "joint, S-CL (AdaBits)",
+        label: "joint, S-CL (AdaBits)".into(),
         name: "joint-scl".into(),
         flags: with("joint", &[]),
         evaluation: None,
         cost: scale.cost(scale.epochs, n, n),
     });
+    out.push(Entry {
+        label: "full precision".into(),
+        name: FULL_PRECISION.into(),
+        flags: vec![
+            "--strategy".into(),
+            "individual".into(),
+            "--bits".into(),
+            "32".into(),
+        ],
+        evaluation: None,
+        cost: scale.cost(scale.epochs, 1, 1),
+    });
     out
 }
+
+/// The run folder of the full-precision reference: the same schedule at 32 bits.
+const FULL_PRECISION: &str = "full-precision";
 
 /// The cost in passes of the grid for `list` after the shared full-precision stage, counting
 /// a run that an earlier grid in `before` has too only once.
@@ -336,18 +354,24 @@ pub(crate) fn run(job: &mut Job<'_>, list: &[u8], dir: &Path) -> Result<String, 
         results.push((entry.name.clone(), value));
     }
     let find = |name: &str| results.iter().find(|(n, _)| n == name).map(|(_, v)| v);
-    // Rows: label → per-bit top-1.
-    let mut rows: Vec<(String, Vec<Option<f64>>)> = Vec::new();
-    let top1 = |bits: &Value, b: u8| bits.get(b.to_string()).and_then(|r| r["top1"].as_f64());
-    let individual: Vec<Option<f64>> = list
+    let field =
+        |bits: &Value, b: u8, name: &str| bits.get(b.to_string()).and_then(|r| r[name].as_f64());
+    // Each row with its own model's top-1 and cost at each bit-width.
+    let mut rows: Vec<Row> = Vec::new();
+    let individual = |name: &str| -> Vec<Option<f64>> {
+        list.iter()
+            .map(|&b| find(&format!("individual-{b}")).and_then(|r| field(&r["bits"], b, name)))
+            .collect()
+    };
+    rows.push(Row {
+        label: "individual (one model per bit-width)".into(),
+        top1: individual("top1"),
+        gbitops: individual("gbitops"),
+    });
+    for entry in grid
         .iter()
-        .map(|&b| find(&format!("individual-{b}")).and_then(|r| top1(&r["bits"], b)))
-        .collect();
-    rows.push((
-        "individual (one model per bit-width)".into(),
-        individual.clone(),
-    ));
-    for entry in grid.iter().filter(|e| e.label != "individual") {
+        .filter(|e| e.label != "individual" && e.name != FULL_PRECISION)
+    {
         let Some(r) = find(&entry.name) else { continue };
         let bits = match entry.evaluation {
             Some(label) => r["evaluations"]
@@ -357,12 +381,14 @@ pub(crate) fn run(job: &mut Job<'_>, list: &[u8], dir: &Path) -> Result<String, 
                 .unwrap_or(Value::Null),
             None => r["bits"].clone(),
         };
-        rows.push((
-            entry.label.to_string(),
-            list.iter().map(|&b| top1(&bits, b)).collect(),
-        ));
+        rows.push(Row {
+            label: entry.label.clone(),
+            top1: list.iter().map(|&b| field(&bits, b, "top1")).collect(),
+            gbitops: list.iter().map(|&b| field(&bits, b, "gbitops")).collect(),
+        });
     }
-    // The cost row, from any joint run.
+    let full_precision = find(FULL_PRECISION).and_then(|r| r["bits"]["32"]["top1"].as_f64());
+    // The cost rows, from the AdaBits run (every row's model has the same layers).
     let cost = find("joint-scl")
         .map(|r| r["bits"].clone())
         .unwrap_or(Value::Null);
@@ -370,31 +396,49 @@ pub(crate) fn run(job: &mut Job<'_>, list: &[u8], dir: &Path) -> Result<String, 
     let header: Vec<String> = list.iter().map(|b| format!("{b} bits")).collect();
     let _ = writeln!(md, "| validation top-1 (%) | {} |", header.join(" | "));
     let _ = writeln!(md, "|---|{}", "---|".repeat(list.len()));
-    for (label, values) in &rows {
-        let cells: Vec<String> = values
+    for row in &rows {
+        let cells: Vec<String> = row
+            .top1
             .iter()
             .map(|v| v.map_or("–".into(), |v| format!("{v:.1}")))
             .collect();
-        let _ = writeln!(md, "| {label} | {} |", cells.join(" | "));
+        let _ = writeln!(md, "| {} | {} |", row.label, cells.join(" | "));
     }
-    let gbitops: Vec<String> = list
-        .iter()
-        .map(|&b| {
-            cost.get(b.to_string())
-                .and_then(|r| r["gbitops"].as_f64())
-                .map_or("–".into(), |v| format!("{v:.4}"))
-        })
-        .collect();
-    let bytes: Vec<String> = list
-        .iter()
-        .map(|&b| {
-            cost.get(b.to_string())
-                .and_then(|r| r["bytes"].as_f64())
-                .map_or("–".into(), |v| format!("{v:.0}"))
-        })
-        .collect();
-    let _ = writeln!(md, "| GBitOPs per image | {} |", gbitops.join(" | "));
-    let _ = writeln!(md, "| model size (bytes) | {} |", bytes.join(" | "));
+    if let Some(fp) = full_precision {
+        let _ = writeln!(
+            md,
+            "| full precision, for reference (one 32-bit model, the same schedule) | {} |",
+            vec![format!("{fp:.1}"); list.len()].join(" | ")
+        );
+    }
+    let cost_cells = |name: &str, digits: usize| -> String {
+        list.iter()
+            .map(|&b| field(&cost, b, name).map_or("–".into(), |v| format!("{v:.digits$}")))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    };
+    let _ = writeln!(md, "| GBitOPs per image | {} |", cost_cells("gbitops", 4));
+    let _ = writeln!(md, "| model size (bytes) | {} |", cost_cells("bytes", 0));
+    let _ = writeln!(
+        md,
+        "\nThe progressive row is each bit-width after the last fine-tuning stage with its \
+         BatchNorm re-estimated, and its model trained {} epochs more than the others (the \
+         fine-tuning stages, at a tenth of the learning rate); the direct rows are one model \
+         trained at {} bits. A difference of less than about {:.1} points between two cells \
+         is within noise (two standard errors of a difference on {} validation images).",
+        (list.len() - 1) * scale.finetune_epochs(),
+        list[0],
+        {
+            let cells: Vec<f64> = rows
+                .iter()
+                .flat_map(|r| r.top1.iter().flatten())
+                .copied()
+                .collect();
+            let mean = cells.iter().sum::<f64>() / cells.len().max(1) as f64;
+            noise(mean, mean, scale.val)
+        },
+        scale.val
+    );
     if !failed.is_empty() {
         let _ = writeln!(
             md,
@@ -404,18 +448,25 @@ pub(crate) fn run(job: &mut Job<'_>, list: &[u8], dir: &Path) -> Result<String, 
         );
     }
     md.push('\n');
-    md.push_str(&plots(dir, list, &rows, &cost)?);
+    md.push_str(&plots(dir, list, &rows, full_precision)?);
     // Progressive training: the first-trained bit-width after its own stage and at the end.
     let progressive = find("progressive").and_then(|r| {
         let evaluations = r["evaluations"].as_array()?;
-        let first = top1(&evaluations.first()?["bits"], list[0])?;
-        let last = top1(&evaluations.last()?["bits"], list[0])?;
+        let first = field(&evaluations.first()?["bits"], list[0], "top1")?;
+        let last = field(&evaluations.last()?["bits"], list[0], "top1")?;
         Some((first, last))
     });
     md.push_str(&findings(list, &rows, progressive, scale.val));
     let json_path = dir.join("grid.json");
+    let mut json_rows: Vec<Value> = rows
+        .iter()
+        .map(|r| json!({"label": r.label, "top1": r.top1, "gbitops": r.gbitops}))
+        .collect();
+    if let Some(fp) = full_precision {
+        json_rows.push(json!({"label": "full precision", "bits": 32, "top1": fp}));
+    }
     let summary = json!({
-        "bits": list, "rows": rows.iter().map(|(l, v)| json!({"label": l, "top1": v})).collect::<Vec<_>>(),
+        "bits": list, "rows": json_rows,
         "runs": results.iter().map(|(n, v)| json!({"name": n, "results": v})).collect::<Vec<_>>(),
     });
     std::fs::write(
@@ -424,6 +475,21 @@ pub(crate) fn run(job: &mut Job<'_>, list: &[u8], dir: &Path) -> Result<String, 
     )
     .map_err(|e| format!("cannot write {}: {e}", json_path.display()))?;
     Ok(md)
+}
+
+/// One row of a grid's table: per bit-width of the list, the validation top-1 and the cost
+/// of the row's own model.
+pub(crate) struct Row {
+    label: String,
+    top1: Vec<Option<f64>>,
+    gbitops: Vec<Option<f64>>,
+}
+
+/// Two standard errors (in points) of the difference of two accuracies `a` and `b` (in %)
+/// each measured on `n` images: what a difference must exceed to be more than noise.
+fn noise(a: f64, b: f64, n: usize) -> f64 {
+    let p = ((a + b) / 200.0).clamp(0.0, 1.0);
+    200.0 * (2.0 * p * (1.0 - p) / n.max(1) as f64).sqrt()
 }
 
 /// The loss curve of a run: `(step, {bits: loss})` from its `losses.jsonl`.
@@ -438,49 +504,53 @@ pub(crate) fn loss_curve(dir: &Path) -> Vec<(usize, serde_json::Map<String, Valu
         .collect()
 }
 
-/// Draws accuracy against bit-width and against BitOPs into `dir` and returns the Markdown
-/// that shows them (paths relative to the report, one folder up).
+/// Draws accuracy against bit-width and against each row's own BitOPs into `dir`, with chance
+/// and the full-precision reference as marked lines, and the AdaBits run's loss curve with its
+/// full-precision stage; returns the Markdown that shows them (paths relative to the report,
+/// one folder up).
 fn plots(
     dir: &Path,
     list: &[u8],
-    rows: &[(String, Vec<Option<f64>>)],
-    cost: &Value,
+    rows: &[Row],
+    full_precision: Option<f64>,
 ) -> Result<String, String> {
     let folder = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let name = list.iter().map(u8::to_string).collect::<Vec<_>>().join(",");
-    let gbitops = |b: u8| {
-        cost.get(b.to_string())
-            .and_then(|r| r["gbitops"].as_f64())
-            .unwrap_or(f64::NAN)
-    };
-    let series = |x: &dyn Fn(u8) -> f64| -> Vec<Series> {
+    let series = |x: &dyn Fn(&Row, usize) -> f64| -> Vec<Series> {
         rows.iter()
-            .map(|(label, values)| Series {
-                label: label.clone(),
-                points: list
-                    .iter()
-                    .zip(values)
-                    .map(|(&b, v)| (x(b), v.unwrap_or(f64::NAN)))
+            .map(|row| Series {
+                label: row.label.clone(),
+                points: (0..list.len())
+                    .map(|i| (x(row, i), row.top1[i].unwrap_or(f64::NAN)))
                     .rev()
                     .collect(),
             })
             .collect()
     };
-    let chance = || {
-        Some(Reference {
+    let references = || {
+        let mut r = vec![Reference {
             label: "chance (10 classes)".into(),
             y: 10.0,
-        })
+            fit: false,
+        }];
+        if let Some(fp) = full_precision {
+            r.push(Reference {
+                label: "full precision".into(),
+                y: fp,
+                fit: true,
+            });
+        }
+        r
     };
     let by_bits = svg(&Chart {
         title: &format!("Validation top-1 against bit-width, {{{name}}}"),
         x_label: "bit-width (weights and activations)",
         y_label: "top-1 (%)",
-        series: &series(&|b| f64::from(b)),
-        reference: chance(),
+        series: &series(&|_, i| f64::from(list[i])),
+        references: references(),
         x_ticks: Some(
             list.iter()
                 .map(|&b| (f64::from(b), b.to_string()))
@@ -490,28 +560,30 @@ fn plots(
     });
     let by_bitops = svg(&Chart {
         title: &format!("Validation top-1 against cost, {{{name}}}"),
-        x_label: "GBitOPs per image",
+        x_label: "GBitOPs per image (each row's own model)",
         y_label: "top-1 (%)",
-        series: &series(&gbitops),
-        reference: chance(),
+        series: &series(&|row, i| row.gbitops[i].unwrap_or(f64::NAN)),
+        references: references(),
         x_ticks: None,
         markers: true,
     });
     let points = loss_curve(&dir.join("joint-scl"));
-    let curves: Vec<Series> = list
-        .iter()
-        .map(|b| Series {
-            label: format!("{b} bits"),
+    let keys = std::iter::once(("32".to_string(), "full-precision stage".to_string()))
+        .chain(list.iter().map(|b| (b.to_string(), format!("{b} bits"))));
+    let curves: Vec<Series> = keys
+        .map(|(key, label)| Series {
+            label,
             points: points
                 .iter()
-                .filter_map(|(step, losses)| {
-                    Some((*step as f64, losses.get(&b.to_string())?.as_f64()?))
-                })
+                .filter_map(|(step, losses)| Some((*step as f64, losses.get(&key)?.as_f64()?)))
                 .collect(),
         })
+        .filter(|s| !s.points.is_empty())
         .collect();
     let losses = loss_chart(
-        &format!("Training loss of the AdaBits (S-CL) run, {{{name}}}"),
+        &format!(
+            "Training loss of the AdaBits (S-CL) run, {{{name}}}, from its full-precision stage"
+        ),
         &curves,
     );
     for (file, doc) in [
@@ -529,47 +601,54 @@ fn plots(
     ))
 }
 
-/// "reproduced" or not, unless both figures are too close to chance (10 % with 10 classes) to
-/// say anything.
-fn verdict(holds: bool, a: f64, b: f64) -> &'static str {
-    if a.max(b) < 20.0 {
+/// The verdict on a finding that says `a` exceeds `b` (top-1 in %, each on `val` images):
+/// "reproduced" or "not reproduced" only when the difference is beyond noise ([`noise`]) and
+/// either figure is clearly above chance (10 % with 10 classes); otherwise inconclusive.
+fn verdict(a: f64, b: f64, val: usize) -> String {
+    let noise = noise(a, b, val);
+    let call = if a.max(b) < 20.0 {
         "inconclusive (near chance)"
-    } else if holds {
+    } else if (a - b).abs() <= noise {
+        "inconclusive at this scale (within noise)"
+    } else if a > b {
         "reproduced"
     } else {
         "not reproduced at this scale"
-    }
+    };
+    format!(
+        "{call}; a difference of {:+.1} points against noise of {noise:.1}",
+        a - b
+    )
 }
 
-/// The paper's findings, checked against the measured rows.
-fn findings(
-    list: &[u8],
-    rows: &[(String, Vec<Option<f64>>)],
-    progressive: Option<(f64, f64)>,
-    val: usize,
-) -> String {
+/// The paper's findings, checked against the measured rows: each is a difference between two
+/// measured figures, judged against its noise ([`verdict`]).
+fn findings(list: &[u8], rows: &[Row], progressive: Option<(f64, f64)>, val: usize) -> String {
     let row = |prefix: &str| {
         rows.iter()
-            .find(|(l, _)| l.starts_with(prefix))
-            .map(|(_, v)| v.clone())
+            .find(|r| r.label.starts_with(prefix))
+            .map(|r| r.top1.clone())
     };
     let mean = |v: &[Option<f64>]| {
         let vals: Vec<f64> = v.iter().flatten().copied().collect();
         (!vals.is_empty()).then(|| vals.iter().sum::<f64>() / vals.len() as f64)
     };
     let last = list.len() - 1;
-    let mut out = String::from(
+    let lowest = list[last];
+    let mut out = format!(
         "Findings of the paper, checked on these numbers (the paper's figures are second-hand, \
-         docs/method.md §9–10, and for ImageNet at full scale):\n\n",
+         docs/method.md §9–10, and for ImageNet at full scale). Each is a difference between \
+         two measured figures; it is called only when it exceeds the noise, two standard errors \
+         of a difference of two accuracies on {val} images, and is inconclusive otherwise:\n\n"
     );
     if let (Some(ind), Some(joint)) = (row("individual"), row("joint, S-CL"))
         && let (Some(a), Some(b)) = (mean(&ind), mean(&joint))
     {
         let _ = writeln!(
             out,
-            "- Joint training close to individual models: mean top-1 {b:.1} % (AdaBits) vs {a:.1} % (individual), a gap of {:+.1} points: {}. Paper: AdaBits MobileNet-V1 {{8,6,5,4}} on ImageNet within 0.3 points of the individual models at every bit-width (72.4 / 72.1 / 72.1 / 71.1 %).",
-            b - a,
-            verdict((b - a).abs() <= 3.0, a, b)
+            "- Joint training as good as individual models: mean top-1 {b:.1} % (AdaBits) vs {a:.1} % (individual): {}. Paper: AdaBits MobileNet-V1 {{8,6,5,4}} on ImageNet within 0.3 points of the individual models at every bit-width (72.4 / 72.1 / 72.1 / 71.1 %).",
+            // Joint at least as good: a clear deficit contradicts it, a clear lead supports it.
+            verdict(b, a, val)
         );
     }
     if let (Some(scl), Some(shared)) = (row("joint, S-CL"), row("joint, shared"))
@@ -577,24 +656,25 @@ fn findings(
     {
         let _ = writeln!(
             out,
-            "- S-CL at least as good as a shared α at the lowest bit-width ({} bits): {a:.1} % vs {b:.1} %: {}. Paper: +0.3 points at 4 bits for MobileNet-V1 on ImageNet.",
-            list[last],
-            verdict(a >= b - 1.0, a, b)
+            "- S-CL better than a shared α at the lowest bit-width ({lowest} bits): {a:.1} % vs {b:.1} %: {}. Paper: +0.3 points at 4 bits for MobileNet-V1 on ImageNet.",
+            verdict(a, b, val)
         );
     }
-    if let (Some(plain), Some(calibrated)) = (row("direct, no"), row("direct + BN"))
-        && let (Some(a), Some(b)) = (plain[last], calibrated[last])
+    if let (Some(ind), Some(plain), Some(calibrated)) =
+        (row("individual"), row("direct, no"), row("direct + BN"))
+        && let (Some(i), Some(d), Some(c)) = (ind[last], plain[last], calibrated[last])
     {
         let _ = writeln!(
             out,
-            "- Direct adaptation collapsing at low bit-widths without calibration ({} bits): {a:.1} % without, {b:.1} % with BN calibration: {}. Paper: a model trained at 4 bits falls from 76.3 % to 41.1 % when run at 2 bits; calibration helps but stays below individual models.",
-            list[last],
-            verdict(b > a + 2.0, a, b)
+            "- Direct adaptation collapsing at the lowest bit-width ({lowest} bits): the model trained at {} bits reaches {d:.1} % there, the individual {lowest}-bit model {i:.1} %: {}. BatchNorm calibration recovers part of it, {c:.1} % vs {d:.1} %: {}; and stays below the individual model, {c:.1} % vs {i:.1} %: {}. Paper: a model trained at 4 bits falls from 76.3 % to 41.1 % when run at 2 bits; calibration helps but stays below individual models.",
+            list[0],
+            verdict(i, d, val),
+            verdict(c, d, val),
+            verdict(i, c, val)
         );
     }
     if let Some(scl) = row("joint, S-CL") {
-        // The largest lead of a lower bit-width over a higher one, against twice the standard
-        // error of the difference of two accuracies measured on `val` images.
+        // The largest lead of a lower bit-width over a higher one, against the noise.
         let mut worst: Option<(f64, u8, u8)> = None;
         for i in 0..list.len() {
             for j in i + 1..list.len() {
@@ -607,11 +687,10 @@ fn findings(
             }
         }
         if let (Some((lead, low, high)), Some(m)) = (worst, mean(&scl)) {
-            let p = m / 100.0;
-            let noise = 200.0 * (2.0 * p * (1.0 - p) / val.max(1) as f64).sqrt();
+            let noise = noise(m, m, val);
             let _ = writeln!(
                 out,
-                "- Sanity check, not a finding of the paper: no lower bit-width of the AdaBits model beats a higher one beyond noise. The largest lead is {lead:+.1} points ({low} over {high} bits), noise (two standard errors of a difference on {val} images) {noise:.1} points: {}.",
+                "- Sanity check, not a finding of the paper: no lower bit-width of the AdaBits model beats a higher one beyond noise. The largest lead is {lead:+.1} points ({low} over {high} bits), noise {noise:.1} points: {}.",
                 if lead <= noise {
                     "holds"
                 } else {
@@ -625,7 +704,7 @@ fn findings(
             out,
             "- Progressive training losing the bit-width it trained first ({} bits): {first:.1} % after its own stage, {last:.1} % after the last stage: {}. Paper: progressive training ruins the bit-widths trained earlier, with 29.5 % at the lowest (2-bit) setting.",
             list[0],
-            verdict(last < first - 1.0, first, last)
+            verdict(first, last, val)
         );
     }
     out
@@ -635,51 +714,69 @@ fn findings(
 mod tests {
     use super::*;
 
-    fn rows() -> Vec<(String, Vec<Option<f64>>)> {
-        let row = |label: &str, v: [f64; 3]| (label.to_string(), v.map(Some).to_vec());
+    fn rows() -> Vec<Row> {
+        let row = |label: &str, v: [f64; 3]| Row {
+            label: label.to_string(),
+            top1: v.map(Some).to_vec(),
+            gbitops: vec![Some(0.0139), Some(0.0095), Some(0.0063)],
+        };
         vec![
             row("individual (one model per bit-width)", [60.0, 58.0, 50.0]),
             row("direct, no BN calibration", [60.0, 30.0, 11.0]),
             row("direct + BN calibration", [60.0, 45.0, 25.0]),
             row("progressive (high to low)", [57.0, 56.0, 48.0]),
-            row("joint, shared α (Vanilla AdaBits)", [59.0, 57.0, 45.0]),
+            row("joint, shared α (Vanilla AdaBits)", [59.0, 57.0, 40.0]),
             row("joint, S-CL (AdaBits)", [59.5, 58.0, 49.0]),
         ]
     }
 
     #[test]
-    fn every_finding_is_checked_on_the_numbers() {
+    fn noise_is_two_standard_errors_of_a_difference() {
+        // 200·sqrt(2·0.5·0.5/1000) = 4.47 points at 50 %; less near 0 or 100 %.
+        assert!((noise(50.0, 50.0, 1000) - 4.472).abs() < 1e-3);
+        assert!(noise(95.0, 95.0, 1000) < noise(50.0, 50.0, 1000));
+        assert!((noise(50.0, 50.0, 4000) - 2.236).abs() < 1e-3);
+    }
+
+    #[test]
+    fn every_finding_is_checked_on_the_numbers_against_its_noise() {
         let text = findings(&[4, 3, 2], &rows(), Some((60.0, 52.0)), 1000);
         let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("- ")).collect();
         assert_eq!(lines.len(), 5, "{text}");
-        // Joint mean 55.5 vs individual 56.0: within 3 points.
+        // Joint mean 55.5 vs individual 56.0: -0.5 points, inside the noise of 4.4.
         assert!(
-            lines[0].contains("gap of -0.5 points: reproduced."),
+            lines[0].contains(
+                "55.5 % (AdaBits) vs 56.0 % (individual): inconclusive at this scale (within noise); a difference of -0.5 points against noise of 4.4."
+            ),
             "{}",
             lines[0]
         );
-        // S-CL 49.0 vs shared 45.0 at 2 bits.
+        // S-CL 49.0 vs shared 40.0 at 2 bits: +9.0 beyond 4.4.
         assert!(
-            lines[1].contains("(2 bits): 49.0 % vs 45.0 %: reproduced."),
+            lines[1].contains("(2 bits): 49.0 % vs 40.0 %: reproduced; a difference of +9.0"),
             "{}",
             lines[1]
         );
-        assert!(lines[2].contains("11.0 % without, 25.0 % with BN calibration: reproduced."));
+        // The collapse itself (direct at 2 bits against the individual 2-bit model), then
+        // what calibration recovers, then that it stays below the individual model.
+        assert!(
+            lines[2].contains("reaches 11.0 % there, the individual 2-bit model 50.0 %: reproduced; a difference of +39.0"),
+            "{}",
+            lines[2]
+        );
+        assert!(lines[2].contains("25.0 % vs 11.0 %: reproduced; a difference of +14.0"));
+        assert!(lines[2].contains("25.0 % vs 50.0 %: reproduced; a difference of +25.0"));
         // S-CL 59.5 / 58.0 / 49.0: no lower bit-width leads; the smallest deficit is -1.5.
         assert!(
-            lines[3].contains("largest lead is -1.5 points (3 over 4 bits)"),
-            "{}",
             lines[3]
-        );
-        // Noise at a mean of 55.5 % on 1000 images: 200·sqrt(2·0.555·0.445/1000) = 4.4.
-        assert!(
-            lines[3].contains("on 1000 images) 4.4 points: holds."),
+                .contains("largest lead is -1.5 points (3 over 4 bits), noise 4.4 points: holds."),
             "{}",
             lines[3]
         );
         assert!(
+            lines[4].contains("60.0 % after its own stage, 52.0 % after the last stage: reproduced; a difference of +8.0"),
+            "{}",
             lines[4]
-                .contains("60.0 % after its own stage, 52.0 % after the last stage: reproduced.")
         );
         // Each finding of the paper quotes the paper's figure.
         assert_eq!(
@@ -692,19 +789,25 @@ mod tests {
     #[test]
     fn findings_the_numbers_contradict_or_cannot_decide_are_reported_as_such() {
         let mut r = rows();
-        r[5].1 = vec![Some(70.0), Some(62.0), Some(78.0)];
+        r[5].top1 = vec![Some(40.0), Some(62.0), Some(30.0)];
         let text = findings(&[4, 3, 2], &r, Some((12.0, 11.0)), 1000);
         assert!(
-            text.contains("largest lead is +16.0 points (2 over 3 bits)"),
+            text.contains("largest lead is +22.0 points (3 over 4 bits)"),
             "{text}"
         );
         assert!(text.contains("does not hold."), "{text}");
+        // Joint mean 44.0 against 56.0: a deficit beyond noise.
         assert!(
-            text.contains("a gap of +14.0 points: not reproduced at this scale."),
+            text.contains("44.0 % (AdaBits) vs 56.0 % (individual): not reproduced at this scale; a difference of -12.0"),
+            "{text}"
+        );
+        // S-CL 30.0 vs shared 40.0 at 2 bits.
+        assert!(
+            text.contains("30.0 % vs 40.0 %: not reproduced at this scale"),
             "{text}"
         );
         assert!(
-            text.contains("after the last stage: inconclusive (near chance)."),
+            text.contains("after the last stage: inconclusive (near chance)"),
             "{text}"
         );
     }
@@ -714,18 +817,25 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("xtask-plots-{}", std::process::id()));
         let dir = dir.join("grid-432");
         std::fs::create_dir_all(&dir).unwrap();
-        let cost =
-            json!({"4": {"gbitops": 0.0139}, "3": {"gbitops": 0.0095}, "2": {"gbitops": 0.0063}});
-        let md = plots(&dir, &[4, 3, 2], &rows(), &cost).unwrap();
+        let mut r = rows();
+        // A row's cost is its own: the BitOPs chart places it there.
+        r[1].gbitops[0] = Some(0.0201);
+        let md = plots(&dir, &[4, 3, 2], &r, Some(65.0)).unwrap();
         assert!(md.contains("(grid-432/accuracy-vs-bits.svg)"), "{md}");
         assert!(md.contains("(grid-432/accuracy-vs-bitops.svg)"), "{md}");
         assert!(md.contains("(grid-432/loss-joint-scl.svg)"), "{md}");
         for file in ["accuracy-vs-bits.svg", "accuracy-vs-bitops.svg"] {
             let doc = std::fs::read_to_string(dir.join(file)).unwrap();
-            // Six strategies of three points each, plus the chance line in the legend.
+            // Six strategies of three points each, chance and full precision in the legend.
             assert_eq!(doc.matches("<circle").count(), 18, "{file}");
             assert!(doc.contains("joint, S-CL (AdaBits)") && doc.contains("chance"));
+            assert!(doc.contains(">full precision<"), "{file}");
         }
+        let doc = std::fs::read_to_string(dir.join("accuracy-vs-bitops.svg")).unwrap();
+        assert!(
+            doc.contains(">0.02<"),
+            "the x axis reaches the direct row's own cost"
+        );
         let _ = std::fs::remove_dir_all(dir.parent().unwrap());
     }
 }

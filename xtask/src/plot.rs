@@ -13,12 +13,16 @@ pub(crate) struct Series {
     pub(crate) points: Vec<(f64, f64)>,
 }
 
-/// A horizontal reference line (for example chance level).
+/// A horizontal reference line (for example chance level). The y axis fits the data and the
+/// references that ask for it; a reference outside it is named in the legend with where it
+/// lies.
 pub(crate) struct Reference {
     /// Legend entry.
     pub(crate) label: String,
     /// Its y value.
     pub(crate) y: f64,
+    /// Whether the y axis reaches it (a full-precision reference, not a distant chance level).
+    pub(crate) fit: bool,
 }
 
 /// What to draw.
@@ -27,7 +31,7 @@ pub(crate) struct Chart<'a> {
     pub(crate) x_label: &'a str,
     pub(crate) y_label: &'a str,
     pub(crate) series: &'a [Series],
-    pub(crate) reference: Option<Reference>,
+    pub(crate) references: Vec<Reference>,
     /// Tick positions and labels for x; round ticks when `None`.
     pub(crate) x_ticks: Option<Vec<(f64, String)>>,
     /// Draw markers on the points (for short series).
@@ -64,10 +68,11 @@ pub(crate) fn loss_chart(title: &str, series: &[Series]) -> String {
         x_label: "optimiser step",
         y_label: "training cross-entropy (mean of 10 steps, clipped at 2 ln 10)",
         series: &clipped,
-        reference: Some(Reference {
+        references: vec![Reference {
             label: "ln 10 (chance)".into(),
             y: 10f64.ln(),
-        }),
+            fit: true,
+        }],
         x_ticks: None,
         markers: false,
     })
@@ -122,7 +127,7 @@ pub(crate) fn svg(chart: &Chart<'_>) -> String {
     let (mut y0, mut y1) = points().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
         (a.min(p.1), b.max(p.1))
     });
-    if let Some(r) = &chart.reference {
+    for r in chart.references.iter().filter(|r| r.fit && r.y.is_finite()) {
         y0 = y0.min(r.y);
         y1 = y1.max(r.y);
     }
@@ -135,9 +140,13 @@ pub(crate) fn svg(chart: &Chart<'_>) -> String {
     if y1 <= y0 {
         (y0, y1) = (y0 - 0.5, y1 + 0.5);
     }
-    // A margin of 5 % around the data, then out to the enclosing round ticks for y.
+    // A margin of 5 % around the data, then out to the enclosing round ticks for y. A
+    // reference inside the margin is drawn (never on the frame); one outside is only named.
     let pad = (x1 - x0) * 0.05;
     let (x0, x1) = (x0 - pad, x1 + pad);
+    let pad = (y1 - y0) * 0.05;
+    let (y0, y1) = (y0 - pad, y1 + pad);
+    let inside = |y: f64| (y0..=y1).contains(&y);
     let y_step = {
         let t = ticks(y0, y1, 6);
         if t.len() > 1 { t[1] - t[0] } else { 1.0 }
@@ -212,15 +221,24 @@ pub(crate) fn svg(chart: &Chart<'_>) -> String {
         escape(chart.y_label)
     );
     // Legend entries: (colour, dashed, label).
-    let mut legend: Vec<(&str, bool, &str)> = Vec::new();
-    if let Some(r) = &chart.reference {
-        let py = sy(r.y);
-        let _ = writeln!(
-            s,
-            r##"<line x1="{LEFT}" y1="{py:.1}" x2="{:.1}" y2="{py:.1}" stroke="#777777" stroke-dasharray="6 4"/>"##,
-            LEFT + plot_w
-        );
-        legend.push(("#777777", true, &r.label));
+    let mut legend: Vec<(&str, bool, String)> = Vec::new();
+    for r in &chart.references {
+        if inside(r.y) {
+            let py = sy(r.y);
+            let _ = writeln!(
+                s,
+                r##"<line x1="{LEFT}" y1="{py:.1}" x2="{:.1}" y2="{py:.1}" stroke="#777777" stroke-dasharray="6 4"/>"##,
+                LEFT + plot_w
+            );
+            legend.push(("#777777", true, r.label.clone()));
+        } else {
+            let side = if r.y < y0 { "below" } else { "above" };
+            legend.push((
+                "#777777",
+                true,
+                format!("{} at {}, {side} the axis", r.label, label(r.y)),
+            ));
+        }
     }
     for (i, series) in chart.series.iter().enumerate() {
         let colour = COLOURS[i % COLOURS.len()];
@@ -243,7 +261,7 @@ pub(crate) fn svg(chart: &Chart<'_>) -> String {
                 let _ = writeln!(s, r#"<circle cx="{x}" cy="{y}" r="3.5" fill="{colour}"/>"#);
             }
         }
-        legend.push((colour, false, &series.label));
+        legend.push((colour, false, series.label.clone()));
     }
     for (i, (colour, dashed, text)) in legend.iter().enumerate() {
         let y = TOP + 10.0 + i as f64 * 20.0;
@@ -299,10 +317,23 @@ mod tests {
             x_label: "bits",
             y_label: "top-1 (%)",
             series: &series,
-            reference: Some(Reference {
-                label: "chance".into(),
-                y: 10.0,
-            }),
+            references: vec![
+                Reference {
+                    label: "chance".into(),
+                    y: 29.5,
+                    fit: false,
+                },
+                Reference {
+                    label: "far".into(),
+                    y: 10.0,
+                    fit: false,
+                },
+                Reference {
+                    label: "reached".into(),
+                    y: 48.0,
+                    fit: true,
+                },
+            ],
             x_ticks: Some(vec![(4.0, "4".into()), (8.0, "8".into())]),
             markers: true,
         });
@@ -311,8 +342,25 @@ mod tests {
         assert_eq!(doc.matches("<circle").count(), 4);
         assert_eq!(doc.matches("<polyline").count(), 1);
         assert!(doc.contains("joint, S-CL &lt;AdaBits&gt;"));
-        assert!(doc.contains(">chance<") && doc.contains("stroke-dasharray"));
-        // The y axis reaches down to the reference line at 10.
-        assert!(doc.contains(">10<"), "{doc}");
+        // The y axis fits the data and the reference that asks for it (30 to 48): the
+        // reference at 29.5 lies in its margin and is drawn inside the frame; the one at 10
+        // is named in the legend with where it lies.
+        assert!(
+            doc.contains(">chance<") && doc.contains(">reached<"),
+            "{doc}"
+        );
+        assert!(doc.contains(">50<") || doc.contains(">48<"), "{doc}");
+        assert_eq!(doc.matches("stroke-dasharray").count(), 5, "{doc}");
+        assert!(doc.contains(">far at 10, below the axis<"), "{doc}");
+        assert!(!doc.contains(">10<"), "{doc}");
+        let frame_bottom = format!(r#"y1="{:.1}""#, HEIGHT - BOTTOM);
+        let chance_line = doc
+            .lines()
+            .find(|l| {
+                l.contains(r##"stroke="#777777" stroke-dasharray"##)
+                    && l.starts_with("<line x1=\"70\"")
+            })
+            .unwrap();
+        assert!(!chance_line.contains(&frame_bottom), "{chance_line}");
     }
 }
