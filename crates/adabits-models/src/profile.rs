@@ -75,7 +75,9 @@ pub struct LayerCost {
     pub bita: u8,
     /// `MACs·bitw·bita`.
     pub bitops: u64,
-    /// Bytes: `weights·bitw/8 + 4·bias + 4·α entries`.
+    /// Storage bits: `weights·bitw + 32·bias + 32·α entries`.
+    pub bits: u64,
+    /// Bytes: `weights·bitw/8 + 4·bias + 4·α entries` (`bits / 8`, a multiple of 1/8).
     pub bytes: f64,
 }
 
@@ -92,8 +94,10 @@ pub struct CostReport {
     pub params: u64,
     /// Total BitOPs, in units of 10^9.
     pub gbitops: f64,
-    /// Model size in MB (10^6 bytes).
+    /// Model size in MB (10^6 bytes): the layers' bytes summed.
     pub size_mb: f64,
+    /// Model size in whole bytes: the layers' bits summed, rounded up to bytes.
+    pub size_bytes: u64,
 }
 
 /// Costs `layers` at `bits`.
@@ -109,6 +113,7 @@ pub fn cost(layers: &[LayerShape], bits: BitWidth, accounting: Accounting) -> Co
                     (r.bitw.get(), r.bita.get())
                 }
             };
+            let storage = l.weights * u64::from(bitw) + 32 * (l.bias + l.alpha_entries);
             LayerCost {
                 name: l.name.clone(),
                 kind: l.kind,
@@ -117,8 +122,8 @@ pub fn cost(layers: &[LayerShape], bits: BitWidth, accounting: Accounting) -> Co
                 bitw,
                 bita,
                 bitops: l.macs * u64::from(bitw) * u64::from(bita),
-                bytes: l.weights as f64 * f64::from(bitw) / 8.0
-                    + 4.0 * (l.bias + l.alpha_entries) as f64,
+                bits: storage,
+                bytes: storage as f64 / 8.0,
             }
         })
         .collect();
@@ -127,7 +132,8 @@ pub fn cost(layers: &[LayerShape], bits: BitWidth, accounting: Accounting) -> Co
         macs: rows.iter().map(|r| r.macs).sum(),
         params: rows.iter().map(|r| r.params).sum(),
         gbitops: rows.iter().map(|r| r.bitops as f64).sum::<f64>() * 1e-9,
-        size_mb: rows.iter().map(|r| r.bytes).sum::<f64>() * 1e-6,
+        size_mb: rows.iter().map(|r| r.bits).sum::<u64>() as f64 / 8e6,
+        size_bytes: rows.iter().map(|r| r.bits).sum::<u64>().div_ceil(8),
         layers: rows,
     }
 }

@@ -57,8 +57,9 @@ pub struct BitResult {
     pub loss: f64,
     /// GBitOPs per image (official accounting).
     pub gbitops: f64,
-    /// Model size in bytes at this bit-width (official accounting).
-    pub bytes: f64,
+    /// Model size in whole bytes at this bit-width (official accounting, rounded up).
+    #[serde(deserialize_with = "adabits_models::whole_bytes")]
+    pub bytes: u64,
 }
 
 impl BitResult {
@@ -71,7 +72,7 @@ impl BitResult {
             top5: scores.top5,
             loss: scores.loss,
             gbitops: c.gbitops,
-            bytes: c.size_mb * 1e6,
+            bytes: c.size_bytes,
         }
     }
 }

@@ -16,8 +16,8 @@ pub(crate) struct Select {
     #[arg(long, value_name = "FILE")]
     artifact: PathBuf,
     /// The largest model size in bytes (the official accounting, as in the artifact's table).
-    #[arg(long, value_name = "BYTES", value_parser = crate::values::non_negative)]
-    max_bytes: Option<f64>,
+    #[arg(long, value_name = "BYTES")]
+    max_bytes: Option<u64>,
     /// The largest cost in GBitOPs per image.
     #[arg(long, value_name = "GBITOPS", value_parser = crate::values::non_negative)]
     max_bitops: Option<f64>,
@@ -62,7 +62,7 @@ pub(crate) fn run(args: Select) -> anyhow::Result<ExitCode> {
         }
         match &selection.chosen {
             Some(r) => println!(
-                "selected: {} bits ({}, {:.4} GBitOPs, {:.0} bytes)",
+                "selected: {} bits ({}, {:.4} GBitOPs, {} bytes)",
                 r.bits,
                 r.top1
                     .map_or("accuracy unknown".into(), |t| format!("top-1 {t:.2} %")),

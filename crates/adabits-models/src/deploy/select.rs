@@ -6,7 +6,7 @@ use adabits_runtime::BitRow;
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Budget {
     /// Largest model size in bytes.
-    pub max_bytes: Option<f64>,
+    pub max_bytes: Option<u64>,
     /// Largest GBitOPs per image.
     pub max_gbitops: Option<f64>,
     /// Lowest top-1 (%).
@@ -33,7 +33,7 @@ pub fn select(table: &[BitRow], budget: &Budget) -> Selection {
         if let Some(max) = budget.max_bytes
             && row.model_bytes > max
         {
-            why.push(format!("{:.0} bytes > {max:.0}", row.model_bytes));
+            why.push(format!("{} bytes > {max}", row.model_bytes));
         }
         if let Some(max) = budget.max_gbitops
             && row.gbitops > max
@@ -85,15 +85,15 @@ mod tests {
             model_bytes: bytes,
         };
         let table = [
-            row(8, 70.0, 38.5, 4200.0),
-            row(6, 70.2, 22.9, 3400.0),
-            row(5, 69.0, 16.8, 3000.0),
-            row(4, 66.0, 11.8, 2600.0),
+            row(8, 70.0, 38.5, 4200),
+            row(6, 70.2, 22.9, 3400),
+            row(5, 69.0, 16.8, 3000),
+            row(4, 66.0, 11.8, 2600),
         ];
         let pick = |b: Budget| select(&table, &b).chosen.map(|r| r.bits);
         assert_eq!(pick(Budget::default()), Some(6));
         let by_size = Budget {
-            max_bytes: Some(3100.0),
+            max_bytes: Some(3100),
             ..Budget::default()
         };
         assert_eq!(pick(by_size), Some(5));

@@ -104,13 +104,10 @@ fn mobilenet_v1_matches_the_official_profiler() {
         (32, "582.44", "16.841"),
     ];
     assert_official_profile(&shapes, 568_790_528, 4_210_088, &expected);
-    for (b, bytes) in [(6, 3_417_480.0), (5, 3_019_452.0)] {
+    for (b, bytes) in [(6, 3_417_480), (5, 3_019_452)] {
         let report = cost(&shapes, BitWidth::new(b).unwrap(), Accounting::Official);
-        assert!(
-            (report.size_mb * 1e6 - bytes).abs() < 1e-3,
-            "{b} bits: {}",
-            report.size_mb
-        );
+        assert_eq!(report.size_bytes, bytes, "{b} bits");
+        assert_eq!(report.size_mb, bytes as f64 / 1e6, "{b} bits");
     }
 }
 
