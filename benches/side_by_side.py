@@ -57,9 +57,9 @@ def main():
     args = p.parse_args()
 
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
-    ours = [args.adabits, "bench", "--device", "flex", "--model", "resnet20", "--list", args.bits,
+    ours = [args.adabits, "bench", "--device", "flex", "--model", "resnet20", "--bits", args.bits,
             "--width", "1", "--input", "32", "--batch", str(args.batch), "--iters",
-            str(args.iters), "--bits", str(args.quant_bits), "--json"]
+            str(args.iters), "--json"]
     theirs = [
         [args.python, os.path.join(HERE, "pytorch", "fake_quant.py"), "--device", "cpu",
          "--batch", str(args.batch), "--iters", str(max(args.iters, 5)), "--bits",

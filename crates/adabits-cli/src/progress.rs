@@ -121,9 +121,8 @@ impl Progress for TerminalProgress {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
-        let val: Vec<String> = record
-            .val
-            .iter()
+        let val: Vec<String> = crate::output::highest_first(&record.val)
+            .into_iter()
             .map(|(b, s)| format!("{b}b {:.2}% ({:.3})", s.top1, s.loss))
             .collect();
         eprintln!(

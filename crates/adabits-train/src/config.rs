@@ -221,16 +221,21 @@ const AFTER_FULL_PRECISION: [&str; 9] = [
 ];
 
 impl TrainConfig {
-    /// The first setting on which a run saved with `other` (its `config.json`) trains another
-    /// full-precision stage than a run of this configuration, as `(field, other's value, this
-    /// one's value)`; `None` when both stages are the same computation. Only the settings of
-    /// [`AFTER_FULL_PRECISION`] (the strategy, the bit-widths, the sharing, the later stages'
-    /// lengths) may differ.
-    pub(crate) fn full_precision_difference(
+    /// The first setting (a dotted path of `config.json`, e.g. `optim.lr`) on which this
+    /// configuration differs from `other` (a saved `config.json`), leaving out the paths in
+    /// `ignore` and everything under them, as `(field, other's value, this one's value)` in
+    /// JSON; `None` when they agree.
+    pub fn first_difference(
         &self,
         other: &serde_json::Value,
+        ignore: &[&str],
     ) -> Option<(String, String, String)> {
-        fn flatten(v: &serde_json::Value, prefix: &str, out: &mut BTreeMap<String, String>) {
+        fn flatten(
+            v: &serde_json::Value,
+            prefix: &str,
+            ignore: &[&str],
+            out: &mut BTreeMap<String, String>,
+        ) {
             match v.as_object() {
                 Some(o) => {
                     for (k, v) in o {
@@ -239,8 +244,8 @@ impl TrainConfig {
                         } else {
                             format!("{prefix}.{k}")
                         };
-                        if !AFTER_FULL_PRECISION.contains(&path.as_str()) {
-                            flatten(v, &path, out);
+                        if !ignore.contains(&path.as_str()) {
+                            flatten(v, &path, ignore, out);
                         }
                     }
                 }
@@ -251,12 +256,9 @@ impl TrainConfig {
         }
         let mut ours = BTreeMap::new();
         let mut theirs = BTreeMap::new();
-        flatten(
-            &serde_json::to_value(self).expect("a config serialises"),
-            "",
-            &mut ours,
-        );
-        flatten(other, "", &mut theirs);
+        let this = serde_json::to_value(self).expect("a config serialises");
+        flatten(&this, "", ignore, &mut ours);
+        flatten(other, "", ignore, &mut theirs);
         let absent = || "absent".to_string();
         ours.keys()
             .chain(theirs.keys())
@@ -268,6 +270,17 @@ impl TrainConfig {
                     ours.get(k).cloned().unwrap_or_else(absent),
                 )
             })
+    }
+
+    /// The first setting on which a run saved with `other` (its `config.json`) trains another
+    /// full-precision stage than a run of this configuration ([`Self::first_difference`]
+    /// leaving out [`AFTER_FULL_PRECISION`]: the strategy, the bit-widths, the sharing, the
+    /// later stages' lengths); `None` when both stages are the same computation.
+    pub(crate) fn full_precision_difference(
+        &self,
+        other: &serde_json::Value,
+    ) -> Option<(String, String, String)> {
+        self.first_difference(other, &AFTER_FULL_PRECISION)
     }
 }
 
@@ -384,6 +397,18 @@ impl TrainConfig {
                 "optim.weight_decay",
                 "a number of at least 0",
                 optim.weight_decay.to_string(),
+            );
+        }
+        if let Schedule::MultiStep { milestones, .. } = &optim.schedule
+            && let Some(m) = milestones.iter().find(|&&m| m >= self.epochs)
+        {
+            return bad(
+                "optim.schedule.milestones",
+                &format!(
+                    "epochs below {} (a milestone at or after the last of the {} epochs never lowers the rate)",
+                    self.epochs, self.epochs
+                ),
+                m.to_string(),
             );
         }
         if let Schedule::MultiStep { gamma, .. } = optim.schedule

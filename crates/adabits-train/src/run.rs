@@ -585,17 +585,13 @@ impl<'a> Run<'a> {
 
     /// Checks the configuration against the saved one (only `max_steps` may change).
     fn check_config(&self) -> Result<(), TrainError> {
-        let mut now = serde_json::to_value(self.config).expect("a config serialises");
-        let mut then = self.dir.read_config_json()?;
-        for v in [&mut now, &mut then] {
-            if let Some(o) = v.as_object_mut() {
-                o.remove("max_steps");
-            }
-        }
-        if now != then {
+        let then = self.dir.read_config_json()?;
+        if let Some((field, there, here)) = self.config.first_difference(&then, &["max_steps"]) {
             return Err(run_file(
                 &self.dir.config_path(),
-                "the run was started with another configuration; resume with the same settings (only max_steps may change) or use a new --out",
+                format!(
+                    "the run was started with another configuration: `{field}` is {there} there and {here} here; resume with the same settings (only max_steps may change) or use a new --out"
+                ),
             ));
         }
         Ok(())

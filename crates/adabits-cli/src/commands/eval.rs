@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use adabits_models::with_added_bits;
 use adabits_quant::{BitWidth, BitWidths};
 use adabits_train::data::Loader;
 use adabits_train::{BitResult, calibrate, evaluate};
@@ -17,8 +18,9 @@ use crate::run_args::RunArgs;
 pub(crate) struct Eval {
     #[command(flatten)]
     run: RunArgs,
-    /// The bit-widths to evaluate [default: the run's]; others run with the first bit-width's
-    /// BatchNorm and clipping level unless --calibrate is given.
+    /// The bit-widths to evaluate [default: the run's]; one the model was not trained at runs
+    /// with the BatchNorm and clipping levels of the nearest trained bit-width (the higher on a
+    /// tie), as `adabits calibrate` starts from, re-estimated first with --calibrate.
     #[arg(long, value_name = "LIST")]
     bits: Option<BitWidths>,
     /// Re-estimate each bit-width's BatchNorm statistics on N training batches first.
@@ -54,14 +56,22 @@ pub(crate) fn run(args: Eval) -> anyhow::Result<ExitCode> {
         .iter()
         .collect();
     let shapes = run.model.layer_shapes([side, side]);
+    let ad = device.clone().autodiff();
     let mut rows = Vec::new();
+    let mut untrained = Vec::new();
     for &b in &bits {
+        let model = if run.config.model.bits.position(b).is_some() {
+            run.model.clone()
+        } else {
+            untrained.push(b);
+            with_added_bits(&run.model, &run.config.model, b, &ad)?.0
+        };
         let scores = match args.calibrate {
             Some(n) => {
-                let model = calibrate(&run.model, b, &train, n, &device.clone().autodiff())?;
+                let model = calibrate(&model, b, &train, n, &ad)?;
                 evaluate(&model, &[b], &val, &device)?
             }
-            None => evaluate(&run.model, &[b], &val, &device)?,
+            None => evaluate(&model, &[b], &val, &device)?,
         };
         let s = &scores[&b.get().to_string()];
         rows.push((b, BitResult::new(s, &shapes, b)));
@@ -79,6 +89,7 @@ pub(crate) fn run(args: Eval) -> anyhow::Result<ExitCode> {
             "run": args.run.checkpoint.display().to_string(),
             "checkpoint": run.checkpoint.display().to_string(),
             "calibration_batches": args.calibrate,
+            "untrained_bits": untrained.iter().map(|b| b.get()).collect::<Vec<_>>(),
             "results": results,
         });
         print_json(&out)?;
@@ -95,6 +106,16 @@ pub(crate) fn run(args: Eval) -> anyhow::Result<ExitCode> {
             ))
         );
         print_results(rows.iter().map(|(b, r)| (b.get().to_string(), r)));
+        for b in &untrained {
+            println!(
+                "{b} bits is not one the model was trained at: it ran with the BatchNorm and clipping levels of the nearest trained bit-width{}",
+                if args.calibrate.is_some() {
+                    ", then re-estimated"
+                } else {
+                    " (add --calibrate N to re-estimate them)"
+                }
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -11,10 +11,11 @@ use serde_json::{Value, json};
 
 use crate::output::print_json;
 
-/// A JSON value as text, strings without their quotes.
+/// A JSON value as text, strings without their quotes, lists as `a,b,c`.
 fn t(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
+        Value::Array(items) => items.iter().map(t).collect::<Vec<_>>().join(","),
         other => other.to_string(),
     }
 }
@@ -56,7 +57,7 @@ pub(crate) fn run(args: Info) -> anyhow::Result<ExitCode> {
             );
             for r in &h.table {
                 println!(
-                    "  {} bits: top-1 {}, {:.4} GBitOPs, {:.0} model bytes",
+                    "  {} bits: top-1 {}, {:.4} GBitOPs, {} model bytes",
                     r.bits,
                     r.top1.map_or("unknown".into(), |t| format!("{t:.2} %")),
                     r.gbitops,
@@ -72,20 +73,92 @@ pub(crate) fn run(args: Info) -> anyhow::Result<ExitCode> {
             .keys()
             .map(|k| dict.get(k).map_or(0, |t| t.values.len()))
             .sum();
+        // What the keys say, in the official layout (`…bn.N.…`) or a checkpoint's own
+        // (`…entries.N.…`): weight tensors, BatchNorm copies per layer (one per bit-width when
+        // switchable) and clipping levels per layer (one per bit-width with S-CL).
+        let official = dict.keys().any(|k| k.contains(".bn."));
+        let marker = if official { ".bn." } else { ".entries." };
+        let weights = dict
+            .keys()
+            .filter(|k| k.ends_with(".weight") && dict.get(k).is_some_and(|t| t.shape.len() > 1))
+            .count();
+        let bn_copies = dict
+            .keys()
+            .filter_map(|k| {
+                k.split(marker)
+                    .nth(1)?
+                    .split('.')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .max()
+            .map(|i| i + 1);
+        let alpha_levels = dict
+            .keys()
+            .filter(|k| k.ends_with(".alpha"))
+            .filter_map(|k| dict.get(k).map(|t| t.values.len()))
+            .max();
+        // A checkpoint folder of a run: its training state and the run's model.
+        let folder = path.parent();
+        let state: Option<Value> = folder
+            .and_then(|f| std::fs::read_to_string(f.join("state.json")).ok())
+            .and_then(|t| serde_json::from_str(&t).ok());
+        let run_dir = folder
+            .and_then(|f| f.parent())
+            .and_then(|f| f.parent())
+            .filter(|r| RunDir::new(r).is_run());
+        let config = run_dir.and_then(|r| RunDir::new(r).read_config_json().ok());
         let out = json!({
             "file": path.display().to_string(),
+            "bytes": std::fs::metadata(path).map(|m| m.len()).ok(),
             "tensors": dict.len(),
             "elements": elements,
+            "layout": if official { "official" } else { "adabits checkpoint" },
+            "weight_tensors": weights,
+            "batch_norm_copies": bn_copies,
+            "clipping_levels": alpha_levels,
+            "run": run_dir.map(|r| r.display().to_string()),
+            "model": config.as_ref().map(|c| c["model"].clone()),
+            "state": state.as_ref().map(|s| json!({
+                "stage": s["stage"], "epoch": s["epoch"], "batch": s["batch"], "step": s["step"],
+            })),
             "keys": dict.keys().collect::<Vec<_>>(),
         });
         if args.json {
             print_json(&out)?;
         } else {
             println!(
-                "{}: {} tensors, {elements} values",
+                "{}: {} tensors, {elements} values, {} bytes",
                 path.display(),
-                dict.len()
+                dict.len(),
+                out["bytes"]
             );
+            println!(
+                "  {} layout: {weights} weight tensors; {} BatchNorm copies and {} clipping levels per layer (one per bit-width when switchable)",
+                out["layout"].as_str().unwrap_or_default(),
+                bn_copies.map_or("no".into(), |n| n.to_string()),
+                alpha_levels.map_or("no".into(), |n| n.to_string()),
+            );
+            if let (Some(run), Some(c)) = (run_dir, &config) {
+                println!(
+                    "  a checkpoint of run {}: model {} bits {} width {}",
+                    run.display(),
+                    t(&c["model"]["arch"]),
+                    t(&c["model"]["bits"]),
+                    t(&c["model"]["width_mult"])
+                );
+            }
+            match &state {
+                Some(s) => println!(
+                    "  training state beside it: stage {}, epoch {}, batch {}, step {}",
+                    s["stage"], s["epoch"], s["batch"], s["step"]
+                ),
+                None if run_dir.is_some() => {
+                    println!("  no training state beside it (a model written by calibrate)")
+                }
+                None => {}
+            }
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -139,7 +212,7 @@ pub(crate) fn run(args: Info) -> anyhow::Result<ExitCode> {
     match &results {
         Some(r) => {
             println!("  results ({}):", t(&serde_json::to_value(r.status)?));
-            for (b, v) in &r.bits {
+            for (b, v) in crate::output::highest_first(&r.bits) {
                 println!(
                     "    {b:>2} bits: top-1 {:.2}%, top-5 {:.2}%",
                     v.top1, v.top5

@@ -22,9 +22,10 @@ pub(crate) struct Train {
     /// A JSON preset (see configs/); flags given on the command line override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// The starting settings, before --config and the other flags.
-    #[arg(long, value_enum, default_value_t = Recipe::Adabits)]
-    recipe: Recipe,
+    /// The starting settings of a new run, before --config and the other flags [default:
+    /// adabits].
+    #[arg(long, value_enum, conflicts_with = "resume")]
+    recipe: Option<Recipe>,
     /// The model: resnet20/32/44/56/110 (CIFAR), resnet18/34/50/101/152, mobilenet_v1,
     /// mobilenet_v2 [default: resnet20].
     #[arg(long)]
@@ -113,7 +114,8 @@ pub(crate) struct Train {
     /// The run directory [default: runs/MODEL-STRATEGY].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// Continue the run in --out from its latest checkpoint.
+    /// Continue the run in --out from its latest checkpoint, with the settings saved in its
+    /// config.json (only --max-steps may change; other flags must agree with them).
     #[arg(long)]
     resume: bool,
     /// The device to run on (one of the backends compiled into this binary).
@@ -124,10 +126,47 @@ pub(crate) struct Train {
     json: bool,
 }
 
-/// The resolved configuration: the recipe, then the preset, then the flags, then one check of
-/// every field.
+impl Train {
+    /// The recipe a new run starts from.
+    fn recipe(&self) -> Recipe {
+        self.recipe.unwrap_or(Recipe::Adabits)
+    }
+}
+
+/// The resolved configuration of a new run: the recipe, then the preset, then the flags, then
+/// one check of every field.
 pub(crate) fn resolve(args: &Train) -> anyhow::Result<TrainConfig> {
-    let mut config = args.recipe.config();
+    resolve_onto(args.recipe().config(), args, true)
+}
+
+/// The configuration of the run in `out` that `--resume` continues: its saved settings, with
+/// the preset and flags given checked against them (only `max_steps` may change: the run goes
+/// on to its end unless --max-steps is given again).
+fn resolve_resumed(args: &Train, out: &std::path::Path) -> anyhow::Result<TrainConfig> {
+    let dir = RunDir::new(out);
+    if !dir.is_run() {
+        return Err(with_hint(TrainError::NoRun {
+            path: out.to_path_buf(),
+        }));
+    }
+    let saved = dir.read_config()?;
+    let mut config = resolve_onto(saved, args, false)?;
+    // A resumed run goes on to the end unless --max-steps stops it again.
+    config.max_steps = args.max_steps;
+    let then = dir.read_config_json()?;
+    if let Some((field, there, here)) = config.first_difference(&then, &["max_steps"]) {
+        anyhow::bail!(
+            "{}: `{field}` is {there} there and {here} with the flags given: --resume continues a run with its saved settings (only --max-steps may change)\nhint: drop the flag or preset that sets `{field}`, or start a new run with another --out",
+            dir.config_path().display()
+        );
+    }
+    Ok(config)
+}
+
+/// `base` with the preset and the flags on top, then one check of every field; `fresh` for a
+/// new run, whose full-precision stage the recipe sizes unless the preset or a flag does.
+fn resolve_onto(base: TrainConfig, args: &Train, fresh: bool) -> anyhow::Result<TrainConfig> {
+    let mut config = base;
     let mut preset_sets_fp_epochs = false;
     if let Some(path) = &args.config {
         let text = std::fs::read_to_string(path)
@@ -145,6 +184,7 @@ pub(crate) fn resolve(args: &Train) -> anyhow::Result<TrainConfig> {
             .with_preset(preset)
             .with_context(|| format!("{}: invalid configuration", path.display()))?;
     }
+    let preset_epochs = config.epochs;
     set_model(args, &mut config);
     set_data(args, &mut config)?;
     set_strategy(args, &mut config)?;
@@ -155,6 +195,9 @@ pub(crate) fn resolve(args: &Train) -> anyhow::Result<TrainConfig> {
         }
     };
     set(args.epochs, &mut config.epochs);
+    if args.milestones.is_none() {
+        scale_milestones(&mut config, preset_epochs);
+    }
     set(args.batch_size, &mut config.batch_size);
     if let Some(n) = args.max_steps {
         config.max_steps = Some(n);
@@ -179,11 +222,43 @@ pub(crate) fn resolve(args: &Train) -> anyhow::Result<TrainConfig> {
     // the preset or --fp-epochs says otherwise.
     config.fp_epochs = match args.fp_epochs {
         Some(n) => n,
-        None if preset_sets_fp_epochs => config.fp_epochs,
-        None => args.recipe.full_precision_epochs(config.epochs),
+        None if preset_sets_fp_epochs || !fresh => config.fp_epochs,
+        None => args.recipe().full_precision_epochs(config.epochs),
     };
     config.validate().map_err(|e| name_the_source(e, args))?;
     Ok(config)
+}
+
+/// Scales a multistep schedule's milestones, set for `before` epochs (by the preset or the
+/// recipe), to the run's epochs when --epochs changed them, and says so: a preset's 100,150
+/// kept for a 5-epoch run would never lower the rate. Milestones that land on or after the
+/// last epoch are dropped.
+fn scale_milestones(config: &mut TrainConfig, before: usize) {
+    let after = config.epochs;
+    let Schedule::MultiStep { milestones, .. } = &mut config.optim.schedule else {
+        return;
+    };
+    if after == before || before == 0 || milestones.is_empty() {
+        return;
+    }
+    let old = milestones.clone();
+    let mut scaled: Vec<usize> = old
+        .iter()
+        .map(|m| (m * after / before).max(1))
+        .filter(|&m| m < after)
+        .collect();
+    scaled.dedup();
+    let list = |v: &[usize]| v.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+    eprintln!(
+        "note: --epochs {after} changes the schedule's {before} epochs: its milestones {} scale to {}",
+        list(&old),
+        if scaled.is_empty() {
+            "none (too few epochs for a drop)".to_string()
+        } else {
+            list(&scaled)
+        }
+    );
+    *milestones = scaled;
 }
 
 /// A configuration error, naming the flag that set the bad value, or else the preset file.
@@ -354,10 +429,21 @@ fn set_schedule(args: &Train, config: &mut TrainConfig) -> anyhow::Result<()> {
 
 /// `adabits train`.
 pub(crate) fn run(args: Train) -> anyhow::Result<ExitCode> {
-    let config = resolve(&args)?;
-    let out = args.out.clone().unwrap_or_else(|| {
-        PathBuf::from("runs").join(format!("{}-{}", config.model.arch, config.strategy.name()))
-    });
+    let (config, out) = match &args.out {
+        Some(out) if args.resume => (resolve_resumed(&args, out)?, out.clone()),
+        _ => {
+            let config = resolve(&args)?;
+            let out = args.out.clone().unwrap_or_else(|| {
+                let name = format!("{}-{}", config.model.arch, config.strategy.name());
+                PathBuf::from("runs").join(name)
+            });
+            if args.resume {
+                (resolve_resumed(&args, &out)?, out)
+            } else {
+                (config, out)
+            }
+        }
+    };
     let run_dir = RunDir::new(&out);
     let mut options = RunOptions::new(&out);
     options.resume = args.resume;
@@ -365,7 +451,8 @@ pub(crate) fn run(args: Train) -> anyhow::Result<ExitCode> {
     let caught = crate::signals::stop_on_signals(options.stop.clone())?;
     if !args.json {
         eprintln!(
-            "training {} {} on {} ({}, {} epochs{}{}) on {}; recipe: {}; run directory {}",
+            "{} {} {} on {} ({}, {} epochs{}{}) on {}; {}; run directory {}",
+            if args.resume { "resuming" } else { "training" },
             config.model.arch,
             config.model.bits,
             config.data.name(),
@@ -381,7 +468,11 @@ pub(crate) fn run(args: Train) -> anyhow::Result<ExitCode> {
                 .clip_grad_norm
                 .map_or(String::new(), |n| format!(", gradient clipped to norm {n}")),
             args.device,
-            args.recipe.summary(),
+            if args.resume {
+                "settings from its config.json".to_string()
+            } else {
+                format!("recipe: {}", args.recipe().summary())
+            },
             out.display()
         );
     }
@@ -399,7 +490,11 @@ pub(crate) fn run(args: Train) -> anyhow::Result<ExitCode> {
         }
         for evaluation in &results.evaluations {
             println!("{}", evaluation.label);
-            print_results(evaluation.bits.iter().map(|(b, r)| (b.clone(), r)));
+            print_results(
+                crate::output::highest_first(&evaluation.bits)
+                    .into_iter()
+                    .map(|(b, r)| (b.clone(), r)),
+            );
         }
         println!(
             "{} steps, {:.0} training images/s, {:.1} s; results in {}",
@@ -470,6 +565,80 @@ mod tests {
         assert_eq!(config.optim.warmup_epochs, Some(3));
     }
 
+    #[test]
+    fn shortening_a_presets_epochs_scales_its_milestones() {
+        let preset = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../configs/cifar10-resnet20.json"
+        );
+        let milestones = |flags: &[&str]| {
+            let mut all = vec!["--config", preset];
+            all.extend_from_slice(flags);
+            match resolved(&all).optim.schedule {
+                Schedule::MultiStep { milestones, .. } => milestones,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(milestones(&[]), [100, 150]);
+        // 100,150 of 200 epochs: 5,7 of 10; none of 1 (no drop fits).
+        assert_eq!(milestones(&["--epochs", "10"]), [5, 7]);
+        assert_eq!(milestones(&["--epochs", "1"]), Vec::<usize>::new());
+        // Given milestones are kept, and one past the last epoch is refused, named.
+        assert_eq!(
+            milestones(&["--epochs", "10", "--milestones", "2,8"]),
+            [2, 8]
+        );
+        let err = refused(&["--config", preset, "--epochs", "10", "--milestones", "4,12"]);
+        assert!(
+            err.contains("--milestones") || err.contains("optim.schedule.milestones"),
+            "{err}"
+        );
+        assert!(err.contains("found 12"), "{err}");
+    }
+
+    #[test]
+    fn resume_reads_the_saved_settings_and_refuses_flags_that_change_them() {
+        let out =
+            std::env::temp_dir().join(format!("adabits-resume-config-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        std::fs::create_dir_all(&out).unwrap();
+        let saved = resolved(&["--epochs", "3", "--lr", "0.2", "--bits", "4,2"]);
+        RunDir::new(&out).write_config(&saved).unwrap();
+        let out_s = out.to_str().unwrap();
+        let resumed = |flags: &[&str]| {
+            let mut all = vec!["train", "--resume", "--out", out_s];
+            all.extend_from_slice(flags);
+            let cli = Cli::try_parse_from(all).unwrap();
+            resolve_resumed(&cli.train, &out).map_err(|e| format!("{e:#}"))
+        };
+        // No flag: the saved settings, not the defaults.
+        assert_eq!(resumed(&[]).unwrap(), saved);
+        let mut stopped = saved.clone();
+        stopped.max_steps = Some(2);
+        RunDir::new(&out).write_config(&stopped).unwrap();
+        assert_eq!(resumed(&[]).unwrap(), saved, "a step limit is not kept");
+        // A flag that agrees, and --max-steps, which may change.
+        assert_eq!(resumed(&["--lr", "0.2"]).unwrap(), saved);
+        assert_eq!(resumed(&["--max-steps", "5"]).unwrap().max_steps, Some(5));
+        let err = resumed(&["--lr", "0.05"]).unwrap_err();
+        assert!(
+            err.contains("config.json") && err.contains("`optim.lr` is 0.2 there and 0.05"),
+            "{err}"
+        );
+        let err = resumed(&["--bits", "8,4"]).unwrap_err();
+        assert!(err.contains("`model.bits`"), "{err}");
+        // The recipe seeds a new run only.
+        let err = Cli::try_parse_from(["train", "--resume", "--recipe", "official"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("--recipe") && err.contains("--resume"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&out);
+    }
+
     fn refused(flags: &[&str]) -> String {
         let cli =
             Cli::try_parse_from(std::iter::once("train").chain(flags.iter().copied())).unwrap();
@@ -490,6 +659,8 @@ mod tests {
             "multistep",
             "--milestones",
             "3,5",
+            "--epochs",
+            "8",
             "--dataset",
             "imagefolder",
             "--data-dir",

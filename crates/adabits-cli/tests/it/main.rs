@@ -88,7 +88,7 @@ fn bad_flags_are_rejected_with_the_expected_values() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("expected an integer from 1 to 16"),
+        stderr.contains("expected a bit-width (1 to 16, or 32)"),
         "{stderr}"
     );
     let out = adabits(&["check-numerics", "--device", "tpu"]);
@@ -123,7 +123,7 @@ fn bench_measures_every_workload() {
 #[test]
 fn bench_times_a_training_step_and_every_bit_widths_evaluation() {
     let out = adabits(&[
-        "bench", "--json", "--iters", "1", "--batch", "4", "--model", "resnet20", "--list", "4,2",
+        "bench", "--json", "--iters", "1", "--batch", "4", "--model", "resnet20", "--bits", "4,2",
         "--width", "0.25", "--input", "16",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -134,15 +134,26 @@ fn bench_times_a_training_step_and_every_bit_widths_evaluation() {
         .iter()
         .map(|r| r["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names.len(), 8, "{names:?}");
+    // The memory copy, the four operator workloads at each bit-width of --bits, then the
+    // model's.
+    assert_eq!(names.len(), 12, "{names:?}");
+    assert!(names[0].starts_with("host memory copy"), "{names:?}");
+    assert!(names[1..5].iter().all(|n| n.ends_with("@4b")), "{names:?}");
+    assert!(names[5..9].iter().all(|n| n.ends_with("@2b")), "{names:?}");
     assert!(
-        names[5].starts_with("train step resnet20 ×0.25 4,2, batch 4"),
+        names[9].starts_with("train step resnet20 ×0.25 4,2, batch 4"),
         "{names:?}"
     );
     assert!(
-        names[6].contains("@4b") && names[7].contains("@2b"),
+        names[10].contains("@4b") && names[11].contains("@2b"),
         "{names:?}"
     );
+    // `--list`, the older name of `--bits`, still works.
+    let old = adabits(&[
+        "bench", "--json", "--iters", "1", "--batch", "2", "--list", "3",
+    ]);
+    assert!(old.status.success(), "{}", text(&old.stderr));
+    assert!(text(&old.stdout).contains("@3b"));
     let bad = adabits(&["bench", "--model", "vgg16"]);
     assert!(!bad.status.success() && text(&bad.stderr).contains("unknown model `vgg16`"));
 }
@@ -273,11 +284,16 @@ fn train_runs_two_steps_and_writes_the_run_directory() {
         .join(latest)
         .join("model.safetensors");
     let info = adabits(&["info", file.to_str().unwrap()]);
+    let said = text(&info.stdout);
+    assert!(said.contains("tensors"), "{}", text(&info.stderr));
+    // What the file holds and where it stands: two bit-widths (4,2), so two BatchNorm copies
+    // and two clipping levels per layer; the run and the training state beside it.
     assert!(
-        text(&info.stdout).contains("tensors"),
-        "{}",
-        text(&info.stderr)
+        said.contains("2 BatchNorm copies and 2 clipping levels per layer"),
+        "{said}"
     );
+    assert!(said.contains("model resnet20 bits 4,2 "), "{said}");
+    assert!(said.contains("step 8"), "{said}");
     let not_a_run = adabits(&[
         "eval",
         "--checkpoint",
@@ -496,13 +512,14 @@ fn export_verify_select_and_calibrate_a_trained_run() {
     );
 
     // Select: the 4-bit model is over the byte limit; an impossible limit selects nothing.
-    let bytes4 = table[0]["model_bytes"].as_f64().unwrap();
-    let limit = (bytes4 - 1.0).to_string();
+    // Byte counts are whole numbers in the JSON, not floats with rounding noise.
+    let bytes4 = table[0]["model_bytes"].as_u64().unwrap();
+    let limit = (bytes4 - 1).to_string();
     let out = adabits(&["select", "--artifact", abq_s, "--max-bytes", &limit]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(
-        stdout.contains(&format!("4 bits: {bytes4:.0} bytes > ")),
+        stdout.contains(&format!("4 bits: {bytes4} bytes > ")),
         "{stdout}"
     );
     assert!(
@@ -532,6 +549,45 @@ fn export_verify_select_and_calibrate_a_trained_run() {
     let cal: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(cal["added_to_list"], true);
     assert!(cal["before"]["top1"].is_number() && cal["after"]["top1"].is_number());
+    // `eval` at an untrained bit-width starts from the same model as `calibrate`: the nearest
+    // trained bit-width's BatchNorm and clipping levels (at 5 bits those of 4, the first; at 1
+    // bit those of 2, not the first), then the same re-estimation.
+    let one = adabits(&[
+        "calibrate",
+        "--checkpoint",
+        run_s,
+        "--bits",
+        "1",
+        "--batches",
+        "2",
+        "--json",
+    ]);
+    assert!(one.status.success(), "{}", text(&one.stderr));
+    let one: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap();
+    for (bits, cal) in [("5", &cal), ("1", &one)] {
+        for (flags, which) in [(&[][..], "before"), (&["--calibrate", "2"][..], "after")] {
+            let mut args = vec!["eval", "--checkpoint", run_s, "--bits", bits, "--json"];
+            args.extend_from_slice(flags);
+            let out = adabits(&args);
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            let eval: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(eval["untrained_bits"][0].to_string(), bits, "{eval}");
+            let got = &eval["results"][0];
+            assert_eq!(
+                (&got["top1"], &got["loss"]),
+                (&cal[which]["top1"], &cal[which]["loss"]),
+                "eval at {bits} bits {flags:?} against calibrate's {which}"
+            );
+        }
+    }
+    // `info` reads the folder calibrate wrote: a model without training state.
+    let out = adabits(&["info", five_s]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("a model without training state"),
+        "{}",
+        text(&out.stdout)
+    );
     // With the clipping levels too: one of the tried factors is kept.
     let out = adabits(&[
         "calibrate",

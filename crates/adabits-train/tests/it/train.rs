@@ -314,7 +314,7 @@ fn resuming_with_another_configuration_is_refused() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("config.json") && err.contains("another configuration"),
+        err.contains("config.json") && err.contains("`optim.lr` is 0.1 there and 0.5 here"),
         "{err}"
     );
 }

@@ -27,9 +27,11 @@ pub(crate) struct Bench {
     /// The device to run on (one of the backends compiled into this binary).
     #[arg(long, value_enum, default_value_t = DeviceArg::default())]
     device: DeviceArg,
-    /// The bit-width of weights and activations.
-    #[arg(long, default_value = "4")]
-    bits: BitWidth,
+    /// The bit-widths, as everywhere else: the operator workloads run at each, and --model
+    /// trains jointly at all of them [default: 4, or 8,6,5,4 with --model] (`--list` is an
+    /// older name).
+    #[arg(long, value_name = "LIST", alias = "list")]
+    bits: Option<adabits_quant::BitWidths>,
     /// The batch size of the activation workloads.
     #[arg(long, default_value_t = 32, value_parser = crate::values::count)]
     batch: usize,
@@ -39,9 +41,6 @@ pub(crate) struct Bench {
     /// Also time a training step and evaluation of this model (e.g. resnet20).
     #[arg(long)]
     model: Option<adabits_models::Architecture>,
-    /// The model's bit-widths.
-    #[arg(long, default_value = "8,6,5,4")]
-    list: adabits_quant::BitWidths,
     /// The model's width multiplier.
     #[arg(long, default_value_t = 1.0, value_parser = crate::values::positive)]
     width: f64,
@@ -192,9 +191,17 @@ pub(crate) fn run(args: Bench) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let mut results = operators(&device, args.bits, args.batch, args.iters)?;
+    let default = if args.model.is_some() { "8,6,5,4" } else { "4" };
+    let bits = match &args.bits {
+        Some(bits) => bits.clone(),
+        None => default.parse()?,
+    };
+    let mut results = vec![memory_copy(args.batch * 64 * 32 * 32, args.iters)];
+    for b in bits.iter() {
+        results.extend(operators(&device, b, args.batch, args.iters)?);
+    }
     if let Some(arch) = args.model {
-        let config = ModelConfig::new(arch, args.list.clone()).with_width_mult(args.width);
+        let config = ModelConfig::new(arch, bits).with_width_mult(args.width);
         let side = args.input.unwrap_or(arch.default_input_size());
         results.extend(model_workloads(
             &device, &config, args.batch, side, args.iters,
@@ -270,14 +277,14 @@ fn time_ms(
     Ok(samples[samples.len() / 2])
 }
 
-/// Runs the benchmark suite at `bits` on `device`.
+/// Runs the operator workloads at `bits` on `device`.
 fn operators(
     device: &Device,
     bits: BitWidth,
     batch: usize,
     iters: usize,
 ) -> anyhow::Result<Vec<Measurement>> {
-    let mut out = vec![memory_copy(batch * 64 * 32 * 32, iters)];
+    let mut out = Vec::new();
     device.seed(0);
 
     // 1. PACT on an activation tensor: bytes read + written per second.
