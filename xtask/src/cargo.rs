@@ -8,12 +8,17 @@ use std::process::Command;
 /// The path is the one cargo reports for the built executable, so a `CARGO_TARGET_DIR` or a
 /// `build.target-dir` setting is followed.
 pub(crate) fn build(root: &Path, features: &str) -> Result<PathBuf, String> {
+    build_profile(root, features, true)
+}
+
+/// Builds the binary with `features`, optimised (`release`) or not, and returns its path.
+pub(crate) fn build_profile(root: &Path, features: &str, release: bool) -> Result<PathBuf, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let output = Command::new(cargo)
         .current_dir(root)
+        .arg("build")
+        .args(release.then_some("--release"))
         .args([
-            "build",
-            "--release",
             "--quiet",
             "--message-format=json-render-diagnostics",
             "-p",

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 mod cargo;
+mod docs;
 mod eta;
 mod full;
 mod grid;
@@ -25,12 +26,17 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  reproduce [--device DEVICE] [--out DIR] [--quick]
+  reproduce [--device DEVICE] [--out DIR] [--quick] [--profile release|dev]
       Run the reproduction on the embedded default data (CPU unless --device names another
       compiled backend: flex, ndarray or wgpu): the numeric core, then the paper's experiment
       grid at small scale on the synthetic data, {8,6,5,4} and {4,3,2}; write a Markdown
       report with plots to DIR [default: runs/reproduce]. --quick runs a tiny grid (a smoke
-      test of the pipeline).
+      test of the pipeline); --profile dev uses a debug build of adabits instead of the
+      release one (slower training, no release build: for smoke tests).
+  docs
+      Run the command blocks of README.md, docs/ and the crates' READMEs as written, in a
+      copy of the repository's files, with a few long commands made small (each change is
+      printed); fail naming each command that does not run.
   reproduce --full --dataset cifar10|imagenet --data-dir DIR [--device DEVICE] [--out DIR]
             [--max-steps N]
       Train the paper's recipes at full length (configs/*.json): CIFAR-10 ResNet-20 {5,4,3},
@@ -51,6 +57,13 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("reproduce") => reproduce(&args[1..]),
         Some("recipes") => recipe_study(&args[1..]),
+        Some("docs") => match args.get(1) {
+            Some(arg) => Err(unknown_argument(arg)),
+            None => docs::run(
+                &project_root(),
+                &std::env::temp_dir().join(format!("adabits-docs-{}", std::process::id())),
+            ),
+        },
         Some("help" | "--help" | "-h") | None => {
             println!("{USAGE}");
             Ok(())
@@ -132,6 +145,7 @@ fn reproduce(args: &[String]) -> Result<(), String> {
     let mut dataset = None;
     let mut data_dir = None;
     let mut max_steps = None;
+    let mut release = true;
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         let mut value = |name: &str| value_of(&mut iter, name);
@@ -139,6 +153,15 @@ fn reproduce(args: &[String]) -> Result<(), String> {
             "--device" => device = value("--device")?,
             "--out" => out = Some(PathBuf::from(value("--out")?)),
             "--quick" => quick = true,
+            "--profile" => {
+                release = match value("--profile")?.as_str() {
+                    "release" => true,
+                    "dev" => false,
+                    other => {
+                        return Err(format!("--profile expects release or dev, found {other:?}"));
+                    }
+                }
+            }
             "--full" => full = true,
             "--dataset" => dataset = Some(value("--dataset")?),
             "--data-dir" => data_dir = Some(PathBuf::from(value("--data-dir")?)),
@@ -158,6 +181,9 @@ fn reproduce(args: &[String]) -> Result<(), String> {
             "--dataset, --data-dir and --max-steps belong to --full\nhint: the default reproduction runs on the built-in synthetic data"
                 .into(),
         );
+    }
+    if full && !release {
+        return Err("--profile dev belongs to the default reproduction, not --full".into());
     }
     if full && quick {
         return Err("--quick and --full exclude each other".into());
@@ -181,9 +207,10 @@ fn reproduce(args: &[String]) -> Result<(), String> {
     let job_started = std::time::Instant::now();
 
     println!(
-        "[1/4] building the release adabits binary ({features}; minutes when cold, seconds when built)"
+        "[1/4] building the {} adabits binary ({features}; minutes when cold, seconds when built)",
+        if release { "release" } else { "debug" }
     );
-    let adabits = cargo::build(&project_root(), features)?;
+    let adabits = cargo::build_profile(&project_root(), features, release)?;
     println!(
         "      {:.1} min",
         job_started.elapsed().as_secs_f64() / 60.0

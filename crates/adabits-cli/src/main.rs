@@ -35,6 +35,10 @@ struct Cli {
     /// full-tensor sums).
     #[arg(long, global = true, value_enum, env = "ADABITS_KERNELS", default_value_t = adabits_quant::Kernels::Fused)]
     kernels: adabits_quant::Kernels,
+    /// CPU threads for the CPU backends, data loading and the integer runtime [default: every
+    /// core, or RAYON_NUM_THREADS].
+    #[arg(long, global = true, value_name = "N", value_parser = values::count)]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -128,6 +132,12 @@ fn message(err: &anyhow::Error) -> String {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     adabits_quant::set_kernels(cli.kernels);
+    if let Some(n) = cli.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .map_err(|e| anyhow::anyhow!("--threads {n}: cannot size the thread pool: {e}"))?;
+    }
     match cli.command {
         Command::Train(args) => train::run(*args),
         Command::Profile(args) => profile::run(args),

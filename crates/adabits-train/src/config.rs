@@ -85,6 +85,10 @@ pub struct TrainConfig {
     /// `losses.jsonl` (the loss curve); 0 writes no curve.
     #[serde(default = "default_log_every")]
     pub log_every: usize,
+    /// Label smoothing `ε` of the training cross-entropy (0, the default and the official
+    /// setting, for none); evaluation and the loss curve use the plain cross-entropy.
+    #[serde(default)]
+    pub label_smoothing: f64,
 }
 
 /// The smallest `model.width_mult` a run accepts.
@@ -304,6 +308,7 @@ impl TrainConfig {
             stuck_steps: None,
             stuck_tolerance: default_stuck_tolerance(),
             log_every: default_log_every(),
+            label_smoothing: 0.0,
         }
     }
 
@@ -427,6 +432,13 @@ impl TrainConfig {
                 "optim.clip_grad_norm",
                 "a positive number (or null for no clipping)",
                 max.to_string(),
+            );
+        }
+        if !(self.label_smoothing.is_finite() && (0.0..1.0).contains(&self.label_smoothing)) {
+            return bad(
+                "label_smoothing",
+                "a number from 0 to below 1",
+                self.label_smoothing.to_string(),
             );
         }
         if !(self.stuck_tolerance.is_finite() && self.stuck_tolerance >= 0.0) {

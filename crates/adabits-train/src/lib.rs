@@ -31,7 +31,7 @@ pub use config::{BestBy, RunOptions, TrainConfig, merge_json};
 pub use error::TrainError;
 pub use guard::non_finite_parameter;
 pub use memory::fits_in_memory;
-pub use metrics::{Meter, Scores, cross_entropy, distillation};
+pub use metrics::{Meter, Scores, cross_entropy, distillation, smoothed_cross_entropy};
 pub use optim::{DecayGroups, LrPlan, OptimConfig, Schedule, ScheduleKind, Sgd, decays, grad_norm};
 pub use progress::{Progress, Quiet, StepInfo};
 pub use recipe::Recipe;
@@ -39,5 +39,5 @@ pub use records::{BitResult, EpochRecord, Evaluation, LossRecord, RunResults, Ru
 pub use rng::Rng;
 pub use run::{train, train_on};
 pub use run_dir::{CheckpointInfo, Log, RunDir, RunLock, SavedRun, Which, load_run};
-pub use step::{BitHook, calibrate, evaluate, joint_step};
+pub use step::{BitHook, Objective, calibrate, evaluate, joint_step};
 pub use strategy::{Strategy, StrategyKind};

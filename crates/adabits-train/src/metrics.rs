@@ -16,6 +16,28 @@ pub fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
     picked.mean().neg().reshape([1])
 }
 
+/// The mean cross-entropy of `logits` against `labels` smoothed by `epsilon` (timm's
+/// `LabelSmoothingCrossEntropy`): `(1 − ε)·CE + ε·mean_c(−log p_c)`, the cross-entropy with
+/// targets `1 − ε + ε/C` on the label and `ε/C` elsewhere. `ε = 0` is [`cross_entropy`].
+///
+/// # Shapes
+///
+/// `logits`: `[batch, classes]`; `labels`: `[batch]`; output `[1]`.
+pub fn smoothed_cross_entropy(
+    logits: Tensor<2>,
+    labels: Tensor<1, Int>,
+    epsilon: f64,
+) -> Tensor<1> {
+    if epsilon == 0.0 {
+        return cross_entropy(logits, labels);
+    }
+    let [n, _] = logits.dims();
+    let log_p = log_softmax(logits, 1);
+    let picked = log_p.clone().gather(1, labels.reshape([n, 1])).mean().neg();
+    let uniform = log_p.mean().neg();
+    (picked.mul_scalar(1.0 - epsilon) + uniform.mul_scalar(epsilon)).reshape([1])
+}
+
 /// The mean `KL(softmax(teacher) ‖ softmax(student))` over the batch; the teacher is detached.
 ///
 /// # Shapes
@@ -91,6 +113,36 @@ pub struct Scores {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn smoothed_cross_entropy_mixes_the_label_and_the_uniform_target() {
+        let device = burn::tensor::Device::flex();
+        let logits = Tensor::<2>::from_data(
+            burn::tensor::TensorData::new(vec![2.0f32, 0.0, -1.0, 0.5, 0.5, 3.0], [2, 3]),
+            &device,
+        );
+        let labels =
+            Tensor::<1, Int>::from_data(burn::tensor::TensorData::new(vec![0i64, 2], [2]), &device);
+        // By hand: log-softmax of each row, then (1 − ε)·(−log p_label) + ε·mean_c(−log p_c).
+        let rows = [[2.0f64, 0.0, -1.0], [0.5, 0.5, 3.0]];
+        let eps = 0.1;
+        let want: f64 = rows
+            .iter()
+            .zip([0usize, 2])
+            .map(|(r, y)| {
+                let lse = r.iter().map(|v| v.exp()).sum::<f64>().ln();
+                let nll: Vec<f64> = r.iter().map(|v| lse - v).collect();
+                (1.0 - eps) * nll[y] + eps * nll.iter().sum::<f64>() / 3.0
+            })
+            .sum::<f64>()
+            / 2.0;
+        let got = smoothed_cross_entropy(logits.clone(), labels.clone(), eps).into_scalar::<f64>();
+        assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        let plain = cross_entropy(logits.clone(), labels.clone()).into_scalar::<f64>();
+        let zero = smoothed_cross_entropy(logits, labels, 0.0).into_scalar::<f64>();
+        assert_eq!(zero, plain);
+        assert!((got - plain).abs() > 1e-3);
+    }
 
     #[test]
     fn the_meter_counts_top1_and_top5_with_ties_to_the_lower_index() {

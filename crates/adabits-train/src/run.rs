@@ -247,6 +247,7 @@ impl<'a> Run<'a> {
                 progress.epoch_end(&record);
                 self.dir.append_jsonl(Log::Metrics, &record)?;
                 self.state.history.push(record.clone());
+                self.dir.write_metrics_csv(&self.state.history)?;
                 // The full-precision stage's model is not a candidate for the best checkpoint.
                 let score = self.score(&record);
                 let best = !stage.full_precision && self.state.best.is_none_or(|b| score > b);
@@ -318,7 +319,10 @@ impl<'a> Run<'a> {
         batch: &crate::data::Batch,
         lr: f64,
     ) -> Result<Vec<(BitWidth, f64)>, TrainError> {
-        let distill = matches!(self.config.strategy, Strategy::Joint { distill: true });
+        let objective = crate::step::Objective {
+            distill: matches!(self.config.strategy, Strategy::Joint { distill: true }),
+            label_smoothing: self.config.label_smoothing,
+        };
         let mut losses = Vec::with_capacity(stage.bits.len());
         let model = self.model.clone();
         let mut sgd = std::mem::replace(&mut self.sgd, Sgd::new(self.config.optim.clone()));
@@ -328,7 +332,7 @@ impl<'a> Run<'a> {
             &stage.bits,
             batch,
             lr,
-            distill,
+            objective,
             &mut |b, ce, logits| {
                 if !ce.is_finite() {
                     return Err(TrainError::NonFinite {
@@ -585,7 +589,9 @@ impl<'a> Run<'a> {
 
     /// Checks the configuration against the saved one (only `max_steps` may change).
     fn check_config(&self) -> Result<(), TrainError> {
-        let then = self.dir.read_config_json()?;
+        // Read through the type, so that a setting added since the run started (absent from
+        // its file) compares at its default.
+        let then = serde_json::to_value(self.dir.read_config()?).expect("a config serialises");
         if let Some((field, there, here)) = self.config.first_difference(&then, &["max_steps"]) {
             return Err(run_file(
                 &self.dir.config_path(),
@@ -601,7 +607,8 @@ impl<'a> Run<'a> {
     /// [`RunOptions::fp_stage_from`]) and writes a checkpoint there, so that the run no longer
     /// needs `source`.
     fn start_after_full_precision(&mut self, source: &RunDir) -> Result<(), TrainError> {
-        let theirs = source.read_config_json()?;
+        let source_config = source.read_config()?;
+        let theirs = serde_json::to_value(&source_config).expect("a config serialises");
         if let Some((field, there, here)) = self.config.full_precision_difference(&theirs) {
             return Err(run_file(
                 &source.config_path(),
@@ -610,7 +617,6 @@ impl<'a> Run<'a> {
                 ),
             ));
         }
-        let source_config = source.read_config()?;
         let (trained, state) = source
             .full_precision_stage_end(source_config.model.init(self.ad), self.config.fp_epochs)?;
         let (model, report) = adabits_models::adapt_from(&trained, self.model.clone())

@@ -11,7 +11,7 @@ use burn::tensor::Device;
 
 use crate::data::Loader;
 use crate::error::TrainError;
-use crate::metrics::{Meter, Scores, cross_entropy, distillation};
+use crate::metrics::{Meter, Scores, cross_entropy, distillation, smoothed_cross_entropy};
 use crate::optim::Sgd;
 use crate::records::key;
 
@@ -19,11 +19,21 @@ use crate::records::key;
 /// cross-entropy and its logits.
 pub type BitHook<'a> = dyn FnMut(BitWidth, f64, &[f32]) -> Result<(), TrainError> + 'a;
 
-/// One optimiser step: for each of `bits` in order, a forward pass, the mean cross-entropy (plus,
-/// with `distill`, the KL divergence from the previous bit-width's detached outputs) and its
-/// backward pass, gradients summed; then one [`Sgd`] step at `lr`. `on_bit` sees each
-/// bit-width's cross-entropy and logits (`[batch, classes]`, row-major) right after its forward
-/// pass and may stop the step with an error, leaving the model unchanged.
+/// What a training step minimises for each bit-width.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Objective {
+    /// Add the KL divergence from the previous bit-width's detached outputs.
+    pub distill: bool,
+    /// Label smoothing `ε` of the cross-entropy ([`smoothed_cross_entropy`]); 0 for none.
+    pub label_smoothing: f64,
+}
+
+/// One optimiser step: for each of `bits` in order, a forward pass, the mean cross-entropy
+/// (smoothed as `objective` says, plus with `objective.distill` the KL divergence from the
+/// previous bit-width's detached outputs) and its backward pass, gradients summed; then one
+/// [`Sgd`] step at `lr`. `on_bit` sees each bit-width's plain cross-entropy (what the loss
+/// curve and the guards read) and logits (`[batch, classes]`, row-major) right after its
+/// forward pass and may stop the step with an error, leaving the model unchanged.
 ///
 /// # Errors
 ///
@@ -34,15 +44,27 @@ pub fn joint_step(
     bits: &[BitWidth],
     batch: &crate::data::Batch,
     lr: f64,
-    distill: bool,
+    objective: Objective,
     on_bit: &mut BitHook<'_>,
 ) -> Result<Model, TrainError> {
+    let distill = objective.distill;
     let mut accumulator = GradientsAccumulator::new();
     let mut teacher = None;
     for &b in bits {
         let logits = model.forward(batch.images.clone(), b);
-        let ce = cross_entropy(logits.clone(), batch.labels.clone());
-        let ce_value = ce.clone().into_scalar::<f64>();
+        let (ce, ce_value) = if objective.label_smoothing == 0.0 {
+            let ce = cross_entropy(logits.clone(), batch.labels.clone());
+            let value = ce.clone().into_scalar::<f64>();
+            (ce, value)
+        } else {
+            let plain = cross_entropy(logits.clone().detach(), batch.labels.clone());
+            let smoothed = smoothed_cross_entropy(
+                logits.clone(),
+                batch.labels.clone(),
+                objective.label_smoothing,
+            );
+            (smoothed, plain.into_scalar::<f64>())
+        };
         let values: Vec<f32> = logits.clone().detach().into_data().iter::<f32>().collect();
         on_bit(b, ce_value, &values)?;
         let loss = match (distill, teacher.take()) {

@@ -15,7 +15,7 @@
 use adabits_models::{Architecture, ModelConfig, export_official};
 use adabits_quant::{Kernels, QuantScheme, set_kernels};
 use adabits_train::data::Batch;
-use adabits_train::{OptimConfig, Sgd, joint_step};
+use adabits_train::{Objective, OptimConfig, Sgd, joint_step};
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 
 fn device() -> Device {
@@ -53,7 +53,7 @@ fn one_step(
         &bits,
         &batch,
         0.1,
-        false,
+        Objective::default(),
         &mut |_, loss, _| {
             losses.push(loss);
             Ok(())

@@ -81,6 +81,16 @@ pub(crate) struct Train {
     /// Multistep factor [default: 0.1].
     #[arg(long, value_parser = crate::values::positive)]
     gamma: Option<f64>,
+    /// Label smoothing of the training cross-entropy, e.g. 0.1 [default: 0, as the official
+    /// code].
+    #[arg(long, value_name = "EPS")]
+    label_smoothing: Option<f64>,
+    /// SGD momentum [default: 0.9].
+    #[arg(long, value_name = "M")]
+    momentum: Option<f64>,
+    /// Nesterov momentum, true or false [default: true].
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    nesterov: Option<bool>,
     /// Weight decay of conv and linear weights [default: 4e-5].
     #[arg(long, value_parser = crate::values::non_negative)]
     weight_decay: Option<f64>,
@@ -150,10 +160,11 @@ fn resolve_resumed(args: &Train, out: &std::path::Path) -> anyhow::Result<TrainC
         }));
     }
     let saved = dir.read_config()?;
+    // Through the type, so that a setting added since the run started compares at its default.
+    let then = serde_json::to_value(&saved)?;
     let mut config = resolve_onto(saved, args, false)?;
     // A resumed run goes on to the end unless --max-steps stops it again.
     config.max_steps = args.max_steps;
-    let then = dir.read_config_json()?;
     if let Some((field, there, here)) = config.first_difference(&then, &["max_steps"]) {
         anyhow::bail!(
             "{}: `{field}` is {there} there and {here} with the flags given: --resume continues a run with its saved settings (only --max-steps may change)\nhint: drop the flag or preset that sets `{field}`, or start a new run with another --out",
@@ -211,6 +222,15 @@ fn resolve_onto(base: TrainConfig, args: &Train, fresh: bool) -> anyhow::Result<
     }
     if let Some(wd) = args.weight_decay {
         config.optim.weight_decay = wd;
+    }
+    if let Some(m) = args.momentum {
+        config.optim.momentum = m;
+    }
+    if let Some(eps) = args.label_smoothing {
+        config.label_smoothing = eps;
+    }
+    if let Some(n) = args.nesterov {
+        config.optim.nesterov = n;
     }
     if let Some(w) = args.warmup_epochs {
         config.optim.warmup_epochs = Some(w);
@@ -271,7 +291,13 @@ fn name_the_source(err: TrainError, args: &Train) -> anyhow::Error {
     else {
         return err.into();
     };
-    let flags: [(&str, &str, bool); 8] = [
+    let flags: [(&str, &str, bool); 10] = [
+        (
+            "label_smoothing",
+            "--label-smoothing",
+            args.label_smoothing.is_some(),
+        ),
+        ("optim.momentum", "--momentum", args.momentum.is_some()),
         ("model.width_mult", "--width", args.width.is_some()),
         ("epochs", "--epochs", args.epochs.is_some()),
         ("batch_size", "--batch-size", args.batch_size.is_some()),
@@ -563,6 +589,15 @@ mod tests {
         assert_eq!(config.model.quant.depthwise_bita_min, None);
         let config = resolved(&["--warmup-epochs", "3"]);
         assert_eq!(config.optim.warmup_epochs, Some(3));
+        let config = resolved(&["--momentum", "0.8", "--nesterov", "false"]);
+        assert_eq!((config.optim.momentum, config.optim.nesterov), (0.8, false));
+        assert!(resolved(&[]).optim.nesterov);
+        let err = refused(&["--momentum", "1.5"]);
+        assert!(err.contains("--momentum (optim.momentum)"), "{err}");
+        assert_eq!(resolved(&["--label-smoothing", "0.1"]).label_smoothing, 0.1);
+        assert_eq!(resolved(&[]).label_smoothing, 0.0);
+        let err = refused(&["--label-smoothing", "1"]);
+        assert!(err.contains("--label-smoothing (label_smoothing)"), "{err}");
     }
 
     #[test]

@@ -101,6 +101,24 @@ fn bad_flags_are_rejected_with_the_expected_values() {
 }
 
 #[test]
+fn threads_sizes_the_pool_and_a_bad_count_is_named() {
+    let out = adabits(&[
+        "--threads",
+        "1",
+        "bench",
+        "--json",
+        "--iters",
+        "1",
+        "--batch",
+        "2",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["threads"], 1, "{json}");
+    assert_error(&["bench", "--threads", "0"], "--threads");
+}
+
+#[test]
 fn bench_measures_every_workload() {
     let out = adabits(&["bench", "--json", "--iters", "1", "--batch", "2"]);
     assert!(out.status.success(), "{}", text(&out.stderr));

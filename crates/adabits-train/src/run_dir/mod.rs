@@ -5,6 +5,7 @@
 //!   run.lock            held by the process writing into the run (its pid inside)
 //!   config.json         the resolved TrainConfig
 //!   metrics.jsonl       one EpochRecord per line
+//!   metrics.csv         the same epochs as a table (rewritten whole after each epoch)
 //!   losses.jsonl        one LossRecord per line (the training loss curve)
 //!   results.json        RunResults, when the run has ended
 //!   checkpoints/
@@ -18,6 +19,7 @@
 //! atomically. Every file of a checkpoint is checked against its SHA-256 when it is read.
 
 mod checkpoints;
+mod csv;
 mod lock;
 
 pub use lock::RunLock;
@@ -38,6 +40,8 @@ use crate::records::{EpochRecord, LossRecord, RunResults, RunState};
 const CONFIG: &str = "config.json";
 /// The run's headline figures.
 const RESULTS: &str = "results.json";
+/// The epochs as a table.
+const METRICS_CSV: &str = "metrics.csv";
 /// The checkpoint folders and their pointers.
 const CHECKPOINTS: &str = "checkpoints";
 /// A checkpoint's model.
@@ -205,7 +209,14 @@ impl RunDir {
             let path = self.log_path(log);
             std::fs::write(&path, b"").map_err(|e| run_file(&path, e))?;
         }
-        Ok(())
+        self.write_metrics_csv(&[])
+    }
+
+    /// Writes `metrics.csv` from `history`, the run's epochs so far (atomically).
+    pub(crate) fn write_metrics_csv(&self, history: &[EpochRecord]) -> Result<(), TrainError> {
+        let path = self.root.join(METRICS_CSV);
+        write_atomically(&path, csv::metrics_csv(history).as_bytes())
+            .map_err(|e| run_file(&path, e))
     }
 
     /// Appends `record` to `log` as one line of JSON.
@@ -383,6 +394,7 @@ impl RunDir {
         }
         let metrics = self.log_path(Log::Metrics);
         write_atomically(&metrics, lines.as_bytes()).map_err(|e| run_file(&metrics, e))?;
+        self.write_metrics_csv(&state.history)?;
         let curve = self.log_path(Log::Losses);
         let kept: String = std::fs::read_to_string(source.log_path(Log::Losses))
             .unwrap_or_default()

@@ -105,6 +105,22 @@ pub(crate) fn history(out: &std::path::Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// A run's `metrics.csv` without its timing columns (speed and seconds).
+pub(crate) fn csv_without_timings(out: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(out.join("metrics.csv"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            l.split(',')
+                .enumerate()
+                .filter(|(i, _)| *i != 3 && *i != 4)
+                .map(|(_, c)| c)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect()
+}
+
 /// Trains `config` without a stop into a fresh folder named `name`; it must complete in
 /// `steps` steps.
 pub(crate) fn completed_run(
@@ -214,6 +230,20 @@ fn a_full_precision_first_stage_hands_over_to_the_bit_widths_and_resumes_exactly
         options.resume = true;
     }
     assert_eq!(history(&pieces), records);
+    // metrics.csv: the same epochs as a table, cut back and written again across the stops.
+    let csv = csv_without_timings(&pieces);
+    assert_eq!(csv, csv_without_timings(&straight));
+    assert_eq!(csv.len(), 3, "{csv:?}");
+    assert!(
+        csv[0].starts_with("stage,epoch,lr,train_loss_32,train_top1_32,val_loss_32,val_top1_32,val_top5_32,train_loss_4,"),
+        "{}",
+        csv[0]
+    );
+    assert!(
+        csv[1].starts_with("0,0,") && csv[1].ends_with(",,,,,,,,,,"),
+        "{}",
+        csv[1]
+    );
     let resumed: Vec<serde_json::Value> = std::fs::read_to_string(pieces.join("results.json"))
         .map(|t| serde_json::from_str(&t).unwrap())
         .into_iter()
@@ -264,6 +294,11 @@ fn a_run_that_takes_another_runs_full_precision_stage_is_the_same_computation() 
         assert_eq!(r.evaluations, whole.evaluations, "{name}");
         assert_eq!(history(&forked), history(&straight), "{name}");
         assert_eq!(curve(&forked), curve(&straight), "{name}");
+        assert_eq!(
+            csv_without_timings(&forked),
+            csv_without_timings(&straight),
+            "{name}"
+        );
     }
     // Refused: a stage trained with other settings, a run past its stage, a run without one.
     let mut other_lr = base("4,2", Strategy::Direct);
@@ -307,6 +342,24 @@ fn resuming_with_another_configuration_is_refused() {
     let mut config = tiny_config("4,2", Strategy::Joint { distill: false });
     config.max_steps = Some(1);
     train(config.clone(), &device, &RunOptions::new(&out), &mut Quiet).unwrap();
+    // A run saved before a setting existed (here label_smoothing) resumes: the missing field
+    // reads as its default.
+    let path = out.join("config.json");
+    let mut saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert!(
+        saved
+            .as_object_mut()
+            .unwrap()
+            .remove("label_smoothing")
+            .is_some()
+    );
+    std::fs::write(&path, saved.to_string()).unwrap();
+    let mut resume = RunOptions::new(&out);
+    resume.resume = true;
+    config.max_steps = Some(2);
+    let r = train(config.clone(), &device, &resume, &mut Quiet).unwrap();
+    assert_eq!(r.steps, 2);
     config.optim.lr = 0.5;
     let mut options = RunOptions::new(&out);
     options.resume = true;

@@ -208,7 +208,11 @@ pub(crate) fn run(args: Bench) -> anyhow::Result<ExitCode> {
         )?);
     }
     if args.json {
-        print_json(&serde_json::json!({ "device": args.device.to_string(), "results": results }))?;
+        print_json(&serde_json::json!({
+            "device": args.device.to_string(),
+            "threads": rayon::current_num_threads(),
+            "results": results,
+        }))?;
     } else {
         println!("device: {}", args.device);
         println!(
@@ -423,7 +427,7 @@ fn model_workloads(
             &bits,
             &batch_data,
             0.01,
-            false,
+            adabits_train::Objective::default(),
             &mut |_, _, _| Ok(()),
         );
         match stepped {
