@@ -251,10 +251,12 @@ pub(crate) fn run(root: &Path, scratch: &Path) -> Result<(), String> {
         skipped.len()
     );
     if failures.is_empty() {
+        let _ = std::fs::remove_dir_all(scratch);
         Ok(())
     } else {
         Err(format!(
-            "documented commands that do not run as written:\n  {}",
+            "documented commands that do not run as written (their files are in {}):\n  {}",
+            scratch.display(),
             failures.join("\n  ")
         ))
     }
