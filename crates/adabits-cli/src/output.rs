@@ -43,7 +43,7 @@ pub(crate) fn print_artifact_table(table: &[BitRow]) {
     for r in table {
         let top1 = r.top1.map_or("–".to_string(), |t| format!("{t:.2}%"));
         println!(
-            "{:>6} {top1:>8} {:>10.4} {:>12}",
+            "{:>6} {top1:>8} {:>10.4} {:>12.0}",
             r.bits, r.gbitops, r.model_bytes
         );
     }

@@ -31,7 +31,6 @@ mod surgery;
 mod zoo;
 
 pub use adabits_quant;
-pub use adabits_runtime::whole_bytes;
 pub use checkpoint::{CheckpointError, load_model, save_model, write_atomically};
 pub use deploy::{
     ARTIFACT_FORMAT, ARTIFACT_VERSION, Artifact, ArtifactError, ArtifactHeader, BitRow, Budget,

@@ -23,7 +23,7 @@ pub use engine::{Crossover, IntRuntime, Isa, NodeTime, Residency, RuntimeError, 
 pub use format::{
     ARTIFACT_FORMAT, ARTIFACT_VERSION, Artifact, ArtifactError, ArtifactHeader, BitRow,
     LayerPayload, NormPayload, QuantPayload, WeightPlan, crc32, pack, packed_len, split_payload,
-    unpack_shifted, whole_bytes,
+    unpack_shifted,
 };
 pub use fs::write_atomically;
 pub use graph::Graph;

@@ -58,7 +58,7 @@ pub struct BitResult {
     /// GBitOPs per image (official accounting).
     pub gbitops: f64,
     /// Model size in whole bytes at this bit-width (official accounting, rounded up).
-    #[serde(deserialize_with = "adabits_models::whole_bytes")]
+    #[serde(deserialize_with = "whole_bytes")]
     pub bytes: u64,
 }
 
@@ -186,5 +186,45 @@ mod tests {
             assert_eq!(back.loss_window[k].0.to_bits(), v.to_bits(), "{k}: {v}");
         }
         assert_eq!(back, state);
+    }
+}
+
+/// Reads a byte count written as a whole number or, by versions before byte counts were
+/// integers, as a float (rounded to the nearest whole number), so that older `results.json`
+/// files still read.
+fn whole_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    use serde::de::Error;
+    let value = serde_json::Number::deserialize(d)?;
+    if let Some(n) = value.as_u64() {
+        return Ok(n);
+    }
+    match value.as_f64() {
+        Some(f) if f.is_finite() && f >= 0.0 && f < u64::MAX as f64 => Ok(f.round() as u64),
+        _ => Err(D::Error::custom(format!(
+            "expected a byte count, found {value}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod byte_count_tests {
+    use super::*;
+
+    #[test]
+    fn a_result_reads_whole_byte_counts_and_older_float_ones() {
+        let row = |bytes: &str| {
+            serde_json::from_str::<BitResult>(&format!(
+                r#"{{"top1": 50.0, "top5": 90.0, "loss": 1.0, "gbitops": 0.5, "bytes": {bytes}}}"#
+            ))
+        };
+        assert_eq!(row("102648").unwrap().bytes, 102_648);
+        // What versions before whole byte counts wrote.
+        assert_eq!(row("102647.99999999999").unwrap().bytes, 102_648);
+        for bad in ["-3", "\"many\"", "1e300"] {
+            assert!(row(bad).is_err(), "{bad}");
+        }
+        // Written back as a whole number.
+        let json = serde_json::to_string(&row("102647.99999999999").unwrap()).unwrap();
+        assert!(json.contains(r#""bytes":102648"#), "{json}");
     }
 }

@@ -57,7 +57,7 @@ pub(crate) fn run(args: Info) -> anyhow::Result<ExitCode> {
             );
             for r in &h.table {
                 println!(
-                    "  {} bits: top-1 {}, {:.4} GBitOPs, {} model bytes",
+                    "  {} bits: top-1 {}, {:.4} GBitOPs, {:.0} model bytes",
                     r.bits,
                     r.top1.map_or("unknown".into(), |t| format!("{t:.2} %")),
                     r.gbitops,

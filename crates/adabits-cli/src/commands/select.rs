@@ -62,7 +62,7 @@ pub(crate) fn run(args: Select) -> anyhow::Result<ExitCode> {
         }
         match &selection.chosen {
             Some(r) => println!(
-                "selected: {} bits ({}, {:.4} GBitOPs, {} bytes)",
+                "selected: {} bits ({}, {:.4} GBitOPs, {:.0} bytes)",
                 r.bits,
                 r.top1
                     .map_or("accuracy unknown".into(), |t| format!("top-1 {t:.2} %")),

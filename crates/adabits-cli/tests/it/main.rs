@@ -530,8 +530,10 @@ fn export_verify_select_and_calibrate_a_trained_run() {
     );
 
     // Select: the 4-bit model is over the byte limit; an impossible limit selects nothing.
-    // Byte counts are whole numbers in the JSON, not floats with rounding noise.
-    let bytes4 = table[0]["model_bytes"].as_u64().unwrap();
+    // Byte counts are whole numbers, without rounding noise.
+    let bytes4 = table[0]["model_bytes"].as_f64().unwrap();
+    assert_eq!(bytes4.fract(), 0.0, "{bytes4}");
+    let bytes4 = bytes4 as u64;
     let limit = (bytes4 - 1).to_string();
     let out = adabits(&["select", "--artifact", abq_s, "--max-bytes", &limit]);
     assert!(out.status.success(), "{}", text(&out.stderr));

@@ -98,7 +98,7 @@ pub fn export_artifact(
                 bits: b.get(),
                 top1: top1.get(&b.get()).copied(),
                 gbitops: c.gbitops,
-                model_bytes: c.size_bytes,
+                model_bytes: c.size_bytes as f64,
             }
         })
         .collect();

@@ -31,9 +31,9 @@ pub fn select(table: &[BitRow], budget: &Budget) -> Selection {
     for row in table {
         let mut why = Vec::new();
         if let Some(max) = budget.max_bytes
-            && row.model_bytes > max
+            && row.model_bytes > max as f64
         {
-            why.push(format!("{} bytes > {max}", row.model_bytes));
+            why.push(format!("{:.0} bytes > {max}", row.model_bytes));
         }
         if let Some(max) = budget.max_gbitops
             && row.gbitops > max
@@ -85,10 +85,10 @@ mod tests {
             model_bytes: bytes,
         };
         let table = [
-            row(8, 70.0, 38.5, 4200),
-            row(6, 70.2, 22.9, 3400),
-            row(5, 69.0, 16.8, 3000),
-            row(4, 66.0, 11.8, 2600),
+            row(8, 70.0, 38.5, 4200.0),
+            row(6, 70.2, 22.9, 3400.0),
+            row(5, 69.0, 16.8, 3000.0),
+            row(4, 66.0, 11.8, 2600.0),
         ];
         let pick = |b: Budget| select(&table, &b).chosen.map(|r| r.bits);
         assert_eq!(pick(Budget::default()), Some(6));
