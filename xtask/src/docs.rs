@@ -3,15 +3,18 @@
 //! run as written.
 //!
 //! Every ` ```sh ` block runs, one line at a time, in a scratch copy of the tracked files with
-//! the `adabits` binary (a debug build, built first) on `PATH`. A few lines are changed, each
-//! change printed, where running them as written would repeat another CI step or take the
-//! machine for long:
+//! the `adabits` binary (a debug build, built first) on `PATH`; a `cargo` line runs in the
+//! repository itself (a build from the copy would share the target folder with the
+//! repository's own sources and confuse cargo's freshness checks), writing into the copy. A
+//! few lines are changed, each change printed, where running them as written would repeat
+//! another CI step or take the machine for long:
 //!
 //! - `cargo install --path crates/adabits-cli`, `cargo build … -p adabits-cli`: the binary
 //!   built first stands in for them;
 //! - `cargo run --release -p adabits-cli -- ARGS`: `adabits ARGS` with that binary;
-//! - `cargo xtask reproduce`: with `--quick --profile dev` (the same pipeline on a tiny grid,
-//!   with the debug binary instead of a release build);
+//! - `cargo xtask reproduce`: with `--quick --profile dev --out COPY/runs/reproduce` (the same
+//!   pipeline on a tiny grid, with the debug binary instead of a release build, its report in
+//!   the copy);
 //! - `cargo test …`: not run (CI runs the tests as a step of their own).
 //!
 //! A block that cannot run on a CPU machine without downloads (it needs a GPU, PyTorch, a
@@ -91,7 +94,7 @@ fn strip_comment(line: &str) -> &str {
 
 /// What to run for a documented command line: `Ok(command)` (changed or not) or `Err(why)`
 /// when it is not run.
-pub(crate) fn rewrite(command: &str) -> Result<String, &'static str> {
+pub(crate) fn rewrite(command: &str, scratch: &Path) -> Result<String, &'static str> {
     let words: Vec<&str> = command.split_whitespace().collect();
     let starts = |prefix: &[&str]| words.starts_with(prefix);
     if starts(&["cargo", "test"]) {
@@ -108,7 +111,11 @@ pub(crate) fn rewrite(command: &str) -> Result<String, &'static str> {
         return Ok(format!("adabits {rest}"));
     }
     if starts(&["cargo", "xtask", "reproduce"]) && !command.contains("--full") {
-        return Ok(format!("{command} --quick --profile dev"));
+        let out = scratch.join("runs/reproduce");
+        return Ok(format!(
+            "{command} --quick --profile dev --out {}",
+            out.display()
+        ));
     }
     Ok(command.to_string())
 }
@@ -204,7 +211,7 @@ pub(crate) fn run(root: &Path, scratch: &Path) -> Result<(), String> {
             }
             for (line, command) in &block.commands {
                 let at = format!("{}:{line}", doc.display());
-                let run = match rewrite(command) {
+                let run = match rewrite(command, scratch) {
                     Ok(run) => run,
                     Err(why) => {
                         println!("      {at}: `{command}` not run ({why})");
@@ -217,8 +224,13 @@ pub(crate) fn run(root: &Path, scratch: &Path) -> Result<(), String> {
                     println!("      {at}: {command}\n            runs as: {run}");
                 }
                 let started = Instant::now();
+                let dir = if run.starts_with("cargo ") {
+                    root
+                } else {
+                    scratch
+                };
                 let output = Command::new("bash")
-                    .current_dir(scratch)
+                    .current_dir(dir)
                     .args(["-c", &run])
                     .env("PATH", &path)
                     .env("CARGO_TARGET_DIR", &target)
@@ -306,9 +318,11 @@ let x = 1; # not a shell block
 
     #[test]
     fn long_or_repeated_commands_are_changed_and_the_rest_run_as_written() {
+        let scratch = Path::new("/tmp/copy");
+        let rewrite = |c: &str| super::rewrite(c, scratch);
         assert_eq!(
             rewrite("cargo xtask reproduce").unwrap(),
-            "cargo xtask reproduce --quick --profile dev"
+            "cargo xtask reproduce --quick --profile dev --out /tmp/copy/runs/reproduce"
         );
         assert_eq!(
             rewrite("cargo xtask reproduce --full --dataset cifar10 --data-dir d").unwrap(),
