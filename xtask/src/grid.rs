@@ -76,6 +76,10 @@ pub(crate) struct Job<'a> {
     pub(crate) stem: PathBuf,
     pub(crate) eta: Eta,
     pub(crate) done: Vec<(Vec<String>, PathBuf)>,
+    /// Seeds of the key rows (individual, joint S-CL): 1 for the main grid's alone.
+    pub(crate) seeds: u64,
+    /// The full-precision stage of each further seed, once trained.
+    pub(crate) seed_stems: Vec<(u64, PathBuf)>,
 }
 
 impl Scale {
@@ -221,15 +225,39 @@ pub(crate) fn cost(list: &[u8], scale: &Scale, before: &[&[u8]]) -> f64 {
         .sum()
 }
 
+/// The cost in passes of one further seed of the key rows over `lists`: its full-precision
+/// stage, then each key run once (a run two lists share counts once).
+pub(crate) fn seed_cost(lists: &[&[u8]], scale: &Scale) -> f64 {
+    let mut seen: Vec<Vec<String>> = Vec::new();
+    let mut cost = scale.stem_cost();
+    for list in lists {
+        for e in entries(list, scale) {
+            if (e.name.starts_with("individual-") || e.name == "joint-scl")
+                && !seen.contains(&e.flags)
+            {
+                cost += e.cost;
+                seen.push(e.flags);
+            }
+        }
+    }
+    cost
+}
+
 /// Trains the full-precision stage every run of the job takes (`adabits train
 /// --fp-stage-from`): a joint run of `list` stopped at the end of that stage.
 pub(crate) fn train_stem(job: &mut Job<'_>, list: &[u8]) -> Result<(), String> {
+    let stem = job.stem.clone();
+    train_stem_into(job, list, 0, &stem)
+}
+
+/// The full-precision stage of seed `seed` into `stem`.
+fn train_stem_into(job: &mut Job<'_>, list: &[u8], seed: u64, stem: &Path) -> Result<(), String> {
     let bits = list.iter().map(u8::to_string).collect::<Vec<_>>().join(",");
-    let _ = std::fs::remove_dir_all(&job.stem);
+    let _ = std::fs::remove_dir_all(stem);
     println!(
-        "      the full-precision stage, {} epochs, trained once for every run ({})",
+        "      the full-precision stage of seed {seed}, {} epochs, trained once for its runs ({})",
         job.scale.epochs,
-        job.stem.display()
+        stem.display()
     );
     let started = Instant::now();
     let status = Command::new(job.adabits)
@@ -238,8 +266,9 @@ pub(crate) fn train_stem(job: &mut Job<'_>, list: &[u8]) -> Result<(), String> {
         .arg(&job.preset)
         .args(["--strategy", "joint", "--bits", &bits, "--max-steps"])
         .arg(job.scale.stem_steps().to_string())
+        .args(["--seed", &seed.to_string()])
         .args(["--device", job.device, "--json", "--out"])
-        .arg(&job.stem)
+        .arg(stem)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .status()
@@ -247,7 +276,7 @@ pub(crate) fn train_stem(job: &mut Job<'_>, list: &[u8]) -> Result<(), String> {
     if !status.success() {
         return Err(format!(
             "the shared full-precision stage failed (its message is above): {}",
-            job.stem.display()
+            stem.display()
         ));
     }
     job.eta
@@ -280,6 +309,72 @@ fn copy_run(from: &Path, to: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Trains one run of the grid (`entry`'s flags and `extra` ones) into `out` from the
+/// full-precision stage in `stem`, or copies it from the job's identical earlier run;
+/// `None` when it stopped with an error (a result too: its cells stay empty and the report
+/// says why, instead of the whole grid stopping).
+fn cell(
+    job: &mut Job<'_>,
+    place: &str,
+    entry: &Entry,
+    extra: &[String],
+    stem: &Path,
+    out: &Path,
+) -> Result<Option<Value>, String> {
+    let flags: Vec<String> = entry.flags.iter().chain(extra).cloned().collect();
+    let _ = std::fs::remove_dir_all(out);
+    let same = job
+        .done
+        .iter()
+        .find(|(f, _)| *f == flags)
+        .map(|(_, d)| d.clone());
+    if let Some(earlier) = same {
+        println!(
+            "      [{place}] {}: the same run as {}, copied",
+            entry.name,
+            earlier.display()
+        );
+        copy_run(&earlier, out)?;
+        let text = std::fs::read_to_string(out.join("results.json"))
+            .map_err(|e| format!("{}: cannot read results.json: {e}", out.display()))?;
+        let value: Value = serde_json::from_str(&text)
+            .map_err(|e| format!("{}: unreadable results: {e}", out.display()))?;
+        return Ok(Some(value));
+    }
+    println!("      [{place}] {} ({})", entry.name, flags.join(" "));
+    let started = Instant::now();
+    let output = Command::new(job.adabits)
+        .arg("train")
+        .arg("--config")
+        .arg(&job.preset)
+        .args(&flags)
+        .arg("--fp-stage-from")
+        .arg(stem)
+        .args(["--device", job.device, "--json", "--out"])
+        .arg(out)
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", job.adabits.display()))?;
+    job.eta
+        .finished(entry.cost, started.elapsed().as_secs_f64());
+    if !output.status.success() {
+        println!(
+            "            {} stopped with an error (its message is above)",
+            entry.name
+        );
+        return Ok(None);
+    }
+    let value: Value = serde_json::from_slice(&output.stdout)
+        .map_err(|e| format!("{}: unreadable results: {e}", entry.name))?;
+    println!(
+        "            {:.0} s; {}",
+        started.elapsed().as_secs_f64(),
+        job.eta.line()
+    );
+    job.done.push((flags, out.to_path_buf()));
+    Ok(Some(value))
+}
+
 /// Runs the grid for `list` into `dir`, every run from the job's full-precision stage,
 /// returning the report section.
 pub(crate) fn run(job: &mut Job<'_>, list: &[u8], dir: &Path) -> Result<String, String> {
@@ -290,68 +385,14 @@ pub(crate) fn run(job: &mut Job<'_>, list: &[u8], dir: &Path) -> Result<String, 
     let mut results: Vec<(String, Value)> = Vec::new();
     let mut failed: Vec<String> = Vec::new();
     let mut k = 0;
+    let stem = job.stem.clone();
     for entry in grid.iter().filter(|e| !e.flags.is_empty()) {
         k += 1;
         let out = dir.join(&entry.name);
-        let _ = std::fs::remove_dir_all(&out);
-        let same = job
-            .done
-            .iter()
-            .find(|(flags, _)| *flags == entry.flags)
-            .map(|(_, d)| d.clone());
-        if let Some(earlier) = same {
-            println!(
-                "      [{k}/{runs}] {}: the same run as {}, copied",
-                entry.name,
-                earlier.display()
-            );
-            copy_run(&earlier, &out)?;
-            let text = std::fs::read_to_string(out.join("results.json"))
-                .map_err(|e| format!("{}: cannot read results.json: {e}", out.display()))?;
-            let value: Value = serde_json::from_str(&text)
-                .map_err(|e| format!("{}: unreadable results: {e}", out.display()))?;
-            results.push((entry.name.clone(), value));
-            continue;
+        match cell(job, &format!("{k}/{runs}"), entry, &[], &stem, &out)? {
+            Some(value) => results.push((entry.name.clone(), value)),
+            None => failed.push(entry.name.clone()),
         }
-        println!(
-            "      [{k}/{runs}] {} ({})",
-            entry.name,
-            entry.flags.join(" ")
-        );
-        let started = Instant::now();
-        let output = Command::new(job.adabits)
-            .arg("train")
-            .arg("--config")
-            .arg(&job.preset)
-            .args(&entry.flags)
-            .arg("--fp-stage-from")
-            .arg(&job.stem)
-            .args(["--device", job.device, "--json", "--out"])
-            .arg(&out)
-            .stderr(Stdio::inherit())
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", job.adabits.display()))?;
-        job.eta
-            .finished(entry.cost, started.elapsed().as_secs_f64());
-        if !output.status.success() {
-            // A run that diverges is a result too: its cells stay empty and the report says
-            // why, instead of the whole grid stopping.
-            println!(
-                "            {} stopped with an error (its message is above)",
-                entry.name
-            );
-            failed.push(entry.name.clone());
-            continue;
-        }
-        let value: Value = serde_json::from_slice(&output.stdout)
-            .map_err(|e| format!("{}: unreadable results: {e}", entry.name))?;
-        println!(
-            "            {:.0} s; {}",
-            started.elapsed().as_secs_f64(),
-            job.eta.line()
-        );
-        job.done.push((entry.flags.clone(), out.clone()));
-        results.push((entry.name.clone(), value));
     }
     let find = |name: &str| results.iter().find(|(n, _)| n == name).map(|(_, v)| v);
     let field =
@@ -457,6 +498,10 @@ pub(crate) fn run(job: &mut Job<'_>, list: &[u8], dir: &Path) -> Result<String, 
         Some((first, last))
     });
     md.push_str(&findings(list, &rows, progressive, scale.val));
+    let spread = seed_runs(job, list, dir, &rows)?;
+    if let Some((section, _)) = &spread {
+        md.push_str(section);
+    }
     let json_path = dir.join("grid.json");
     let mut json_rows: Vec<Value> = rows
         .iter()
@@ -467,6 +512,7 @@ pub(crate) fn run(job: &mut Job<'_>, list: &[u8], dir: &Path) -> Result<String, 
     }
     let summary = json!({
         "bits": list, "rows": json_rows,
+        "seeds": spread.map(|(_, v)| v),
         "runs": results.iter().map(|(n, v)| json!({"name": n, "results": v})).collect::<Vec<_>>(),
     });
     std::fs::write(
@@ -475,6 +521,122 @@ pub(crate) fn run(job: &mut Job<'_>, list: &[u8], dir: &Path) -> Result<String, 
     )
     .map_err(|e| format!("cannot write {}: {e}", json_path.display()))?;
     Ok(md)
+}
+
+/// The key rows (individual, joint S-CL) again with each further seed of the job, each from
+/// that seed's own full-precision stage (`dir/seed-S/`), and their spread over the seeds with
+/// `rows` (seed 0): the report's section and its JSON; `None` with one seed.
+fn seed_runs(
+    job: &mut Job<'_>,
+    list: &[u8],
+    dir: &Path,
+    rows: &[Row],
+) -> Result<Option<(String, Value)>, String> {
+    if job.seeds <= 1 {
+        return Ok(None);
+    }
+    let key = |e: &Entry| e.name.starts_with("individual-") || e.name == "joint-scl";
+    let grid: Vec<Entry> = entries(list, job.scale).into_iter().filter(key).collect();
+    let seed0 = |prefix: &str| {
+        rows.iter()
+            .find(|r| r.label.starts_with(prefix))
+            .map(|r| r.top1.clone())
+            .unwrap_or_else(|| vec![None; list.len()])
+    };
+    // Per seed, the individual and the joint S-CL top-1 at each bit-width.
+    let mut individual = vec![seed0("individual")];
+    let mut joint = vec![seed0("joint, S-CL")];
+    for seed in 1..job.seeds {
+        let stem = match job.seed_stems.iter().find(|(s, _)| *s == seed) {
+            Some((_, stem)) => stem.clone(),
+            None => {
+                let stem = job
+                    .stem
+                    .with_file_name(format!("full-precision-stage-seed-{seed}"));
+                train_stem_into(job, list, seed, &stem)?;
+                job.seed_stems.push((seed, stem.clone()));
+                stem
+            }
+        };
+        let extra = ["--seed".to_string(), seed.to_string()];
+        let mut found: Vec<(String, Value)> = Vec::new();
+        for (k, entry) in grid.iter().enumerate() {
+            let out = dir.join(format!("seed-{seed}")).join(&entry.name);
+            let place = format!("seed {seed}, {}/{}", k + 1, grid.len());
+            if let Some(v) = cell(job, &place, entry, &extra, &stem, &out)? {
+                found.push((entry.name.clone(), v));
+            }
+        }
+        let top1 = |name: &str, b: u8| {
+            found
+                .iter()
+                .find(|(n, _)| n == name)
+                .and_then(|(_, v)| v["bits"][b.to_string()]["top1"].as_f64())
+        };
+        individual.push(
+            list.iter()
+                .map(|&b| top1(&format!("individual-{b}"), b))
+                .collect(),
+        );
+        joint.push(list.iter().map(|&b| top1("joint-scl", b)).collect());
+    }
+    let section = spread_section(list, &individual, &joint);
+    let value = json!({"count": job.seeds, "individual": individual, "joint_scl": joint});
+    Ok(Some((section, value)))
+}
+
+/// The report's section on the seeds: mean (min–max) of each key row at each bit-width, and
+/// the joint-minus-individual difference of each seed.
+fn spread_section(
+    list: &[u8],
+    individual: &[Vec<Option<f64>>],
+    joint: &[Vec<Option<f64>>],
+) -> String {
+    let n = individual.len();
+    let cell = |per_seed: &[Vec<Option<f64>>], i: usize| {
+        let v: Vec<f64> = per_seed.iter().filter_map(|s| s[i]).collect();
+        if v.is_empty() {
+            return "–".to_string();
+        }
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        let (lo, hi) = v
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+                (a.min(x), b.max(x))
+            });
+        format!("{mean:.1} ({lo:.1}–{hi:.1})")
+    };
+    let header: Vec<String> = list.iter().map(|b| format!("{b} bits")).collect();
+    let mut md = format!(
+        "\nThe key rows with {n} seeds (seed 0 above; each further seed with its own \
+         full-precision stage, in `seed-S/`), mean (min–max) top-1 (%):\n\n\
+         | row | {} |\n|---|{}\n",
+        header.join(" | "),
+        "---|".repeat(list.len())
+    );
+    for (label, per_seed) in [("individual", individual), ("joint, S-CL (AdaBits)", joint)] {
+        let cells: Vec<String> = (0..list.len()).map(|i| cell(per_seed, i)).collect();
+        let _ = writeln!(md, "| {label} | {} |", cells.join(" | "));
+    }
+    let mean = |v: &[Option<f64>]| {
+        let v: Vec<f64> = v.iter().flatten().copied().collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    };
+    let gaps: Vec<String> = individual
+        .iter()
+        .zip(joint)
+        .enumerate()
+        .map(|(s, (i, j))| match (mean(i), mean(j)) {
+            (Some(i), Some(j)) => format!("seed {s}: {:+.1}", j - i),
+            _ => format!("seed {s}: –"),
+        })
+        .collect();
+    let _ = writeln!(
+        md,
+        "\nJoint minus individual, mean over the bit-widths, per seed: {} points.\n",
+        gaps.join(", ")
+    );
+    md
 }
 
 /// One row of a grid's table: per bit-width of the list, the validation top-1 and the cost
@@ -728,6 +890,37 @@ mod tests {
             row("joint, shared α (Vanilla AdaBits)", [59.0, 57.0, 40.0]),
             row("joint, S-CL (AdaBits)", [59.5, 58.0, 49.0]),
         ]
+    }
+
+    #[test]
+    fn the_seed_section_gives_each_key_rows_mean_and_range_and_each_seeds_gap() {
+        let individual = vec![
+            vec![Some(46.0), Some(44.0)],
+            vec![Some(48.0), Some(40.0)],
+            vec![Some(47.0), None],
+        ];
+        let joint = vec![
+            vec![Some(50.0), Some(49.0)],
+            vec![Some(49.0), Some(47.0)],
+            vec![Some(51.0), Some(48.0)],
+        ];
+        let md = spread_section(&[4, 2], &individual, &joint);
+        assert!(md.contains("The key rows with 3 seeds"), "{md}");
+        assert!(md.contains("| 4 bits | 2 bits |"), "{md}");
+        // 46, 48, 47: mean 47.0, range 46–48; a seed without a cell is left out.
+        assert!(
+            md.contains("| individual | 47.0 (46.0–48.0) | 42.0 (40.0–44.0) |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| joint, S-CL (AdaBits) | 50.0 (49.0–51.0) | 48.0 (47.0–49.0) |"),
+            "{md}"
+        );
+        // Joint minus individual, mean over the bit-widths: 49.5 − 45, 48 − 44, 49.5 − 47.
+        assert!(
+            md.contains("seed 0: +4.5, seed 1: +4.0, seed 2: +2.5 points"),
+            "{md}"
+        );
     }
 
     #[test]
