@@ -10,6 +10,21 @@
 //! copies one BatchNorm to every bit-width ([`ImportMode::FullPrecision`]); and deployment: one
 //! low-bit [`Artifact`] for every bit-width and the [`Runtime`] that runs it, switching
 //! bit-width in memory, with [`select`] to pick a bit-width for a budget.
+//!
+//! # Example
+//!
+//! Picking the bit-width of an artifact's table that fits a size budget:
+//!
+//! ```
+//! use adabits_models::{BitRow, Budget, select};
+//!
+//! let row = |bits, top1, model_bytes| BitRow { bits, top1: Some(top1), gbitops: 0.0, model_bytes };
+//! let table = [row(8, 51.7, 17524.0), row(6, 52.4, 13308.0), row(4, 51.2, 9092.0)];
+//! let budget = Budget { max_bytes: Some(12000), ..Budget::default() };
+//! let choice = select(&table, &budget);
+//! assert_eq!(choice.chosen.map(|r| r.bits), Some(4));
+//! assert!(choice.reasons.iter().any(|r| r.contains("13308 bytes > 12000")));
+//! ```
 
 // Libraries print nothing: they return typed errors and report through their callers.
 #![deny(clippy::print_stdout, clippy::print_stderr)]

@@ -19,6 +19,22 @@
 //!   ([`mod@norm`]) likewise for BatchNorm in training mode.
 //!
 //! The crate enables no Burn backend: pass any [`burn::tensor::Device`].
+//!
+//! # Example
+//!
+//! ```
+//! use adabits_quant::{BitWidth, BitWidths, QuantScheme, reference};
+//!
+//! // The list a model trains for, in training order; 32 is full precision.
+//! let bits: BitWidths = "8,6,5,4".parse()?;
+//! assert_eq!(bits.max(), BitWidth::new(8)?);
+//! assert!("8,8".parse::<BitWidths>().is_err());
+//! // Q_b of the centered scheme at 2 bits has its levels at (k + ½)/4.
+//! let two = BitWidth::new(2)?;
+//! assert_eq!(reference::unit_quantize(0.3, two, QuantScheme::Centered), 0.375);
+//! assert_eq!(reference::unit_quantize(0.3, two, QuantScheme::Original), 1.0 / 3.0);
+//! # Ok::<(), adabits_quant::QuantError>(())
+//! ```
 
 // Libraries print nothing: they return typed errors and report through their callers.
 #![deny(clippy::print_stdout, clippy::print_stderr)]

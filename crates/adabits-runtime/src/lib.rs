@@ -10,6 +10,23 @@
 //!   bit-width in memory.
 //!
 //! A device application depends on this crate alone.
+//!
+//! # Example
+//!
+//! The artifact stores each layer's weight codes once, at its highest bit-width; a lower
+//! bit-width's codes are a right shift of them:
+//!
+//! ```
+//! use adabits_runtime::{pack, packed_len, unpack_shifted};
+//!
+//! // Four 4-bit codes in two bytes.
+//! let mut bytes = Vec::new();
+//! pack(&[3, 15, 8, 0], 4, &mut bytes);
+//! assert_eq!(bytes.len(), packed_len(4, 4));
+//! assert_eq!(unpack_shifted(&bytes, 4, 4, 0), [3, 15, 8, 0]);
+//! // The same codes at 2 bits: each shifted right by 2.
+//! assert_eq!(unpack_shifted(&bytes, 4, 4, 2), [0, 3, 2, 0]);
+//! ```
 
 // Libraries print nothing: they return typed errors and report through their callers.
 #![deny(clippy::print_stdout, clippy::print_stderr)]

@@ -5,6 +5,27 @@
 //! The library prints nothing and installs no signal handler: a run reports through the
 //! [`Progress`] trait and stops when [`RunOptions::stop`] is set; the `adabits` binary draws
 //! the progress and sets the flag on Ctrl-C.
+//!
+//! # Example
+//!
+//! A configuration is checked field by field before anything runs:
+//!
+//! ```
+//! use adabits_train::adabits_models::{Architecture, ModelConfig};
+//! use adabits_train::data::{DataSource, SyntheticConfig};
+//! use adabits_train::{Schedule, Strategy, TrainConfig};
+//!
+//! let model = ModelConfig::new(Architecture::CifarResNet(20), "8,6,5,4".parse()?);
+//! let data = DataSource::Synthetic(SyntheticConfig::default());
+//! let mut config = TrainConfig::new(model, data, Strategy::Joint { distill: false });
+//! config.epochs = 10;
+//! config.validate()?;
+//! // A milestone at or after the last epoch would never lower the rate: refused, named.
+//! config.optim.schedule = Schedule::MultiStep { milestones: vec![5, 10], gamma: 0.1 };
+//! let err = config.validate().unwrap_err().to_string();
+//! assert!(err.contains("optim.schedule.milestones"), "{err}");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 // Libraries print nothing: they return typed errors and report through their callers.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
