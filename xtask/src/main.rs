@@ -17,6 +17,7 @@ use std::process::{Command, ExitCode};
 mod cargo;
 mod docs;
 mod eta;
+mod findings;
 mod full;
 mod grid;
 mod plot;
