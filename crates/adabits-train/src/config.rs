@@ -89,6 +89,12 @@ pub struct TrainConfig {
     /// setting, for none); evaluation and the loss curve use the plain cross-entropy.
     #[serde(default)]
     pub label_smoothing: f64,
+    /// Images held out from the training set to validate on (0, the default, for none): each
+    /// epoch is scored, and the best checkpoint chosen, on them instead of the test set, which
+    /// then only gives the final figures. A fixed random choice, the same for every run on the
+    /// same training set ([`hold_out`](crate::data::hold_out)).
+    #[serde(default)]
+    pub val_split: usize,
 }
 
 /// The smallest `model.width_mult` a run accepts.
@@ -309,6 +315,7 @@ impl TrainConfig {
             stuck_tolerance: default_stuck_tolerance(),
             log_every: default_log_every(),
             label_smoothing: 0.0,
+            val_split: 0,
         }
     }
 

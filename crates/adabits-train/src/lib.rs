@@ -56,7 +56,9 @@ pub use metrics::{Meter, Scores, cross_entropy, distillation, smoothed_cross_ent
 pub use optim::{DecayGroups, LrPlan, OptimConfig, Schedule, ScheduleKind, Sgd, decays, grad_norm};
 pub use progress::{Progress, Quiet, StepInfo};
 pub use recipe::Recipe;
-pub use records::{BitResult, EpochRecord, Evaluation, LossRecord, RunResults, RunStatus};
+pub use records::{
+    BitResult, EpochRecord, Evaluation, LossRecord, RunResults, RunStatus, Selection,
+};
 pub use rng::Rng;
 pub use run::{train, train_on};
 pub use run_dir::{CheckpointInfo, Log, RunDir, RunLock, SavedRun, Which, load_run};

@@ -121,6 +121,46 @@ pub struct RunResults {
     pub train_images_per_second: f64,
     /// Optimiser steps taken.
     pub steps: usize,
+    /// The images each epoch was scored on, which chose the best checkpoint (runs written
+    /// before the field existed chose it on the test set).
+    #[serde(default)]
+    pub best_chosen_on: Selection,
+}
+
+/// The images a run scores its epochs on and chooses its best checkpoint with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "set", rename_all = "snake_case")]
+pub enum Selection {
+    /// The test set (the data's validation split), which also gives the final figures: the
+    /// official practice on CIFAR, and optimistic, since the same images choose and report.
+    #[default]
+    Test,
+    /// Images held out from the training set ([`TrainConfig::val_split`](crate::TrainConfig::val_split)).
+    HeldOut {
+        /// How many.
+        images: usize,
+    },
+}
+
+impl Selection {
+    /// The selection of a run holding out `val_split` training images (0: none).
+    pub fn of_split(val_split: usize) -> Self {
+        match val_split {
+            0 => Self::Test,
+            images => Self::HeldOut { images },
+        }
+    }
+}
+
+impl std::fmt::Display for Selection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Test => f.write_str("the test set"),
+            Self::HeldOut { images } => {
+                write!(f, "{images} images held out from the training set")
+            }
+        }
+    }
 }
 /// Where a run stands: saved with every checkpoint.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

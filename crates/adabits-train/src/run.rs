@@ -64,10 +64,34 @@ pub fn train_on(
     let started = Instant::now();
     let mut config = config.resolve()?;
     config.model.num_classes = train_set.num_classes();
+    let (train_set, val_set, test_set) = match config.val_split {
+        0 => (train_set, val_set, None),
+        n if n >= train_set.len() => {
+            return Err(TrainError::Config {
+                field: "val_split".into(),
+                expected: format!("fewer than the {} training samples", train_set.len()),
+                found: n.to_string(),
+            });
+        }
+        n => {
+            let (rest, held) = crate::data::hold_out(train_set, n);
+            let rest: Arc<dyn Dataset> = Arc::new(rest);
+            let held: Arc<dyn Dataset> = Arc::new(held);
+            (rest, held, Some(val_set))
+        }
+    };
     if train_set.len() < config.batch_size {
         return Err(TrainError::Config {
             field: "batch_size".into(),
-            expected: format!("at most the {} training samples", train_set.len()),
+            expected: format!(
+                "at most the {} training samples{}",
+                train_set.len(),
+                if config.val_split > 0 {
+                    format!(" left by val_split {}", config.val_split)
+                } else {
+                    String::new()
+                }
+            ),
             found: config.batch_size.to_string(),
         });
     }
@@ -105,6 +129,8 @@ pub fn train_on(
     dir.create()?;
     let ad = device.clone().autodiff();
     let mut run = Run::new(&config, device, &ad, train_set, val_set, dir)?;
+    run.test_loader =
+        test_set.map(|set| Loader::new(set, config.eval_batch_size, false, config.seed));
     if options.resume {
         run.check_config()?;
     }
@@ -144,7 +170,11 @@ struct Run<'a> {
     model: Model,
     sgd: Sgd,
     train_loader: Loader,
+    /// What each epoch is scored on: the held-out images with a validation split, else the
+    /// test set.
     val_loader: Loader,
+    /// The test set when a validation split is held out (the end-of-stage evaluations).
+    test_loader: Option<Loader>,
     stages: Vec<Stage>,
     state: RunState,
     side: usize,
@@ -173,6 +203,7 @@ impl<'a> Run<'a> {
             sgd: Sgd::new(config.optim.clone()),
             train_loader: Loader::new(train_set, config.batch_size, true, config.seed),
             val_loader: Loader::new(val_set, config.eval_batch_size, false, config.seed),
+            test_loader: None,
             stages: config.stages(),
             state: RunState::default(),
             side,
@@ -413,13 +444,24 @@ impl<'a> Run<'a> {
         })
     }
 
-    /// Evaluates `model` at `bits` on the validation set.
+    /// Evaluates `model` at `bits` on what epochs are scored on (the held-out images with a
+    /// validation split, else the test set).
     fn evaluate(
         &self,
         model: &Model,
         bits: &[BitWidth],
     ) -> Result<BTreeMap<String, Scores>, TrainError> {
         evaluate(model, bits, &self.val_loader, self.device)
+    }
+
+    /// Evaluates `model` at `bits` on the test set (the final figures).
+    fn evaluate_test(
+        &self,
+        model: &Model,
+        bits: &[BitWidth],
+    ) -> Result<BTreeMap<String, Scores>, TrainError> {
+        let loader = self.test_loader.as_ref().unwrap_or(&self.val_loader);
+        evaluate(model, bits, loader, self.device)
     }
 
     /// A copy of the model with the BatchNorm statistics of `bits` re-estimated.
@@ -484,7 +526,7 @@ impl<'a> Run<'a> {
                 }
                 self.calibrated_scores(&bits)?
             } else {
-                self.evaluate(&self.model, &bits)?
+                self.evaluate_test(&self.model, &bits)?
             };
             after_plain = !evaluation.calibrated;
             let evaluation = self.evaluation(evaluation.label, &scores);
@@ -497,7 +539,7 @@ impl<'a> Run<'a> {
         let mut scores = BTreeMap::new();
         for &b in bits {
             let model = self.calibrated(b)?;
-            scores.extend(self.evaluate(&model, &[b])?);
+            scores.extend(self.evaluate_test(&model, &[b])?);
         }
         Ok(scores)
     }
@@ -576,6 +618,7 @@ impl<'a> Run<'a> {
             train_images_per_second: self.state.train_images as f64
                 / (self.state.train_seconds + self.state.epoch_seconds).max(1e-9),
             steps: self.state.step,
+            best_chosen_on: crate::records::Selection::of_split(self.config.val_split),
         }
     }
 

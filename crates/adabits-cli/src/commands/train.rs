@@ -7,8 +7,8 @@ use adabits_models::{Architecture, BnSharing};
 use adabits_quant::{BitWidths, QuantScheme};
 use adabits_train::data::DatasetKind;
 use adabits_train::{
-    Recipe, RunDir, RunOptions, RunStatus, Schedule, ScheduleKind, Strategy, StrategyKind,
-    TrainConfig, TrainError, train,
+    Recipe, RunDir, RunOptions, RunStatus, Schedule, ScheduleKind, Selection, Strategy,
+    StrategyKind, TrainConfig, TrainError, train,
 };
 use anyhow::Context;
 use clap::Args;
@@ -85,6 +85,11 @@ pub(crate) struct Train {
     /// code].
     #[arg(long, value_name = "EPS")]
     label_smoothing: Option<f64>,
+    /// Hold out N training images to score each epoch and choose the best checkpoint on,
+    /// so that the test set only reports (the same images for every run on that training set)
+    /// [default: 0, none: epochs are scored on the test set, as the official code does].
+    #[arg(long, value_name = "N")]
+    val_split: Option<usize>,
     /// SGD momentum [default: 0.9].
     #[arg(long, value_name = "M")]
     momentum: Option<f64>,
@@ -229,6 +234,7 @@ fn resolve_onto(base: TrainConfig, args: &Train, fresh: bool) -> anyhow::Result<
     if let Some(eps) = args.label_smoothing {
         config.label_smoothing = eps;
     }
+    set(args.val_split, &mut config.val_split);
     if let Some(n) = args.nesterov {
         config.optim.nesterov = n;
     }
@@ -291,7 +297,8 @@ fn name_the_source(err: TrainError, args: &Train) -> anyhow::Error {
     else {
         return err.into();
     };
-    let flags: [(&str, &str, bool); 10] = [
+    let flags: [(&str, &str, bool); 11] = [
+        ("val_split", "--val-split", args.val_split.is_some()),
         (
             "label_smoothing",
             "--label-smoothing",
@@ -523,6 +530,15 @@ pub(crate) fn run(args: Train) -> anyhow::Result<ExitCode> {
             );
         }
         println!(
+            "the best checkpoint was chosen on {}{}",
+            results.best_chosen_on,
+            if results.best_chosen_on == Selection::Test {
+                " (optimistic: hold out training images with --val-split N)"
+            } else {
+                "; the tables above are on the test set"
+            }
+        );
+        println!(
             "{} steps, {:.0} training images/s, {:.1} s; results in {}",
             results.steps,
             results.train_images_per_second,
@@ -594,6 +610,8 @@ mod tests {
         assert!(resolved(&[]).optim.nesterov);
         let err = refused(&["--momentum", "1.5"]);
         assert!(err.contains("--momentum (optim.momentum)"), "{err}");
+        assert_eq!(resolved(&["--val-split", "5000"]).val_split, 5000);
+        assert_eq!(resolved(&[]).val_split, 0);
         assert_eq!(resolved(&["--label-smoothing", "0.1"]).label_smoothing, 0.1);
         assert_eq!(resolved(&[]).label_smoothing, 0.0);
         let err = refused(&["--label-smoothing", "1"]);

@@ -4,6 +4,7 @@
 mod cifar;
 mod folder;
 mod loader;
+mod split;
 mod synthetic;
 
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 pub use cifar::{CifarKind, load_cifar};
 pub use folder::{ImageFolder, center_crop, channels_first};
 pub use loader::{Batch, Loader};
+pub use split::{Subset, hold_out};
 pub use synthetic::{SyntheticConfig, synthetic};
 
 use crate::Rng;

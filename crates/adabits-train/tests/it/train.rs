@@ -373,6 +373,58 @@ fn resuming_with_another_configuration_is_refused() {
 }
 
 #[test]
+fn a_validation_split_scores_the_epochs_on_held_out_images_and_reports_on_the_test_set() {
+    use adabits_train::data::{Loader, hold_out};
+    use adabits_train::{Selection, evaluate};
+    let device = crate::device();
+    let out = temp_dir("val-split");
+    let mut config = tiny_config("4,2", Strategy::Joint { distill: false });
+    config.val_split = 96;
+    let r = train(config.clone(), &device, &RunOptions::new(&out), &mut Quiet).unwrap();
+    assert_eq!(r.best_chosen_on, Selection::HeldOut { images: 96 });
+    // 256 − 96 = 160 images train: 5 batches of 32 per epoch, not 8.
+    assert_eq!(r.steps, 10);
+    let saved = RunDir::new(&out).load(Which::Latest, &device).unwrap();
+    let (train_set, test_set) = config.data.open().unwrap();
+    let (_, held) = hold_out(Arc::from(train_set), 96);
+    let bits: Vec<_> = config.model.bits.iter().collect();
+    let on = |set: Arc<dyn adabits_train::data::Dataset>| {
+        let loader = Loader::new(set, config.eval_batch_size, false, config.seed);
+        evaluate(&saved.model, &bits, &loader, &device).unwrap()
+    };
+    let held_scores = on(Arc::new(held));
+    let test_scores = on(Arc::from(test_set));
+    assert_ne!(held_scores, test_scores);
+    // The last epoch is scored on the held-out images, the final figures on the test set.
+    let last = history(&out).pop().unwrap();
+    for (b, scores) in &held_scores {
+        assert_eq!(last["val"][b]["loss"].as_f64().unwrap(), scores.loss, "{b}");
+        assert_eq!(r.bits[b].loss, test_scores[b].loss, "{b}");
+        assert_eq!(r.bits[b].top1, test_scores[b].top1, "{b}");
+    }
+    let saved_results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(
+        saved_results["best_chosen_on"],
+        serde_json::json!({"set": "held_out", "images": 96})
+    );
+    // A split that leaves nothing to train on is named.
+    config.val_split = 256;
+    let err = train(
+        config,
+        &device,
+        &RunOptions::new(temp_dir("val-split-all")),
+        &mut Quiet,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("val_split") && err.contains("fewer than the 256 training samples"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_diverging_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint() {
     let device = crate::device();
     let out = temp_dir("nan");
