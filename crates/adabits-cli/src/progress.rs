@@ -125,8 +125,15 @@ impl Progress for TerminalProgress {
             .into_iter()
             .map(|(b, s)| format!("{b}b {:.2}% ({:.3})", s.top1, s.loss))
             .collect();
+        let ema = record.ema.as_ref().map_or(String::new(), |ema| {
+            let top1: Vec<String> = crate::output::highest_first(ema)
+                .into_iter()
+                .map(|(b, s)| format!("{b}b {:.2}%", s.top1))
+                .collect();
+            format!(" | EMA top-1 {}", top1.join(", "))
+        });
         eprintln!(
-            "epoch {:>3}: val top-1 (loss) {} | {:.0} img/s",
+            "epoch {:>3}: val top-1 (loss) {}{ema} | {:.0} img/s",
             record.epoch + 1,
             val.join(", "),
             record.images_per_second

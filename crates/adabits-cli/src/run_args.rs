@@ -1,5 +1,5 @@
 //! What the commands that read a run share (`eval`, `export`, `verify`, `calibrate`): which
-//! run and checkpoint (`--checkpoint RUN --which best|latest`), where its data is, on which
+//! run and checkpoint (`--checkpoint RUN --which best|latest|ema`), where its data is, on which
 //! device.
 
 use std::path::PathBuf;

@@ -95,6 +95,12 @@ pub struct TrainConfig {
     /// same training set ([`hold_out`](crate::data::hold_out)).
     #[serde(default)]
     pub val_split: usize,
+    /// Keep an exponential moving average of the weights with this decay (e.g. 0.999; none,
+    /// the default, keeps none), from the start of each quantized stage, warmed up as
+    /// [`ema_decay`](crate::ema_decay) says. Each epoch evaluates it at every bit-width beside
+    /// the model, each stage reports it, and checkpoints keep it (`--which ema` reads it).
+    #[serde(default)]
+    pub ema_decay: Option<f64>,
 }
 
 /// The smallest `model.width_mult` a run accepts.
@@ -218,8 +224,9 @@ fn default_calibration() -> usize {
 
 /// The settings that shape only the stages after the full-precision one: two runs that differ
 /// in nothing else train the same full-precision stage (as dotted paths of `config.json`).
-const AFTER_FULL_PRECISION: [&str; 9] = [
+const AFTER_FULL_PRECISION: [&str; 10] = [
     "strategy",
+    "ema_decay",
     "epochs",
     "finetune_epochs",
     "best_by",
@@ -316,6 +323,7 @@ impl TrainConfig {
             log_every: default_log_every(),
             label_smoothing: 0.0,
             val_split: 0,
+            ema_decay: None,
         }
     }
 
@@ -446,6 +454,15 @@ impl TrainConfig {
                 "label_smoothing",
                 "a number from 0 to below 1",
                 self.label_smoothing.to_string(),
+            );
+        }
+        if let Some(d) = self.ema_decay
+            && !(d.is_finite() && d > 0.0 && d < 1.0)
+        {
+            return bad(
+                "ema_decay",
+                "a number above 0 and below 1, e.g. 0.999 (or none)",
+                d.to_string(),
             );
         }
         if !(self.stuck_tolerance.is_finite() && self.stuck_tolerance >= 0.0) {

@@ -151,7 +151,7 @@ pub enum TrainError {
         which.name(),
         match which {
             Which::Best => " (no epoch at the run's bit-widths has been scored)",
-            Which::Latest => " (the run stopped before its first checkpoint)",
+            Which::Latest | Which::Ema => " (the run stopped before its first checkpoint)",
         }
     )]
     NoCheckpoint {

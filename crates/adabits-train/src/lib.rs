@@ -32,6 +32,7 @@
 
 mod config;
 pub mod data;
+mod ema;
 mod error;
 pub mod fault;
 mod guard;
@@ -49,6 +50,7 @@ mod strategy;
 
 pub use adabits_models;
 pub use config::{BestBy, RunOptions, TrainConfig, merge_json};
+pub use ema::{ema_decay, start_ema, update_ema};
 pub use error::TrainError;
 pub use guard::non_finite_parameter;
 pub use memory::fits_in_memory;

@@ -24,6 +24,10 @@ pub struct EpochRecord {
     pub train: BTreeMap<String, Scores>,
     /// Validation loss and accuracy per bit-width.
     pub val: BTreeMap<String, Scores>,
+    /// The same for the moving average of the weights, when the run keeps one
+    /// ([`TrainConfig::ema_decay`](crate::TrainConfig::ema_decay)) and the stage is quantized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema: Option<BTreeMap<String, Scores>>,
     /// Training images per second (each image counted once per step).
     pub images_per_second: f64,
     /// Seconds spent training this epoch (without evaluation).
@@ -85,6 +89,10 @@ pub struct Evaluation {
     pub label: String,
     /// The figures per bit-width (keys: bits).
     pub bits: BTreeMap<String, BitResult>,
+    /// Whether these are the figures of the moving average of the weights (never the
+    /// headline figures).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ema: bool,
 }
 
 /// How a run ended.
@@ -187,6 +195,10 @@ pub(crate) struct RunState {
     /// Each bit-width's first loss of the run: where the divergence limit starts from.
     #[serde(default)]
     pub(crate) first_loss: BTreeMap<String, f64>,
+    /// Updates of the moving average of the weights since its stage began; `None` while the
+    /// run keeps none (no `ema_decay`, or the full-precision stage).
+    #[serde(default)]
+    pub(crate) ema_updates: Option<u64>,
     pub(crate) train_seconds: f64,
     pub(crate) train_images: u64,
     pub(crate) wall_seconds: f64,

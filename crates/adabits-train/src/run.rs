@@ -19,7 +19,7 @@ use crate::progress::{Progress, StepInfo};
 use crate::records::{
     BitResult, EpochRecord, Evaluation, LossRecord, RunResults, RunState, RunStatus, key,
 };
-use crate::run_dir::{Log, RunDir};
+use crate::run_dir::{Log, RunDir, Which};
 use crate::step::{calibrate, evaluate, joint_step};
 use crate::strategy::{Stage, Strategy};
 
@@ -181,6 +181,8 @@ struct Run<'a> {
     dir: RunDir,
     /// The step of the latest checkpoint written or resumed from, if any.
     checkpoint: Option<usize>,
+    /// The moving average of the weights, in a quantized stage of a run that keeps one.
+    ema: Option<Model>,
 }
 
 impl<'a> Run<'a> {
@@ -209,6 +211,7 @@ impl<'a> Run<'a> {
             side,
             dir,
             checkpoint: None,
+            ema: None,
         })
     }
 
@@ -234,6 +237,11 @@ impl<'a> Run<'a> {
             );
             if self.state.epoch == 0 && self.state.batch == 0 {
                 progress.stage(self.state.stage, &stage.bits, stage.epochs);
+                // Each quantized stage starts its own average from the model it starts with.
+                let keep = self.config.ema_decay.is_some() && !stage.full_precision;
+                self.ema = keep
+                    .then(|| crate::ema::start_ema(self.config.model.init(self.ad), &self.model));
+                self.state.ema_updates = keep.then_some(0);
             }
             while self.state.epoch < stage.epochs {
                 progress.epoch_start(self.state.stage, self.state.epoch, batches);
@@ -246,6 +254,7 @@ impl<'a> Run<'a> {
                     let batch = batch?;
                     let lr = plan.lr(stage_step0 + self.state.batch) * stage.lr_factor;
                     let losses = self.step(&stage, &batch, lr)?;
+                    self.average();
                     self.state.step += 1;
                     self.log_losses(&losses, lr)?;
                     self.state.batch += 1;
@@ -311,6 +320,22 @@ impl<'a> Run<'a> {
             }
         }
         Ok(RunStatus::Completed)
+    }
+
+    /// Moves the moving average of the weights, if the run keeps one, towards the model.
+    fn average(&mut self) {
+        if let (Some(ema), Some(decay), Some(n)) = (
+            self.ema.take(),
+            self.config.ema_decay,
+            self.state.ema_updates,
+        ) {
+            self.ema = Some(crate::ema::update_ema(
+                ema,
+                &self.model,
+                crate::ema::ema_decay(decay, n),
+            ));
+            self.state.ema_updates = Some(n + 1);
+        }
     }
 
     /// Whether any training is left.
@@ -464,10 +489,10 @@ impl<'a> Run<'a> {
         evaluate(model, bits, loader, self.device)
     }
 
-    /// A copy of the model with the BatchNorm statistics of `bits` re-estimated.
-    fn calibrated(&self, bits: BitWidth) -> Result<Model, TrainError> {
+    /// A copy of `model` with the BatchNorm statistics of `bits` re-estimated.
+    fn calibrated(&self, model: &Model, bits: BitWidth) -> Result<Model, TrainError> {
         calibrate(
-            &self.model,
+            model,
             bits,
             &self.train_loader,
             self.config.calibration_batches,
@@ -491,6 +516,10 @@ impl<'a> Run<'a> {
             self.eval_bits()
         };
         let val = self.evaluate(&self.model, &bits)?;
+        let ema = match &self.ema {
+            Some(average) if !stage.full_precision => Some(self.evaluate(average, &bits)?),
+            _ => None,
+        };
         Ok(EpochRecord {
             stage: self.state.stage,
             epoch: self.state.epoch,
@@ -503,6 +532,7 @@ impl<'a> Run<'a> {
                 .map(|(k, m)| (k.clone(), m.summary()))
                 .collect(),
             val,
+            ema,
             images_per_second: self.state.epoch_images as f64 / seconds.max(1e-9),
             train_seconds: seconds,
         })
@@ -519,27 +549,48 @@ impl<'a> Run<'a> {
         }
         let bits = self.eval_bits();
         let mut after_plain = false;
-        for evaluation in self.config.strategy.after_stage(self.state.stage, stage) {
+        let evaluations = self.config.strategy.after_stage(self.state.stage, stage);
+        for evaluation in &evaluations {
             let scores = if evaluation.calibrated {
                 if after_plain {
                     progress.note("calibrating BatchNorm at every bit-width");
                 }
-                self.calibrated_scores(&bits)?
+                self.calibrated_scores(&self.model, &bits)?
             } else {
                 self.evaluate_test(&self.model, &bits)?
             };
             after_plain = !evaluation.calibrated;
-            let evaluation = self.evaluation(evaluation.label, &scores);
+            let evaluation = self.evaluation(evaluation.label.clone(), &scores);
+            self.state.evaluations.push(evaluation);
+        }
+        // The average is evaluated as the strategy's last evaluation evaluates the model.
+        if let (Some(average), Some(decay), Some(last)) =
+            (&self.ema, self.config.ema_decay, evaluations.last())
+        {
+            let scores = if last.calibrated {
+                self.calibrated_scores(average, &bits)?
+            } else {
+                self.evaluate_test(average, &bits)?
+            };
+            let mut evaluation = self.evaluation(
+                format!("{}, EMA of the weights (decay {decay})", last.label),
+                &scores,
+            );
+            evaluation.ema = true;
             self.state.evaluations.push(evaluation);
         }
         Ok(())
     }
 
-    fn calibrated_scores(&self, bits: &[BitWidth]) -> Result<BTreeMap<String, Scores>, TrainError> {
+    fn calibrated_scores(
+        &self,
+        model: &Model,
+        bits: &[BitWidth],
+    ) -> Result<BTreeMap<String, Scores>, TrainError> {
         let mut scores = BTreeMap::new();
         for &b in bits {
-            let model = self.calibrated(b)?;
-            scores.extend(self.evaluate_test(&model, &[b])?);
+            let calibrated = self.calibrated(model, b)?;
+            scores.extend(self.evaluate_test(&calibrated, &[b])?);
         }
         Ok(scores)
     }
@@ -556,7 +607,11 @@ impl<'a> Run<'a> {
                 Some((key(b), BitResult::new(s, &shapes, b)))
             })
             .collect();
-        Evaluation { label, bits }
+        Evaluation {
+            label,
+            bits,
+            ema: false,
+        }
     }
 
     fn score(&self, record: &EpochRecord) -> f64 {
@@ -603,7 +658,9 @@ impl<'a> Run<'a> {
         let bits = self
             .state
             .evaluations
-            .last()
+            .iter()
+            .rev()
+            .find(|e| !e.ema)
             .map(|e| e.bits.clone())
             .unwrap_or_default();
         RunResults {
@@ -625,7 +682,7 @@ impl<'a> Run<'a> {
     /// Writes a checkpoint of where the run stands; `best` moves the `best` pointer too.
     fn checkpoint(&mut self, best: bool) -> Result<(), TrainError> {
         self.dir
-            .write_checkpoint(&self.model, &self.sgd, &self.state, best)?;
+            .write_checkpoint(&self.model, self.ema.as_ref(), &self.sgd, &self.state, best)?;
         self.checkpoint = Some(self.state.step);
         Ok(())
     }
@@ -680,6 +737,13 @@ impl<'a> Run<'a> {
         let model = self.config.model.init(self.ad);
         let (model, state) = self.dir.resume_latest(model, &mut self.sgd, self.ad)?;
         self.model = model;
+        self.ema = match state.ema_updates {
+            Some(_) => Some(
+                self.dir
+                    .load_ema(Which::Latest, self.config.model.init(self.ad))?,
+            ),
+            None => None,
+        };
         self.checkpoint = Some(state.step);
         self.state = state;
         Ok(())

@@ -90,6 +90,11 @@ pub(crate) struct Train {
     /// [default: 0, none: epochs are scored on the test set, as the official code does].
     #[arg(long, value_name = "N")]
     val_split: Option<usize>,
+    /// Keep a moving average of the weights with this decay, e.g. 0.999 (warmed up over the
+    /// first steps of each quantized stage): each epoch and stage also reports it at every
+    /// bit-width, and `--which ema` reads it back [default: none].
+    #[arg(long, value_name = "D")]
+    ema_decay: Option<f64>,
     /// SGD momentum [default: 0.9].
     #[arg(long, value_name = "M")]
     momentum: Option<f64>,
@@ -235,6 +240,9 @@ fn resolve_onto(base: TrainConfig, args: &Train, fresh: bool) -> anyhow::Result<
         config.label_smoothing = eps;
     }
     set(args.val_split, &mut config.val_split);
+    if let Some(d) = args.ema_decay {
+        config.ema_decay = Some(d);
+    }
     if let Some(n) = args.nesterov {
         config.optim.nesterov = n;
     }
@@ -297,7 +305,8 @@ fn name_the_source(err: TrainError, args: &Train) -> anyhow::Error {
     else {
         return err.into();
     };
-    let flags: [(&str, &str, bool); 11] = [
+    let flags: [(&str, &str, bool); 12] = [
+        ("ema_decay", "--ema-decay", args.ema_decay.is_some()),
         ("val_split", "--val-split", args.val_split.is_some()),
         (
             "label_smoothing",
@@ -611,6 +620,10 @@ mod tests {
         let err = refused(&["--momentum", "1.5"]);
         assert!(err.contains("--momentum (optim.momentum)"), "{err}");
         assert_eq!(resolved(&["--val-split", "5000"]).val_split, 5000);
+        assert_eq!(resolved(&["--ema-decay", "0.999"]).ema_decay, Some(0.999));
+        assert_eq!(resolved(&[]).ema_decay, None);
+        let err = refused(&["--ema-decay", "1"]);
+        assert!(err.contains("--ema-decay (ema_decay)"), "{err}");
         assert_eq!(resolved(&[]).val_split, 0);
         assert_eq!(resolved(&["--label-smoothing", "0.1"]).label_smoothing, 0.1);
         assert_eq!(resolved(&[]).label_smoothing, 0.0);

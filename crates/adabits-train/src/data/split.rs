@@ -96,7 +96,12 @@ mod tests {
         let set: Arc<dyn Dataset> = Arc::new(synthetic(&config).0);
         let (rest, held) = hold_out(set.clone(), 50);
         assert_eq!((rest.len(), held.len()), (250, 50));
-        let mut all: Vec<usize> = rest.indices().iter().chain(held.indices()).copied().collect();
+        let mut all: Vec<usize> = rest
+            .indices()
+            .iter()
+            .chain(held.indices())
+            .copied()
+            .collect();
         all.sort_unstable();
         assert_eq!(all, (0..300).collect::<Vec<_>>());
         // Not simply the first or last images.

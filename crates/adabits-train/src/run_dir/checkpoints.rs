@@ -40,7 +40,7 @@ pub(super) struct Pointers {
 impl Pointers {
     fn get(&self, which: Which) -> Option<&str> {
         match which {
-            Which::Latest => self.latest.as_deref(),
+            Which::Latest | Which::Ema => self.latest.as_deref(),
             Which::Best => self.best.as_deref(),
         }
     }

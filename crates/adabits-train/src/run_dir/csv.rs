@@ -2,7 +2,8 @@
 //!
 //! One row per epoch: the stage, the epoch, the learning rate, the speed, then for each
 //! bit-width seen so far (highest first; 32 for a full-precision stage) the training loss and
-//! top-1 and the validation loss, top-1 and top-5. A cell of a bit-width an epoch did not train
+//! top-1 and the validation loss, top-1 and top-5 (and, for a run that keeps a moving average
+//! of the weights, that average's validation loss and top-1). A cell of a bit-width an epoch did not train
 //! or evaluate is empty. The file is written whole from the run's history after every epoch
 //! (and cut back with it on a resume), so it always matches `metrics.jsonl`.
 
@@ -18,12 +19,16 @@ pub(crate) fn metrics_csv(history: &[EpochRecord]) -> String {
         .collect();
     bits.sort_by_key(|k| std::cmp::Reverse(k.parse::<u32>().unwrap_or(0)));
     bits.dedup();
+    let ema = history.iter().any(|r| r.ema.is_some());
     let mut out = String::from("stage,epoch,lr,images_per_second,train_seconds");
     for b in &bits {
         let _ = write!(
             out,
             ",train_loss_{b},train_top1_{b},val_loss_{b},val_top1_{b},val_top5_{b}"
         );
+        if ema {
+            let _ = write!(out, ",ema_val_loss_{b},ema_val_top1_{b}");
+        }
     }
     out.push('\n');
     for r in history {
@@ -45,6 +50,15 @@ pub(crate) fn metrics_csv(history: &[EpochRecord]) -> String {
                 cell(val.map(|s| s.top1)),
                 cell(val.map(|s| s.top5)),
             );
+            if ema {
+                let e = r.ema.as_ref().and_then(|e| e.get(*b));
+                let _ = write!(
+                    out,
+                    ",{},{}",
+                    cell(e.map(|s| s.loss)),
+                    cell(e.map(|s| s.top1))
+                );
+            }
         }
         out.push('\n');
     }
@@ -69,6 +83,7 @@ mod tests {
     #[test]
     fn one_row_per_epoch_and_the_bit_widths_highest_first() {
         let record = |stage: usize, bits: &[&str]| EpochRecord {
+            ema: None,
             stage,
             epoch: 0,
             trained_bits: Vec::new(),

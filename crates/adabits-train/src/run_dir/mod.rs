@@ -10,7 +10,8 @@
 //!   results.json        RunResults, when the run has ended
 //!   checkpoints/
 //!     pointers.json     {"latest": NAME, "best": NAME}, replaced atomically
-//!     NAME/             model.safetensors, optimizer.safetensors, state.json, checksums.json
+//!     NAME/             model.safetensors, optimizer.safetensors, state.json, checksums.json,
+//!                       and ema.safetensors when the run keeps a moving average of the weights
 //! ```
 //!
 //! A checkpoint folder is written in full under a temporary name, then renamed, and only then
@@ -46,6 +47,8 @@ const METRICS_CSV: &str = "metrics.csv";
 const CHECKPOINTS: &str = "checkpoints";
 /// A checkpoint's model.
 const MODEL: &str = "model.safetensors";
+/// A checkpoint's moving average of the weights.
+const EMA: &str = "ema.safetensors";
 /// A checkpoint's optimiser state.
 const OPTIMIZER: &str = "optimizer.safetensors";
 /// A checkpoint's [`RunState`].
@@ -59,6 +62,9 @@ pub enum Which {
     Best,
     /// The latest.
     Latest,
+    /// The moving average of the weights kept with the latest checkpoint (a run trained with
+    /// an EMA decay).
+    Ema,
 }
 
 impl Which {
@@ -67,6 +73,7 @@ impl Which {
         match self {
             Which::Best => "best",
             Which::Latest => "latest",
+            Which::Ema => "ema",
         }
     }
 }
@@ -115,7 +122,7 @@ pub struct SavedRun {
     pub config: TrainConfig,
     /// The model of the checkpoint, on the autodiff form of the device it was loaded on.
     pub model: Model,
-    /// The checkpoint folder.
+    /// The checkpoint folder; for [`Which::Ema`], the average's file in it.
     pub checkpoint: PathBuf,
 }
 
@@ -286,6 +293,7 @@ impl RunDir {
     pub(crate) fn write_checkpoint(
         &self,
         model: &Model,
+        ema: Option<&Model>,
         sgd: &Sgd,
         state: &RunState,
         best: bool,
@@ -296,6 +304,9 @@ impl RunDir {
         );
         self.save_checkpoint(&name, best, |dir| {
             save_model(model, &dir.join(MODEL))?;
+            if let Some(ema) = ema {
+                save_model(ema, &dir.join(EMA))?;
+            }
             crate::fault::point("checkpoint.partial");
             let optim = dir.join(OPTIMIZER);
             sgd.state().write(&optim).map_err(|e| run_file(&optim, e))?;
@@ -471,14 +482,45 @@ impl RunDir {
     pub fn load(&self, which: Which, device: &Device) -> Result<SavedRun, TrainError> {
         let config = self.read_config()?;
         let checkpoint = self.checkpoint_dir(which)?;
-        self.verify(&checkpoint, &[MODEL])?;
         let ad = device.clone().autodiff();
-        let model = load_checked(config.model.init(&ad), &checkpoint.join(MODEL))?;
+        let (model, checkpoint) = match which {
+            Which::Ema => (
+                self.load_ema(which, config.model.init(&ad))?,
+                checkpoint.join(EMA),
+            ),
+            Which::Best | Which::Latest => {
+                self.verify(&checkpoint, &[MODEL])?;
+                let model = load_checked(config.model.init(&ad), &checkpoint.join(MODEL))?;
+                (model, checkpoint)
+            }
+        };
         Ok(SavedRun {
             config,
             model,
             checkpoint,
         })
+    }
+}
+
+impl RunDir {
+    /// Loads the moving average of the weights kept with the `which` checkpoint into `model`
+    /// (built from the run's configuration), after checking its checksum.
+    ///
+    /// # Errors
+    ///
+    /// [`TrainError::RunFile`] naming the checkpoint folder when it keeps no average (a run
+    /// trained without an EMA decay, or stopped in its full-precision stage), or the file when
+    /// it is damaged.
+    pub(crate) fn load_ema(&self, which: Which, model: Model) -> Result<Model, TrainError> {
+        let checkpoint = self.checkpoint_dir(which)?;
+        if !checkpoint.join(EMA).exists() {
+            return Err(run_file(
+                &checkpoint,
+                "keeps no moving average of the weights (ema.safetensors): the run was trained without an EMA decay (train --ema-decay), or stopped before its first quantized stage",
+            ));
+        }
+        self.verify(&checkpoint, &[EMA])?;
+        load_checked(model, &checkpoint.join(EMA))
     }
 }
 

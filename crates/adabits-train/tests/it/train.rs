@@ -425,6 +425,82 @@ fn a_validation_split_scores_the_epochs_on_held_out_images_and_reports_on_the_te
 }
 
 #[test]
+fn the_moving_average_of_the_weights_is_evaluated_per_bit_width_kept_and_resumed_exactly() {
+    use adabits_train::data::Loader;
+    use adabits_train::evaluate;
+    let device = crate::device();
+    let mut config = tiny_config("4,2", Strategy::Joint { distill: false });
+    config.fp_epochs = 1;
+    config.ema_decay = Some(0.9);
+    // 8 full-precision steps, then 16 at the bit-widths.
+    let (straight, whole) = completed_run(&config, "ema-straight", 24);
+    let pieces = temp_dir("ema-pieces");
+    let mut options = RunOptions::new(&pieces);
+    let mut first = config.clone();
+    first.max_steps = Some(13);
+    let r = train(first, &device, &options, &mut Quiet).unwrap();
+    assert_eq!((r.status, r.steps), (RunStatus::StepLimit, 13));
+    options.resume = true;
+    let resumed = train(config.clone(), &device, &options, &mut Quiet).unwrap();
+    assert_eq!(history(&pieces), history(&straight));
+    assert_eq!(resumed.evaluations, whole.evaluations);
+
+    // Each quantized epoch scores the average at every bit-width; the full-precision one not.
+    let epochs = history(&straight);
+    assert_eq!(epochs.len(), 3);
+    assert!(epochs[0].get("ema").is_none(), "{}", epochs[0]);
+    for e in &epochs[1..] {
+        assert!(
+            e["ema"]["4"]["top1"].is_number() && e["ema"]["2"]["top1"].is_number(),
+            "{e}"
+        );
+        assert_ne!(e["ema"], e["val"]);
+    }
+    let csv = std::fs::read_to_string(straight.join("metrics.csv")).unwrap();
+    assert!(
+        csv.lines().next().unwrap().contains("ema_val_top1_4"),
+        "{csv}"
+    );
+
+    // The stage reports the average after the model, and the headline stays the model's.
+    let labels: Vec<&str> = whole.evaluations.iter().map(|e| e.label.as_str()).collect();
+    assert_eq!(labels, ["joint", "joint, EMA of the weights (decay 0.9)"]);
+    assert!(whole.evaluations[1].ema && !whole.evaluations[0].ema);
+    assert_eq!(whole.bits, whole.evaluations[0].bits);
+    assert_ne!(whole.evaluations[1].bits, whole.evaluations[0].bits);
+
+    // `--which ema` reads back the average those figures are of.
+    let saved = RunDir::new(&straight).load(Which::Ema, &device).unwrap();
+    let (_, test_set) = config.data.open().unwrap();
+    let loader = Loader::new(
+        Arc::from(test_set),
+        config.eval_batch_size,
+        false,
+        config.seed,
+    );
+    let bits: Vec<_> = config.model.bits.iter().collect();
+    let scores = evaluate(&saved.model, &bits, &loader, &device).unwrap();
+    for (b, s) in &scores {
+        let reported = &whole.evaluations[1].bits[b];
+        assert_eq!((reported.top1, reported.loss), (s.top1, s.loss), "{b}");
+    }
+
+    // A run without an average says so.
+    config.ema_decay = None;
+    config.fp_epochs = 0;
+    config.epochs = 1;
+    let (plain, _) = completed_run(&config, "ema-none", 8);
+    let err = RunDir::new(&plain)
+        .load(Which::Ema, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("keeps no moving average of the weights"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_diverging_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint() {
     let device = crate::device();
     let out = temp_dir("nan");
