@@ -9,7 +9,7 @@ use std::time::Instant;
 use serde_json::{Value, json};
 
 use crate::eta::Eta;
-use crate::findings::{Row, findings, noise, spread_section};
+use crate::findings::{Row, Seeds, findings, noise, spread_section};
 use crate::plot::{Chart, Reference, Series, loss_chart, svg};
 
 /// The size of every run of the grid.
@@ -498,10 +498,16 @@ pub(crate) fn run(job: &mut Job<'_>, list: &[u8], dir: &Path) -> Result<String, 
         let last = field(&evaluations.last()?["bits"], list[0], "top1")?;
         Some((first, last))
     });
-    md.push_str(&findings(list, &rows, progressive, scale.val));
-    let spread = seed_runs(job, list, dir, &rows)?;
-    if let Some((section, _)) = &spread {
-        md.push_str(section);
+    let seeds = seed_runs(job, list, dir, &rows)?;
+    md.push_str(&findings(
+        list,
+        &rows,
+        progressive,
+        scale.val,
+        seeds.as_ref(),
+    ));
+    if let Some(seeds) = &seeds {
+        md.push_str(&spread_section(list, seeds));
     }
     let json_path = dir.join("grid.json");
     let mut json_rows: Vec<Value> = rows
@@ -513,7 +519,10 @@ pub(crate) fn run(job: &mut Job<'_>, list: &[u8], dir: &Path) -> Result<String, 
     }
     let summary = json!({
         "bits": list, "rows": json_rows,
-        "seeds": spread.map(|(_, v)| v),
+        "seeds": seeds.map(|s| json!({
+            "count": job.seeds, "individual": s.individual, "joint_scl": s.joint,
+            "gaps": s.gaps(),
+        })),
         "runs": results.iter().map(|(n, v)| json!({"name": n, "results": v})).collect::<Vec<_>>(),
     });
     std::fs::write(
@@ -526,13 +535,13 @@ pub(crate) fn run(job: &mut Job<'_>, list: &[u8], dir: &Path) -> Result<String, 
 
 /// The key rows (individual, joint S-CL) again with each further seed of the job, each from
 /// that seed's own full-precision stage (`dir/seed-S/`), and their spread over the seeds with
-/// `rows` (seed 0): the report's section and its JSON; `None` with one seed.
+/// `rows` (seed 0); `None` with one seed.
 fn seed_runs(
     job: &mut Job<'_>,
     list: &[u8],
     dir: &Path,
     rows: &[Row],
-) -> Result<Option<(String, Value)>, String> {
+) -> Result<Option<Seeds>, String> {
     if job.seeds <= 1 {
         return Ok(None);
     }
@@ -581,9 +590,7 @@ fn seed_runs(
         );
         joint.push(list.iter().map(|&b| top1("joint-scl", b)).collect());
     }
-    let section = spread_section(list, &individual, &joint);
-    let value = json!({"count": job.seeds, "individual": individual, "joint_scl": joint});
-    Ok(Some((section, value)))
+    Ok(Some(Seeds { individual, joint }))
 }
 
 /// The loss curve of a run: `(step, {bits: loss})` from its `losses.jsonl`.
