@@ -27,11 +27,18 @@ pub(crate) struct Verify {
     /// largest logit).
     #[arg(long, default_value_t = 1e-4, value_parser = crate::values::non_negative)]
     tolerance: f64,
-    /// Largest relative logit difference allowed for the integer runtime, whose exact integer
-    /// sums differ from the float model's by rounding, enough to flip a quantization level now
-    /// and then.
-    #[arg(long, default_value_t = 1e-3, value_parser = crate::values::non_negative)]
-    int_tolerance: f64,
+    /// The share of images (percent) on which the integer runtime may differ from the
+    /// checkpoint by more than --tolerance. Its integer sums are exact and the model's float
+    /// sums are not, so a value on a quantization boundary can take the next level (a flip),
+    /// which moves that image's logits by up to tens of percent and may change its class; a
+    /// fault (a wrong scale, bias or layer) moves nearly every image. Trained ResNet-20s flip
+    /// 0 to 2 % of their images (docs/artifact.md).
+    #[arg(long, default_value_t = 5.0, value_name = "PERCENT", value_parser = crate::values::non_negative)]
+    int_max_flipped: f64,
+    /// Also require every integer-runtime image within this relative logit difference and
+    /// every prediction to agree (no flip allowed beyond it) [default: no such bound].
+    #[arg(long, value_parser = crate::values::non_negative)]
+    int_tolerance: Option<f64>,
     /// Evaluation batch size.
     #[arg(long, default_value_t = 256, value_parser = crate::values::count)]
     batch_size: usize,
@@ -90,21 +97,25 @@ pub(crate) fn run(args: Verify) -> anyhow::Result<ExitCode> {
             }
         }
         let engines = [
-            ("f32", Some(&f32_check), args.tolerance),
+            ("f32", Some(&f32_check), Criterion::Exact(args.tolerance)),
             (
                 "int",
                 integer.as_ref().map(|_| &int_check),
-                args.int_tolerance,
+                match args.int_tolerance {
+                    Some(t) => Criterion::Exact(t),
+                    None => Criterion::Flips(args.int_max_flipped),
+                },
             ),
         ];
-        for (engine, check, tolerance) in engines {
+        for (engine, check, criterion) in engines {
             let Some(check) = check else { continue };
-            let pass = check.agree == check.images && check.worst <= tolerance;
+            let pass = criterion.passes(check);
             ok &= pass;
             rows.push(json!({
                 "bits": b.get(), "engine": engine, "images": check.images,
                 "same_prediction": check.agree, "max_relative_difference": check.worst,
-                "beyond_tolerance": check.beyond, "tolerance": tolerance, "pass": pass,
+                "beyond_tolerance": check.beyond, "criterion": criterion.to_string(),
+                "pass": pass,
             }));
         }
     }
@@ -113,18 +124,24 @@ pub(crate) fn run(args: Verify) -> anyhow::Result<ExitCode> {
     } else {
         println!(
             "{:>6} {:>6} {:>8} {:>16} {:>14} {:>10}  result",
-            "bits", "engine", "images", "same prediction", "max rel. diff", "> 1e-4"
+            "bits",
+            "engine",
+            "images",
+            "same prediction",
+            "max rel. diff",
+            format!("> {:e}", args.tolerance)
         );
         for r in &rows {
             println!(
-                "{:>6} {:>6} {:>8} {:>16} {:>14.2e} {:>10}  {}",
+                "{:>6} {:>6} {:>8} {:>16} {:>14.2e} {:>10}  {} ({})",
                 r["bits"].as_u64().unwrap_or(0),
                 r["engine"].as_str().unwrap_or(""),
                 r["images"].as_u64().unwrap_or(0),
                 r["same_prediction"].as_u64().unwrap_or(0),
                 r["max_relative_difference"].as_f64().unwrap_or(f64::NAN),
                 r["beyond_tolerance"].as_u64().unwrap_or(0),
-                if r["pass"] == true { "ok" } else { "FAILED" }
+                if r["pass"] == true { "ok" } else { "FAILED" },
+                r["criterion"].as_str().unwrap_or("")
             );
         }
         if let Some(note) = &int_note {
@@ -134,8 +151,15 @@ pub(crate) fn run(args: Verify) -> anyhow::Result<ExitCode> {
             "{}",
             if ok {
                 format!(
-                    "the artifact reproduces the checkpoint at every bit-width (tolerance {:e}; integer runtime {:e})",
-                    args.tolerance, args.int_tolerance
+                    "the artifact reproduces the checkpoint at every bit-width (f32 runtime within {:e}; integer runtime {})",
+                    args.tolerance,
+                    match args.int_tolerance {
+                        Some(t) => format!("within {t:e}"),
+                        None => format!(
+                            "within {:e} but for level flips on at most {}% of the images",
+                            args.tolerance, args.int_max_flipped
+                        ),
+                    }
                 )
             } else {
                 "the artifact does NOT reproduce the checkpoint".into()
@@ -147,6 +171,33 @@ pub(crate) fn run(args: Verify) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// When an engine passes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Criterion {
+    /// Every prediction agrees and every image is within this relative difference.
+    Exact(f64),
+    /// At most this percentage of the images differ beyond the tolerance (level flips).
+    Flips(f64),
+}
+
+impl Criterion {
+    fn passes(self, check: &Agreement) -> bool {
+        match self {
+            Self::Exact(t) => check.agree == check.images && check.worst <= t,
+            Self::Flips(percent) => check.beyond as f64 <= percent / 100.0 * check.images as f64,
+        }
+    }
+}
+
+impl std::fmt::Display for Criterion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Exact(t) => write!(f, "all within {t:e}"),
+            Self::Flips(p) => write!(f, "at most {p}% flipped"),
+        }
+    }
 }
 
 /// How an engine's logits compare with the checkpoint's.
@@ -186,5 +237,42 @@ impl Agreement {
                 self.beyond += 1;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 100 images of 4 classes: logits `[4, 1, 0, -1]`, the found ones moved by `moved` (a
+    /// relative difference) on the first `n` images.
+    fn check(n: usize, moved: f64) -> Agreement {
+        let expected: Vec<f64> = (0..100).flat_map(|_| [4.0, 1.0, 0.0, -1.0]).collect();
+        let mut found = expected.clone();
+        for image in 0..n {
+            found[image * 4 + 1] += moved * 4.0;
+        }
+        let mut check = Agreement::default();
+        check.add(&expected, &found, 4, 1e-4);
+        check
+    }
+
+    #[test]
+    fn the_integer_runtime_may_flip_a_few_images_and_not_many() {
+        // Two images flipped by 3 %, one of them far enough to change its class.
+        let mut few = check(2, 0.03);
+        few.add(&[4.0, 3.9, 0.0, 0.0], &[4.0, 4.1, 0.0, 0.0], 4, 1e-4);
+        assert_eq!((few.images, few.agree, few.beyond), (101, 100, 3));
+        assert!(Criterion::Flips(5.0).passes(&few));
+        assert!(!Criterion::Exact(1e-3).passes(&few));
+        // A fault moves nearly every image, even by little.
+        let broken = check(90, 0.001);
+        assert!(!Criterion::Flips(5.0).passes(&broken));
+        // Exactly at the limit passes; one more does not.
+        assert!(Criterion::Flips(5.0).passes(&check(5, 0.03)));
+        assert!(!Criterion::Flips(5.0).passes(&check(6, 0.03)));
+        // The f32 runtime: every image within the tolerance.
+        assert!(Criterion::Exact(1e-4).passes(&check(100, 1e-5)));
+        assert!(!Criterion::Exact(1e-4).passes(&check(1, 2e-4)));
     }
 }
