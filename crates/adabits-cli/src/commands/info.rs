@@ -196,6 +196,16 @@ pub(crate) fn run(args: Info) -> anyhow::Result<ExitCode> {
         config["epochs"],
         config["batch_size"]
     );
+    let held_out = config["val_split"].as_u64().unwrap_or(0) as usize;
+    println!(
+        "  epochs scored, and best chosen, on {}",
+        adabits_train::Selection::of_split(held_out)
+    );
+    if let Some(decay) = config["ema_decay"].as_f64() {
+        println!(
+            "  keeps a moving average of the weights (decay {decay}; read it with --which ema)"
+        );
+    }
     println!("  epochs recorded in metrics.jsonl: {epochs}");
     for (which, c) in &checkpoints {
         match (c.stage, c.epoch, c.batch, c.step) {
