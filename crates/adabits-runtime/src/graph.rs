@@ -133,6 +133,9 @@ pub struct ConvNode {
     /// Symmetric zero padding.
     #[serde(default, skip_serializing_if = "is_zeros")]
     pub padding: [usize; 2],
+    /// Dilation: the spacing between the kernel's taps (1, the default, for adjacent taps).
+    #[serde(default = "ones", skip_serializing_if = "is_ones")]
+    pub dilation: [usize; 2],
     /// Groups.
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub groups: usize,
@@ -157,11 +160,12 @@ impl ConvNode {
         self.channels[1] * (self.channels[0] / self.groups.max(1)) * self.kernel[0] * self.kernel[1]
     }
 
-    /// The output size for an `h`×`w` input, `None` where the kernel does not fit.
+    /// The output size for an `h`×`w` input, `None` where the (dilated) kernel does not fit.
     pub fn output_size(&self, [h, w]: [usize; 2]) -> Option<[usize; 2]> {
         let out = |size: usize, i: usize| {
             let padded = size + 2 * self.padding[i];
-            (padded >= self.kernel[i]).then(|| (padded - self.kernel[i]) / self.stride[i] + 1)
+            let span = self.dilation[i] * (self.kernel[i].max(1) - 1) + 1;
+            (padded >= span).then(|| (padded - span) / self.stride[i] + 1)
         };
         Some([out(h, 0)?, out(w, 1)?])
     }
@@ -386,6 +390,7 @@ impl Graph {
                         && conv.kernel.iter().all(|&k| k <= MAX_WINDOW)
                         && conv.stride.iter().all(|&s| s <= MAX_WINDOW)
                         && conv.padding.iter().all(|&p| p <= MAX_WINDOW)
+                        && conv.dilation.iter().all(|&d| (1..=MAX_WINDOW).contains(&d))
                         && ci % conv.groups == 0
                         && co % conv.groups == 0
                         && conv.kernel.iter().all(|&k| k > 0)
@@ -509,5 +514,29 @@ impl Graph {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dilated_convolution_reads_and_writes_its_dilation_and_older_files_read_as_undilated() {
+        let older = r#"{"name": "conv", "channels": [8, 16], "kernel": [3, 3], "padding": [2, 2], "policy": 0}"#;
+        let mut conv: ConvNode = serde_json::from_str(older).unwrap();
+        assert_eq!(conv.dilation, [1, 1]);
+        assert_eq!(conv.output_size([8, 8]), Some([10, 10]));
+        // Written without the field while it is 1, so that undilated headers stay as they were.
+        assert!(!serde_json::to_string(&conv).unwrap().contains("dilation"));
+        conv.dilation = [2, 2];
+        assert_eq!(conv.output_size([8, 8]), Some([8, 8]));
+        let json = serde_json::to_string(&conv).unwrap();
+        assert!(json.contains(r#""dilation":[2,2]"#), "{json}");
+        assert_eq!(serde_json::from_str::<ConvNode>(&json).unwrap(), conv);
+        // A kernel spanning more than the padded input does not fit.
+        conv.dilation = [4, 4];
+        conv.padding = [0, 0];
+        assert_eq!(conv.output_size([8, 8]), None);
     }
 }

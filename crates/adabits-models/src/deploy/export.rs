@@ -227,6 +227,7 @@ impl Exported<'_> {
                     kernel: [kh, kw],
                     stride: c.stride(),
                     padding: c.padding(),
+                    dilation: c.dilation(),
                     groups: c.groups(),
                     bias: c.bias.is_some(),
                     double_sided: c.quant().act.double_sided,

@@ -28,6 +28,9 @@ pub struct QConv2dConfig {
     /// Symmetric zero padding.
     #[config(default = "[0, 0]")]
     pub padding: [usize; 2],
+    /// Dilation: the spacing between the kernel's taps (the official `QConv2d`'s `dilation`).
+    #[config(default = "[1, 1]")]
+    pub dilation: [usize; 2],
     /// Groups (`channels[0]` for a depthwise convolution).
     #[config(default = 1)]
     pub groups: usize,
@@ -66,6 +69,7 @@ pub struct QConv2d {
     pub alpha: ClippingLevels,
     stride: [usize; 2],
     padding: [usize; 2],
+    dilation: [usize; 2],
     groups: usize,
     #[module(skip)]
     quant: LayerQuant,
@@ -78,8 +82,14 @@ impl QConv2dConfig {
     ///
     /// # Panics
     ///
-    /// Panics if the channels are not divisible by `groups`.
+    /// Panics if the channels are not divisible by `groups`, or a stride or dilation is 0.
     pub fn init(&self, device: &Device) -> QConv2d {
+        assert!(
+            self.stride.iter().chain(&self.dilation).all(|&v| v > 0),
+            "stride and dilation must be at least 1. Got stride={:?}, dilation={:?}",
+            self.stride,
+            self.dilation
+        );
         let [c_in, c_out] = self.channels;
         assert!(
             self.groups > 0 && c_in % self.groups == 0 && c_out % self.groups == 0,
@@ -105,6 +115,7 @@ impl QConv2dConfig {
                 .init(device),
             stride: self.stride,
             padding: self.padding,
+            dilation: self.dilation,
             groups: self.groups,
             quant: LayerQuant {
                 policy: self.policy,
@@ -138,7 +149,7 @@ impl QConv2d {
                 (self.padding[0], self.padding[0]),
                 (self.padding[1], self.padding[1]),
             ],
-            dilation: [1, 1],
+            dilation: self.dilation,
             groups: self.groups,
         };
         conv2d(x, w_eff, self.bias.as_ref().map(Param::val), options)
@@ -178,18 +189,23 @@ impl QConv2d {
         self.padding
     }
 
+    /// The dilation.
+    pub fn dilation(&self) -> [usize; 2] {
+        self.dilation
+    }
+
     /// The number of groups.
     pub fn groups(&self) -> usize {
         self.groups
     }
 
-    /// The output size for an `h`×`w` input.
+    /// The output size for an `h`×`w` input: `(h + 2p − d·(k − 1) − 1) / s + 1` per side.
     pub fn output_size(&self, [h, w]: [usize; 2]) -> [usize; 2] {
         let [_, _, kh, kw] = self.weight.dims();
-        [
-            (h + 2 * self.padding[0] - kh) / self.stride[0] + 1,
-            (w + 2 * self.padding[1] - kw) / self.stride[1] + 1,
-        ]
+        let side = |n: usize, i: usize, k: usize| {
+            (n + 2 * self.padding[i] - self.dilation[i] * (k - 1) - 1) / self.stride[i] + 1
+        };
+        [side(h, 0, kh), side(w, 1, kw)]
     }
 
     /// The profiler's description of this layer for an `h`×`w` input:

@@ -86,9 +86,10 @@ fn conv_reference(
     stride: usize,
     pad: usize,
     groups: usize,
+    dilation: usize,
 ) -> Vec<f64> {
-    let ho = (h + 2 * pad - kh) / stride + 1;
-    let wo = (w + 2 * pad - kw) / stride + 1;
+    let ho = (h + 2 * pad - dilation * (kh - 1) - 1) / stride + 1;
+    let wo = (w + 2 * pad - dilation * (kw - 1) - 1) / stride + 1;
     let out_per_group = c_out / groups;
     let mut y = vec![0.0; n * c_out * ho * wo];
     for b in 0..n {
@@ -102,8 +103,8 @@ fn conv_reference(
                         for p in 0..kh {
                             for q in 0..kw {
                                 let (r, s) = (
-                                    (i * stride + p) as isize - pad as isize,
-                                    (j * stride + q) as isize - pad as isize,
+                                    (i * stride + p * dilation) as isize - pad as isize,
+                                    (j * stride + q * dilation) as isize - pad as isize,
                                 );
                                 if r < 0 || s < 0 || r >= h as isize || s >= w as isize {
                                     continue;
@@ -123,6 +124,17 @@ fn conv_reference(
 }
 
 fn check_conv(groups: usize, c_in: usize, c_out: usize, stride: usize, rescale: bool) {
+    check_dilated_conv(groups, c_in, c_out, stride, rescale, 1);
+}
+
+fn check_dilated_conv(
+    groups: usize,
+    c_in: usize,
+    c_out: usize,
+    stride: usize,
+    rescale: bool,
+    dilation: usize,
+) {
     let device = crate::device();
     let bits: BitWidths = "8,4,2".parse().unwrap();
     let weight_quant = WeightQuantConfig::new().with_rescale(rescale);
@@ -130,6 +142,7 @@ fn check_conv(groups: usize, c_in: usize, c_out: usize, stride: usize, rescale: 
         .with_stride([stride, stride])
         .with_padding([1, 1])
         .with_groups(groups)
+        .with_dilation([dilation, dilation])
         .with_weight_quant(weight_quant.clone())
         .init(&device);
     let mut rng = Lcg(groups as u64 * 7 + c_out as u64);
@@ -139,28 +152,31 @@ fn check_conv(groups: usize, c_in: usize, c_out: usize, stride: usize, rescale: 
         TensorData::new(w.clone(), w_shape),
         &device,
     ));
-    let x_shape = [2, c_in, 5, 5];
+    // The input grows with the dilated kernel's span, so that every case has several outputs.
+    let side = 5 + 2 * (dilation - 1);
+    let x_shape = [2, c_in, side, side];
     let x = activations(x_shape.iter().product(), 8.0, &mut rng);
     let xt = Tensor::<4>::from_data(TensorData::new(x.clone(), x_shape), &device);
     let w64: Vec<f64> = w.iter().map(|&v| f64::from(v)).collect();
     let mut outputs = Vec::new();
     for b in TESTED.map(bw) {
-        let y: Vec<f64> = layer
-            .forward(xt.clone(), b)
-            .into_data()
-            .iter::<f64>()
-            .collect();
+        let y = layer.forward(xt.clone(), b);
+        let [_, _, ho, wo] = y.dims();
+        assert_eq!(layer.output_size([side, side]), [ho, wo]);
+        let y: Vec<f64> = y.into_data().iter::<f64>().collect();
         let wr = reference::quantize_weight(&w64, b, conv_fan_out(w_shape), &weight_quant);
         let xq: Vec<f64> = x
             .iter()
             .map(|&v| reference::pact(f64::from(v), 8.0, b, &ActQuantConfig::new()).y)
             .collect();
-        let want = conv_reference(&xq, x_shape, &wr.w_eff, w_shape, stride, 1, groups);
+        let want = conv_reference(
+            &xq, x_shape, &wr.w_eff, w_shape, stride, 1, groups, dilation,
+        );
         assert_eq!(y.len(), want.len());
         for (i, (a, e)) in y.iter().zip(&want).enumerate() {
             assert!(
                 close(*a, *e),
-                "groups {groups}, {b} bits, element {i}: {a} vs {e}"
+                "groups {groups}, dilation {dilation}, {b} bits, element {i}: {a} vs {e}"
             );
         }
         outputs.push(y);
@@ -186,6 +202,13 @@ fn qconv2d_matches_the_reference_at_every_bit_width() {
 fn depthwise_qconv2d_matches_the_reference_at_every_bit_width() {
     check_conv(4, 4, 4, 1, false);
     check_conv(4, 4, 4, 2, true);
+}
+
+#[test]
+fn dilated_qconv2d_matches_the_reference_dense_and_depthwise() {
+    check_dilated_conv(1, 4, 6, 1, false, 2);
+    check_dilated_conv(1, 3, 5, 2, true, 3);
+    check_dilated_conv(4, 4, 4, 1, true, 2);
 }
 
 #[test]

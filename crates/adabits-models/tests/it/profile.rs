@@ -217,3 +217,24 @@ fn a_floor_on_depthwise_inputs_shows_in_every_depthwise_row_and_nowhere_else() {
         assert_eq!(four_bits(&floored), four_bits(&plain), "{name}");
     }
 }
+
+#[test]
+fn a_dilated_convolution_counts_the_macs_of_its_output() {
+    use adabits_models::QConv2dConfig;
+    let device = crate::device();
+    let bits: BitWidths = "8,4".parse().unwrap();
+    // 3×3 at dilation 2 with padding 2 keeps an 8×8 map: 8·16·9·64 MACs; without the padding
+    // the kernel spans 5 pixels and leaves 4×4.
+    let same = QConv2dConfig::new([8, 16], [3, 3], bits.clone())
+        .with_padding([2, 2])
+        .with_dilation([2, 2])
+        .init(&device);
+    assert_eq!(same.output_size([8, 8]), [8, 8]);
+    assert_eq!(same.layer_shape("c", [8, 8]).macs, 8 * 16 * 9 * 64);
+    let valid = QConv2dConfig::new([8, 16], [3, 3], bits)
+        .with_dilation([2, 2])
+        .init(&device);
+    assert_eq!(valid.output_size([8, 8]), [4, 4]);
+    assert_eq!(valid.layer_shape("c", [8, 8]).macs, 8 * 16 * 9 * 16);
+    assert_eq!(valid.layer_shape("c", [8, 8]).weights, 16 * 8 * 9);
+}

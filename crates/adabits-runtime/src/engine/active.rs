@@ -72,6 +72,7 @@ pub(super) fn geometry(conv: &ConvNode, input: [usize; 2], output: [usize; 2]) -
         kernel: conv.kernel,
         stride: conv.stride,
         padding: conv.padding,
+        dilation: conv.dilation,
         groups: conv.groups,
         input,
         output,

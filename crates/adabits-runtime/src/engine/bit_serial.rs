@@ -116,7 +116,7 @@ mod tests {
             let out_size = (size + 2 * padding - kernel) / stride + 1;
             let g = Geometry {
                 cin, cout, kernel: [kernel; 2], stride: [stride; 2], padding: [padding; 2],
-                groups: 1, input: [size; 2], output: [out_size; 2],
+                dilation: [1, 1], groups: 1, input: [size; 2], output: [out_size; 2],
             };
             let mut state = seed | 1;
             let mut next = || { state ^= state << 13; state ^= state >> 7; state ^= state << 17; state };

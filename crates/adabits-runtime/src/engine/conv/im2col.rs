@@ -20,7 +20,8 @@ pub(super) fn dense(
     out: Output<'_>,
     split: usize,
 ) {
-    if w.isa() == Isa::Avx512Vnni {
+    // The direct kernel reads adjacent taps; a dilated kernel takes the im2col rows.
+    if w.isa() == Isa::Avx512Vnni && g.dilation == [1, 1] {
         return direct(codes, batch, g, w, epilogue, out, split);
     }
     im2col_tasks(
@@ -107,6 +108,18 @@ impl Scratch {
             let (oy, ox) = (pixel / wo, pixel % wo);
             let image = &codes[image * h * wi * c..(image + 1) * h * wi * c];
             let row = &mut self.a[r * kp..(r + 1) * kp];
+            if g.dilation != [1, 1] {
+                // Dilated taps are apart: one copy of `c` bytes per tap inside the image.
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        if let Some((iy, ix)) = g.source(oy, ox, ky, kx) {
+                            row[(ky * kw + kx) * c..][..c]
+                                .copy_from_slice(&image[(iy * wi + ix) * c..][..c]);
+                        }
+                    }
+                }
+                continue;
+            }
             // The taps of one kernel row that fall inside the image are adjacent pixels:
             // one copy each.
             let x0 = (ox * g.stride[1]) as isize - g.padding[1] as isize;

@@ -30,6 +30,8 @@ pub(crate) struct Geometry {
     pub(crate) stride: [usize; 2],
     /// Padding.
     pub(crate) padding: [usize; 2],
+    /// Dilation (the spacing of the kernel's taps).
+    pub(crate) dilation: [usize; 2],
     /// Groups.
     pub(crate) groups: usize,
     /// Input height and width.
@@ -41,9 +43,9 @@ pub(crate) struct Geometry {
 impl Geometry {
     /// The input channels as a dense convolution's kernels of `isa` lay them out: in fours
     /// for the direct AVX-512 VNNI kernel (a 3-channel image gets a fourth channel of zeros),
-    /// else as they are.
+    /// else (and for a dilated convolution, which takes im2col rows) as they are.
     pub(crate) fn laid_out_channels(&self, isa: Isa) -> usize {
-        if isa == Isa::Avx512Vnni && self.groups == 1 {
+        if isa == Isa::Avx512Vnni && self.groups == 1 && self.dilation == [1, 1] {
             self.cin.next_multiple_of(4)
         } else {
             self.cin
@@ -52,8 +54,8 @@ impl Geometry {
 
     /// The input pixel under tap `(ky, kx)` of output pixel `(oy, ox)`, if not in the padding.
     fn source(&self, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<(usize, usize)> {
-        let iy = (oy * self.stride[0] + ky).checked_sub(self.padding[0])?;
-        let ix = (ox * self.stride[1] + kx).checked_sub(self.padding[1])?;
+        let iy = (oy * self.stride[0] + ky * self.dilation[0]).checked_sub(self.padding[0])?;
+        let ix = (ox * self.stride[1] + kx * self.dilation[1]).checked_sub(self.padding[1])?;
         (iy < self.input[0] && ix < self.input[1]).then_some((iy, ix))
     }
 }
@@ -210,8 +212,10 @@ mod tests {
                         for c in 0..cin_g {
                             for ky in 0..kh {
                                 for kx in 0..kw {
-                                    let iy = (oy * g.stride[0] + ky) as i64 - g.padding[0] as i64;
-                                    let ix = (ox * g.stride[1] + kx) as i64 - g.padding[1] as i64;
+                                    let iy = (oy * g.stride[0] + ky * g.dilation[0]) as i64
+                                        - g.padding[0] as i64;
+                                    let ix = (ox * g.stride[1] + kx * g.dilation[1]) as i64
+                                        - g.padding[1] as i64;
                                     if iy < 0
                                         || ix < 0
                                         || iy >= g.input[0] as i64
@@ -257,15 +261,18 @@ mod tests {
             size in 3usize..9,
             odd in any::<bool>(),
             double in any::<bool>(),
+            dilation in prop::sample::select(vec![1usize, 1, 2, 3]),
             seed in any::<u64>(),
         ) {
             let (groups, cin_g, cout_g) = if depthwise { (cin_g * 2, 1, 1) } else { (groups, cin_g, cout_g) };
             let (cin, cout) = (cin_g * groups, cout_g * groups);
             let padding = padding.min(kernel - 1);
-            let out_size = (size + 2 * padding - kernel) / stride + 1;
+            let span = dilation * (kernel - 1) + 1;
+            prop_assume!(size + 2 * padding >= span);
+            let out_size = (size + 2 * padding - span) / stride + 1;
             let g = Geometry {
                 cin, cout, kernel: [kernel; 2], stride: [stride; 2], padding: [padding; 2],
-                groups, input: [size; 2], output: [out_size; 2],
+                dilation: [dilation; 2], groups, input: [size; 2], output: [out_size; 2],
             };
             let mut state = seed | 1;
             let mut next = || { state ^= state << 13; state ^= state >> 7; state ^= state << 17; state };
