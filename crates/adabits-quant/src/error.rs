@@ -25,6 +25,15 @@ pub enum QuantError {
         reason: String,
     },
 
+    /// A precision (`B` or `wWaA`) could not be parsed.
+    #[error("invalid precision {found}: {reason}")]
+    InvalidPrecision {
+        /// The rejected text, quoted.
+        found: String,
+        /// What was wrong with it.
+        reason: String,
+    },
+
     /// A quantization scheme name was not recognised.
     #[error("unknown quantization scheme {found:?}: expected one of original, modified, centered")]
     UnknownScheme {
