@@ -116,6 +116,16 @@ mod tests {
             .collect()
     }
 
+    /// A forward pass in training form at 4 bits: it moves the 4-bit running statistics.
+    fn train_at_4_bits(model: &adabits_models::Model, device: &Device) {
+        let images = Tensor::<4>::random(
+            [4, 3, 16, 16],
+            burn::tensor::Distribution::Uniform(0.0, 1.0),
+            device,
+        );
+        let _ = model.forward(images, adabits_quant::BitWidth::new(4).unwrap());
+    }
+
     #[test]
     fn the_average_blends_every_tensor_running_statistics_included() {
         let device = Device::flex().autodiff();
@@ -123,16 +133,10 @@ mod tests {
             .with_width_mult(0.25);
         let a = config.init_seeded(1, &device).unwrap();
         let b = config.init_seeded(2, &device).unwrap();
-        let b_stats = b.clone();
         // Running statistics that differ from the initial ones, so that they are tested too.
-        let images = Tensor::<4>::random(
-            [4, 3, 16, 16],
-            burn::tensor::Distribution::Uniform(0.0, 1.0),
-            &device,
-        );
-        let _ = b_stats.forward(images, adabits_quant::BitWidth::new(4).unwrap());
-        let (va, vb) = (values(&a), values(&b_stats));
-        let averaged = values(&update_ema(a, &b_stats, 0.75));
+        train_at_4_bits(&b, &device);
+        let (va, vb) = (values(&a), values(&b));
+        let averaged = values(&update_ema(a, &b, 0.75));
         assert_eq!(averaged.len(), va.len());
         assert!(
             averaged.keys().any(|k| k.contains("running_var")),
@@ -167,13 +171,8 @@ mod tests {
         let average = start_ema(config.init(&device), &model);
         assert_eq!(values(&average), values(&model));
         // Training moves the model's running statistics, and not the average's.
-        let images = Tensor::<4>::random(
-            [4, 3, 16, 16],
-            burn::tensor::Distribution::Uniform(0.0, 1.0),
-            &device,
-        );
         let before = values(&average);
-        let _ = model.forward(images, adabits_quant::BitWidth::new(4).unwrap());
+        train_at_4_bits(&model, &device);
         assert_eq!(values(&average), before);
         assert_ne!(values(&model), before);
     }
