@@ -72,8 +72,30 @@ impl ClippingLevels {
     ///
     /// Output `[1]`.
     pub fn select(&self, bita: BitWidth) -> Tensor<1> {
+        self.select_index(self.index(bita))
+    }
+
+    /// The raw parameter entry of the model's list entry `entry` (the shared `α` when the
+    /// levels are not switchable), attached to the graph.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `entry` is not an entry of the list.
+    ///
+    /// # Shapes
+    ///
+    /// Output `[1]`.
+    pub fn select_entry(&self, entry: usize) -> Tensor<1> {
+        assert!(
+            entry < self.bits.len(),
+            "entry {entry} of a list of {} bit-widths",
+            self.bits.len()
+        );
+        self.select_index(if self.switchable { entry } else { 0 })
+    }
+
+    fn select_index(&self, index: usize) -> Tensor<1> {
         let alpha = self.alpha.val();
-        let index = self.index(bita);
         if alpha.dims()[0] == 1 {
             return alpha;
         }

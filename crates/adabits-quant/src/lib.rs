@@ -64,7 +64,7 @@ pub use error::QuantError;
 pub use fused::{Kernels, kernels, set_kernels};
 pub use input::input_pixels;
 pub use norm::batch_norm_train;
-pub use precision::Precision;
+pub use precision::{At, Precision};
 pub use quantize::{pact, quantize_weight};
 pub use resolve::{BitPolicy, LayerBits};
 pub use scheme::QuantScheme;

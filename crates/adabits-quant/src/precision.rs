@@ -53,6 +53,27 @@ impl Precision {
     }
 }
 
+/// What a layer runs at in one forward pass: the entry of the model's list (which selects the
+/// layer's clipping level and BatchNorm, as the official code indexes `bits_list` by the active
+/// `bits`) and that entry's precision (docs/decisions/0002-precisions-and-plans.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct At {
+    /// The entry's position in the model's list.
+    pub entry: usize,
+    /// The entry's precision.
+    pub precision: Precision,
+}
+
+impl At {
+    /// Entry `entry`, at `precision`.
+    pub fn new(entry: usize, precision: impl Into<Precision>) -> Self {
+        Self {
+            entry,
+            precision: precision.into(),
+        }
+    }
+}
+
 impl From<BitWidth> for Precision {
     fn from(bits: BitWidth) -> Self {
         Self::uniform(bits)

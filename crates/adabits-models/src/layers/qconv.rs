@@ -2,8 +2,9 @@
 //! passed to `forward` (docs/method.md §3–§5).
 
 use adabits_quant::{
-    ActQuantConfig, BitPolicy, BitWidth, BitWidths, CONV_ALPHA_INIT, ClippingLevels,
-    ClippingLevelsConfig, WeightQuantConfig, conv_fan_out, conv2d, pact, quantize_weight,
+    ActQuantConfig, At, BitPolicy, BitWidth, BitWidths, CONV_ALPHA_INIT, ClippingLevels,
+    ClippingLevelsConfig, LayerBits, WeightQuantConfig, conv_fan_out, conv2d, pact,
+    quantize_weight,
 };
 use burn::config::Config;
 use burn::module::{Module, Param};
@@ -134,12 +135,26 @@ impl QConv2d {
     /// `x`: `[batch, in, h, w]`; output `[batch, out, h_out, w_out]`.
     pub fn forward(&self, x: Tensor<4>, bits: BitWidth) -> Tensor<4> {
         let resolved = self.quant.policy.resolve(bits);
-        let x = pact(
-            x,
-            self.alpha.select(resolved.bita),
-            resolved.bita,
-            &self.quant.act,
-        );
+        self.run(x, resolved, self.alpha.select(resolved.bita))
+    }
+
+    /// Runs the layer at `at`: its precision resolved through the layer's [`BitPolicy`], the
+    /// clipping level of its entry.
+    ///
+    /// # Shapes
+    ///
+    /// `x`: `[batch, in, h, w]`; output `[batch, out, h_out, w_out]`.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `at.entry` is not an entry of the layer's list.
+    pub fn forward_at(&self, x: Tensor<4>, at: At) -> Tensor<4> {
+        let resolved = at.precision.resolve(&self.quant.policy);
+        self.run(x, resolved, self.alpha.select_entry(at.entry))
+    }
+
+    fn run(&self, x: Tensor<4>, resolved: LayerBits, alpha: Tensor<1>) -> Tensor<4> {
+        let x = pact(x, alpha, resolved.bita, &self.quant.act);
         let weight = self.weight.val();
         let fan_out = conv_fan_out(weight.dims());
         let w_eff = quantize_weight(weight, resolved.bitw, fan_out, &self.quant.weight).effective();

@@ -2,8 +2,9 @@
 //! `forward` (docs/method.md §3–§5).
 
 use adabits_quant::{
-    ActQuantConfig, BitPolicy, BitWidth, BitWidths, ClippingLevels, ClippingLevelsConfig,
-    LINEAR_ALPHA_INIT, QuantMode, WeightQuantConfig, linear_fan_out, pact, quantize_weight,
+    ActQuantConfig, At, BitPolicy, BitWidth, BitWidths, ClippingLevels, ClippingLevelsConfig,
+    LINEAR_ALPHA_INIT, LayerBits, QuantMode, WeightQuantConfig, linear_fan_out, pact,
+    quantize_weight,
 };
 use burn::config::Config;
 use burn::module::{Module, Param};
@@ -110,12 +111,32 @@ impl QLinear {
     /// `x`: `[batch, in]`; output `[batch, out]`.
     pub fn forward_mode(&self, x: Tensor<2>, bits: BitWidth, mode: QuantMode) -> Tensor<2> {
         let resolved = self.quant.policy.resolve(bits);
-        let x = pact(
-            x,
-            self.alpha.select(resolved.bita),
-            resolved.bita,
-            &self.quant.act,
-        );
+        self.run(x, resolved, self.alpha.select(resolved.bita), mode)
+    }
+
+    /// Runs the layer at `at` (its precision resolved through the layer's [`BitPolicy`], the
+    /// clipping level of its entry) in an explicit mode.
+    ///
+    /// # Shapes
+    ///
+    /// `x`: `[batch, in]`; output `[batch, out]`.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `at.entry` is not an entry of the layer's list.
+    pub fn forward_at_mode(&self, x: Tensor<2>, at: At, mode: QuantMode) -> Tensor<2> {
+        let resolved = at.precision.resolve(&self.quant.policy);
+        self.run(x, resolved, self.alpha.select_entry(at.entry), mode)
+    }
+
+    fn run(
+        &self,
+        x: Tensor<2>,
+        resolved: LayerBits,
+        alpha: Tensor<1>,
+        mode: QuantMode,
+    ) -> Tensor<2> {
+        let x = pact(x, alpha, resolved.bita, &self.quant.act);
         let weight = self.weight.val();
         let fan_out = linear_fan_out(weight.dims());
         let (weight, bias) = quantize_weight(weight, resolved.bitw, fan_out, &self.quant.weight)

