@@ -93,6 +93,49 @@ impl ResolvedPlan {
     }
 }
 
+/// `model` running `plan` whatever bit-width its `forward` is given: each quantized layer at
+/// its entry's precision and clipping level, each BatchNorm at the entry of the convolution
+/// before it (as the official code sets `bits` on every module); [`without_plan`] undoes it.
+///
+/// # Errors
+///
+/// [`PlanError::Uncovered`] naming a quantized layer of the model that the plan (resolved
+/// against another model) does not have.
+pub fn with_plan<M: OfficialLayout>(model: &M, plan: &ResolvedPlan) -> Result<M, PlanError> {
+    let mut model = model.clone();
+    let mut missing = None;
+    let mut last_entry = None;
+    model.visit_official(&mut |name, layer| match layer {
+        LayerMut::Conv(conv) => {
+            let at = plan.at(name);
+            missing = missing.take().or(at.is_none().then(|| name.to_string()));
+            last_entry = at.map(|a| a.entry);
+            conv.set_planned(at);
+        }
+        LayerMut::Linear(linear) => {
+            let at = plan.at(name);
+            missing = missing.take().or(at.is_none().then(|| name.to_string()));
+            linear.set_planned(at);
+        }
+        LayerMut::Norm(bn) => bn.set_planned(last_entry),
+    });
+    match missing {
+        Some(layer) => Err(PlanError::Uncovered { layer }),
+        None => Ok(model),
+    }
+}
+
+/// `model` with no plan set: each layer runs the bit-width its `forward` is given.
+pub fn without_plan<M: OfficialLayout>(model: &M) -> M {
+    let mut model = model.clone();
+    model.visit_official(&mut |_, layer| match layer {
+        LayerMut::Conv(conv) => conv.set_planned(None),
+        LayerMut::Linear(linear) => linear.set_planned(None),
+        LayerMut::Norm(bn) => bn.set_planned(None),
+    });
+    model
+}
+
 /// The official names of `model`'s quantized layers (convolutions and linear layers), in
 /// module order.
 pub fn quantized_layers<M: OfficialLayout>(model: &M) -> Vec<String> {

@@ -74,6 +74,10 @@ pub struct QConv2d {
     groups: usize,
     #[module(skip)]
     quant: LayerQuant,
+    /// What the layer runs at whatever bit-width `forward` is given, under a precision plan
+    /// ([`crate::Plan`]; `None`: the bit-width given).
+    #[module(skip)]
+    planned: Option<At>,
 }
 
 impl QConv2dConfig {
@@ -123,6 +127,7 @@ impl QConv2dConfig {
                 weight: self.weight_quant.clone(),
                 act: self.act_quant.clone(),
             },
+            planned: None,
         }
     }
 }
@@ -134,6 +139,9 @@ impl QConv2d {
     ///
     /// `x`: `[batch, in, h, w]`; output `[batch, out, h_out, w_out]`.
     pub fn forward(&self, x: Tensor<4>, bits: BitWidth) -> Tensor<4> {
+        if let Some(at) = self.planned {
+            return self.forward_at(x, at);
+        }
         let resolved = self.quant.policy.resolve(bits);
         self.run(x, resolved, self.alpha.select(resolved.bita))
     }
@@ -173,6 +181,17 @@ impl QConv2d {
     /// How the layer quantizes.
     pub fn quant(&self) -> &LayerQuant {
         &self.quant
+    }
+
+    /// Makes [`forward`](Self::forward) run `at` whatever bit-width it is given (a precision
+    /// plan), or the bit-width again with `None`.
+    pub fn set_planned(&mut self, at: Option<At>) {
+        self.planned = at;
+    }
+
+    /// What the layer runs under a precision plan, if one is set.
+    pub fn planned(&self) -> Option<At> {
+        self.planned
     }
 
     /// The weight quantizer.

@@ -60,6 +60,10 @@ pub struct QLinear {
     pub alpha: ClippingLevels,
     #[module(skip)]
     quant: LayerQuant,
+    /// What the layer runs at whatever bit-width `forward` is given, under a precision plan
+    /// ([`crate::Plan`]; `None`: the bit-width given).
+    #[module(skip)]
+    planned: Option<At>,
 }
 
 impl QLinearConfig {
@@ -84,6 +88,7 @@ impl QLinearConfig {
                 weight: self.weight_quant.clone(),
                 act: self.act_quant.clone(),
             },
+            planned: None,
         }
     }
 }
@@ -110,6 +115,9 @@ impl QLinear {
     ///
     /// `x`: `[batch, in]`; output `[batch, out]`.
     pub fn forward_mode(&self, x: Tensor<2>, bits: BitWidth, mode: QuantMode) -> Tensor<2> {
+        if let Some(at) = self.planned {
+            return self.forward_at_mode(x, at, mode);
+        }
         let resolved = self.quant.policy.resolve(bits);
         self.run(x, resolved, self.alpha.select(resolved.bita), mode)
     }
@@ -155,6 +163,17 @@ impl QLinear {
     /// How the layer quantizes.
     pub fn quant(&self) -> &LayerQuant {
         &self.quant
+    }
+
+    /// Makes [`forward`](Self::forward) run `at` whatever bit-width it is given (a precision
+    /// plan), or the bit-width again with `None`.
+    pub fn set_planned(&mut self, at: Option<At>) {
+        self.planned = at;
+    }
+
+    /// What the layer runs under a precision plan, if one is set.
+    pub fn planned(&self) -> Option<At> {
+        self.planned
     }
 
     /// The weight quantizer.

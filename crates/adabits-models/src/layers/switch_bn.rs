@@ -72,6 +72,10 @@ pub struct SwitchBatchNorm2d {
     bits: BitWidths,
     epsilon: f64,
     momentum: f64,
+    /// The entry used whatever bit-width `forward` is given, under a precision plan (`None`:
+    /// the bit-width's).
+    #[module(skip)]
+    planned: Option<usize>,
 }
 
 impl SwitchBatchNorm2dConfig {
@@ -106,6 +110,7 @@ impl SwitchBatchNorm2dConfig {
             bits: self.bits.clone(),
             epsilon: self.epsilon,
             momentum: self.momentum,
+            planned: None,
         }
     }
 }
@@ -175,7 +180,14 @@ impl SwitchBatchNorm2d {
     /// Panics if the channel count differs from the layer's, or if the training form gets a
     /// batch of a single value per channel.
     pub fn forward(&self, x: Tensor<4>, bits: BitWidth) -> Tensor<4> {
-        self.forward_entry(x, self.index(bits))
+        self.forward_entry(x, self.planned.unwrap_or_else(|| self.index(bits)))
+    }
+
+    /// Makes [`forward`](Self::forward) use entry `entry` whatever bit-width it is given (a
+    /// precision plan: the entry of the convolution before it), or the bit-width's again with
+    /// `None`.
+    pub fn set_planned(&mut self, entry: Option<usize>) {
+        self.planned = entry;
     }
 
     /// Normalises `x` with the model's list entry `entry` (the one entry when shared).

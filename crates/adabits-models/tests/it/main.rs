@@ -7,6 +7,7 @@ mod deploy;
 mod import;
 mod layers;
 mod models;
+mod plan;
 mod profile;
 mod switch_bn;
 
