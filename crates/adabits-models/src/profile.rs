@@ -1,7 +1,7 @@
 //! The cost profiler: parameters, MACs, BitOPs and model size per bit-width, with the official
 //! counting rules (docs/method.md §10.3, parity default P8).
 
-use adabits_quant::{BitPolicy, BitWidth};
+use adabits_quant::{BitPolicy, BitWidth, Precision};
 use serde::Serialize;
 
 /// What kind of operation a cost row describes.
@@ -102,15 +102,39 @@ pub struct CostReport {
 
 /// Costs `layers` at `bits`.
 pub fn cost(layers: &[LayerShape], bits: BitWidth, accounting: Accounting) -> CostReport {
+    let plan = vec![Precision::uniform(bits); layers.len()];
+    let mut report = cost_plan(layers, &plan, accounting);
+    report.bits = bits.get();
+    report
+}
+
+/// Costs `layers` with each quantized layer at its own precision: `precisions` has one per
+/// convolution and linear layer, in order (pooling rows take none), each resolved through the
+/// layer's policy; BitOPs are `MACs·b_w·b_a` per layer. The report's `bits` is 0 unless every
+/// layer runs the same uniform precision.
+///
+/// # Panics
+///
+/// Panics if `precisions` has fewer entries than `layers` has convolutions and linear layers.
+pub fn cost_plan(
+    layers: &[LayerShape],
+    precisions: &[Precision],
+    accounting: Accounting,
+) -> CostReport {
+    let mut next = precisions.iter();
     let rows: Vec<LayerCost> = layers
         .iter()
         .map(|l| {
             let (bitw, bita) = match l.kind {
                 OpKind::AvgPool => (32, 32),
-                _ if l.first && accounting == Accounting::PaperFirstLayerFullPrecision => (32, 32),
                 _ => {
-                    let r = l.policy.resolve(bits);
-                    (r.bitw.get(), r.bita.get())
+                    let p = next.next().expect("a precision per quantized layer");
+                    if l.first && accounting == Accounting::PaperFirstLayerFullPrecision {
+                        (32, 32)
+                    } else {
+                        let r = p.resolve(&l.policy);
+                        (r.bitw.get(), r.bita.get())
+                    }
                 }
             };
             let storage = l.weights * u64::from(bitw) + 32 * (l.bias + l.alpha_entries);
@@ -127,8 +151,12 @@ pub fn cost(layers: &[LayerShape], bits: BitWidth, accounting: Accounting) -> Co
             }
         })
         .collect();
+    let first = precisions.first().copied();
+    let uniform = first
+        .filter(|f| precisions.iter().all(|p| p == f))
+        .and_then(Precision::as_uniform);
     CostReport {
-        bits: bits.get(),
+        bits: uniform.map_or(0, BitWidth::get),
         macs: rows.iter().map(|r| r.macs).sum(),
         params: rows.iter().map(|r| r.params).sum(),
         gbitops: rows.iter().map(|r| r.bitops as f64).sum::<f64>() * 1e-9,

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use adabits_models::with_added_bits;
+use adabits_models::{Accounting, Plan, cost_plan, quantized_layers, with_added_bits, with_plan};
 use adabits_quant::{BitWidth, BitWidths};
 use adabits_train::data::Loader;
 use adabits_train::{BitResult, calibrate, evaluate};
@@ -23,6 +23,12 @@ pub(crate) struct Eval {
     /// tie), as `adabits calibrate` starts from, re-estimated first with --calibrate.
     #[arg(long, value_name = "LIST")]
     bits: Option<BitWidths>,
+    /// A precision plan (JSON: a default and precisions by official layer name or `*`
+    /// pattern, docs/decisions/0002-precisions-and-plans.md): evaluate the model with each
+    /// layer at its own entry instead of the bit-widths; with --calibrate the BatchNorm
+    /// entries the plan uses are re-estimated under it.
+    #[arg(long, value_name = "FILE", conflicts_with = "bits")]
+    plan: Option<std::path::PathBuf>,
     /// Re-estimate each bit-width's BatchNorm statistics on N training batches first.
     #[arg(long, value_name = "N", value_parser = crate::values::count)]
     calibrate: Option<usize>,
@@ -49,6 +55,9 @@ pub(crate) fn run(args: Eval) -> anyhow::Result<ExitCode> {
         true,
         run.config.seed,
     );
+    if let Some(path) = &args.plan {
+        return run_plan(&args, path, &run, (&train, &val), side);
+    }
     let bits: Vec<BitWidth> = args
         .bits
         .as_ref()
@@ -116,6 +125,84 @@ pub(crate) fn run(args: Eval) -> anyhow::Result<ExitCode> {
                 }
             );
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `adabits eval --plan FILE`: the model with each layer at the plan's entry.
+fn run_plan(
+    args: &Eval,
+    path: &std::path::Path,
+    run: &adabits_train::SavedRun,
+    (train, val): (&Loader, &Loader),
+    side: usize,
+) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("{}: cannot read the plan: {e}", path.display()))?;
+    let plan: Plan = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: not a precision plan: {e}", path.display()))?;
+    let entries = &run.config.model.bits;
+    let layers = quantized_layers(&run.model);
+    let resolved = plan
+        .resolve(&layers, entries)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let model = with_plan(&run.model, &resolved)?;
+    let device = args.run.device.device();
+    let ad = device.clone().autodiff();
+    // The bit-width `forward` is given does not matter under a plan.
+    let any = entries.max();
+    let model = match args.calibrate {
+        Some(n) => calibrate(&model, any, train, n, &ad)?,
+        None => model,
+    };
+    let scores = evaluate(&model, &[any], val, &device)?;
+    let s = &scores[&any.get().to_string()];
+    let precisions: Vec<_> = resolved.layers.iter().map(|(_, at)| at.precision).collect();
+    let shapes = run.model.layer_shapes([side, side]);
+    let c = cost_plan(&shapes, &precisions, Accounting::Official);
+    let result = BitResult {
+        top1: s.top1,
+        top5: s.top5,
+        loss: s.loss,
+        gbitops: c.gbitops,
+        bytes: c.size_bytes,
+    };
+    if args.json {
+        let layers: Vec<Value> = resolved
+            .layers
+            .iter()
+            .zip(
+                c.layers
+                    .iter()
+                    .filter(|l| l.kind != adabits_models::OpKind::AvgPool),
+            )
+            .map(|((name, at), cost)| {
+                json!({"layer": name, "entry": at.entry, "precision": at.precision,
+                       "bitw": cost.bitw, "bita": cost.bita, "bitops": cost.bitops})
+            })
+            .collect();
+        print_json(&json!({
+            "run": args.run.checkpoint.display().to_string(),
+            "checkpoint": run.checkpoint.display().to_string(),
+            "plan": path.display().to_string(),
+            "calibration_batches": args.calibrate,
+            "result": result,
+            "layers": layers,
+        }))?;
+    } else {
+        println!(
+            "{} {} on {} ({}), checkpoint {}, plan {}{}",
+            run.config.model.arch,
+            entries,
+            run.config.data.name(),
+            run.config.strategy.name(),
+            run.checkpoint.display(),
+            path.display(),
+            args.calibrate.map_or(String::new(), |n| format!(
+                ", BatchNorm calibrated under the plan on {n} batches"
+            ))
+        );
+        print_results(std::iter::once(("plan".to_string(), &result)));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -149,9 +149,14 @@ impl SwitchBatchNorm2d {
         self.momentum = momentum;
     }
 
-    /// Resets the running statistics of the entry of `bits` (mean 0, variance 1).
+    /// Resets the running statistics of the entry of `bits` (mean 0, variance 1), or of the
+    /// planned entry under a precision plan (so that calibration re-estimates what the plan
+    /// runs).
     pub fn reset_statistics(&mut self, bits: BitWidth) {
-        let index = self.index(bits);
+        let index = match self.planned {
+            Some(entry) if self.entries.len() > 1 => entry,
+            _ => self.index(bits),
+        };
         let entry = &mut self.entries[index];
         let mean = entry.running_mean.value_sync();
         let device = mean.device();

@@ -238,3 +238,40 @@ fn a_dilated_convolution_counts_the_macs_of_its_output() {
     assert_eq!(valid.layer_shape("c", [8, 8]).macs, 8 * 16 * 9 * 16);
     assert_eq!(valid.layer_shape("c", [8, 8]).weights, 16 * 8 * 9);
 }
+
+#[test]
+fn a_plans_cost_is_each_layers_macs_at_its_own_precision() {
+    use adabits_models::cost_plan;
+    use adabits_quant::Precision;
+    let bits: BitWidths = "8,6,4".parse().unwrap();
+    let model = CifarResNetConfig::new(20, bits).init(&crate::device());
+    let shapes = model.layer_shapes([32, 32]);
+    let quantized = shapes
+        .iter()
+        .filter(|s| s.kind != adabits_models::OpKind::AvgPool)
+        .count();
+    for b in [8u8, 6, 4] {
+        let b = BitWidth::new(b).unwrap();
+        let uniform = cost_plan(
+            &shapes,
+            &vec![Precision::uniform(b); quantized],
+            Accounting::Official,
+        );
+        assert_eq!(uniform, cost(&shapes, b, Accounting::Official), "{b}");
+    }
+    // The second layer (the first body convolution) at w4a8, the rest at 6 bits.
+    let mut plan = vec![Precision::uniform(BitWidth::new(6).unwrap()); quantized];
+    plan[1] = "w4a8".parse().unwrap();
+    let mixed = cost_plan(&shapes, &plan, Accounting::Official);
+    let six = cost(&shapes, BitWidth::new(6).unwrap(), Accounting::Official);
+    let l = &mixed.layers[1];
+    assert_eq!((l.bitw, l.bita, l.bitops), (4, 8, l.macs * 32));
+    assert_eq!(mixed.bits, 0);
+    let delta = six.layers[1].bitops as i64 - l.bitops as i64;
+    assert_eq!(
+        ((six.gbitops - mixed.gbitops) * 1e9).round() as i64,
+        delta,
+        "only that layer's BitOPs change"
+    );
+    assert_eq!(mixed.layers[2], six.layers[2]);
+}

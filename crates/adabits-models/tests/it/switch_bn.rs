@@ -152,3 +152,24 @@ fn an_entry_selects_the_same_batchnorm_as_its_bit_width() {
         "the 4-bit entry is untouched, as the 8-bit one"
     );
 }
+
+#[test]
+fn under_a_plan_a_reset_clears_the_planned_entry() {
+    let device = crate::device().autodiff();
+    device.seed(11);
+    let mut bn = SwitchBatchNorm2dConfig::new(3, bits()).init(&device);
+    let x = Tensor::<4>::random([4, 3, 2, 2], Distribution::Normal(1.0, 2.0), &device);
+    for entry in 0..3 {
+        let _ = bn.forward_entry(x.clone(), entry);
+    }
+    let stats = |bn: &adabits_models::SwitchBatchNorm2d, i: usize| {
+        values(bn.entries[i].running_mean.value())
+    };
+    let before: Vec<_> = (0..3).map(|i| stats(&bn, i)).collect();
+    bn.set_planned(Some(1));
+    // Calibration resets "the entry of the bit-width it calibrates": under a plan, the planned one.
+    bn.reset_statistics(bw(8));
+    assert_eq!(stats(&bn, 0), before[0]);
+    assert_eq!(stats(&bn, 1), vec![0.0; 3]);
+    assert_eq!(stats(&bn, 2), before[2]);
+}
