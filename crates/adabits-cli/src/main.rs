@@ -13,6 +13,7 @@ mod commands;
 mod device;
 mod malloc;
 mod output;
+mod plan_file;
 mod progress;
 mod run_args;
 mod signals;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use adabits_models::{Accounting, Plan, cost_plan, quantized_layers, with_added_bits, with_plan};
+use adabits_models::{Accounting, cost_plan, with_added_bits, with_plan};
 use adabits_quant::{BitWidth, BitWidths};
 use adabits_train::data::Loader;
 use adabits_train::{BitResult, calibrate, evaluate};
@@ -137,15 +137,8 @@ fn run_plan(
     (train, val): (&Loader, &Loader),
     side: usize,
 ) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("{}: cannot read the plan: {e}", path.display()))?;
-    let plan: Plan = serde_json::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("{}: not a precision plan: {e}", path.display()))?;
     let entries = &run.config.model.bits;
-    let layers = quantized_layers(&run.model);
-    let resolved = plan
-        .resolve(&layers, entries)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let resolved = crate::plan_file::read_plan(path, &run.model, entries)?;
     let model = with_plan(&run.model, &resolved)?;
     let device = args.run.device.device();
     let ad = device.clone().autodiff();

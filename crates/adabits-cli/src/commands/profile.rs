@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use adabits_models::{Accounting, Architecture, ModelConfig, cost};
+use adabits_models::{Accounting, Architecture, ModelConfig, OpKind, cost, cost_plan};
 use adabits_quant::BitWidths;
 use clap::Args;
 use serde_json::json;
@@ -31,9 +31,14 @@ pub(crate) struct Profile {
     /// official profiler's resolved bits.
     #[arg(long)]
     paper: bool,
-    /// Also print every layer at the highest bit-width.
+    /// Also print every layer at the highest bit-width (or under --plan).
     #[arg(long)]
     layers: bool,
+    /// A precision plan (JSON: a default and bit-widths by official layer name or `*`
+    /// pattern, docs/decisions/0002-precisions-and-plans.md): its cost, each layer at its own
+    /// bit-widths, as one more row.
+    #[arg(long, value_name = "FILE")]
+    plan: Option<std::path::PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long)]
     json: bool,
@@ -64,10 +69,26 @@ pub(crate) fn run(args: Profile) -> anyhow::Result<ExitCode> {
         .chain([adabits_quant::BitWidth::FULL])
         .collect();
     let reports: Vec<_> = bits.iter().map(|&b| cost(&shapes, b, accounting)).collect();
+    let plan = match &args.plan {
+        Some(path) => {
+            let resolved = crate::plan_file::read_plan(path, &model, &args.bits)?;
+            let precisions: Vec<_> = resolved.layers.iter().map(|(_, at)| at.precision).collect();
+            Some((resolved, cost_plan(&shapes, &precisions, accounting)))
+        }
+        None => None,
+    };
     if args.json {
+        let plan = plan.as_ref().map(|(resolved, report)| {
+            let layers: Vec<_> = resolved
+                .layers
+                .iter()
+                .map(|(name, at)| json!({"layer": name, "entry": at.entry, "precision": at.precision}))
+                .collect();
+            json!({"report": report, "layers": layers})
+        });
         print_json(&json!({
             "model": arch.to_string(), "width": args.width, "classes": classes,
-            "input": side, "accounting": accounting, "reports": reports,
+            "input": side, "accounting": accounting, "reports": reports, "plan": plan,
         }))?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -89,17 +110,41 @@ pub(crate) fn run(args: Profile) -> anyhow::Result<ExitCode> {
             r.size_mb
         );
     }
+    if let Some((_, r)) = &plan {
+        println!(
+            "{:>5} {:>14} {:>12} {:>10.3} {:>10.3}",
+            "plan", r.macs, r.params, r.gbitops, r.size_mb
+        );
+    }
     if args.layers {
-        let r = &reports[0];
-        println!("\nlayers at {} bits", bits[0]);
+        let (r, official): (_, Vec<&str>) = match &plan {
+            Some((resolved, r)) => {
+                println!("\nlayers under the plan");
+                (r, resolved.layers.iter().map(|(n, _)| n.as_str()).collect())
+            }
+            None => {
+                println!("\nlayers at {} bits", bits[0]);
+                (&reports[0], Vec::new())
+            }
+        };
         println!(
             "{:<28} {:>12} {:>5} {:>5} {:>10}",
             "layer", "MACs", "w", "a", "bytes"
         );
+        let mut names = official.into_iter();
         for l in &r.layers {
+            // Under a plan, the quantized layers go by the official names the plan uses.
+            let name = match l.kind {
+                OpKind::AvgPool => None,
+                _ => names.next(),
+            };
             println!(
                 "{:<28} {:>12} {:>5} {:>5} {:>10.0}",
-                l.name, l.macs, l.bitw, l.bita, l.bytes
+                name.unwrap_or(&l.name),
+                l.macs,
+                l.bitw,
+                l.bita,
+                l.bytes
             );
         }
     }
