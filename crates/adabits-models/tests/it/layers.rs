@@ -211,6 +211,13 @@ fn dilated_qconv2d_matches_the_reference_dense_and_depthwise() {
     check_dilated_conv(4, 4, 4, 1, true, 2);
 }
 
+/// The reference PACT of every value of `x` at `bits`, clipped at `alpha`.
+fn pact_reference(x: &[f32], alpha: f64, bits: BitWidth) -> Vec<f64> {
+    x.iter()
+        .map(|&v| reference::pact(f64::from(v), alpha, bits, &ActQuantConfig::new()).y)
+        .collect()
+}
+
 /// A convolution at separate weight and activation bit-widths, each entry with its own
 /// clipping level, against the reference: the official hidden cases, a grouped convolution at
 /// `(2, 8)` and `(8, 2)`, through the public layer API.
@@ -251,18 +258,7 @@ fn check_pair_conv(groups: usize, c_in: usize, c_out: usize) {
             conv_fan_out(w_shape),
             &weight_quant,
         );
-        let xq: Vec<f64> = x
-            .iter()
-            .map(|&v| {
-                reference::pact(
-                    f64::from(v),
-                    alpha,
-                    precision.activation,
-                    &ActQuantConfig::new(),
-                )
-                .y
-            })
-            .collect();
+        let xq = pact_reference(&x, alpha, precision.activation);
         let want = conv_reference(&xq, x_shape, &wr.w_eff, w_shape, 1, 1, groups, 1);
         for (i, (a, e)) in y.iter().zip(&want).enumerate() {
             assert!(
@@ -315,18 +311,7 @@ fn qlinear_runs_separate_weight_and_activation_bit_widths() {
     for (entry, text, alpha) in [(0, "w4a8", 10.0), (1, "w8a4", 7.0)] {
         let precision: Precision = text.parse().unwrap();
         let wr = reference::quantize_weight(&w64, precision.weight, 3, &WeightQuantConfig::new());
-        let xq: Vec<f64> = x
-            .iter()
-            .map(|&v| {
-                reference::pact(
-                    f64::from(v),
-                    alpha,
-                    precision.activation,
-                    &ActQuantConfig::new(),
-                )
-                .y
-            })
-            .collect();
+        let xq = pact_reference(&x, alpha, precision.activation);
         let y: Vec<f64> = layer
             .forward_at_mode(xt.clone(), At::new(entry, precision), QuantMode::Train)
             .into_data()
