@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use adabits_models::with_added_bits;
+use adabits_models::{Accounting, cost_plan, with_added_bits, with_plan, without_plan};
 use adabits_quant::BitWidth;
 use adabits_train::data::Loader;
 use adabits_train::{BitResult, RunDir, SavedRun, calibrate, cross_entropy, evaluate};
@@ -23,8 +23,13 @@ pub(crate) struct Calibrate {
     run: RunArgs,
     /// The bit-width to calibrate; one the model was not trained at is added to its list, its
     /// BatchNorm and clipping levels first copied from the nearest trained bit-width.
-    #[arg(long)]
-    bits: BitWidth,
+    #[arg(long, required_unless_present = "plan")]
+    bits: Option<BitWidth>,
+    /// Calibrate for a precision plan instead (JSON: a default and bit-widths by official
+    /// layer name or `*` pattern): each BatchNorm's entry that the plan runs is re-estimated
+    /// with every layer at its plan entry; evaluate the result with `eval --plan`.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["bits", "alpha"])]
+    plan: Option<PathBuf>,
     /// Training batches over which the BatchNorm statistics are re-estimated.
     #[arg(long, default_value_t = 20, value_parser = crate::values::count)]
     batches: usize,
@@ -44,10 +49,6 @@ pub(crate) struct Calibrate {
 /// `adabits calibrate`.
 pub(crate) fn run(args: Calibrate) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.batches > 0, "--batches must be at least 1");
-    anyhow::ensure!(
-        !args.bits.is_full_precision(),
-        "--bits 32: calibration is for quantized bit-widths"
-    );
     if let Some(out) = &args.out {
         anyhow::ensure!(
             !out.exists(),
@@ -68,16 +69,27 @@ pub(crate) fn run(args: Calibrate) -> anyhow::Result<ExitCode> {
         true,
         run.config.seed,
     );
-    let added = run.config.model.bits.position(args.bits).is_none();
+    let Some(bits) = args.bits else {
+        let path = args
+            .plan
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("calibrate needs --bits B or --plan FILE"))?;
+        return run_plan(&args, path, &run, (&train, &val), side);
+    };
+    anyhow::ensure!(
+        !bits.is_full_precision(),
+        "--bits 32: calibration is for quantized bit-widths"
+    );
+    let added = run.config.model.bits.position(bits).is_none();
     let (model, model_config) = if added {
-        with_added_bits(&run.model, &run.config.model, args.bits, &ad)?
+        with_added_bits(&run.model, &run.config.model, bits, &ad)?
     } else {
         (run.model.clone(), run.config.model.clone())
     };
-    let key = args.bits.get().to_string();
+    let key = bits.get().to_string();
     let shapes = model.layer_shapes([side, side]);
-    let before = evaluate(&model.valid(), &[args.bits], &val, &device)?;
-    let mut calibrated = calibrate(&model, args.bits, &train, args.batches, &ad)?;
+    let before = evaluate(&model.valid(), &[bits], &val, &device)?;
+    let mut calibrated = calibrate(&model, bits, &train, args.batches, &ad)?;
     let mut alpha_factor = None;
     if args.alpha {
         anyhow::ensure!(
@@ -86,16 +98,16 @@ pub(crate) fn run(args: Calibrate) -> anyhow::Result<ExitCode> {
         );
         let position = model_config
             .bits
-            .position(args.bits)
+            .position(bits)
             .context("the bit-width is in the list")?;
         let mut best = (
-            calibration_loss(&calibrated, args.bits, &train, args.batches, &device)?,
+            calibration_loss(&calibrated, bits, &train, args.batches, &device)?,
             1.0,
         );
         for factor in [0.5, 0.7, 1.4, 2.0] {
             let scaled = adabits_models::scale_alpha(&model, position, factor);
-            let candidate = calibrate(&scaled, args.bits, &train, args.batches, &ad)?;
-            let loss = calibration_loss(&candidate, args.bits, &train, args.batches, &device)?;
+            let candidate = calibrate(&scaled, bits, &train, args.batches, &ad)?;
+            let loss = calibration_loss(&candidate, bits, &train, args.batches, &device)?;
             if loss < best.0 {
                 best = (loss, factor);
                 calibrated = candidate;
@@ -103,15 +115,15 @@ pub(crate) fn run(args: Calibrate) -> anyhow::Result<ExitCode> {
         }
         alpha_factor = Some(best.1);
     }
-    let after = evaluate(&calibrated.valid(), &[args.bits], &val, &device)?;
-    let before = BitResult::new(&before[&key], &shapes, args.bits);
-    let after = BitResult::new(&after[&key], &shapes, args.bits);
+    let after = evaluate(&calibrated.valid(), &[bits], &val, &device)?;
+    let before = BitResult::new(&before[&key], &shapes, bits);
+    let after = BitResult::new(&after[&key], &shapes, bits);
     if let Some(out) = &args.out {
         write_run(out, &run, model_config, &calibrated)?;
     }
     if args.json {
         let out = json!({
-            "bits": args.bits.get(),
+            "bits": bits.get(),
             "added_to_list": added,
             "batches": args.batches,
             "alpha_factor": alpha_factor,
@@ -123,7 +135,7 @@ pub(crate) fn run(args: Calibrate) -> anyhow::Result<ExitCode> {
     } else {
         println!(
             "{} bits{}: BatchNorm statistics re-estimated on {} training batches",
-            args.bits,
+            bits,
             if added {
                 " (not trained; added to the list, starting from the nearest trained bit-width)"
             } else {
@@ -134,7 +146,7 @@ pub(crate) fn run(args: Calibrate) -> anyhow::Result<ExitCode> {
         if let Some(f) = alpha_factor {
             println!(
                 "clipping levels of {} bits scaled by {f} (the lowest training loss of 0.5, 0.7, 1, 1.4, 2)",
-                args.bits
+                bits
             );
         }
         println!("{:>8} {:>8} {:>8} {:>8}", "", "top-1", "top-5", "loss");
@@ -144,10 +156,10 @@ pub(crate) fn run(args: Calibrate) -> anyhow::Result<ExitCode> {
                 r.top1, r.top5, r.loss
             );
         }
-        if added && args.bits > run.config.model.bits.max() {
+        if added && bits > run.config.model.bits.max() {
             println!(
                 "note: {} bits is above the trained list's highest; layers that run at the list's highest bit-width (the first and last layers of the CIFAR ResNets) now use it at every bit-width",
-                args.bits
+                bits
             );
         }
         if let Some(out) = &args.out {
@@ -193,4 +205,79 @@ fn write_run(
     config.model = model_config;
     RunDir::new(out).write_model_only(&config, "calibrated", model)?;
     Ok(())
+}
+
+/// `adabits calibrate --plan FILE`: the BatchNorm entries a precision plan runs, re-estimated
+/// under the plan.
+fn run_plan(
+    args: &Calibrate,
+    path: &Path,
+    run: &SavedRun,
+    (train, val): (&Loader, &Loader),
+    side: usize,
+) -> anyhow::Result<ExitCode> {
+    let device = args.run.device.device();
+    let ad = device.clone().autodiff();
+    let entries = &run.config.model.bits;
+    let resolved = crate::plan_file::read_plan(path, &run.model, entries)?;
+    let model = with_plan(&run.model, &resolved)?;
+    // The bit-width `forward` is given does not matter under a plan.
+    let any = entries.max();
+    let key = any.get().to_string();
+    let before = evaluate(&model, &[any], val, &device)?;
+    let calibrated = calibrate(&model, any, train, args.batches, &ad)?;
+    let after = evaluate(&calibrated, &[any], val, &device)?;
+    let precisions: Vec<_> = resolved.layers.iter().map(|(_, at)| at.precision).collect();
+    let c = cost_plan(
+        &run.model.layer_shapes([side, side]),
+        &precisions,
+        Accounting::Official,
+    );
+    let result = |s: &adabits_train::Scores| BitResult {
+        top1: s.top1,
+        top5: s.top5,
+        loss: s.loss,
+        gbitops: c.gbitops,
+        bytes: c.size_bytes,
+    };
+    let (before, after) = (result(&before[&key]), result(&after[&key]));
+    if let Some(out) = &args.out {
+        write_run(
+            out,
+            run,
+            run.config.model.clone(),
+            &without_plan(&calibrated),
+        )?;
+    }
+    if args.json {
+        print_json(&json!({
+            "plan": path.display().to_string(),
+            "batches": args.batches,
+            "before": before,
+            "after": after,
+            "out": args.out.as_ref().map(|p| p.display().to_string()),
+        }))?;
+    } else {
+        println!(
+            "plan {}: the BatchNorm entries it runs re-estimated under it on {} training batches",
+            path.display(),
+            args.batches
+        );
+        println!("{:>8} {:>8} {:>8} {:>8}", "", "top-1", "top-5", "loss");
+        for (label, r) in [("before", &before), ("after", &after)] {
+            println!(
+                "{label:>8} {:>7.2}% {:>7.2}% {:>8.4}",
+                r.top1, r.top5, r.loss
+            );
+        }
+        if let Some(out) = &args.out {
+            println!(
+                "wrote {} (evaluate it with `adabits eval --checkpoint {} --plan {}`)",
+                out.display(),
+                out.display(),
+                path.display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
