@@ -3,12 +3,13 @@
 
 use std::path::Path;
 
-use adabits_quant::{BitWidth, QuantMode, QuantScheme, QuantizedWeight, codes_to_unit};
+use adabits_quant::{At, BitWidth, QuantMode, QuantScheme, QuantizedWeight, codes_to_unit};
 use adabits_runtime::{Artifact, ArtifactError, LayerPayload, QuantPayload};
 use burn::module::Param;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::layout::{LayerMut, OfficialLayout};
+use crate::plan::ResolvedPlan;
 use crate::zoo::{Model, ModelConfig};
 
 /// The model configuration an artifact's header holds.
@@ -85,12 +86,39 @@ impl Runtime {
     /// [`ArtifactError::Layout`] when the artifact's layers are not the model's.
     pub fn set_bits(&mut self, bits: BitWidth) -> Result<(), ArtifactError> {
         let config = &self.config;
-        if config.bits.position(bits).is_none() {
+        let Some(position) = config.bits.position(bits) else {
             return Err(ArtifactError::UnknownBits {
                 bits: bits.get(),
                 list: config.bits.to_string(),
             });
-        }
+        };
+        self.model = self.build(&|_| Some(At::new(position, bits)), false)?;
+        self.bits = bits;
+        Ok(())
+    }
+
+    /// Switches to a precision plan (resolved against this artifact's model): each layer's
+    /// weights decoded at its entry's weight bit-width, its clipping level and the BatchNorm
+    /// after it at its entry, as [`crate::with_plan`] runs the trained model.
+    /// [`bits`](Self::bits) keeps the last bit-width set.
+    ///
+    /// # Errors
+    ///
+    /// [`ArtifactError::Layout`] naming a layer of the model the plan does not cover, or
+    /// when the artifact's layers are not the model's.
+    pub fn set_plan(&mut self, plan: &ResolvedPlan) -> Result<(), ArtifactError> {
+        self.model = self.build(&|name| plan.at(name), true)?;
+        Ok(())
+    }
+
+    /// The model with every layer loaded at what `at` gives its name (and, with `planned`,
+    /// set to run it whatever bit-width `forward` is given).
+    fn build(
+        &self,
+        at: &dyn Fn(&str) -> Option<At>,
+        planned: bool,
+    ) -> Result<Model, ArtifactError> {
+        let config = &self.config;
         let linear_eval = config.quant.linear_eval;
         let scheme = config.quant.weight_scheme;
         let graph = &self.artifact.header.graph;
@@ -99,12 +127,27 @@ impl Runtime {
         let mut model = self.template.clone();
         let device = &self.device;
         let mut failure = None;
+        // The entry of the convolution before a BatchNorm.
+        let mut last = None;
         model.visit_official(&mut |name, layer| {
             if failure.is_some() {
                 return;
             }
+            let here = match &layer {
+                LayerMut::Norm(_) => last,
+                _ => at(name),
+            };
+            let Some(here) = here else {
+                failure = Some(ArtifactError::Layout(format!(
+                    "layer `{name}`: the plan gives it no precision"
+                )));
+                return;
+            };
+            last = Some(here);
             let result = match parts.next() {
-                Some((stored, part)) if stored == name => load(layer, part, bits, scheme, linear_eval, device),
+                Some((stored, part)) if stored == name => {
+                    load(layer, part, here, planned, scheme, linear_eval, device)
+                }
                 Some((stored, _)) => Err(format!("the artifact's layer here is `{stored}`")),
                 None => Err("the artifact has no more layers".into()),
             };
@@ -122,9 +165,7 @@ impl Runtime {
                 "the artifact's layer `{stored}` is not in the model its header describes"
             )));
         }
-        self.model = model;
-        self.bits = bits;
-        Ok(())
+        Ok(model)
     }
 
     /// The logits of `images` at the active bit-width (the model's input transform applies).
@@ -137,18 +178,20 @@ impl Runtime {
     }
 }
 
-/// Loads one layer's part of the artifact at `bits` into the model's layer.
+/// Loads one layer's part of the artifact at `at` into the model's layer (and, with
+/// `planned`, sets the layer to run `at` whatever bit-width it is given).
 fn load(
     layer: LayerMut<'_>,
     part: LayerPayload<'_>,
-    bits: BitWidth,
+    at: At,
+    planned: bool,
     scheme: QuantScheme,
     linear_eval: adabits_quant::LinearEval,
     device: &Device,
 ) -> Result<(), String> {
     match (layer, part) {
         (LayerMut::Conv(c), LayerPayload::Quant(p)) => {
-            let bitw = c.policy().resolve(bits).bitw;
+            let bitw = at.precision.resolve(&c.policy()).bitw;
             let q = decode(
                 &p,
                 c.weight.dims(),
@@ -159,10 +202,11 @@ fn load(
             )?;
             c.deploy(q.effective(), p.bias.map(|b| tensor1(b, device)));
             c.alpha.alpha = Param::from_tensor(tensor1(p.alphas, device));
+            c.set_planned(planned.then_some(at));
             Ok(())
         }
         (LayerMut::Linear(l), LayerPayload::Quant(p)) => {
-            let bitw = l.policy().resolve(bits).bitw;
+            let bitw = at.precision.resolve(&l.policy()).bitw;
             let q = decode(
                 &p,
                 l.weight.dims(),
@@ -175,6 +219,7 @@ fn load(
             let (w, b) = q.linear_params(bias, QuantMode::Eval, linear_eval);
             l.deploy(w, b);
             l.alpha.alpha = Param::from_tensor(tensor1(p.alphas, device));
+            l.set_planned(planned.then_some(at));
             Ok(())
         }
         (LayerMut::Norm(n), LayerPayload::Norm(p)) if p.channels == n.num_features() => {
@@ -192,6 +237,7 @@ fn load(
                 })
                 .collect();
             n.deploy(folded);
+            n.set_planned(planned.then_some(at.entry));
             Ok(())
         }
         _ => Err("a layer of another kind or size".into()),

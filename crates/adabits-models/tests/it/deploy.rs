@@ -551,3 +551,99 @@ fn resealed_graph_edits_are_refused_or_run_by_the_integer_runtime_without_a_pani
     assert!(paths.len() > 50, "{} numbers in the graph", paths.len());
     assert_eq!(panics, 0);
 }
+
+#[test]
+fn both_runtimes_run_a_precision_plan() {
+    use adabits_models::{Plan, quantized_layers, with_plan};
+    let device = crate::device();
+    let config = ModelConfig::new(Architecture::CifarResNet(20), "8,4".parse().unwrap())
+        .with_width_mult(0.25)
+        .with_quant(QuantSettings::new().with_weight_scheme(QuantScheme::Centered));
+    let model = trained(&config, 16, 77);
+    let artifact = export_artifact(&model, &config, 16, &HashMap::new(), None).unwrap();
+    let mut int = IntRuntime::new(artifact).unwrap();
+    let side = 16;
+    let images = Tensor::<4>::random(
+        [IMAGES, 3, side, side],
+        Distribution::Uniform(0.0, 1.0),
+        &device,
+    );
+    let pixels: Vec<f32> = images.clone().into_data().iter::<f32>().collect();
+    let layers = quantized_layers(&model);
+    // A plan of one position everywhere is that bit-width, bit for bit.
+    for (position, bits) in [(0usize, 8u8), (1, 4)] {
+        int.set_bits(bits).unwrap();
+        let want = int.forward(&pixels, IMAGES, [side, side]).unwrap();
+        int.set_plan(&vec![position; layers.len()]).unwrap();
+        assert_eq!(int.bits(), 0);
+        assert_eq!(
+            int.forward(&pixels, IMAGES, [side, side]).unwrap(),
+            want,
+            "{bits}"
+        );
+    }
+    // A mixed plan: the fake-quantized model under it, but for level flips.
+    let plan: Plan =
+        serde_json::from_str(r#"{"default": 4, "layers": {"stage_1_*": 8, "classifier.0": 8}}"#)
+            .unwrap();
+    let resolved = plan.resolve(&layers, &config.bits).unwrap();
+    let positions: Vec<usize> = resolved.layers.iter().map(|(_, at)| at.entry).collect();
+    assert!(positions.contains(&0) && positions.contains(&1));
+    int.set_plan(&positions).unwrap();
+    let found = int.forward(&pixels, IMAGES, [side, side]).unwrap();
+    let expected = logits(
+        with_plan(&model, &resolved)
+            .unwrap()
+            .forward(images.clone(), BitWidth::new(4).unwrap()),
+    );
+    let uniform4 = {
+        int.set_bits(4).unwrap();
+        int.forward(&pixels, IMAGES, [side, side]).unwrap()
+    };
+    assert_ne!(found, uniform4);
+    let classes = expected[0].len();
+    let mut flipped = 0;
+    for (e, f) in expected.iter().zip(found.chunks(classes)) {
+        let scale = e.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-6);
+        let diff = e
+            .iter()
+            .zip(f)
+            .fold(0f64, |m, (x, &y)| m.max((x - f64::from(y)).abs()));
+        if diff > 1e-4 * scale {
+            flipped += 1;
+        }
+    }
+    assert!(
+        flipped <= IMAGES / 2,
+        "{flipped} of {IMAGES} images differ by more than 1e-4"
+    );
+    // The f32 runtime under the plan: the model's logits within 1e-4 on every image, and a
+    // uniform plan is its bit-width exactly.
+    let artifact = export_artifact(&model, &config, 16, &HashMap::new(), None).unwrap();
+    let mut runtime = Runtime::new(artifact, &device).unwrap();
+    runtime.set_bits(BitWidth::new(4).unwrap()).unwrap();
+    let four = logits(runtime.forward(images.clone()));
+    let uniform: Plan = serde_json::from_str(r#"{"default": 4}"#).unwrap();
+    runtime
+        .set_plan(&uniform.resolve(&layers, &config.bits).unwrap())
+        .unwrap();
+    assert_eq!(logits(runtime.forward(images.clone())), four);
+    runtime.set_plan(&resolved).unwrap();
+    let f32_found = logits(runtime.forward(images.clone()));
+    for (e, f) in expected.iter().zip(&f32_found) {
+        let scale = e.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-6);
+        for (x, y) in e.iter().zip(f) {
+            assert!((x - y).abs() <= 1e-4 * scale, "{x} vs {y}");
+        }
+    }
+    // Plans that do not fit are named.
+    let err = int.set_plan(&positions[1..]).unwrap_err().to_string();
+    assert!(err.contains("a position for each of the"), "{err}");
+    let mut bad = positions.clone();
+    bad[0] = 2;
+    let err = int.set_plan(&bad).unwrap_err().to_string();
+    assert!(
+        err.contains("position 2 is not one of the bit-widths 8,4"),
+        "{err}"
+    );
+}

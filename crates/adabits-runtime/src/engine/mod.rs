@@ -55,6 +55,9 @@ pub enum RuntimeError {
     /// Images of the wrong size, channel count or value range.
     #[error("the input: {0}")]
     Input(String),
+    /// A precision plan that does not fit the artifact.
+    #[error("the precision plan: {0}")]
+    Plan(String),
 }
 
 /// Runs an [`Artifact`] in integers at any of its bit-widths.
@@ -147,7 +150,7 @@ impl IntRuntime {
         self.isa
     }
 
-    /// The active bit-width.
+    /// The active bit-width (0 under a precision plan, [`set_plan`](Self::set_plan)).
     pub fn bits(&self) -> u8 {
         self.bits
     }
@@ -185,17 +188,67 @@ impl IntRuntime {
         let Some(position) = graph.bits.iter().position(|&b| b == bits) else {
             return Err(RuntimeError::UnknownBits {
                 bits,
-                list: graph
-                    .bits
-                    .iter()
-                    .map(u8::to_string)
-                    .collect::<Vec<_>>()
-                    .join(","),
+                list: self.bit_list(),
             });
         };
+        self.activate(&|_| position)?;
+        self.bits = bits;
+        Ok(())
+    }
+
+    /// Switches to a precision plan: quantized layer `i` (convolutions and linear layers, in
+    /// the graph's order) runs the model's bit-width at position `positions[i]` of its list,
+    /// with that entry's clipping level and BatchNorm, as [`set_bits`](Self::set_bits) runs
+    /// every layer at one position. [`bits`](Self::bits) is then 0.
+    ///
+    /// # Errors
+    ///
+    /// [`RuntimeError::Plan`] when `positions` does not hold one position of the list per
+    /// quantized layer.
+    pub fn set_plan(&mut self, positions: &[usize]) -> Result<(), RuntimeError> {
+        let graph = &self.artifact.header.graph;
+        let layers = graph
+            .nodes
+            .iter()
+            .filter(|n| matches!(n, Node::Conv(_) | Node::Linear(_)))
+            .count();
+        if positions.len() != layers {
+            return Err(RuntimeError::Plan(format!(
+                "expected a position for each of the {layers} quantized layers, found {}",
+                positions.len()
+            )));
+        }
+        if let Some(&p) = positions.iter().find(|&&p| p >= graph.bits.len()) {
+            return Err(RuntimeError::Plan(format!(
+                "position {p} is not one of the bit-widths {}",
+                self.bit_list()
+            )));
+        }
+        self.activate(&|i| positions[i])?;
+        self.bits = 0;
+        Ok(())
+    }
+
+    /// The model's bit-widths, as `8,6,5,4`.
+    fn bit_list(&self) -> String {
+        let bits = &self.artifact.header.graph.bits;
+        bits.iter().map(u8::to_string).collect::<Vec<_>>().join(",")
+    }
+
+    /// Decodes every layer at the position of its list `position_of(i)` gives (`i` counting
+    /// the quantized layers in the graph's order).
+    fn activate(&mut self, position_of: &dyn Fn(usize) -> usize) -> Result<(), RuntimeError> {
+        let graph = &self.artifact.header.graph;
         let mut parts = self.artifact.layers().into_iter();
         let mut active = Vec::with_capacity(graph.nodes.len());
+        let mut quantized_layer = 0;
         for node in &graph.nodes {
+            let position = if matches!(node, Node::Conv(_) | Node::Linear(_)) {
+                quantized_layer += 1;
+                position_of(quantized_layer - 1)
+            } else {
+                0
+            };
             let layer = match node {
                 Node::Conv(conv) => {
                     let Some(LayerPayload::Quant(part)) = parts.next() else {
@@ -276,7 +329,6 @@ impl IntRuntime {
             active.push(layer);
         }
         self.active = active;
-        self.bits = bits;
         self.expanded = (self.residency == Residency::Expanded).then(|| self.prepare_all());
         Ok(())
     }
