@@ -39,6 +39,11 @@ pub(crate) struct Verify {
     /// every prediction to agree (no flip allowed beyond it) [default: no such bound].
     #[arg(long, value_parser = crate::values::non_negative)]
     int_tolerance: Option<f64>,
+    /// Verify under a precision plan (JSON: a default and bit-widths by official layer name or
+    /// `*` pattern) instead of at each bit-width: both runtimes and the checkpoint run each
+    /// layer at its plan entry.
+    #[arg(long, value_name = "FILE")]
+    plan: Option<std::path::PathBuf>,
     /// Evaluation batch size.
     #[arg(long, default_value_t = 256, value_parser = crate::values::count)]
     batch_size: usize,
@@ -73,10 +78,37 @@ pub(crate) fn run(args: Verify) -> anyhow::Result<ExitCode> {
     let mut runtime = Runtime::new(artifact, &device)?;
     let mut rows = Vec::new();
     let mut ok = true;
-    for b in run.config.model.bits.iter() {
-        runtime.set_bits(b)?;
-        if let Some(int) = &mut integer {
-            int.set_bits(b.get())?;
+    // What is verified: each bit-width, or the plan (run by every layer whatever bit-width
+    // `forward` is given).
+    let (settings, model): (Vec<(String, adabits_quant::BitWidth)>, _) = match &args.plan {
+        Some(path) => {
+            let entries = &run.config.model.bits;
+            let resolved = crate::plan_file::read_plan(path, &model, entries)?;
+            runtime.set_plan(&resolved)?;
+            if let Some(int) = &mut integer {
+                let positions: Vec<usize> =
+                    resolved.layers.iter().map(|(_, at)| at.entry).collect();
+                int.set_plan(&positions)?;
+            }
+            let planned = adabits_models::with_plan(&model, &resolved)?;
+            (vec![("plan".to_string(), entries.max())], planned)
+        }
+        None => (
+            run.config
+                .model
+                .bits
+                .iter()
+                .map(|b| (b.to_string(), b))
+                .collect(),
+            model,
+        ),
+    };
+    for (label, b) in settings {
+        if args.plan.is_none() {
+            runtime.set_bits(b)?;
+            if let Some(int) = &mut integer {
+                int.set_bits(b.get())?;
+            }
         }
         let mut f32_check = Agreement::default();
         let mut int_check = Agreement::default();
@@ -112,7 +144,9 @@ pub(crate) fn run(args: Verify) -> anyhow::Result<ExitCode> {
             let pass = criterion.passes(check);
             ok &= pass;
             rows.push(json!({
-                "bits": b.get(), "engine": engine, "images": check.images,
+                // A bit-width stays a number, as before plans; a plan is "plan".
+                "bits": label.parse::<u8>().map_or_else(|_| json!(label), |b| json!(b)),
+                "engine": engine, "images": check.images,
                 "same_prediction": check.agree, "max_relative_difference": check.worst,
                 "beyond_tolerance": check.beyond, "criterion": criterion.to_string(),
                 "pass": pass,
@@ -134,7 +168,7 @@ pub(crate) fn run(args: Verify) -> anyhow::Result<ExitCode> {
         for r in &rows {
             println!(
                 "{:>6} {:>6} {:>8} {:>16} {:>14.2e} {:>10}  {} ({})",
-                r["bits"].as_u64().unwrap_or(0),
+                r["bits"].to_string().trim_matches('"'),
                 r["engine"].as_str().unwrap_or(""),
                 r["images"].as_u64().unwrap_or(0),
                 r["same_prediction"].as_u64().unwrap_or(0),
@@ -151,7 +185,12 @@ pub(crate) fn run(args: Verify) -> anyhow::Result<ExitCode> {
             "{}",
             if ok {
                 format!(
-                    "the artifact reproduces the checkpoint at every bit-width (f32 runtime within {:e}; integer runtime {})",
+                    "the artifact reproduces the checkpoint {} (f32 runtime within {:e}; integer runtime {})",
+                    if args.plan.is_some() {
+                        "under the plan"
+                    } else {
+                        "at every bit-width"
+                    },
                     args.tolerance,
                     match args.int_tolerance {
                         Some(t) => format!("within {t:e}"),
