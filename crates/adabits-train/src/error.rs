@@ -28,6 +28,9 @@ pub enum TrainError {
     /// A checkpoint could not be written or read.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// A precision plan does not fit the model.
+    #[error(transparent)]
+    Plan(#[from] adabits_models::PlanError),
     /// A bit-width's loss has not gone below chance level: the model predicts the same class
     /// for every image. The last good checkpoint, if any, is kept.
     #[error(

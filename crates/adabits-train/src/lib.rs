@@ -45,6 +45,7 @@ mod records;
 mod rng;
 mod run;
 mod run_dir;
+mod search;
 mod step;
 mod strategy;
 
@@ -64,5 +65,8 @@ pub use records::{
 pub use rng::Rng;
 pub use run::{train, train_on};
 pub use run_dir::{CheckpointInfo, Log, RunDir, RunLock, SavedRun, Which, load_run};
+pub use search::{
+    CostKind, SearchData, SearchPoint, SearchProgress, SearchResult, search_per_layer,
+};
 pub use step::{BitHook, Objective, calibrate, evaluate, joint_step};
 pub use strategy::{Strategy, StrategyKind};

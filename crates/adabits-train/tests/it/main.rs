@@ -3,6 +3,7 @@
 mod data;
 mod optim;
 mod reliability;
+mod search;
 mod train;
 
 use burn::tensor::Device;

@@ -1,0 +1,319 @@
+//! The per-layer precision search: from one trained model, the plan (an entry per quantized
+//! layer) with the best measured accuracy within a cost budget
+//! (docs/decisions/0002-precisions-and-plans.md, "The search").
+//!
+//! A greedy descent: every layer starts at the model's highest entry; at each step every layer
+//! that can go one entry lower is tried, each candidate plan measured with its BatchNorm
+//! re-estimated under it, and the move that costs the least loss per unit of cost saved is
+//! taken, until every layer is at its lowest entry. The plans on the way are the search's
+//! accuracy–cost path; the uniform entries are measured the same way beside it.
+
+use std::collections::BTreeMap;
+
+use adabits_models::{
+    Accounting, LayerShape, Model, Plan, ResolvedPlan, cost_plan, quantized_layers, with_plan,
+};
+use adabits_quant::{At, BitWidth, BitWidths, Precision};
+use burn::tensor::Device;
+
+use crate::data::Loader;
+use crate::error::TrainError;
+use crate::metrics::Scores;
+use crate::step::{calibrate, evaluate};
+
+/// The cost a budget bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CostKind {
+    /// BitOPs per image (MACs · weight bits · activation bits, per layer).
+    BitOps,
+    /// Model bytes (the official accounting).
+    Bytes,
+}
+
+/// What a candidate plan is measured on.
+#[derive(Clone, Copy, Debug)]
+pub struct SearchData<'a> {
+    /// The batches BatchNorm is re-estimated on (training images, augmented as in training).
+    pub calibration: &'a Loader,
+    /// How many of them.
+    pub calibration_batches: usize,
+    /// The images the accuracy and loss are measured on.
+    pub eval: &'a Loader,
+}
+
+/// One measured plan.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SearchPoint {
+    /// Each quantized layer's entry (a position in the model's list), in module order.
+    pub entries: Vec<usize>,
+    /// BitOPs per image, in units of 10^9.
+    pub gbitops: f64,
+    /// Model bytes.
+    pub bytes: u64,
+    /// The measured scores, BatchNorm re-estimated under the plan.
+    pub scores: Scores,
+}
+
+impl SearchPoint {
+    /// The cost of kind `kind`.
+    pub fn cost(&self, kind: CostKind) -> f64 {
+        match kind {
+            CostKind::BitOps => self.gbitops,
+            CostKind::Bytes => self.bytes as f64,
+        }
+    }
+}
+
+/// What the search found.
+#[derive(Clone, Debug)]
+pub struct SearchResult {
+    /// The quantized layers' official names, in module order.
+    pub layers: Vec<String>,
+    /// The model's entries.
+    pub entries: BitWidths,
+    /// The plans of the descent, from every layer at the highest entry to every layer at its
+    /// lowest, costs falling.
+    pub path: Vec<SearchPoint>,
+    /// Each entry as a uniform plan, measured the same way, in the model's order.
+    pub uniform: Vec<(BitWidth, SearchPoint)>,
+    /// How many plans were measured.
+    pub measured: usize,
+}
+
+impl SearchResult {
+    /// The plan of the path with the best measured top-1 within `max` of cost `kind` (the
+    /// lower loss on a tie, then the lower cost), if any fits.
+    pub fn best_within(&self, kind: CostKind, max: f64) -> Option<&SearchPoint> {
+        self.path
+            .iter()
+            .filter(|p| p.cost(kind) <= max)
+            .min_by(|a, b| {
+                b.scores
+                    .top1
+                    .total_cmp(&a.scores.top1)
+                    .then(a.scores.loss.total_cmp(&b.scores.loss))
+                    .then(a.cost(kind).total_cmp(&b.cost(kind)))
+            })
+    }
+
+    /// `point` as a resolved plan of the model.
+    pub fn resolved(&self, point: &SearchPoint) -> ResolvedPlan {
+        ResolvedPlan {
+            layers: self
+                .layers
+                .iter()
+                .zip(&point.entries)
+                .map(|(name, &e)| (name.clone(), at(&self.entries, e)))
+                .collect(),
+        }
+    }
+
+    /// `point` as a plan file: the most common precision as the default, every other layer
+    /// by name.
+    pub fn plan(&self, point: &SearchPoint) -> Plan {
+        let resolved = self.resolved(point);
+        let mut counts: BTreeMap<Precision, usize> = BTreeMap::new();
+        for (_, at) in &resolved.layers {
+            *counts.entry(at.precision).or_default() += 1;
+        }
+        // The most common, the higher precision on a tie.
+        let default = counts
+            .iter()
+            .max_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(b.0)))
+            .map(|(&p, _)| p);
+        Plan {
+            default,
+            layers: resolved
+                .layers
+                .into_iter()
+                .filter(|(_, at)| Some(at.precision) != default)
+                .map(|(name, at)| (name, at.precision))
+                .collect(),
+        }
+    }
+}
+
+/// What the search reports as it goes.
+#[derive(Clone, Copy, Debug)]
+pub struct SearchProgress {
+    /// Moves taken so far.
+    pub step: usize,
+    /// Moves in the whole descent.
+    pub steps: usize,
+    /// Plans measured so far.
+    pub measured: usize,
+}
+
+/// An entry of `entries` as what a layer runs.
+fn at(entries: &BitWidths, entry: usize) -> At {
+    let bits = entries.iter().nth(entry).expect("an entry of the list");
+    At::new(entry, bits)
+}
+
+/// Searches `model` (on `device`'s autodiff device, trained at `entries`, with `shapes` its
+/// layers at the data's image size) for per-layer plans, measuring each on `data`; `report`
+/// is called after each move.
+///
+/// A move that lowers a layer without saving any cost (a layer its bit policy keeps at a
+/// minimum) is never taken: such a layer stays at the highest entry.
+///
+/// # Errors
+///
+/// [`TrainError::Data`] when a batch cannot be read.
+pub fn search_per_layer(
+    model: &Model,
+    entries: &BitWidths,
+    shapes: &[LayerShape],
+    data: SearchData<'_>,
+    kind: CostKind,
+    device: &Device,
+    report: &mut dyn FnMut(SearchProgress),
+) -> Result<SearchResult, TrainError> {
+    let layers = quantized_layers(model);
+    // The entries from the highest bit-width down (a stable order on equal bit-widths).
+    let mut descending: Vec<usize> = (0..entries.len()).collect();
+    descending.sort_by_key(|&e| std::cmp::Reverse(entries.iter().nth(e)));
+    let result = SearchResult {
+        layers,
+        entries: entries.clone(),
+        path: Vec::new(),
+        uniform: Vec::new(),
+        measured: 0,
+    };
+    let mut search = Search {
+        model,
+        shapes,
+        data,
+        device,
+        ad: device.clone().autodiff(),
+        result,
+    };
+    let mut rank = vec![0usize; search.result.layers.len()];
+    let point = |rank: &[usize]| -> Vec<usize> { rank.iter().map(|&r| descending[r]).collect() };
+    let cost = |search: &Search<'_>, rank: &[usize]| search.cost(&point(rank), kind);
+    // Which layers can go lower at all: the lowest entry saves something.
+    let movable: Vec<bool> = (0..rank.len())
+        .map(|i| {
+            let mut low = rank.clone();
+            low[i] = descending.len() - 1;
+            cost(&search, &low) < cost(&search, &rank)
+        })
+        .collect();
+    let steps = movable.iter().filter(|&&m| m).count() * (descending.len() - 1);
+    let mut current = search.measure(&point(&rank))?;
+    search.result.path.push(current.clone());
+    for step in 0..steps {
+        report(SearchProgress {
+            step,
+            steps,
+            measured: search.result.measured,
+        });
+        let here = current.cost(kind);
+        let mut best: Option<(f64, usize, SearchPoint)> = None;
+        for i in 0..rank.len() {
+            if !movable[i] || rank[i] + 1 >= descending.len() {
+                continue;
+            }
+            let mut lower = rank.clone();
+            lower[i] += 1;
+            let saved = here - cost(&search, &lower);
+            let candidate = search.measure(&point(&lower))?;
+            // A step that saves nothing (possible only where a policy minimum holds one
+            // operand) comes last, but is still a step towards the lower entries.
+            let per_cost = if saved > 0.0 {
+                (candidate.scores.loss - current.scores.loss) / saved
+            } else {
+                f64::INFINITY
+            };
+            if best.as_ref().is_none_or(|(b, _, _)| per_cost < *b) {
+                best = Some((per_cost, i, candidate));
+            }
+        }
+        let Some((_, i, candidate)) = best else {
+            break;
+        };
+        rank[i] += 1;
+        current = candidate;
+        search.result.path.push(current.clone());
+    }
+    report(SearchProgress {
+        step: steps,
+        steps,
+        measured: search.result.measured,
+    });
+    for e in 0..entries.len() {
+        let uniform = search.measure(&vec![e; rank.len()])?;
+        search
+            .result
+            .uniform
+            .push((entries.iter().nth(e).expect("an entry"), uniform));
+    }
+    Ok(search.result)
+}
+
+/// The search's fixed inputs and what it has found so far.
+struct Search<'a> {
+    model: &'a Model,
+    shapes: &'a [LayerShape],
+    data: SearchData<'a>,
+    device: &'a Device,
+    ad: Device,
+    result: SearchResult,
+}
+
+impl Search<'_> {
+    /// The cost of a plan given as an entry per layer.
+    fn cost(&self, entries: &[usize], kind: CostKind) -> f64 {
+        let (gbitops, bytes) = self.costs(entries);
+        match kind {
+            CostKind::BitOps => gbitops,
+            CostKind::Bytes => bytes as f64,
+        }
+    }
+
+    fn costs(&self, entries: &[usize]) -> (f64, u64) {
+        let precisions: Vec<Precision> = entries
+            .iter()
+            .map(|&e| at(&self.result.entries, e).precision)
+            .collect();
+        let c = cost_plan(self.shapes, &precisions, Accounting::Official);
+        (c.gbitops, c.size_bytes)
+    }
+
+    /// The plan's scores with BatchNorm re-estimated under it.
+    fn measure(&mut self, entries: &[usize]) -> Result<SearchPoint, TrainError> {
+        let point = SearchPoint {
+            entries: entries.to_vec(),
+            gbitops: 0.0,
+            bytes: 0,
+            scores: Scores {
+                loss: 0.0,
+                top1: 0.0,
+                top5: 0.0,
+            },
+        };
+        let plan = self.result.resolved(&point);
+        let planned = with_plan(self.model, &plan)?;
+        // Under a plan the bit-width `forward` is given does not matter.
+        let any = self.result.entries.max();
+        let calibrated = calibrate(
+            &planned,
+            any,
+            self.data.calibration,
+            self.data.calibration_batches,
+            &self.ad,
+        )?;
+        let scores = evaluate(&calibrated, &[any], self.data.eval, self.device)?
+            .into_values()
+            .next()
+            .expect("the one bit-width evaluated");
+        self.result.measured += 1;
+        let (gbitops, bytes) = self.costs(entries);
+        Ok(SearchPoint {
+            gbitops,
+            bytes,
+            scores,
+            ..point
+        })
+    }
+}
