@@ -6,9 +6,10 @@
 //! that can go one entry lower is tried, each candidate plan measured with its BatchNorm
 //! re-estimated under it, and the move that costs the least loss per unit of cost saved is
 //! taken, until every layer is at its lowest entry. The plans on the way are the search's
-//! accuracy–cost path; the uniform entries are measured the same way beside it.
+//! accuracy–cost path; the uniform entries are measured the same way beside it, and the answer
+//! for a budget is the most accurate of either that fits.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use adabits_models::{
     Accounting, LayerShape, Model, Plan, ResolvedPlan, cost_plan, quantized_layers, with_plan,
@@ -76,16 +77,17 @@ pub struct SearchResult {
     pub path: Vec<SearchPoint>,
     /// Each entry as a uniform plan, measured the same way, in the model's order.
     pub uniform: Vec<(BitWidth, SearchPoint)>,
-    /// How many plans were measured.
+    /// How many distinct plans were measured.
     pub measured: usize,
 }
 
 impl SearchResult {
-    /// The plan of the path with the best measured top-1 within `max` of cost `kind` (the
-    /// lower loss on a tie, then the lower cost), if any fits.
+    /// The plan of the path, or the uniform entry, with the best measured top-1 within `max`
+    /// of cost `kind` (the lower loss on a tie, then the lower cost), if any fits.
     pub fn best_within(&self, kind: CostKind, max: f64) -> Option<&SearchPoint> {
         self.path
             .iter()
+            .chain(self.uniform.iter().map(|(_, p)| p))
             .filter(|p| p.cost(kind) <= max)
             .min_by(|a, b| {
                 b.scores
@@ -154,8 +156,8 @@ fn at(entries: &BitWidths, entry: usize) -> At {
 /// layers at the data's image size) for per-layer plans, measuring each on `data`; `report`
 /// is called after each move.
 ///
-/// A move that lowers a layer without saving any cost (a layer its bit policy keeps at a
-/// minimum) is never taken: such a layer stays at the highest entry.
+/// The descent takes one move per layer and entry below the highest, so it ends with every
+/// layer at the lowest entry.
 ///
 /// # Errors
 ///
@@ -187,19 +189,12 @@ pub fn search_per_layer(
         device,
         ad: device.clone().autodiff(),
         result,
+        seen: HashMap::new(),
     };
     let mut rank = vec![0usize; search.result.layers.len()];
     let point = |rank: &[usize]| -> Vec<usize> { rank.iter().map(|&r| descending[r]).collect() };
     let cost = |search: &Search<'_>, rank: &[usize]| search.cost(&point(rank), kind);
-    // Which layers can go lower at all: the lowest entry saves something.
-    let movable: Vec<bool> = (0..rank.len())
-        .map(|i| {
-            let mut low = rank.clone();
-            low[i] = descending.len() - 1;
-            cost(&search, &low) < cost(&search, &rank)
-        })
-        .collect();
-    let steps = movable.iter().filter(|&&m| m).count() * (descending.len() - 1);
+    let steps = rank.len() * (descending.len() - 1);
     let mut current = search.measure(&point(&rank))?;
     search.result.path.push(current.clone());
     for step in 0..steps {
@@ -209,29 +204,29 @@ pub fn search_per_layer(
             measured: search.result.measured,
         });
         let here = current.cost(kind);
-        let mut best: Option<(f64, usize, SearchPoint)> = None;
+        let mut best: Option<((u8, f64), usize, SearchPoint)> = None;
         for i in 0..rank.len() {
-            if !movable[i] || rank[i] + 1 >= descending.len() {
+            if rank[i] + 1 >= descending.len() {
                 continue;
             }
             let mut lower = rank.clone();
             lower[i] += 1;
             let saved = here - cost(&search, &lower);
             let candidate = search.measure(&point(&lower))?;
-            // A step that saves nothing (possible only where a policy minimum holds one
-            // operand) comes last, but is still a step towards the lower entries.
-            let per_cost = if saved > 0.0 {
-                (candidate.scores.loss - current.scores.loss) / saved
-            } else {
-                f64::INFINITY
+            let worse = candidate.scores.loss - current.scores.loss;
+            // Moves that save cost rank by the loss they add per cost saved. A move that saves
+            // nothing (a layer a policy minimum holds, whose entry still selects its clipping
+            // level and BatchNorm) goes first if it lowers the loss, else last.
+            let key = match (saved > 0.0, worse < 0.0) {
+                (true, _) => (1, worse / saved),
+                (false, true) => (0, worse),
+                (false, false) => (2, worse),
             };
-            if best.as_ref().is_none_or(|(b, _, _)| per_cost < *b) {
-                best = Some((per_cost, i, candidate));
+            if best.as_ref().is_none_or(|(b, _, _)| key < *b) {
+                best = Some((key, i, candidate));
             }
         }
-        let Some((_, i, candidate)) = best else {
-            break;
-        };
+        let (_, i, candidate) = best.expect("a layer above its lowest entry while steps remain");
         rank[i] += 1;
         current = candidate;
         search.result.path.push(current.clone());
@@ -259,6 +254,8 @@ struct Search<'a> {
     device: &'a Device,
     ad: Device,
     result: SearchResult,
+    /// Every plan measured, by its entries.
+    seen: HashMap<Vec<usize>, SearchPoint>,
 }
 
 impl Search<'_> {
@@ -280,8 +277,11 @@ impl Search<'_> {
         (c.gbitops, c.size_bytes)
     }
 
-    /// The plan's scores with BatchNorm re-estimated under it.
+    /// The plan's scores with BatchNorm re-estimated under it (each plan measured once).
     fn measure(&mut self, entries: &[usize]) -> Result<SearchPoint, TrainError> {
+        if let Some(seen) = self.seen.get(entries) {
+            return Ok(seen.clone());
+        }
         let point = SearchPoint {
             entries: entries.to_vec(),
             gbitops: 0.0,
@@ -309,11 +309,13 @@ impl Search<'_> {
             .expect("the one bit-width evaluated");
         self.result.measured += 1;
         let (gbitops, bytes) = self.costs(entries);
-        Ok(SearchPoint {
+        let point = SearchPoint {
             gbitops,
             bytes,
             scores,
             ..point
-        })
+        };
+        self.seen.insert(entries.to_vec(), point.clone());
+        Ok(point)
     }
 }

@@ -130,11 +130,18 @@ pub fn calibrate(
         bn.reset_statistics(bits);
     });
     let n = batches.min(loader.batches_per_epoch());
+    // The passes run on the autodiff device (BatchNorm's training form) but on a copy whose
+    // parameters track no gradient, so that they record no graph: Burn frees a graph only
+    // at a backward pass, and a pass without one would otherwise keep every activation.
+    // The copy shares the fresh running statistics with `model` (Burn's `RunningState` is
+    // shared between clones and kept by `no_grad`), so its updates land in `model`.
+    let mut probe = model.clone().no_grad();
     for (k, batch) in loader.epoch(0, 0, ad).take(n).enumerate() {
         let batch = batch?;
-        model.for_each_norm(|bn| bn.set_momentum(1.0 / (k + 1) as f64));
-        let _ = model.forward(batch.images, bits);
+        probe.for_each_norm(|bn| bn.set_momentum(1.0 / (k + 1) as f64));
+        let _ = probe.forward(batch.images, bits);
     }
+    drop(probe);
     model.for_each_norm(|bn| bn.set_momentum(momentum));
     Ok(model)
 }

@@ -550,6 +550,75 @@ fn export_verify_select_and_calibrate_a_trained_run() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stdout).contains("no bit-width of the artifact fits"));
 
+    // Select per layer within the 3-bit model's BitOPs: the plan file it writes runs in
+    // `eval --plan`, with the validation figures it reported.
+    let budget = table[1]["gbitops"].as_f64().unwrap().to_string();
+    let plan = dir.join("plan.json");
+    let plan_s = plan.to_str().unwrap();
+    let search = |budget: &str| {
+        adabits(&[
+            "select",
+            "--per-layer",
+            "--checkpoint",
+            run_s,
+            "--max-bitops",
+            budget,
+            "--calibrate",
+            "2",
+            "--out",
+            plan_s,
+            "--json",
+        ])
+    };
+    let out = search(&budget);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let found: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(found["search"]["images"], 64, "half the training set");
+    let path = found["path"].as_array().unwrap();
+    // ResNet-20: 22 quantized layers, each lowered twice, from every layer at 4 bits.
+    assert_eq!(path.len(), 22 * 2 + 1);
+    let selected = &found["selected"];
+    assert!(selected["gbitops"].as_f64().unwrap() <= budget.parse::<f64>().unwrap());
+    assert_eq!(selected["layers"].as_array().unwrap().len(), 22);
+    let out = adabits(&[
+        "eval",
+        "--checkpoint",
+        run_s,
+        "--plan",
+        plan_s,
+        "--calibrate",
+        "2",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let eval: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in ["top1", "loss", "gbitops", "bytes"] {
+        assert_eq!(
+            eval["result"][key], selected["validation"][key],
+            "{key}: eval --plan against select's validation figures"
+        );
+    }
+    // Below every plan's cost nothing is selected and no plan is written.
+    std::fs::remove_file(&plan).unwrap();
+    let out = search("0.000001");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(!plan.exists());
+    // The search needs the run: the artifact keeps BatchNorm folded.
+    let out = adabits(&[
+        "select",
+        "--per-layer",
+        "--artifact",
+        abq_s,
+        "--max-bitops",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--checkpoint"),
+        "{}",
+        text(&out.stderr)
+    );
+
     // Calibrate a bit-width the model never trained at, save it, export and verify that.
     let five = dir.join("run5");
     let five_s = five.to_str().unwrap();

@@ -1,5 +1,6 @@
 //! Integration tests of `adabits-train`. The backend is the CPU (flex) by default.
 
+mod calibrate;
 mod data;
 mod optim;
 mod reliability;
