@@ -18,6 +18,7 @@ mod cargo;
 mod docs;
 mod eta;
 mod findings;
+mod frontier;
 mod full;
 mod grid;
 mod plot;
@@ -269,7 +270,7 @@ fn reproduce(args: &[String]) -> Result<(), String> {
         + lists
             .iter()
             .enumerate()
-            .map(|(i, list)| grid::cost(list, scale, &lists[..i]))
+            .map(|(i, list)| grid::cost(list, scale, &lists[..i]) + scale.search_cost(list))
             .sum::<f64>()
         + (seeds - 1) as f64 * grid::seed_cost(&lists, scale);
     let mut job = grid::Job {
@@ -290,7 +291,9 @@ fn reproduce(args: &[String]) -> Result<(), String> {
     for (i, list) in lists.iter().enumerate() {
         let name = list.iter().map(u8::to_string).collect::<Vec<_>>().join("");
         println!("[4/4] training grid {}/2: bits {:?}", i + 1, list);
-        let section = grid::run(&mut job, list, &out.join(format!("grid-{name}")))?;
+        let dir = out.join(format!("grid-{name}"));
+        let mut section = grid::run(&mut job, list, &dir)?;
+        section.push_str(&frontier::section(&mut job, list, &dir)?);
         let bits = list.iter().map(u8::to_string).collect::<Vec<_>>().join(",");
         sections.push_str(&format!("### Bit-widths {{{bits}}}\n\n{section}\n"));
     }
