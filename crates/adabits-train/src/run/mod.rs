@@ -1,6 +1,9 @@
-//! A training run: stages, epochs, steps, evaluation, calibration, checkpoints and resumption.
+//! A training run: stages, epochs, steps and checkpoints; the evaluations (`evaluate`) and
+//! resumption (`resume`) are its submodules.
 
-use std::collections::BTreeMap;
+mod evaluate;
+mod resume;
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -9,18 +12,15 @@ use adabits_models::Model;
 use adabits_quant::BitWidth;
 use burn::tensor::Device;
 
-use crate::config::{BestBy, RunOptions, TrainConfig};
+use crate::config::{RunOptions, TrainConfig};
 use crate::data::{Dataset, Loader};
-use crate::error::{TrainError, run_file};
+use crate::error::TrainError;
 use crate::guard::{classifier_diagnosis, diverged_limit, non_finite_parameter, stuck};
-use crate::metrics::Scores;
 use crate::optim::{LrPlan, Sgd};
 use crate::progress::{Progress, StepInfo};
-use crate::records::{
-    BitResult, EpochRecord, Evaluation, LossRecord, RunResults, RunState, RunStatus, key,
-};
-use crate::run_dir::{Log, RunDir, Which};
-use crate::step::{calibrate, evaluate, joint_step};
+use crate::records::{LossRecord, RunResults, RunState, RunStatus, key};
+use crate::run_dir::{Log, RunDir};
+use crate::step::joint_step;
 use crate::strategy::{Stage, Strategy};
 
 /// Trains as `config` says, writing into `options.out`: `config.json`, `metrics.jsonl`,
@@ -469,163 +469,6 @@ impl<'a> Run<'a> {
         })
     }
 
-    /// Evaluates `model` at `bits` on what epochs are scored on (the held-out images with a
-    /// validation split, else the test set).
-    fn evaluate(
-        &self,
-        model: &Model,
-        bits: &[BitWidth],
-    ) -> Result<BTreeMap<String, Scores>, TrainError> {
-        evaluate(model, bits, &self.val_loader, self.device)
-    }
-
-    /// Evaluates `model` at `bits` on the test set (the final figures).
-    fn evaluate_test(
-        &self,
-        model: &Model,
-        bits: &[BitWidth],
-    ) -> Result<BTreeMap<String, Scores>, TrainError> {
-        let loader = self.test_loader.as_ref().unwrap_or(&self.val_loader);
-        evaluate(model, bits, loader, self.device)
-    }
-
-    /// A copy of `model` with the BatchNorm statistics of `bits` re-estimated.
-    fn calibrated(&self, model: &Model, bits: BitWidth) -> Result<Model, TrainError> {
-        calibrate(
-            model,
-            bits,
-            &self.train_loader,
-            self.config.calibration_batches,
-            self.ad,
-        )
-    }
-
-    fn eval_bits(&self) -> Vec<BitWidth> {
-        self.config.model.bits.iter().collect()
-    }
-
-    fn end_epoch(
-        &mut self,
-        stage: &Stage,
-        lr: f64,
-        seconds: f64,
-    ) -> Result<EpochRecord, TrainError> {
-        let bits = if stage.full_precision {
-            stage.bits.clone()
-        } else {
-            self.eval_bits()
-        };
-        let val = self.evaluate(&self.model, &bits)?;
-        let ema = match &self.ema {
-            Some(average) if !stage.full_precision => Some(self.evaluate(average, &bits)?),
-            _ => None,
-        };
-        Ok(EpochRecord {
-            stage: self.state.stage,
-            epoch: self.state.epoch,
-            trained_bits: stage.bits.clone(),
-            lr,
-            train: self
-                .state
-                .meters
-                .iter()
-                .map(|(k, m)| (k.clone(), m.summary()))
-                .collect(),
-            val,
-            ema,
-            images_per_second: self.state.epoch_images as f64 / seconds.max(1e-9),
-            train_seconds: seconds,
-        })
-    }
-
-    /// The evaluations at the end of a stage.
-    fn end_stage(&mut self, stage: &Stage, progress: &mut dyn Progress) -> Result<(), TrainError> {
-        if stage.full_precision {
-            progress.note("full-precision stage done: its BatchNorm and clipping levels go to every bit-width");
-            self.model = adabits_models::spread_first(self.model.clone()).map_err(|e| {
-                TrainError::Internal(format!("spreading the full-precision stage: {e}"))
-            })?;
-            return Ok(());
-        }
-        let bits = self.eval_bits();
-        let mut after_plain = false;
-        let evaluations = self.config.strategy.after_stage(self.state.stage, stage);
-        for evaluation in &evaluations {
-            let scores = if evaluation.calibrated {
-                if after_plain {
-                    progress.note("calibrating BatchNorm at every bit-width");
-                }
-                self.calibrated_scores(&self.model, &bits)?
-            } else {
-                self.evaluate_test(&self.model, &bits)?
-            };
-            after_plain = !evaluation.calibrated;
-            let evaluation = self.evaluation(evaluation.label.clone(), &scores);
-            self.state.evaluations.push(evaluation);
-        }
-        // The average is evaluated as the strategy's last evaluation evaluates the model.
-        if let (Some(average), Some(decay), Some(last)) =
-            (&self.ema, self.config.ema_decay, evaluations.last())
-        {
-            let scores = if last.calibrated {
-                self.calibrated_scores(average, &bits)?
-            } else {
-                self.evaluate_test(average, &bits)?
-            };
-            let mut evaluation = self.evaluation(
-                format!("{}, EMA of the weights (decay {decay})", last.label),
-                &scores,
-            );
-            evaluation.ema = true;
-            self.state.evaluations.push(evaluation);
-        }
-        Ok(())
-    }
-
-    fn calibrated_scores(
-        &self,
-        model: &Model,
-        bits: &[BitWidth],
-    ) -> Result<BTreeMap<String, Scores>, TrainError> {
-        let mut scores = BTreeMap::new();
-        for &b in bits {
-            let calibrated = self.calibrated(model, b)?;
-            scores.extend(self.evaluate_test(&calibrated, &[b])?);
-        }
-        Ok(scores)
-    }
-
-    fn evaluation(&self, label: String, scores: &BTreeMap<String, Scores>) -> Evaluation {
-        let shapes = self.model.layer_shapes([self.side, self.side]);
-        let bits = self
-            .config
-            .model
-            .bits
-            .iter()
-            .filter_map(|b| {
-                let s = scores.get(&key(b))?;
-                Some((key(b), BitResult::new(s, &shapes, b)))
-            })
-            .collect();
-        Evaluation {
-            label,
-            bits,
-            ema: false,
-        }
-    }
-
-    fn score(&self, record: &EpochRecord) -> f64 {
-        let top1: Vec<f64> = record.val.values().map(|s| s.top1).collect();
-        match self.config.best_by {
-            BestBy::Mean => top1.iter().sum::<f64>() / top1.len().max(1) as f64,
-            BestBy::Min => top1.iter().copied().fold(f64::INFINITY, f64::min),
-            BestBy::Lowest => record
-                .val
-                .get(&key(self.config.model.bits.min()))
-                .map_or(0.0, |s| s.top1),
-        }
-    }
-
     /// Adds a step's losses to the window of the loss curve and writes a point every
     /// `log_every` steps.
     fn log_losses(&mut self, losses: &[(BitWidth, f64)], lr: f64) -> Result<(), TrainError> {
@@ -654,98 +497,11 @@ impl<'a> Run<'a> {
         self.dir.append_jsonl(Log::Losses, &record)
     }
 
-    fn results(&self, status: RunStatus) -> RunResults {
-        let bits = self
-            .state
-            .evaluations
-            .iter()
-            .rev()
-            .find(|e| !e.ema)
-            .map(|e| e.bits.clone())
-            .unwrap_or_default();
-        RunResults {
-            status,
-            strategy: self.config.strategy.name().to_string(),
-            model: self.config.model.arch.to_string(),
-            dataset: self.config.data.name().to_string(),
-            bits,
-            evaluations: self.state.evaluations.clone(),
-            wall_seconds: self.state.wall_seconds,
-            // Completed epochs plus the part of the epoch a stop interrupted.
-            train_images_per_second: self.state.train_images as f64
-                / (self.state.train_seconds + self.state.epoch_seconds).max(1e-9),
-            steps: self.state.step,
-            best_chosen_on: crate::records::Selection::of_split(self.config.val_split),
-        }
-    }
-
     /// Writes a checkpoint of where the run stands; `best` moves the `best` pointer too.
     fn checkpoint(&mut self, best: bool) -> Result<(), TrainError> {
         self.dir
             .write_checkpoint(&self.model, self.ema.as_ref(), &self.sgd, &self.state, best)?;
         self.checkpoint = Some(self.state.step);
-        Ok(())
-    }
-
-    /// Checks the configuration against the saved one (only `max_steps` may change).
-    fn check_config(&self) -> Result<(), TrainError> {
-        // Read through the type, so that a setting added since the run started (absent from
-        // its file) compares at its default.
-        let then = serde_json::to_value(self.dir.read_config()?).expect("a config serialises");
-        if let Some((field, there, here)) = self.config.first_difference(&then, &["max_steps"]) {
-            return Err(run_file(
-                &self.dir.config_path(),
-                format!(
-                    "the run was started with another configuration: `{field}` is {there} there and {here} here; resume with the same settings (only max_steps may change) or use a new --out"
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Starts this new run at the end of `source`'s full-precision stage (see
-    /// [`RunOptions::fp_stage_from`]) and writes a checkpoint there, so that the run no longer
-    /// needs `source`.
-    fn start_after_full_precision(&mut self, source: &RunDir) -> Result<(), TrainError> {
-        let source_config = source.read_config()?;
-        let theirs = serde_json::to_value(&source_config).expect("a config serialises");
-        if let Some((field, there, here)) = self.config.full_precision_difference(&theirs) {
-            return Err(run_file(
-                &source.config_path(),
-                format!(
-                    "trains another full-precision stage than this run: `{field}` is {there} there and {here} here"
-                ),
-            ));
-        }
-        let (trained, state) = source
-            .full_precision_stage_end(source_config.model.init(self.ad), self.config.fp_epochs)?;
-        let (model, report) = adabits_models::adapt_from(&trained, self.model.clone())
-            .map_err(|e| TrainError::Internal(format!("taking the full-precision stage: {e}")))?;
-        if let Some(key) = report.kept_initial.first().or(report.dropped.first()) {
-            return Err(TrainError::Internal(format!(
-                "taking the full-precision stage: `{key}` is in one model and not the other"
-            )));
-        }
-        self.model = model;
-        self.state = state;
-        self.dir.continue_logs_from(source, &self.state)?;
-        self.checkpoint(false)
-    }
-
-    /// Loads the latest checkpoint.
-    fn resume(&mut self) -> Result<(), TrainError> {
-        let model = self.config.model.init(self.ad);
-        let (model, state) = self.dir.resume_latest(model, &mut self.sgd, self.ad)?;
-        self.model = model;
-        self.ema = match state.ema_updates {
-            Some(_) => Some(
-                self.dir
-                    .load_ema(Which::Latest, self.config.model.init(self.ad))?,
-            ),
-            None => None,
-        };
-        self.checkpoint = Some(state.step);
-        self.state = state;
         Ok(())
     }
 }
