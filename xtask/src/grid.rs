@@ -9,7 +9,7 @@ use std::time::Instant;
 use serde_json::{Value, json};
 
 use crate::eta::Eta;
-use crate::findings::{Row, Seeds, findings, noise, spread_section};
+use crate::findings::{Row, findings, noise, spread_section};
 use crate::plot::{Chart, Reference, Series, loss_chart, svg};
 
 /// The size of every run of the grid.
@@ -51,17 +51,17 @@ impl Scale {
 }
 
 /// One run of the grid.
-struct Entry {
+pub(crate) struct Entry {
     /// Row label in the report.
-    label: String,
+    pub(crate) label: String,
     /// Run directory name.
-    name: String,
+    pub(crate) name: String,
     /// Flags of `adabits train`.
-    flags: Vec<String>,
+    pub(crate) flags: Vec<String>,
     /// Which evaluation of results.json fills the row (by label), or the headline.
-    evaluation: Option<&'static str>,
+    pub(crate) evaluation: Option<&'static str>,
     /// What the run costs after the shared full-precision stage, in passes ([`Eta`]).
-    cost: f64,
+    pub(crate) cost: f64,
 }
 
 /// A reproduction's grids: the binary, where it runs, the settings every run shares, the
@@ -125,7 +125,7 @@ pub(crate) fn preset(scale: &Scale) -> String {
 }
 
 /// The rows of the grid for `list`, with the runs that fill them.
-fn entries(list: &[u8], scale: &Scale) -> Vec<Entry> {
+pub(crate) fn entries(list: &[u8], scale: &Scale) -> Vec<Entry> {
     let n = list.len();
     let bits = list.iter().map(u8::to_string).collect::<Vec<_>>().join(",");
     let mut out = Vec::new();
@@ -226,24 +226,6 @@ pub(crate) fn cost(list: &[u8], scale: &Scale, before: &[&[u8]]) -> f64 {
         .sum()
 }
 
-/// The cost in passes of one further seed of the key rows over `lists`: its full-precision
-/// stage, then each key run once (a run two lists share counts once).
-pub(crate) fn seed_cost(lists: &[&[u8]], scale: &Scale) -> f64 {
-    let mut seen: Vec<Vec<String>> = Vec::new();
-    let mut cost = scale.stem_cost();
-    for list in lists {
-        for e in entries(list, scale) {
-            if (e.name.starts_with("individual-") || e.name == "joint-scl")
-                && !seen.contains(&e.flags)
-            {
-                cost += e.cost;
-                seen.push(e.flags);
-            }
-        }
-    }
-    cost
-}
-
 /// Trains the full-precision stage every run of the job takes (`adabits train
 /// --fp-stage-from`): a joint run of `list` stopped at the end of that stage.
 pub(crate) fn train_stem(job: &mut Job<'_>, list: &[u8]) -> Result<(), String> {
@@ -252,7 +234,12 @@ pub(crate) fn train_stem(job: &mut Job<'_>, list: &[u8]) -> Result<(), String> {
 }
 
 /// The full-precision stage of seed `seed` into `stem`.
-fn train_stem_into(job: &mut Job<'_>, list: &[u8], seed: u64, stem: &Path) -> Result<(), String> {
+pub(crate) fn train_stem_into(
+    job: &mut Job<'_>,
+    list: &[u8],
+    seed: u64,
+    stem: &Path,
+) -> Result<(), String> {
     let bits = list.iter().map(u8::to_string).collect::<Vec<_>>().join(",");
     let _ = std::fs::remove_dir_all(stem);
     println!(
@@ -314,7 +301,7 @@ fn copy_run(from: &Path, to: &Path) -> Result<(), String> {
 /// full-precision stage in `stem`, or copies it from the job's identical earlier run;
 /// `None` when it stopped with an error (a result too: its cells stay empty and the report
 /// says why, instead of the whole grid stopping).
-fn cell(
+pub(crate) fn cell(
     job: &mut Job<'_>,
     place: &str,
     entry: &Entry,
@@ -498,7 +485,7 @@ pub(crate) fn run(job: &mut Job<'_>, list: &[u8], dir: &Path) -> Result<String, 
         let last = field(&evaluations.last()?["bits"], list[0], "top1")?;
         Some((first, last))
     });
-    let seeds = seed_runs(job, list, dir, &rows)?;
+    let seeds = crate::seeds::seed_runs(job, list, dir, &rows)?;
     md.push_str(&findings(
         list,
         &rows,
@@ -531,66 +518,6 @@ pub(crate) fn run(job: &mut Job<'_>, list: &[u8], dir: &Path) -> Result<String, 
     )
     .map_err(|e| format!("cannot write {}: {e}", json_path.display()))?;
     Ok(md)
-}
-
-/// The key rows (individual, joint S-CL) again with each further seed of the job, each from
-/// that seed's own full-precision stage (`dir/seed-S/`), and their spread over the seeds with
-/// `rows` (seed 0); `None` with one seed.
-fn seed_runs(
-    job: &mut Job<'_>,
-    list: &[u8],
-    dir: &Path,
-    rows: &[Row],
-) -> Result<Option<Seeds>, String> {
-    if job.seeds <= 1 {
-        return Ok(None);
-    }
-    let key = |e: &Entry| e.name.starts_with("individual-") || e.name == "joint-scl";
-    let grid: Vec<Entry> = entries(list, job.scale).into_iter().filter(key).collect();
-    let seed0 = |prefix: &str| {
-        rows.iter()
-            .find(|r| r.label.starts_with(prefix))
-            .map(|r| r.top1.clone())
-            .unwrap_or_else(|| vec![None; list.len()])
-    };
-    // Per seed, the individual and the joint S-CL top-1 at each bit-width.
-    let mut individual = vec![seed0("individual")];
-    let mut joint = vec![seed0("joint, S-CL")];
-    for seed in 1..job.seeds {
-        let stem = match job.seed_stems.iter().find(|(s, _)| *s == seed) {
-            Some((_, stem)) => stem.clone(),
-            None => {
-                let stem = job
-                    .stem
-                    .with_file_name(format!("full-precision-stage-seed-{seed}"));
-                train_stem_into(job, list, seed, &stem)?;
-                job.seed_stems.push((seed, stem.clone()));
-                stem
-            }
-        };
-        let extra = ["--seed".to_string(), seed.to_string()];
-        let mut found: Vec<(String, Value)> = Vec::new();
-        for (k, entry) in grid.iter().enumerate() {
-            let out = dir.join(format!("seed-{seed}")).join(&entry.name);
-            let place = format!("seed {seed}, {}/{}", k + 1, grid.len());
-            if let Some(v) = cell(job, &place, entry, &extra, &stem, &out)? {
-                found.push((entry.name.clone(), v));
-            }
-        }
-        let top1 = |name: &str, b: u8| {
-            found
-                .iter()
-                .find(|(n, _)| n == name)
-                .and_then(|(_, v)| v["bits"][b.to_string()]["top1"].as_f64())
-        };
-        individual.push(
-            list.iter()
-                .map(|&b| top1(&format!("individual-{b}"), b))
-                .collect(),
-        );
-        joint.push(list.iter().map(|&b| top1("joint-scl", b)).collect());
-    }
-    Ok(Some(Seeds { individual, joint }))
 }
 
 /// The loss curve of a run: `(step, {bits: loss})` from its `losses.jsonl`.

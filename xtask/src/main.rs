@@ -23,6 +23,7 @@ mod full;
 mod grid;
 mod plot;
 mod recipes;
+mod seeds;
 
 const USAGE: &str = "\
 usage: cargo xtask <command>
@@ -272,7 +273,7 @@ fn reproduce(args: &[String]) -> Result<(), String> {
             .enumerate()
             .map(|(i, list)| grid::cost(list, scale, &lists[..i]) + scale.search_cost(list))
             .sum::<f64>()
-        + (seeds - 1) as f64 * grid::seed_cost(&lists, scale);
+        + (seeds - 1) as f64 * seeds::seed_cost(&lists, scale);
     let mut job = grid::Job {
         adabits: &adabits,
         device: &device,
