@@ -137,16 +137,19 @@ fn markdown(found: &Value, list: &[u8], budget: f64, folder: &str) -> String {
          of the AdaBits (S-CL) run at {} bits, each step lowers the one layer whose next \
          bit-width adds the least loss per BitOP saved, every plan measured on {} training \
          images with its BatchNorm re-estimated on {} batches ({} plans, {:.0} s). Within the \
-         BitOPs of uniform {} bits ({budget:.4} GBitOPs) it selects the plan with the best \
-         measured top-1 (`{folder}/plan.json`); below, that plan and the uniform bit-widths \
-         on the validation set, which the search did not see, BatchNorm re-estimated the \
-         same way.\n",
+         BitOPs of uniform {} bits ({budget:.4} GBitOPs) it measures the {} best plans again \
+         on {} other training images with other calibration batches and selects the best of \
+         that second measurement (`{folder}/plan.json`); below, that plan and the uniform \
+         bit-widths on the validation set, which the search did not see, BatchNorm \
+         re-estimated as in the search.\n",
         list[0],
         search["images"],
         search["calibration_batches"],
         search["plans_measured"],
         search["seconds"].as_f64().unwrap_or(0.0),
         list[1],
+        found["candidates"].as_array().map_or(0, Vec::len),
+        found["confirmation_images"],
     );
     let _ = writeln!(
         md,
@@ -204,6 +207,8 @@ mod tests {
     fn found() -> Value {
         serde_json::json!({
             "search": {"images": 64, "calibration_batches": 4, "plans_measured": 9, "seconds": 2.0},
+            "candidates": [{}, {}],
+            "confirmation_images": 63,
             "path": [
                 {"gbitops": 0.02, "bytes": 900, "top1": 50.0, "loss": 1.0},
                 {"gbitops": 0.015, "bytes": 800, "top1": 49.0, "loss": 1.1},
@@ -239,7 +244,9 @@ mod tests {
         );
         assert!(md.contains("(grid-432/frontier.svg)"), "{md}");
         assert!(
-            md.contains("Within the BitOPs of uniform 3 bits (0.0151 GBitOPs)"),
+            md.contains(
+                "Within the BitOPs of uniform 3 bits (0.0151 GBitOPs) it measures the 2 best plans again on 63 other training images"
+            ),
             "{md}"
         );
         let doc = chart(&found(), &[4, 3, 2]);

@@ -66,7 +66,7 @@ pub use rng::Rng;
 pub use run::{train, train_on};
 pub use run_dir::{CheckpointInfo, Log, RunDir, RunLock, SavedRun, Which, load_run};
 pub use search::{
-    CostKind, SearchData, SearchPoint, SearchProgress, SearchResult, search_per_layer,
+    CostKind, SearchData, SearchPoint, SearchProgress, SearchResult, measure_plan, search_per_layer,
 };
 pub use step::{BitHook, Objective, calibrate, evaluate, joint_step};
 pub use strategy::{Strategy, StrategyKind};

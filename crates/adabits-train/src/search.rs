@@ -98,6 +98,32 @@ impl SearchResult {
             })
     }
 
+    /// Up to `count` plans of the path and the uniform entries within `max` of cost `kind`,
+    /// the best measured first (as [`best_within`](Self::best_within) orders them), each
+    /// once: the candidates a second measurement chooses among.
+    pub fn candidates_within(&self, kind: CostKind, max: f64, count: usize) -> Vec<&SearchPoint> {
+        let mut fitting: Vec<&SearchPoint> = Vec::new();
+        for p in self
+            .path
+            .iter()
+            .chain(self.uniform.iter().map(|(_, p)| p))
+            .filter(|p| p.cost(kind) <= max)
+        {
+            if !fitting.iter().any(|q| q.entries == p.entries) {
+                fitting.push(p);
+            }
+        }
+        fitting.sort_by(|a, b| {
+            b.scores
+                .top1
+                .total_cmp(&a.scores.top1)
+                .then(a.scores.loss.total_cmp(&b.scores.loss))
+                .then(a.cost(kind).total_cmp(&b.cost(kind)))
+        });
+        fitting.truncate(count);
+        fitting
+    }
+
     /// `point` as a resolved plan of the model.
     pub fn resolved(&self, point: &SearchPoint) -> ResolvedPlan {
         ResolvedPlan {
@@ -187,7 +213,6 @@ pub fn search_per_layer(
         shapes,
         data,
         device,
-        ad: device.clone().autodiff(),
         result,
         seen: HashMap::new(),
     };
@@ -252,7 +277,6 @@ struct Search<'a> {
     shapes: &'a [LayerShape],
     data: SearchData<'a>,
     device: &'a Device,
-    ad: Device,
     result: SearchResult,
     /// Every plan measured, by its entries.
     seen: HashMap<Vec<usize>, SearchPoint>,
@@ -293,20 +317,13 @@ impl Search<'_> {
             },
         };
         let plan = self.result.resolved(&point);
-        let planned = with_plan(self.model, &plan)?;
-        // Under a plan the bit-width `forward` is given does not matter.
-        let any = self.result.entries.max();
-        let calibrated = calibrate(
-            &planned,
-            any,
-            self.data.calibration,
-            self.data.calibration_batches,
-            &self.ad,
+        let scores = measure_plan(
+            self.model,
+            &self.result.entries,
+            &plan,
+            self.data,
+            self.device,
         )?;
-        let scores = evaluate(&calibrated, &[any], self.data.eval, self.device)?
-            .into_values()
-            .next()
-            .expect("the one bit-width evaluated");
         self.result.measured += 1;
         let (gbitops, bytes) = self.costs(entries);
         let point = SearchPoint {
@@ -318,4 +335,35 @@ impl Search<'_> {
         self.seen.insert(entries.to_vec(), point.clone());
         Ok(point)
     }
+}
+
+/// The scores of `model` (on `device`'s autodiff device, trained at `entries`) running
+/// `plan`, its BatchNorm re-estimated under the plan on `data` (as `adabits eval --plan
+/// --calibrate` measures it).
+///
+/// # Errors
+///
+/// [`TrainError::Plan`] when the plan does not cover the model's layers;
+/// [`TrainError::Data`] when a batch cannot be read.
+pub fn measure_plan(
+    model: &Model,
+    entries: &BitWidths,
+    plan: &ResolvedPlan,
+    data: SearchData<'_>,
+    device: &Device,
+) -> Result<Scores, TrainError> {
+    let planned = with_plan(model, plan)?;
+    // Under a plan the bit-width `forward` is given does not matter.
+    let any = entries.max();
+    let calibrated = calibrate(
+        &planned,
+        any,
+        data.calibration,
+        data.calibration_batches,
+        &device.clone().autodiff(),
+    )?;
+    Ok(evaluate(&calibrated, &[any], data.eval, device)?
+        .into_values()
+        .next()
+        .expect("the one bit-width evaluated"))
 }

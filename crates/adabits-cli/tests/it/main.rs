@@ -579,6 +579,15 @@ fn export_verify_select_and_calibrate_a_trained_run() {
     assert_eq!(path.len(), 22 * 2 + 1);
     let selected = &found["selected"];
     assert!(selected["gbitops"].as_f64().unwrap() <= budget.parse::<f64>().unwrap());
+    // The best few within the budget measured again (on the other 64 training images): the
+    // selected plan is the best of that second measurement.
+    let candidates = found["candidates"].as_array().unwrap();
+    assert_eq!(candidates.len(), 5);
+    assert_eq!(found["confirmation_images"], 63);
+    let again = |v: &serde_json::Value| v["confirmation"]["top1"].as_f64().unwrap();
+    let top = candidates.iter().map(again).fold(f64::MIN, f64::max);
+    let measured: Vec<f64> = candidates.iter().map(again).collect();
+    assert_eq!(again(selected), top, "{measured:?}");
     assert_eq!(selected["layers"].as_array().unwrap().len(), 22);
     let out = adabits(&[
         "eval",

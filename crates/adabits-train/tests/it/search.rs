@@ -180,6 +180,15 @@ fn the_best_plan_within_a_budget_is_the_most_accurate_that_fits_and_reads_back_a
             .best_within(CostKind::Bytes, sizes[sizes.len() - 1] as f64 - 1.0)
             .is_none()
     );
+    // The candidates for a second measurement: the best first, each plan once, all fitting.
+    let candidates = result.candidates_within(CostKind::Bytes, budget, 3);
+    assert_eq!(candidates.len(), 3);
+    assert_eq!(candidates[0], best);
+    for pair in candidates.windows(2) {
+        assert_ne!(pair[0].entries, pair[1].entries);
+        assert!(pair[0].scores.top1 >= pair[1].scores.top1);
+    }
+    assert!(candidates.iter().all(|p| p.bytes as f64 <= budget));
     // The plan file of the best plan resolves, against the model, to the same entries.
     let plan = result.plan(best);
     let json = serde_json::to_string(&plan).unwrap();

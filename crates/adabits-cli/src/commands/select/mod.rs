@@ -50,6 +50,11 @@ pub(crate) struct Select {
     /// With --per-layer: training batches BatchNorm is re-estimated on, for each plan.
     #[arg(long, default_value_t = 4, value_name = "N", value_parser = crate::values::count)]
     calibrate: usize,
+    /// With --per-layer: how many of the best plans within the budget are measured again, on
+    /// as many other training images with other calibration batches, to choose among (1: the
+    /// search's best as measured).
+    #[arg(long, default_value_t = 5, value_name = "K", value_parser = crate::values::count)]
+    confirm: usize,
     /// With --per-layer: where to write the best plan found (a plan file for `eval --plan`,
     /// `calibrate --plan`, `verify --plan`).
     #[arg(long, value_name = "FILE", requires = "per_layer")]
