@@ -221,7 +221,7 @@ pub(super) fn run(args: &Select) -> anyhow::Result<ExitCode> {
                 candidates.len()
             );
             println!(
-                "  {:>11} {:>8} {:>15} {:>15}",
+                "  {:>11} {:>8} {:>17} {:>17}",
                 "GBitOPs", "bytes", "top-1 % (search)", "top-1 % (again)"
             );
             for (i, (p, c)) in candidates.iter().zip(&confirmations).enumerate() {
@@ -231,7 +231,7 @@ pub(super) fn run(args: &Select) -> anyhow::Result<ExitCode> {
                     ""
                 };
                 println!(
-                    "  {:>11.4} {:>8} {:>15.2} {:>15.2}{mark}",
+                    "  {:>11.4} {:>8} {:>17.2} {:>17.2}{mark}",
                     p.gbitops, p.bytes, p.scores.top1, c.top1
                 );
             }
