@@ -56,3 +56,17 @@ impl RunArgs {
         Ok(data)
     }
 }
+
+/// A run in one line, as the commands that read one title their output: the model, its
+/// bit-widths, the data, the strategy and the checkpoint read
+/// (`resnet20 8,6,5,4 on synthetic (joint), checkpoint RUN/checkpoints/…`).
+pub(crate) fn title(run: &SavedRun) -> String {
+    format!(
+        "{} {} on {} ({}), checkpoint {}",
+        run.config.model.arch,
+        run.config.model.bits,
+        run.config.data.name(),
+        run.config.strategy.name(),
+        run.checkpoint.display()
+    )
+}

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use adabits_quant::{At, BitWidths, Precision};
 use serde::{Deserialize, Serialize};
 
-use crate::{LayerMut, OfficialLayout};
+use crate::{Accounting, CostReport, LayerMut, LayerShape, OfficialLayout, cost_plan};
 
 /// A plan as written: a default precision and precisions by layer name or pattern.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -84,6 +84,13 @@ pub struct ResolvedPlan {
 }
 
 impl ResolvedPlan {
+    /// The cost of `layers` (the model's shapes) running the plan: each quantized layer at its
+    /// own weight and activation bits ([`crate::cost_plan`]).
+    pub fn cost(&self, layers: &[LayerShape], accounting: Accounting) -> CostReport {
+        let precisions: Vec<Precision> = self.layers.iter().map(|(_, at)| at.precision).collect();
+        cost_plan(layers, &precisions, accounting)
+    }
+
     /// What `layer` runs at, if it is a layer of the plan.
     pub fn at(&self, layer: &str) -> Option<At> {
         self.layers

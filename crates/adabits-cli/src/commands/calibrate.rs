@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use adabits_models::{Accounting, cost_plan, with_added_bits, with_plan, without_plan};
+use adabits_models::{Accounting, with_added_bits, with_plan, without_plan};
 use adabits_quant::BitWidth;
 use adabits_train::data::Loader;
 use adabits_train::{BitResult, RunDir, SavedRun, calibrate, cross_entropy, evaluate};
@@ -227,12 +227,7 @@ fn run_plan(
     let before = evaluate(&model, &[any], val, &device)?;
     let calibrated = calibrate(&model, any, train, args.batches, &ad)?;
     let after = evaluate(&calibrated, &[any], val, &device)?;
-    let precisions: Vec<_> = resolved.layers.iter().map(|(_, at)| at.precision).collect();
-    let c = cost_plan(
-        &run.model.layer_shapes([side, side]),
-        &precisions,
-        Accounting::Official,
-    );
+    let c = resolved.cost(&run.model.layer_shapes([side, side]), Accounting::Official);
     let result = |s: &adabits_train::Scores| BitResult {
         top1: s.top1,
         top5: s.top5,

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use adabits_models::{Accounting, cost_plan, with_added_bits, with_plan};
+use adabits_models::{Accounting, with_added_bits, with_plan};
 use adabits_quant::{BitWidth, BitWidths};
 use adabits_train::data::Loader;
 use adabits_train::{BitResult, calibrate, evaluate};
@@ -104,12 +104,8 @@ pub(crate) fn run(args: Eval) -> anyhow::Result<ExitCode> {
         print_json(&out)?;
     } else {
         println!(
-            "{} {} on {} ({}), checkpoint {}{}",
-            run.config.model.arch,
-            run.config.model.bits,
-            run.config.data.name(),
-            run.config.strategy.name(),
-            run.checkpoint.display(),
+            "{}{}",
+            crate::run_args::title(&run),
             args.calibrate.map_or(String::new(), |n| format!(
                 ", BatchNorm calibrated on {n} batches"
             ))
@@ -150,9 +146,7 @@ fn run_plan(
     };
     let scores = evaluate(&model, &[any], val, &device)?;
     let s = &scores[&any.get().to_string()];
-    let precisions: Vec<_> = resolved.layers.iter().map(|(_, at)| at.precision).collect();
-    let shapes = run.model.layer_shapes([side, side]);
-    let c = cost_plan(&shapes, &precisions, Accounting::Official);
+    let c = resolved.cost(&run.model.layer_shapes([side, side]), Accounting::Official);
     let result = BitResult {
         top1: s.top1,
         top5: s.top5,
@@ -161,19 +155,7 @@ fn run_plan(
         bytes: c.size_bytes,
     };
     if args.json {
-        let layers: Vec<Value> = resolved
-            .layers
-            .iter()
-            .zip(
-                c.layers
-                    .iter()
-                    .filter(|l| l.kind != adabits_models::OpKind::AvgPool),
-            )
-            .map(|((name, at), cost)| {
-                json!({"layer": name, "entry": at.entry, "precision": at.precision,
-                       "bitw": cost.bitw, "bita": cost.bita, "bitops": cost.bitops})
-            })
-            .collect();
+        let layers = crate::plan_file::layer_rows(&resolved, &c);
         print_json(&json!({
             "run": args.run.checkpoint.display().to_string(),
             "checkpoint": run.checkpoint.display().to_string(),
@@ -184,12 +166,8 @@ fn run_plan(
         }))?;
     } else {
         println!(
-            "{} {} on {} ({}), checkpoint {}, plan {}{}",
-            run.config.model.arch,
-            entries,
-            run.config.data.name(),
-            run.config.strategy.name(),
-            run.checkpoint.display(),
+            "{}, plan {}{}",
+            crate::run_args::title(run),
             path.display(),
             args.calibrate.map_or(String::new(), |n| format!(
                 ", BatchNorm calibrated under the plan on {n} batches"

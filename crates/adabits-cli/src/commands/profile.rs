@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use adabits_models::{Accounting, Architecture, ModelConfig, OpKind, cost, cost_plan};
+use adabits_models::{Accounting, Architecture, ModelConfig, OpKind, cost};
 use adabits_quant::BitWidths;
 use clap::Args;
 use serde_json::json;
@@ -72,8 +72,8 @@ pub(crate) fn run(args: Profile) -> anyhow::Result<ExitCode> {
     let plan = match &args.plan {
         Some(path) => {
             let resolved = crate::plan_file::read_plan(path, &model, &args.bits)?;
-            let precisions: Vec<_> = resolved.layers.iter().map(|(_, at)| at.precision).collect();
-            Some((resolved, cost_plan(&shapes, &precisions, accounting)))
+            let c = resolved.cost(&shapes, accounting);
+            Some((resolved, c))
         }
         None => None,
     };

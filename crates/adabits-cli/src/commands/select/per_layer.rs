@@ -7,8 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use adabits_models::{Accounting, OpKind, cost_plan};
-use adabits_quant::Precision;
+use adabits_models::Accounting;
 use adabits_train::data::{Dataset, Loader, hold_out};
 use adabits_train::{
     BitResult, CostKind, Scores, SearchData, SearchPoint, SearchProgress, SearchResult,
@@ -201,14 +200,7 @@ pub(super) fn run(args: &Select) -> anyhow::Result<ExitCode> {
         });
         print_json(&out)?;
     } else {
-        println!(
-            "{} {} on {} ({}), checkpoint {}",
-            run.config.model.arch,
-            entries,
-            run.config.data.name(),
-            run.config.strategy.name(),
-            run.checkpoint.display(),
-        );
+        println!("{}", crate::run_args::title(&run));
         println!(
             "searched per layer within {budget}: {} plans measured on {} training images, BatchNorm re-estimated on {} batches each, in {seconds:.0} s",
             result.measured, images, args.calibrate
@@ -317,26 +309,16 @@ fn print_frontier(result: &SearchResult, kind: CostKind, best: Option<&SearchPoi
     }
 }
 
-/// Each quantized layer of the plan with the bits it runs and its BitOPs, as JSON rows.
+/// Each quantized layer of the plan of `point` with the bits it runs and its BitOPs, as JSON
+/// rows.
 fn layer_rows(
     result: &SearchResult,
     point: &SearchPoint,
     shapes: &[adabits_models::LayerShape],
 ) -> Value {
     let plan = result.resolved(point);
-    let precisions: Vec<Precision> = plan.layers.iter().map(|(_, at)| at.precision).collect();
-    let cost = cost_plan(shapes, &precisions, Accounting::Official);
-    let quantized = cost.layers.iter().filter(|l| l.kind != OpKind::AvgPool);
-    Value::Array(
-        plan.layers
-            .iter()
-            .zip(quantized)
-            .map(|((name, at), c)| {
-                json!({"layer": name, "precision": at.precision, "bitw": c.bitw,
-                       "bita": c.bita, "macs": c.macs, "bitops": c.bitops})
-            })
-            .collect(),
-    )
+    let cost = plan.cost(shapes, Accounting::Official);
+    Value::Array(crate::plan_file::layer_rows(&plan, &cost))
 }
 
 /// The selected plan, layer by layer.
