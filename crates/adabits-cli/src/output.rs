@@ -16,7 +16,7 @@ pub(crate) fn highest_first<'a, V>(
     map: impl IntoIterator<Item = (&'a String, &'a V)>,
 ) -> Vec<(&'a String, &'a V)> {
     let mut entries: Vec<(&String, &V)> = map.into_iter().collect();
-    entries.sort_by_key(|(k, _)| std::cmp::Reverse(k.parse::<u32>().unwrap_or(0)));
+    entries.sort_by_key(|(k, _)| std::cmp::Reverse(k.parse::<adabits_quant::Precision>().ok()));
     entries
 }
 

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use adabits_quant::BitWidth;
+use adabits_quant::{BitWidth, Precision};
 use adabits_train::{EpochRecord, Progress, StepInfo};
 
 /// Draws a progress bar per epoch (per-bit loss, images/s, learning rate) on stderr when it is a
@@ -55,9 +55,9 @@ fn clock(d: Duration) -> String {
 }
 
 impl Progress for TerminalProgress {
-    fn stage(&mut self, stage: usize, bits: &[BitWidth], epochs: usize) {
+    fn stage(&mut self, stage: usize, bits: &[Precision], epochs: usize) {
         if self.stages > 1 {
-            let what = if bits == [BitWidth::FULL] {
+            let what = if bits == [Precision::uniform(BitWidth::FULL)] {
                 "full precision".to_string()
             } else {
                 let bits: Vec<String> = bits.iter().map(ToString::to_string).collect();

@@ -60,7 +60,9 @@ pub use layers::{
 pub use layout::{LayerMut, OfficialLayout, export_official};
 pub use mobilenet_v1::{MobileNetV1, MobileNetV1Config};
 pub use mobilenet_v2::{InvertedResidual, MobileNetV2, MobileNetV2Config};
-pub use plan::{Plan, PlanError, ResolvedPlan, quantized_layers, with_plan, without_plan};
+pub use plan::{
+    Plan, PlanError, ResolvedPlan, UNDER_PLAN, quantized_layers, with_plan, without_plan,
+};
 pub use profile::{
     Accounting, CostReport, LayerCost, LayerShape, OpKind, avg_pool_shape, cost, cost_plan,
 };

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use adabits_quant::{At, BitWidths, Precision};
+use adabits_quant::{At, BitWidth, BitWidths, Precision};
 use serde::{Deserialize, Serialize};
 
 use crate::{Accounting, CostReport, LayerMut, LayerShape, OfficialLayout, cost_plan};
@@ -99,6 +99,18 @@ impl ResolvedPlan {
             .map(|(_, at)| *at)
     }
 }
+
+/// The entry to give a model that runs a plan ([`with_plan`]): every layer runs its planned
+/// entry whatever it is given, and a uniform precision (full precision here) leaves the plan in
+/// place where a `wWaA` one would set its own ([`crate::Model::forward_at`]). Scores measured
+/// at it are keyed `32`.
+pub const UNDER_PLAN: At = At {
+    entry: 0,
+    precision: Precision {
+        weight: BitWidth::FULL,
+        activation: BitWidth::FULL,
+    },
+};
 
 /// `model` running `plan` whatever bit-width its `forward` is given: each quantized layer at
 /// its entry's precision and clipping level, each BatchNorm at the entry of the convolution
@@ -211,9 +223,8 @@ impl Plan {
                         layer: layer.clone(),
                     })?,
             };
-            let entry = precision
-                .as_uniform()
-                .and_then(|b| entries.position(b))
+            let entry = entries
+                .position(precision)
                 .ok_or_else(|| PlanError::NotAnEntry {
                     layer: layer.clone(),
                     precision,
@@ -303,6 +314,25 @@ mod tests {
                 .iter()
                 .all(|(_, at)| at.entry == 1 && at.precision.to_string() == "6")
         );
+    }
+
+    #[test]
+    fn a_plan_runs_the_pair_entries_of_a_list() {
+        let list: BitWidths = "8,w4a8,4".parse().unwrap();
+        let r = plan(r#"{"default": "w4a8", "layers": {"head.0": 8, "classifier": 4}}"#)
+            .resolve(&names(), &list)
+            .unwrap();
+        let got: Vec<String> = r
+            .layers
+            .iter()
+            .map(|(_, at)| format!("{}@{}", at.precision, at.entry))
+            .collect();
+        assert_eq!(got, ["8@0", "w4a8@1", "w4a8@1", "w4a8@1", "w4a8@1", "4@2"]);
+        let e = plan(r#"{"default": "w8a4"}"#)
+            .resolve(&names(), &list)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("(its entries: 8,w4a8,4)"), "{e}");
     }
 
     #[test]

@@ -84,7 +84,7 @@ pub struct LayerCost {
 /// A model's cost at one bit-width: per-layer rows and totals.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CostReport {
-    /// The active bit-width.
+    /// The active bit-width, when every layer runs the same uniform precision; else 0.
     pub bits: u8,
     /// Per-layer rows.
     pub layers: Vec<LayerCost>,
@@ -100,12 +100,15 @@ pub struct CostReport {
     pub size_bytes: u64,
 }
 
-/// Costs `layers` at `bits`.
-pub fn cost(layers: &[LayerShape], bits: BitWidth, accounting: Accounting) -> CostReport {
-    let plan = vec![Precision::uniform(bits); layers.len()];
-    let mut report = cost_plan(layers, &plan, accounting);
-    report.bits = bits.get();
-    report
+/// Costs `layers` at `precision` (a bit-width, or a `wWaA` entry), every layer resolving it
+/// through its policy. The report's `bits` is 0 for a `wWaA` precision.
+pub fn cost(
+    layers: &[LayerShape],
+    precision: impl Into<Precision>,
+    accounting: Accounting,
+) -> CostReport {
+    let plan = vec![precision.into(); layers.len()];
+    cost_plan(layers, &plan, accounting)
 }
 
 /// Costs `layers` with each quantized layer at its own precision: `precisions` has one per

@@ -170,7 +170,7 @@ impl CifarResNetConfig {
             device,
         };
         let widths = [16, 32, 64].map(|w| ((w as f64 * self.width_mult).round() as usize).max(1));
-        let top = self.bits.max();
+        let top = self.bits.max().weight;
         let conv =
             |c_in, c_out, k, stride| b.conv([c_in, c_out], k, stride, 1, BitPolicy::BODY, false);
         let mut blocks = Vec::new();

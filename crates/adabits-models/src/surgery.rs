@@ -3,7 +3,7 @@
 //! spreading the first bit-width's BatchNorm and clipping levels to the others, adding a
 //! bit-width, scaling one bit-width's clipping levels.
 
-use adabits_quant::{BitWidth, BitWidths, QuantError};
+use adabits_quant::{BitWidth, BitWidths, Precision, QuantError};
 use burn::module::Param;
 use burn::tensor::{Device, Tensor, TensorData};
 
@@ -17,10 +17,10 @@ use crate::zoo::{Model, ModelConfig};
 #[non_exhaustive]
 pub enum SurgeryError {
     /// The bit-width to add is one the model already has.
-    #[error("{bits} bits is already one of {list}")]
+    #[error("{bits} is already one of {list}")]
     AlreadyTrained {
-        /// The bit-width asked for.
-        bits: u8,
+        /// The entry asked for (`8 bits`, `w4a8`).
+        bits: String,
         /// The model's bit-widths.
         list: String,
     },
@@ -92,10 +92,11 @@ pub fn spread_first<M: OfficialLayout>(model: M) -> Result<M, ImportError> {
     import_official(model, &dict, ImportMode::Adaptive).map(|(model, _)| model)
 }
 
-/// A copy of `model` (built from `config`) whose bit-width list gains `bits` at its end: every
-/// BatchNorm entry and clipping level of the new bit-width is copied from the nearest trained
-/// bit-width (the higher one on a tie), ready for BatchNorm calibration. Returns the model and
-/// its configuration.
+/// A copy of `model` (built from `config`) whose list gains the entry `bits` (a bit-width or a
+/// `wWaA` precision) at its end: every BatchNorm entry and clipping level of the new entry is
+/// copied from the nearest trained entry (the least total distance in weight and activation
+/// bits, the higher one on a tie), ready for BatchNorm calibration. Returns the model and its
+/// configuration.
 ///
 /// # Errors
 ///
@@ -104,20 +105,23 @@ pub fn spread_first<M: OfficialLayout>(model: M) -> Result<M, ImportError> {
 pub fn with_added_bits(
     model: &Model,
     config: &ModelConfig,
-    bits: BitWidth,
+    bits: impl Into<Precision>,
     device: &Device,
 ) -> Result<(Model, ModelConfig), SurgeryError> {
-    let list: Vec<BitWidth> = config.bits.iter().collect();
+    let bits = bits.into();
+    let list: Vec<Precision> = config.bits.iter().collect();
     if list.contains(&bits) {
         return Err(SurgeryError::AlreadyTrained {
-            bits: bits.get(),
+            bits: bits.describe(),
             list: config.bits.to_string(),
         });
     }
+    let signed = |b: BitWidth| i32::from(b.get());
     let nearest = (0..list.len())
         .min_by_key(|&i| {
-            let d = i32::from(list[i].get()) - i32::from(bits.get());
-            (d.abs(), -d)
+            let dw = signed(list[i].weight) - signed(bits.weight);
+            let da = signed(list[i].activation) - signed(bits.activation);
+            (dw.abs() + da.abs(), -(dw + da))
         })
         .unwrap_or(0);
     let n = list.len();

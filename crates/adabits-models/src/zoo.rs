@@ -5,7 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::{Mutex, PoisonError};
 
-use adabits_quant::{BitWidth, BitWidths};
+use adabits_quant::{At, BitWidth, BitWidths};
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{Device, ExecutionError, Tensor};
@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     CifarResNet, CifarResNetConfig, ImageNetResNet, ImageNetResNetConfig, InputTransform, LayerMut,
     LayerShape, MobileNetV1, MobileNetV1Config, MobileNetV2, MobileNetV2Config, OfficialLayout,
-    QuantSettings, SwitchBatchNorm2d,
+    QuantSettings, ResolvedPlan, SwitchBatchNorm2d, quantized_layers, with_plan,
 };
 
 /// An architecture of the zoo.
@@ -109,7 +109,8 @@ impl From<Architecture> for String {
 pub struct ModelConfig {
     /// The architecture.
     pub arch: Architecture,
-    /// The bit-widths the model is trained for, in training order.
+    /// The entries the model is trained for (bit-widths and `wWaA` precisions), in training
+    /// order.
     pub bits: BitWidths,
     /// Output classes.
     #[config(default = 10)]
@@ -255,6 +256,34 @@ impl Model {
             Self::MobileNetV1(m) => m.forward(images, bits),
             Self::MobileNetV2(m) => m.forward(images, bits),
         }
+    }
+
+    /// Logits at entry `at` of the model's list: a uniform entry is [`forward`](Self::forward)
+    /// at its bit-width; a `wWaA` entry runs every quantized layer at `at` (weights and
+    /// activations at the pair, each through its policy, with the entry's clipping levels and
+    /// BatchNorm), as the official code sets the pair as `bits` on every module. The copy that
+    /// runs it shares the model's parameters, so gradients reach them as from `forward`.
+    ///
+    /// # Shapes
+    ///
+    /// `images`: `[batch, 3, h, w]`; output `[batch, num_classes]`.
+    pub fn forward_at(&self, images: Tensor<4>, at: At) -> Tensor<2> {
+        match at.precision.as_uniform() {
+            Some(bits) => self.forward(images, bits),
+            None => self.at_entry(at).forward(images, at.precision.weight),
+        }
+    }
+
+    /// A copy of the model that runs entry `at` whatever bit-width its `forward` is given (a
+    /// uniform precision plan at `at`); [`crate::without_plan`] undoes it.
+    pub fn at_entry(&self, at: At) -> Model {
+        let plan = ResolvedPlan {
+            layers: quantized_layers(self)
+                .into_iter()
+                .map(|l| (l, at))
+                .collect(),
+        };
+        with_plan(self, &plan).expect("a plan of the model's own layers covers them")
     }
 
     /// Records the model's operations for the artifact's graph.

@@ -1,11 +1,12 @@
-//! Bit-widths: the validated [`BitWidth`] scalar and the ordered [`BitWidths`] list.
+//! Bit-widths: the validated [`BitWidth`] scalar and the ordered [`BitWidths`] list of a
+//! model's entries.
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::QuantError;
+use crate::{At, Precision, QuantError};
 
 /// A number of bits: 1 to 16 for a quantized tensor, or 32 for full precision.
 ///
@@ -104,56 +105,83 @@ impl FromStr for BitWidth {
     }
 }
 
-/// The bit-widths a switchable model is trained for, in the order given (e.g. `8,6,5,4`).
+/// The entries a switchable model is trained for, in the order given (e.g. `8,6,5,4` or
+/// `8,w4a8,4`): each a [`Precision`], a bit-width for weights and activations alike or a
+/// `wWaA` pair.
 ///
-/// The order matters: a joint training step visits the bit-widths in this order, and the
-/// per-bit-width BatchNorm and clipping level of a layer are indexed by position in this list
-/// (docs/method.md §4, §6). The list is never empty and has no duplicates.
+/// The order matters: a joint training step visits the entries in this order, and the
+/// per-entry BatchNorm and clipping level of a layer are indexed by position in this list
+/// (docs/method.md §4, §6; the official code indexes `bits_list` by the active `bits`, an
+/// integer or a `(bitw, bita)` pair). The list is never empty and has no duplicates (`w8a8`
+/// is `8`). In JSON it is an array of numbers and `"wWaA"` strings ([`Precision`]'s form).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "Vec<BitWidth>", into = "Vec<BitWidth>")]
-pub struct BitWidths(Vec<BitWidth>);
+#[serde(try_from = "Vec<Precision>", into = "Vec<Precision>")]
+pub struct BitWidths(Vec<Precision>);
 
 impl BitWidths {
-    /// Validates a list of bit-widths.
+    /// Validates a list of entries (bit-widths or precisions).
     ///
     /// # Errors
     ///
     /// [`QuantError::InvalidBitWidthList`] if the list is empty or has a duplicate.
-    pub fn new(bits: Vec<BitWidth>) -> Result<Self, QuantError> {
+    pub fn new<P: Into<Precision>>(
+        entries: impl IntoIterator<Item = P>,
+    ) -> Result<Self, QuantError> {
+        let entries: Vec<Precision> = entries.into_iter().map(Into::into).collect();
         let input = || {
-            bits.iter()
+            entries
+                .iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join(",")
         };
-        if bits.is_empty() {
+        if entries.is_empty() {
             return Err(QuantError::InvalidBitWidthList {
                 input: input(),
                 reason: "expected at least one bit-width, found none".into(),
             });
         }
-        for (i, b) in bits.iter().enumerate() {
-            if bits[..i].contains(b) {
+        for (i, p) in entries.iter().enumerate() {
+            if entries[..i].contains(p) {
                 return Err(QuantError::InvalidBitWidthList {
                     input: input(),
-                    reason: format!("bit-width {b} appears more than once"),
+                    reason: match p.as_uniform() {
+                        Some(b) => format!("bit-width {b} appears more than once"),
+                        None => format!("entry {p} appears more than once (w8a8 is 8)"),
+                    },
                 });
             }
         }
-        Ok(Self(bits))
+        Ok(Self(entries))
     }
 
-    /// The bit-widths, in the order given.
-    pub fn as_slice(&self) -> &[BitWidth] {
+    /// The entries, in the order given.
+    pub fn as_slice(&self) -> &[Precision] {
         &self.0
     }
 
-    /// Iterates over the bit-widths in the order given.
-    pub fn iter(&self) -> impl Iterator<Item = BitWidth> + '_ {
+    /// Iterates over the entries in the order given.
+    pub fn iter(&self) -> impl Iterator<Item = Precision> + '_ {
         self.0.iter().copied()
     }
 
-    /// The number of bit-widths (never zero).
+    /// Each entry with its position, as a layer runs it ([`At`]), in the order given.
+    pub fn entries(&self) -> impl Iterator<Item = At> + '_ {
+        self.0.iter().enumerate().map(|(i, &p)| At::new(i, p))
+    }
+
+    /// Entry `entry` with its position, if the list has it.
+    pub fn at(&self, entry: usize) -> Option<At> {
+        self.0.get(entry).map(|&p| At::new(entry, p))
+    }
+
+    /// The entry of `precision` with its position, if the list has it.
+    pub fn find(&self, precision: impl Into<Precision>) -> Option<At> {
+        let precision = precision.into();
+        self.position(precision).map(|i| At::new(i, precision))
+    }
+
+    /// The number of entries (never zero).
     pub fn len(&self) -> usize {
         self.0.len()
     }
@@ -163,50 +191,63 @@ impl BitWidths {
         self.0.is_empty()
     }
 
-    /// The largest bit-width of the list.
-    pub fn max(&self) -> BitWidth {
+    /// Whether every entry is uniform (weights and activations at the same bit-width), as
+    /// every list was before `wWaA` entries.
+    pub fn is_uniform(&self) -> bool {
+        self.0.iter().all(|p| p.as_uniform().is_some())
+    }
+
+    /// The entries as bit-widths, when every entry is uniform.
+    pub fn as_bit_widths(&self) -> Option<Vec<BitWidth>> {
+        self.0.iter().map(|p| p.as_uniform()).collect()
+    }
+
+    /// The highest entry: the largest weight bit-width, then the largest activation one.
+    pub fn max(&self) -> Precision {
         *self.0.iter().max().expect("BitWidths is never empty")
     }
 
-    /// The smallest bit-width of the list.
-    pub fn min(&self) -> BitWidth {
+    /// The lowest entry: the smallest weight bit-width, then the smallest activation one.
+    pub fn min(&self) -> Precision {
         *self.0.iter().min().expect("BitWidths is never empty")
     }
 
-    /// The position of `bits` in the list, if present.
-    pub fn position(&self, bits: BitWidth) -> Option<usize> {
-        self.0.iter().position(|&b| b == bits)
+    /// The position of `precision` (a bit-width is its uniform precision) in the list, if
+    /// present.
+    pub fn position(&self, precision: impl Into<Precision>) -> Option<usize> {
+        let precision = precision.into();
+        self.0.iter().position(|&p| p == precision)
     }
 
-    /// The position used to select a switchable parameter (clipping level, BatchNorm) for `bits`:
-    /// its position in the list, or 0 when it is absent (the official `bits_list.index`
-    /// fallback, docs/method.md §4 and §6).
+    /// The position used to select a switchable parameter (clipping level, BatchNorm) for a
+    /// layer running uniform `bits`: the position of that entry in the list, or 0 when it is
+    /// absent (the official `bits_list.index` fallback, docs/method.md §4 and §6).
     pub fn index_or_first(&self, bits: BitWidth) -> usize {
         self.position(bits).unwrap_or(0)
     }
 }
 
-impl TryFrom<Vec<BitWidth>> for BitWidths {
+impl TryFrom<Vec<Precision>> for BitWidths {
     type Error = QuantError;
 
-    fn try_from(bits: Vec<BitWidth>) -> Result<Self, Self::Error> {
-        Self::new(bits)
+    fn try_from(entries: Vec<Precision>) -> Result<Self, Self::Error> {
+        Self::new(entries)
     }
 }
 
-impl From<BitWidths> for Vec<BitWidth> {
-    fn from(bits: BitWidths) -> Self {
-        bits.0
+impl From<BitWidths> for Vec<Precision> {
+    fn from(entries: BitWidths) -> Self {
+        entries.0
     }
 }
 
 impl fmt::Display for BitWidths {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, b) in self.0.iter().enumerate() {
+        for (i, p) in self.0.iter().enumerate() {
             if i > 0 {
                 f.write_str(",")?;
             }
-            write!(f, "{b}")?;
+            write!(f, "{p}")?;
         }
         Ok(())
     }
@@ -215,7 +256,8 @@ impl fmt::Display for BitWidths {
 impl FromStr for BitWidths {
     type Err = QuantError;
 
-    /// Parses a comma-separated list such as `8,6,5,4` (spaces around items are allowed).
+    /// Parses a comma-separated list such as `8,6,5,4` or `8,w4a8,4` (spaces around items are
+    /// allowed).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let fail = |reason: String| QuantError::InvalidBitWidthList {
             input: s.to_string(),
@@ -226,29 +268,31 @@ impl FromStr for BitWidths {
                 "expected a comma-separated list such as 8,6,5,4, found an empty string".into(),
             ));
         }
-        let mut bits = Vec::new();
+        let mut entries = Vec::new();
         for (i, item) in s.split(',').enumerate() {
             if item.trim().is_empty() {
-                return Err(fail(format!(
-                    "item {} is empty: expected a bit-width (1 to 16, or 32)",
-                    i + 1
-                )));
+                return Err(fail(format!("item {} is empty: {EXPECTED_ENTRY}", i + 1)));
             }
-            let b = item.parse::<BitWidth>().map_err(|_| {
-                fail(format!(
-                    "item {} is {:?}: expected a bit-width (1 to 16, or 32)",
-                    i + 1,
-                    item.trim()
-                ))
+            let p = item.parse::<Precision>().map_err(|e| {
+                let why = match e {
+                    QuantError::InvalidPrecision { reason, .. } if item.trim().starts_with('w') => {
+                        reason
+                    }
+                    _ => EXPECTED_ENTRY.to_string(),
+                };
+                fail(format!("item {} is {:?}: {why}", i + 1, item.trim()))
             })?;
-            bits.push(b);
+            entries.push(p);
         }
-        Self::new(bits).map_err(|e| match e {
+        Self::new(entries).map_err(|e| match e {
             QuantError::InvalidBitWidthList { reason, .. } => fail(reason),
             other => other,
         })
     }
 }
+
+/// What an item of a bit-width list may be, for its errors.
+const EXPECTED_ENTRY: &str = "expected a bit-width (1 to 16, or 32) or wWaA such as w4a8";
 
 #[cfg(test)]
 mod tests {
@@ -287,17 +331,17 @@ mod tests {
     fn list_keeps_the_given_order() {
         let list: BitWidths = "8,6,5,4".parse().unwrap();
         assert_eq!(
-            list.iter().map(BitWidth::get).collect::<Vec<_>>(),
+            list.iter().map(|p| p.weight.get()).collect::<Vec<_>>(),
             [8, 6, 5, 4]
         );
         assert_eq!(list.to_string(), "8,6,5,4");
         let list: BitWidths = " 4, 8 ,32".parse().unwrap();
         assert_eq!(
-            list.iter().map(BitWidth::get).collect::<Vec<_>>(),
+            list.iter().map(|p| p.weight.get()).collect::<Vec<_>>(),
             [4, 8, 32]
         );
-        assert_eq!(list.max(), bw(32));
-        assert_eq!(list.min(), bw(4));
+        assert_eq!(list.max(), bw(32).into());
+        assert_eq!(list.min(), bw(4).into());
     }
 
     #[test]
@@ -314,12 +358,49 @@ mod tests {
             ("8,0", "item 2 is \"0\""),
             ("8,33", "item 2 is \"33\""),
             ("8,6,8", "bit-width 8 appears more than once"),
+            ("8,w8a8", "bit-width 8 appears more than once"),
+            ("w4a8,6,w4a8", "entry w4a8 appears more than once"),
+            (
+                "8,w4a",
+                "item 2 is \"w4a\": expected wWaA such as w4a8: the activation",
+            ),
+            (
+                "8,4a8",
+                "item 2 is \"4a8\": expected a bit-width (1 to 16, or 32) or wWaA",
+            ),
         ];
         for (text, expected) in cases {
             let msg = text.parse::<BitWidths>().unwrap_err().to_string();
             assert!(msg.contains(expected), "{text:?} gave {msg:?}");
             assert!(msg.contains(&format!("{text:?}")), "{text:?} gave {msg:?}");
         }
+    }
+
+    #[test]
+    fn a_list_may_hold_weight_and_activation_pairs() {
+        let list: BitWidths = "8, w4a8 ,4".parse().unwrap();
+        assert_eq!(list.to_string(), "8,w4a8,4");
+        assert!(!list.is_uniform());
+        let pair = Precision::new(bw(4), bw(8));
+        assert_eq!(list.as_slice()[1], pair);
+        assert_eq!(list.find(pair), Some(At::new(1, pair)));
+        assert_eq!(list.at(2), Some(At::new(2, bw(4))));
+        assert_eq!(list.at(3), None);
+        assert_eq!(list.position(bw(4)), Some(2));
+        assert_eq!(list.max(), Precision::uniform(bw(8)));
+        assert_eq!(list.min(), Precision::uniform(bw(4)));
+        assert_eq!(
+            list.entries().map(|a| a.entry).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
+        let json = serde_json::to_string(&list).unwrap();
+        assert_eq!(json, r#"[8,"w4a8",4]"#);
+        assert_eq!(serde_json::from_str::<BitWidths>(&json).unwrap(), list);
+        assert!(serde_json::from_str::<BitWidths>(r#"[8,"w8a8"]"#).is_err());
+        assert_eq!(list.as_bit_widths(), None);
+        let uniform: BitWidths = "8,6,5,4".parse().unwrap();
+        assert!(uniform.is_uniform());
+        assert_eq!(uniform.as_bit_widths(), Some([8, 6, 5, 4].map(bw).to_vec()));
     }
 
     #[test]

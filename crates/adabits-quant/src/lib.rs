@@ -27,7 +27,7 @@
 //!
 //! // The list a model trains for, in training order; 32 is full precision.
 //! let bits: BitWidths = "8,6,5,4".parse()?;
-//! assert_eq!(bits.max(), BitWidth::new(8)?);
+//! assert_eq!(bits.max(), BitWidth::new(8)?.into());
 //! assert!("8,8".parse::<BitWidths>().is_err());
 //! // Q_b of the centered scheme at 2 bits has its levels at (k + ½)/4.
 //! let two = BitWidth::new(2)?;

@@ -47,6 +47,14 @@ impl Precision {
         (self.weight == self.activation).then_some(self.weight)
     }
 
+    /// How messages and tables name it: `8 bits` when uniform, else `w4a8`.
+    pub fn describe(self) -> String {
+        match self.as_uniform() {
+            Some(b) => format!("{b} bits"),
+            None => self.to_string(),
+        }
+    }
+
     /// The bits a layer with `policy` uses at this precision ([`BitPolicy::resolve_pair`]).
     pub fn resolve(self, policy: &BitPolicy) -> LayerBits {
         policy.resolve_pair(self.weight, self.activation)
@@ -172,6 +180,8 @@ mod tests {
         assert_eq!("w8a8".parse::<Precision>().unwrap().to_string(), "8");
         assert_eq!("w32a4".parse::<Precision>().unwrap().to_string(), "w32a4");
         assert_eq!(Precision::from(bw(5)), "5".parse().unwrap());
+        assert_eq!(q.describe(), "6 bits");
+        assert_eq!(p.describe(), "w4a8");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use adabits_models::CheckpointError;
-use adabits_quant::BitWidth;
+use adabits_quant::Precision;
 
 use crate::data::DataError;
 use crate::run_dir::Which;
@@ -34,7 +34,8 @@ pub enum TrainError {
     /// A bit-width's loss has not gone below chance level: the model predicts the same class
     /// for every image. The last good checkpoint, if any, is kept.
     #[error(
-        "the loss at {bits} bits has stayed at chance level (above ln({classes}) − {tolerance} = {floor:.3}) for {steps} steps without coming down (up to step {step}): the model predicts the same class for every image. {diagnosis} Stopped; {}. See docs/recipe.md: the official recipe does this from a random start, the default `adabits` recipe avoids it",
+        "the loss at {} has stayed at chance level (above ln({classes}) − {tolerance} = {floor:.3}) for {steps} steps without coming down (up to step {step}): the model predicts the same class for every image. {diagnosis} Stopped; {}. See docs/recipe.md: the official recipe does this from a random start, the default `adabits` recipe avoids it",
+        .bits.describe(),
         kept(*.checkpoint)
     )]
     Stuck {
@@ -42,8 +43,8 @@ pub enum TrainError {
         checkpoint: Option<usize>,
         /// The optimiser step (from 0).
         step: usize,
-        /// The bit-width.
-        bits: BitWidth,
+        /// The entry.
+        bits: Precision,
         /// The number of classes.
         classes: usize,
         /// `ln(classes)`.
@@ -87,7 +88,8 @@ pub enum TrainError {
     Internal(String),
     /// The loss became NaN or infinite; the last good checkpoint, if any, is kept.
     #[error(
-        "the loss at {bits} bits became {loss} at step {step} (stage {stage}, epoch {epoch}); stopped, {}",
+        "the loss at {} became {loss} at step {step} (stage {stage}, epoch {epoch}); stopped, {}",
+        .bits.describe(),
         kept(*.checkpoint)
     )]
     NonFinite {
@@ -99,21 +101,22 @@ pub enum TrainError {
         stage: usize,
         /// The epoch within the stage.
         epoch: usize,
-        /// The bit-width.
-        bits: BitWidth,
+        /// The entry.
+        bits: Precision,
         /// The loss value.
         loss: f64,
     },
     /// The loss grew far past where it started: the learning rate is too high for the model.
     #[error(
-        "the loss at {bits} bits reached {loss:.4e} at step {step}, past {limit:.3} (10 × the larger of its first value {first:.3} and ln({classes})): the run diverged. Stopped; {}. hint: lower the learning rate or clip the gradient (`optim.clip_grad_norm`)",
+        "the loss at {} reached {loss:.4e} at step {step}, past {limit:.3} (10 × the larger of its first value {first:.3} and ln({classes})): the run diverged. Stopped; {}. hint: lower the learning rate or clip the gradient (`optim.clip_grad_norm`)",
+        .bits.describe(),
         kept(*.checkpoint)
     )]
     Diverged {
         /// The optimiser step (from 0).
         step: usize,
-        /// The bit-width.
-        bits: BitWidth,
+        /// The entry.
+        bits: Precision,
         /// The loss.
         loss: f64,
         /// The bit-width's first loss of the run.
@@ -193,7 +196,7 @@ mod tests {
                 step: 3,
                 stage: 0,
                 epoch: 0,
-                bits: BitWidth::new(4).unwrap(),
+                bits: adabits_quant::BitWidth::new(4).unwrap().into(),
                 loss: f64::NAN,
             }
             .to_string()

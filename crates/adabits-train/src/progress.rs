@@ -1,6 +1,6 @@
 //! What a run reports while it trains: the [`Progress`] interface. The binary draws it.
 
-use adabits_quant::BitWidth;
+use adabits_quant::Precision;
 
 use crate::records::EpochRecord;
 
@@ -15,8 +15,8 @@ pub struct StepInfo {
     pub batch: usize,
     /// Batches in the epoch.
     pub batches: usize,
-    /// This step's loss per trained bit-width.
-    pub losses: Vec<(BitWidth, f64)>,
+    /// This step's loss per trained entry.
+    pub losses: Vec<(Precision, f64)>,
     /// Training images per second over the epoch so far (each image counted once per step).
     pub images_per_second: f64,
     /// The learning rate of the step.
@@ -25,8 +25,8 @@ pub struct StepInfo {
 
 /// Receives the progress of a run (a progress bar, a log).
 pub trait Progress {
-    /// A stage begins.
-    fn stage(&mut self, _stage: usize, _bits: &[BitWidth], _epochs: usize) {}
+    /// A stage begins, training `bits` (the entries of each step, in order).
+    fn stage(&mut self, _stage: usize, _bits: &[Precision], _epochs: usize) {}
     /// An epoch begins.
     fn epoch_start(&mut self, _stage: usize, _epoch: usize, _batches: usize) {}
     /// A step is done.

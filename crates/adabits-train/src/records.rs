@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use adabits_models::{Accounting, LayerShape, cost};
-use adabits_quant::BitWidth;
+use adabits_quant::Precision;
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::{Meter, Scores};
@@ -16,11 +16,11 @@ pub struct EpochRecord {
     pub stage: usize,
     /// The epoch within the stage (from 0).
     pub epoch: usize,
-    /// The bit-widths trained in this stage.
-    pub trained_bits: Vec<BitWidth>,
+    /// The entries trained in this stage (bit-widths as numbers, `wWaA` pairs as strings).
+    pub trained_bits: Vec<Precision>,
     /// The learning rate at the end of the epoch.
     pub lr: f64,
-    /// Training loss and accuracy per trained bit-width (keys: bits).
+    /// Training loss and accuracy per trained entry (keys: `8`, `w4a8`).
     pub train: BTreeMap<String, Scores>,
     /// Validation loss and accuracy per bit-width.
     pub val: BTreeMap<String, Scores>,
@@ -67,9 +67,9 @@ pub struct BitResult {
 }
 
 impl BitResult {
-    /// The figures of bit-width `bits`: its `scores`, and the cost of a model with layer
-    /// `shapes` at that bit-width (official accounting).
-    pub fn new(scores: &Scores, shapes: &[LayerShape], bits: BitWidth) -> Self {
+    /// The figures of entry `bits`: its `scores`, and the cost of a model with layer
+    /// `shapes` at that entry's precision (official accounting).
+    pub fn new(scores: &Scores, shapes: &[LayerShape], bits: Precision) -> Self {
         let c = cost(shapes, bits, Accounting::Official);
         Self {
             top1: scores.top1,
@@ -204,9 +204,9 @@ pub(crate) struct RunState {
     pub(crate) wall_seconds: f64,
 }
 
-/// The key of bit-width `b` in the records' maps.
-pub(crate) fn key(b: BitWidth) -> String {
-    b.get().to_string()
+/// The key of entry `p` in the records' maps: `8` for a bit-width, `w4a8` for a pair.
+pub(crate) fn key(p: Precision) -> String {
+    p.to_string()
 }
 
 #[cfg(test)]

@@ -12,9 +12,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 use adabits_models::{
-    Accounting, LayerShape, Model, Plan, ResolvedPlan, cost_plan, quantized_layers, with_plan,
+    Accounting, LayerShape, Model, Plan, ResolvedPlan, UNDER_PLAN, cost_plan, quantized_layers,
+    with_plan,
 };
-use adabits_quant::{At, BitWidth, BitWidths, Precision};
+use adabits_quant::{At, BitWidths, Precision};
 use burn::tensor::Device;
 
 use crate::data::Loader;
@@ -76,7 +77,7 @@ pub struct SearchResult {
     /// lowest, costs falling.
     pub path: Vec<SearchPoint>,
     /// Each entry as a uniform plan, measured the same way, in the model's order.
-    pub uniform: Vec<(BitWidth, SearchPoint)>,
+    pub uniform: Vec<(Precision, SearchPoint)>,
     /// How many distinct plans were measured.
     pub measured: usize,
 }
@@ -317,13 +318,7 @@ impl Search<'_> {
             },
         };
         let plan = self.result.resolved(&point);
-        let scores = measure_plan(
-            self.model,
-            &self.result.entries,
-            &plan,
-            self.data,
-            self.device,
-        )?;
+        let scores = measure_plan(self.model, &plan, self.data, self.device)?;
         self.result.measured += 1;
         let (gbitops, bytes) = self.costs(entries);
         let point = SearchPoint {
@@ -337,7 +332,7 @@ impl Search<'_> {
     }
 }
 
-/// The scores of `model` (on `device`'s autodiff device, trained at `entries`) running
+/// The scores of `model` (on `device`'s autodiff device) running
 /// `plan`, its BatchNorm re-estimated under the plan on `data` (as `adabits eval --plan
 /// --calibrate` measures it).
 ///
@@ -347,14 +342,12 @@ impl Search<'_> {
 /// [`TrainError::Data`] when a batch cannot be read.
 pub fn measure_plan(
     model: &Model,
-    entries: &BitWidths,
     plan: &ResolvedPlan,
     data: SearchData<'_>,
     device: &Device,
 ) -> Result<Scores, TrainError> {
     let planned = with_plan(model, plan)?;
-    // Under a plan the bit-width `forward` is given does not matter.
-    let any = entries.max();
+    let any = UNDER_PLAN;
     let calibrated = calibrate(
         &planned,
         any,

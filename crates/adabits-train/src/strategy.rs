@@ -1,6 +1,6 @@
 //! The training strategies: which stages a run trains, and what is evaluated after each.
 
-use adabits_quant::{BitWidth, BitWidths};
+use adabits_quant::{At, BitWidth, BitWidths};
 use serde::{Deserialize, Serialize};
 
 /// How the bit-widths are trained (docs/method.md §9).
@@ -83,10 +83,10 @@ impl StrategyKind {
     }
 }
 
-/// One stage of training: the bit-widths trained at each step, for how long, how fast.
+/// One stage of training: the entries trained at each step, for how long, how fast.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Stage {
-    pub(crate) bits: Vec<BitWidth>,
+    pub(crate) bits: Vec<At>,
     pub(crate) epochs: usize,
     pub(crate) lr_factor: f64,
     /// The full-precision stage of `fp_epochs`.
@@ -124,9 +124,9 @@ impl Strategy {
                 calibrated("direct + BN calibration".into()),
             ],
             Strategy::Progressive { .. } => vec![calibrated(format!(
-                "after stage {} ({} bits)",
+                "after stage {} ({})",
                 index + 1,
-                stage.bits[0]
+                stage.bits[0].precision.describe()
             ))],
         }
     }
@@ -143,9 +143,11 @@ impl Strategy {
         fp_epochs: usize,
         finetune_epochs: Option<usize>,
     ) -> Vec<Stage> {
-        let top = bits.max();
-        let bits: Vec<BitWidth> = bits.iter().collect();
-        let stage = |bits: Vec<BitWidth>, epochs: usize, lr_factor: f64| Stage {
+        let top = bits
+            .find(bits.max())
+            .expect("the highest entry is an entry");
+        let bits: Vec<At> = bits.entries().collect();
+        let stage = |bits: Vec<At>, epochs: usize, lr_factor: f64| Stage {
             bits,
             epochs,
             lr_factor,
@@ -155,7 +157,7 @@ impl Strategy {
         if fp_epochs > 0 {
             stages.push(Stage {
                 full_precision: true,
-                ..stage(vec![BitWidth::FULL], fp_epochs, 1.0)
+                ..stage(vec![At::new(0, BitWidth::FULL)], fp_epochs, 1.0)
             });
         }
         match *self {
@@ -165,7 +167,7 @@ impl Strategy {
             Strategy::Direct => stages.push(stage(vec![top], epochs, 1.0)),
             Strategy::Progressive { low_to_high } => {
                 let mut order = bits;
-                order.sort_unstable_by(|a, b| b.cmp(a));
+                order.sort_unstable_by_key(|at| std::cmp::Reverse(at.precision));
                 if low_to_high {
                     order.reverse();
                 }

@@ -44,7 +44,7 @@ fn one_step(
         labels: Tensor::<1, Int>::from_data(TensorData::new(labels, [batch]), &ad),
         targets: (0..batch).map(|i| i % 10).collect(),
     };
-    let bits: Vec<_> = config.bits.iter().collect();
+    let bits: Vec<_> = config.bits.entries().collect();
     let mut losses = Vec::new();
     let mut sgd = Sgd::new(OptimConfig::default());
     let model = joint_step(

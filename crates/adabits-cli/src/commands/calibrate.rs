@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use adabits_models::{Accounting, with_added_bits, with_plan, without_plan};
-use adabits_quant::BitWidth;
+use adabits_models::{Accounting, UNDER_PLAN, with_added_bits, with_plan, without_plan};
+use adabits_quant::{At, Precision};
 use adabits_train::data::Loader;
 use adabits_train::{BitResult, RunDir, SavedRun, calibrate, cross_entropy, evaluate};
 use anyhow::Context;
@@ -21,10 +21,11 @@ use crate::run_args::RunArgs;
 pub(crate) struct Calibrate {
     #[command(flatten)]
     run: RunArgs,
-    /// The bit-width to calibrate; one the model was not trained at is added to its list, its
-    /// BatchNorm and clipping levels first copied from the nearest trained bit-width.
+    /// The entry to calibrate (a bit-width such as 4, or wWaA such as w4a8); one the model
+    /// was not trained at is added to its list, its BatchNorm and clipping levels first copied
+    /// from the nearest trained entry.
     #[arg(long, required_unless_present = "plan")]
-    bits: Option<BitWidth>,
+    bits: Option<Precision>,
     /// Calibrate for a precision plan instead (JSON: a default and bit-widths by official
     /// layer name or `*` pattern): each BatchNorm's entry that the plan runs is re-estimated
     /// with every layer at its plan entry; evaluate the result with `eval --plan`.
@@ -77,8 +78,8 @@ pub(crate) fn run(args: Calibrate) -> anyhow::Result<ExitCode> {
         return run_plan(&args, path, &run, (&train, &val), side);
     };
     anyhow::ensure!(
-        !bits.is_full_precision(),
-        "--bits 32: calibration is for quantized bit-widths"
+        !bits.weight.is_full_precision() && !bits.activation.is_full_precision(),
+        "--bits {bits}: calibration is for quantized bit-widths, found 32 (full precision)"
     );
     let added = run.config.model.bits.position(bits).is_none();
     let (model, model_config) = if added {
@@ -86,28 +87,29 @@ pub(crate) fn run(args: Calibrate) -> anyhow::Result<ExitCode> {
     } else {
         (run.model.clone(), run.config.model.clone())
     };
-    let key = bits.get().to_string();
+    let at: At = model_config
+        .bits
+        .find(bits)
+        .context("the entry is in the list")?;
+    let key = bits.to_string();
     let shapes = model.layer_shapes([side, side]);
-    let before = evaluate(&model.valid(), &[bits], &val, &device)?;
-    let mut calibrated = calibrate(&model, bits, &train, args.batches, &ad)?;
+    let before = evaluate(&model.valid(), &[at], &val, &device)?;
+    let mut calibrated = calibrate(&model, at, &train, args.batches, &ad)?;
     let mut alpha_factor = None;
     if args.alpha {
         anyhow::ensure!(
             model_config.quant.switchable_alpha,
             "--alpha needs one clipping level per bit-width (S-CL); this model shares one across all bit-widths"
         );
-        let position = model_config
-            .bits
-            .position(bits)
-            .context("the bit-width is in the list")?;
+        let position = at.entry;
         let mut best = (
-            calibration_loss(&calibrated, bits, &train, args.batches, &device)?,
+            calibration_loss(&calibrated, at, &train, args.batches, &device)?,
             1.0,
         );
         for factor in [0.5, 0.7, 1.4, 2.0] {
             let scaled = adabits_models::scale_alpha(&model, position, factor);
-            let candidate = calibrate(&scaled, bits, &train, args.batches, &ad)?;
-            let loss = calibration_loss(&candidate, bits, &train, args.batches, &device)?;
+            let candidate = calibrate(&scaled, at, &train, args.batches, &ad)?;
+            let loss = calibration_loss(&candidate, at, &train, args.batches, &device)?;
             if loss < best.0 {
                 best = (loss, factor);
                 calibrated = candidate;
@@ -115,7 +117,7 @@ pub(crate) fn run(args: Calibrate) -> anyhow::Result<ExitCode> {
         }
         alpha_factor = Some(best.1);
     }
-    let after = evaluate(&calibrated.valid(), &[bits], &val, &device)?;
+    let after = evaluate(&calibrated.valid(), &[at], &val, &device)?;
     let before = BitResult::new(&before[&key], &shapes, bits);
     let after = BitResult::new(&after[&key], &shapes, bits);
     if let Some(out) = &args.out {
@@ -123,7 +125,7 @@ pub(crate) fn run(args: Calibrate) -> anyhow::Result<ExitCode> {
     }
     if args.json {
         let out = json!({
-            "bits": bits.get(),
+            "bits": bits,
             "added_to_list": added,
             "batches": args.batches,
             "alpha_factor": alpha_factor,
@@ -134,8 +136,8 @@ pub(crate) fn run(args: Calibrate) -> anyhow::Result<ExitCode> {
         print_json(&out)?;
     } else {
         println!(
-            "{} bits{}: BatchNorm statistics re-estimated on {} training batches",
-            bits,
+            "{}{}: BatchNorm statistics re-estimated on {} training batches",
+            bits.describe(),
             if added {
                 " (not trained; added to the list, starting from the nearest trained bit-width)"
             } else {
@@ -145,8 +147,8 @@ pub(crate) fn run(args: Calibrate) -> anyhow::Result<ExitCode> {
         );
         if let Some(f) = alpha_factor {
             println!(
-                "clipping levels of {} bits scaled by {f} (the lowest training loss of 0.5, 0.7, 1, 1.4, 2)",
-                bits
+                "clipping levels of {} scaled by {f} (the lowest training loss of 0.5, 0.7, 1, 1.4, 2)",
+                bits.describe()
             );
         }
         println!("{:>8} {:>8} {:>8} {:>8}", "", "top-1", "top-5", "loss");
@@ -156,10 +158,10 @@ pub(crate) fn run(args: Calibrate) -> anyhow::Result<ExitCode> {
                 r.top1, r.top5, r.loss
             );
         }
-        if added && bits > run.config.model.bits.max() {
+        if added && bits.weight > run.config.model.bits.max().weight {
             println!(
-                "note: {} bits is above the trained list's highest; layers that run at the list's highest bit-width (the first and last layers of the CIFAR ResNets) now use it at every bit-width",
-                bits
+                "note: {} is above the trained list's highest weight bit-width; layers that run at the list's highest (the first and last layers of the CIFAR ResNets) now use it at every bit-width",
+                bits.describe()
             );
         }
         if let Some(out) = &args.out {
@@ -177,7 +179,7 @@ pub(crate) fn run(args: Calibrate) -> anyhow::Result<ExitCode> {
 /// (evaluation form).
 fn calibration_loss(
     model: &adabits_models::Model,
-    bits: BitWidth,
+    bits: At,
     loader: &Loader,
     batches: usize,
     device: &burn::tensor::Device,
@@ -186,7 +188,7 @@ fn calibration_loss(
     let (mut sum, mut n) = (0.0, 0usize);
     for batch in loader.epoch(0, 0, device).take(batches) {
         let batch = batch?;
-        let loss = cross_entropy(model.forward(batch.images, bits), batch.labels);
+        let loss = cross_entropy(model.forward_at(batch.images, bits), batch.labels);
         sum += loss.into_data().iter::<f64>().next().unwrap_or(f64::NAN);
         n += 1;
     }
@@ -221,9 +223,8 @@ fn run_plan(
     let entries = &run.config.model.bits;
     let resolved = crate::plan_file::read_plan(path, &run.model, entries)?;
     let model = with_plan(&run.model, &resolved)?;
-    // The bit-width `forward` is given does not matter under a plan.
-    let any = entries.max();
-    let key = any.get().to_string();
+    let any = UNDER_PLAN;
+    let key = any.precision.to_string();
     let before = evaluate(&model, &[any], val, &device)?;
     let calibrated = calibrate(&model, any, train, args.batches, &ad)?;
     let after = evaluate(&calibrated, &[any], val, &device)?;

@@ -3,10 +3,11 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use adabits_models::{Accounting, with_added_bits, with_plan};
-use adabits_quant::{BitWidth, BitWidths};
+use adabits_models::{Accounting, UNDER_PLAN, with_added_bits, with_plan};
+use adabits_quant::{BitWidths, Precision};
 use adabits_train::data::Loader;
 use adabits_train::{BitResult, calibrate, evaluate};
+use anyhow::Context;
 use clap::Args;
 use serde_json::{Value, json};
 
@@ -18,9 +19,10 @@ use crate::run_args::RunArgs;
 pub(crate) struct Eval {
     #[command(flatten)]
     run: RunArgs,
-    /// The bit-widths to evaluate [default: the run's]; one the model was not trained at runs
-    /// with the BatchNorm and clipping levels of the nearest trained bit-width (the higher on a
-    /// tie), as `adabits calibrate` starts from, re-estimated first with --calibrate.
+    /// The entries to evaluate, bit-widths or wWaA pairs such as 8,w4a8,4 [default: the
+    /// run's]; one the model was not trained at runs with the BatchNorm and clipping levels of
+    /// the nearest trained entry (the higher on a tie), as `adabits calibrate` starts from,
+    /// re-estimated first with --calibrate.
     #[arg(long, value_name = "LIST")]
     bits: Option<BitWidths>,
     /// A precision plan (JSON: a default and precisions by official layer name or `*`
@@ -58,7 +60,7 @@ pub(crate) fn run(args: Eval) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.plan {
         return run_plan(&args, path, &run, (&train, &val), side);
     }
-    let bits: Vec<BitWidth> = args
+    let bits: Vec<Precision> = args
         .bits
         .as_ref()
         .unwrap_or(&run.config.model.bits)
@@ -69,20 +71,26 @@ pub(crate) fn run(args: Eval) -> anyhow::Result<ExitCode> {
     let mut rows = Vec::new();
     let mut untrained = Vec::new();
     for &b in &bits {
-        let model = if run.config.model.bits.position(b).is_some() {
-            run.model.clone()
-        } else {
-            untrained.push(b);
-            with_added_bits(&run.model, &run.config.model, b, &ad)?.0
+        let (model, at) = match run.config.model.bits.find(b) {
+            Some(at) => (run.model.clone(), at),
+            None => {
+                untrained.push(b);
+                let (model, config) = with_added_bits(&run.model, &run.config.model, b, &ad)?;
+                let at = config
+                    .bits
+                    .find(b)
+                    .context("the added entry is in the list")?;
+                (model, at)
+            }
         };
         let scores = match args.calibrate {
             Some(n) => {
-                let model = calibrate(&model, b, &train, n, &ad)?;
-                evaluate(&model, &[b], &val, &device)?
+                let model = calibrate(&model, at, &train, n, &ad)?;
+                evaluate(&model, &[at], &val, &device)?
             }
-            None => evaluate(&model, &[b], &val, &device)?,
+            None => evaluate(&model, &[at], &val, &device)?,
         };
-        let s = &scores[&b.get().to_string()];
+        let s = &scores[&b.to_string()];
         rows.push((b, BitResult::new(s, &shapes, b)));
     }
     if args.json {
@@ -90,7 +98,7 @@ pub(crate) fn run(args: Eval) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|(b, r)| {
                 let mut v = json!(r);
-                v["bits"] = json!(b.get());
+                v["bits"] = json!(b);
                 v
             })
             .collect();
@@ -98,7 +106,7 @@ pub(crate) fn run(args: Eval) -> anyhow::Result<ExitCode> {
             "run": args.run.checkpoint.display().to_string(),
             "checkpoint": run.checkpoint.display().to_string(),
             "calibration_batches": args.calibrate,
-            "untrained_bits": untrained.iter().map(|b| b.get()).collect::<Vec<_>>(),
+            "untrained_bits": untrained,
             "results": results,
         });
         print_json(&out)?;
@@ -110,10 +118,11 @@ pub(crate) fn run(args: Eval) -> anyhow::Result<ExitCode> {
                 ", BatchNorm calibrated on {n} batches"
             ))
         );
-        print_results(rows.iter().map(|(b, r)| (b.get().to_string(), r)));
+        print_results(rows.iter().map(|(b, r)| (b.to_string(), r)));
         for b in &untrained {
             println!(
-                "{b} bits is not one the model was trained at: it ran with the BatchNorm and clipping levels of the nearest trained bit-width{}",
+                "{} is not one the model was trained at: it ran with the BatchNorm and clipping levels of the nearest trained entry{}",
+                b.describe(),
                 if args.calibrate.is_some() {
                     ", then re-estimated"
                 } else {
@@ -138,14 +147,13 @@ fn run_plan(
     let model = with_plan(&run.model, &resolved)?;
     let device = args.run.device.device();
     let ad = device.clone().autodiff();
-    // The bit-width `forward` is given does not matter under a plan.
-    let any = entries.max();
+    let any = UNDER_PLAN;
     let model = match args.calibrate {
         Some(n) => calibrate(&model, any, train, n, &ad)?,
         None => model,
     };
     let scores = evaluate(&model, &[any], val, &device)?;
-    let s = &scores[&any.get().to_string()];
+    let s = &scores[&any.precision.to_string()];
     let c = resolved.cost(&run.model.layer_shapes([side, side]), Accounting::Official);
     let result = BitResult {
         top1: s.top1,

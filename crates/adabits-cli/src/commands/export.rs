@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use adabits_models::export_artifact;
-use adabits_quant::BitWidth;
+use adabits_quant::At;
 use adabits_train::data::Loader;
 use adabits_train::evaluate;
 use anyhow::Context;
@@ -45,12 +45,16 @@ pub(crate) fn run(args: Export) -> anyhow::Result<ExitCode> {
         .with_context(|| "the run's data is needed for the artifact's table (or give --no-eval)")?;
     let side = val_set.image_size();
     let mut top1 = HashMap::new();
-    if !args.no_eval {
+    // A list with a wWaA entry is refused by `export_artifact` below: not evaluated first.
+    if !args.no_eval && run.config.model.bits.is_uniform() {
         let val = Loader::new(Arc::from(val_set), 256, false, run.config.seed);
-        let bits: Vec<BitWidth> = run.config.model.bits.iter().collect();
+        let bits: Vec<At> = run.config.model.bits.entries().collect();
         let scores = evaluate(&model, &bits, &val, &device)?;
-        for b in &bits {
-            if let Some(s) = scores.get(&b.get().to_string()) {
+        for at in &bits {
+            if let (Some(s), Some(b)) = (
+                scores.get(&at.precision.to_string()),
+                at.precision.as_uniform(),
+            ) {
                 top1.insert(b.get(), s.top1);
             }
         }

@@ -15,7 +15,8 @@ pub(crate) struct Profile {
     /// The model (resnet20 … mobilenet_v2), as `adabits train` defaults to.
     #[arg(long, default_value = "resnet20")]
     model: Architecture,
-    /// The bit-widths.
+    /// The entries: bit-widths, or wWaA pairs such as 8,w4a8,4 (BitOPs = MACs·b_w·b_a per
+    /// layer).
     #[arg(long, default_value = "8,6,5,4")]
     bits: BitWidths,
     /// Width multiplier.
@@ -66,7 +67,7 @@ pub(crate) fn run(args: Profile) -> anyhow::Result<ExitCode> {
     let bits: Vec<_> = args
         .bits
         .iter()
-        .chain([adabits_quant::BitWidth::FULL])
+        .chain([adabits_quant::BitWidth::FULL.into()])
         .collect();
     let reports: Vec<_> = bits.iter().map(|&b| cost(&shapes, b, accounting)).collect();
     let plan = match &args.plan {
@@ -78,6 +79,16 @@ pub(crate) fn run(args: Profile) -> anyhow::Result<ExitCode> {
         None => None,
     };
     if args.json {
+        // Each report with its entry (a report's own `bits` is 0 for a wWaA entry).
+        let entries: Vec<_> = bits
+            .iter()
+            .zip(&reports)
+            .map(|(b, r)| {
+                let mut v = json!(r);
+                v["entry"] = json!(b);
+                v
+            })
+            .collect();
         let plan = plan.as_ref().map(|(resolved, report)| {
             let layers: Vec<_> = resolved
                 .layers
@@ -88,7 +99,7 @@ pub(crate) fn run(args: Profile) -> anyhow::Result<ExitCode> {
         });
         print_json(&json!({
             "model": arch.to_string(), "width": args.width, "classes": classes,
-            "input": side, "accounting": accounting, "reports": reports, "plan": plan,
+            "input": side, "accounting": accounting, "reports": entries, "plan": plan,
         }))?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -103,7 +114,7 @@ pub(crate) fn run(args: Profile) -> anyhow::Result<ExitCode> {
     for (b, r) in bits.iter().zip(&reports) {
         println!(
             "{:>5} {:>14} {:>12} {:>10.3} {:>10.3}",
-            b.get(),
+            b.to_string(),
             r.macs,
             r.params,
             r.gbitops,
@@ -123,7 +134,7 @@ pub(crate) fn run(args: Profile) -> anyhow::Result<ExitCode> {
                 (r, resolved.layers.iter().map(|(n, _)| n.as_str()).collect())
             }
             None => {
-                println!("\nlayers at {} bits", bits[0]);
+                println!("\nlayers at {}", bits[0].describe());
                 (&reports[0], Vec::new())
             }
         };

@@ -91,13 +91,18 @@ pub(crate) fn run(args: Verify) -> anyhow::Result<ExitCode> {
                 int.set_plan(&positions)?;
             }
             let planned = adabits_models::with_plan(&model, &resolved)?;
-            (vec![("plan".to_string(), entries.max())], planned)
+            (
+                vec![("plan".to_string(), adabits_quant::BitWidth::FULL)],
+                planned,
+            )
         }
         None => (
             run.config
                 .model
                 .bits
                 .iter()
+                // An artifact's list is of bit-widths (`Runtime::new` refuses any other).
+                .filter_map(adabits_quant::Precision::as_uniform)
                 .map(|b| (b.to_string(), b))
                 .collect(),
             model,

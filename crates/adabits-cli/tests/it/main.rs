@@ -218,7 +218,7 @@ fn train_runs_two_steps_and_writes_the_run_directory() {
         "--config",
         preset.to_str().unwrap(),
         "--bits",
-        "4,2",
+        "4,w2a4",
         "--batch-size",
         "32",
         "--max-steps",
@@ -236,7 +236,8 @@ fn train_runs_two_steps_and_writes_the_run_directory() {
     );
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
-    assert_eq!(config["model"]["bits"], serde_json::json!([4, 2]));
+    // A wWaA entry is written as a string, a bit-width as a number.
+    assert_eq!(config["model"]["bits"], serde_json::json!([4, "w2a4"]));
     assert_eq!(config["model"]["width_mult"], 0.25);
     assert_eq!(config["model"]["quant"]["weight_scheme"], "centered");
     assert_eq!(config["batch_size"], 32);
@@ -273,9 +274,13 @@ fn train_runs_two_steps_and_writes_the_run_directory() {
     let eval = adabits(&["eval", "--checkpoint", out_str, "--json"]);
     assert!(eval.status.success(), "{}", text(&eval.stderr));
     let eval: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
-    for row in eval["results"].as_array().unwrap() {
-        let bits = row["bits"].to_string();
-        assert_eq!(row["top1"], results["bits"][&bits]["top1"], "{bits} bits");
+    let rows = eval["results"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for row in rows {
+        let bits = row["bits"]
+            .as_str()
+            .map_or_else(|| row["bits"].to_string(), String::from);
+        assert_eq!(row["top1"], results["bits"][&bits]["top1"], "{bits}");
     }
     let calibrated = adabits(&[
         "eval",
@@ -284,12 +289,17 @@ fn train_runs_two_steps_and_writes_the_run_directory() {
         "--which",
         "latest",
         "--bits",
-        "4,3",
+        "4,w3a4",
         "--calibrate",
         "2",
     ]);
     assert!(calibrated.status.success(), "{}", text(&calibrated.stderr));
-    assert!(text(&calibrated.stdout).contains("calibrated on 2 batches"));
+    let said = text(&calibrated.stdout);
+    assert!(said.contains("calibrated on 2 batches"), "{said}");
+    assert!(
+        said.contains("w3a4 is not one the model was trained at"),
+        "{said}"
+    );
     // info describes the run and a checkpoint file.
     let info = adabits(&["info", out_str, "--json"]);
     assert!(info.status.success(), "{}", text(&info.stderr));
@@ -304,13 +314,13 @@ fn train_runs_two_steps_and_writes_the_run_directory() {
     let info = adabits(&["info", file.to_str().unwrap()]);
     let said = text(&info.stdout);
     assert!(said.contains("tensors"), "{}", text(&info.stderr));
-    // What the file holds and where it stands: two bit-widths (4,2), so two BatchNorm copies
+    // What the file holds and where it stands: two entries (4,w2a4), so two BatchNorm copies
     // and two clipping levels per layer; the run and the training state beside it.
     assert!(
         said.contains("2 BatchNorm copies and 2 clipping levels per layer"),
         "{said}"
     );
-    assert!(said.contains("model resnet20 bits 4,2 "), "{said}");
+    assert!(said.contains("model resnet20 bits 4,w2a4 "), "{said}");
     assert!(said.contains("step 8"), "{said}");
     let not_a_run = adabits(&[
         "eval",
@@ -329,7 +339,7 @@ fn train_runs_two_steps_and_writes_the_run_directory() {
 
 #[test]
 fn bad_train_flags_and_files_are_one_line_errors_with_hints() {
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (
             &["train", "--model", "resnet19"],
             "unknown model `resnet19`",
@@ -337,6 +347,10 @@ fn bad_train_flags_and_files_are_one_line_errors_with_hints() {
         (
             &["train", "--bits", "8,8"],
             "invalid bit-width list \"8,8\": bit-width 8 appears more than once",
+        ),
+        (
+            &["train", "--bits", "8,w4a"],
+            "invalid bit-width list \"8,w4a\": item 2 is \"w4a\": expected wWaA such as w4a8: the activation bit-width is missing",
         ),
         (
             &["train", "--dataset", "cifar10"],
@@ -399,6 +413,25 @@ fn profile_prints_the_official_figures() {
         stdout.contains("40817280") && stdout.contains("1.084"),
         "{stdout}"
     );
+    // A wWaA entry: each body layer at 4-bit weights and 8-bit activations.
+    let out = adabits(&["profile", "--bits", "8,w4a8", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pair = &json["reports"][1];
+    assert_eq!(pair["entry"], "w4a8");
+    let layers = pair["layers"].as_array().unwrap();
+    let at = |l: &serde_json::Value, k: &str| l[k].as_u64().unwrap();
+    let body = layers
+        .iter()
+        .filter(|l| (at(l, "bitw"), at(l, "bita")) == (4, 8))
+        .count();
+    assert_eq!(body, 20, "{pair}");
+    for l in layers {
+        assert_eq!(
+            at(l, "bitops"),
+            at(l, "macs") * at(l, "bitw") * at(l, "bita")
+        );
+    }
     let paper = text(&adabits(&["profile", "--paper"]).stdout);
     assert!(
         paper.contains("the paper's (first layer at 32×32 bits) accounting"),
@@ -808,7 +841,7 @@ fn ctrl_c_stops_a_run_with_a_checkpoint_and_the_run_resumes_from_it() {
         "--config",
         preset.to_str().unwrap(),
         "--bits",
-        "4,2",
+        "4,w2a4",
         "--batch-size",
         "32",
         "--out",

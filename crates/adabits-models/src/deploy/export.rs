@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use adabits_quant::{
-    BitPolicy, BitWidth, ClippingLevels, LinearEval, QuantScheme, conv_fan_out, linear_fan_out,
-    quantize_weight, weight_codes,
+    BitPolicy, BitWidth, ClippingLevels, LinearEval, Precision, QuantScheme, conv_fan_out,
+    linear_fan_out, quantize_weight, weight_codes,
 };
 use adabits_runtime::graph::{
     self, ConvNode, Graph, LinearNode, Node, NormTable, Resolved, Scheme,
@@ -28,7 +28,8 @@ use crate::zoo::{Model, ModelConfig};
 /// # Errors
 ///
 /// [`ArtifactError::Layout`] when the model's list holds 32 bits (a full-precision model is not
-/// a low-bit artifact) or more than 8 (the runtime's codes are bytes).
+/// a low-bit artifact), more than 8 (the runtime's codes are bytes), or a `wWaA` pair (the
+/// format's list is of bit-widths).
 pub fn export_artifact(
     model: &Model,
     config: &ModelConfig,
@@ -36,13 +37,24 @@ pub fn export_artifact(
     top1: &HashMap<u8, f64>,
     source: Option<String>,
 ) -> Result<Artifact, ArtifactError> {
-    if config.bits.iter().any(BitWidth::is_full_precision) {
+    let Some(list) = config
+        .bits
+        .iter()
+        .map(Precision::as_uniform)
+        .collect::<Option<Vec<BitWidth>>>()
+    else {
+        return Err(ArtifactError::Layout(format!(
+            "the model's entries {} include a wWaA pair: the artifact format holds uniform bit-widths only; evaluate or calibrate the run's checkpoint instead",
+            config.bits
+        )));
+    };
+    if list.iter().any(|b| b.is_full_precision()) {
         return Err(ArtifactError::Layout(format!(
             "the model's bit-widths {} include 32: an artifact holds low-bit codes only; train without 32 or keep the checkpoint",
             config.bits
         )));
     }
-    if let Some(b) = config.bits.iter().find(|b| b.get() > 8) {
+    if let Some(b) = list.iter().find(|b| b.get() > 8) {
         return Err(ArtifactError::Layout(format!(
             "the model's bit-widths {} include {b}: an artifact holds codes of at most 8 bits",
             config.bits
@@ -50,6 +62,7 @@ pub fn export_artifact(
     }
     let mut out = Exported {
         config,
+        list: &list,
         scheme: scheme(config.quant.weight_scheme),
         layers: Vec::new(),
         policies: Vec::new(),
@@ -70,7 +83,7 @@ pub fn export_artifact(
     }
     let nodes = assemble(tracer.into_nodes(), std::mem::take(&mut out.layers))?;
     let graph = Graph {
-        bits: config.bits.iter().map(|b| b.get()).collect(),
+        bits: list.iter().map(|b| b.get()).collect(),
         weight_scheme: out.scheme,
         act_scheme: scheme(config.quant.act_scheme),
         linear_eval: match config.quant.linear_eval {
@@ -89,10 +102,9 @@ pub fn export_artifact(
         nodes,
     };
     let shapes = model.layer_shapes([input, input]);
-    let table = config
-        .bits
+    let table = list
         .iter()
-        .map(|b| {
+        .map(|&b| {
             let c = cost(&shapes, b, Accounting::Official);
             BitRow {
                 bits: b.get(),
@@ -171,6 +183,8 @@ fn assemble(traced: Vec<Traced>, layers: Vec<Node>) -> Result<Vec<Node>, Artifac
 /// What [`export_artifact`] collects, layer by layer in the official order.
 struct Exported<'a> {
     config: &'a ModelConfig,
+    /// The model's list, every entry uniform.
+    list: &'a [BitWidth],
     scheme: Scheme,
     /// The layers' descriptions, their inputs still unset.
     layers: Vec<Node>,
@@ -188,10 +202,9 @@ impl Exported<'_> {
     /// and the index of that table among the graph's policies.
     fn policy(&mut self, policy: BitPolicy, alpha: &ClippingLevels) -> (Vec<Resolved>, usize) {
         let resolved: Vec<Resolved> = self
-            .config
-            .bits
+            .list
             .iter()
-            .map(|b| {
+            .map(|&b| {
                 let r = policy.resolve(b);
                 Resolved {
                     weight_bits: r.bitw.get(),
@@ -259,7 +272,7 @@ impl Exported<'_> {
                 // Every BatchNorm of a model follows the model-wide sharing setting.
                 self.norm.get_or_insert_with(|| NormTable {
                     entries: n.entry_count(),
-                    resolved: self.config.bits.iter().map(|b| n.index(b)).collect(),
+                    resolved: self.list.iter().map(|&b| n.index(b)).collect(),
                 });
                 match self.layers.last_mut() {
                     Some(Node::Conv(conv)) if conv.norm.is_none() => conv.norm = Some(name.into()),

@@ -47,8 +47,16 @@ impl Runtime {
     /// [`ArtifactError::Layout`] when the artifact's layers are not the model's.
     pub fn new(artifact: Artifact, device: &Device) -> Result<Self, ArtifactError> {
         let config = artifact_model(&artifact, Path::new("the artifact"))?;
+        let top = match config.bits.max().as_uniform() {
+            Some(top) if config.bits.is_uniform() => top,
+            _ => {
+                return Err(ArtifactError::Layout(format!(
+                    "the artifact's model lists {}: the format holds uniform bit-widths only",
+                    config.bits
+                )));
+            }
+        };
         let template = config.init(device);
-        let top = config.bits.max();
         let model = template.clone();
         let mut runtime = Self {
             artifact,

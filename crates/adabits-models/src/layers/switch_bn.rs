@@ -153,9 +153,16 @@ impl SwitchBatchNorm2d {
     /// planned entry under a precision plan (so that calibration re-estimates what the plan
     /// runs).
     pub fn reset_statistics(&mut self, bits: BitWidth) {
+        self.reset_statistics_entry(self.bits.index_or_first(bits));
+    }
+
+    /// Resets the running statistics of the model's list entry `entry` (the one entry when
+    /// shared), or of the planned entry under a precision plan.
+    pub fn reset_statistics_entry(&mut self, entry: usize) {
         let index = match self.planned {
-            Some(entry) if self.entries.len() > 1 => entry,
-            _ => self.index(bits),
+            _ if self.entries.len() == 1 => 0,
+            Some(planned) => planned,
+            None => entry,
         };
         let entry = &mut self.entries[index];
         let mean = entry.running_mean.value_sync();

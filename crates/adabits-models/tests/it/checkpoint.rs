@@ -20,7 +20,7 @@ fn a_saved_model_reloads_with_identical_outputs_at_every_bit_width() {
     let model = config.init(&train);
     let images = Tensor::<4>::random([4, 3, 16, 16], Distribution::Uniform(0.0, 1.0), &train);
     // Training-form passes move every bit-width's BatchNorm statistics away from their start.
-    for b in bits.iter() {
+    for b in bits.as_bit_widths().unwrap() {
         let _ = model.forward(images.clone(), b);
     }
     let dir = temp_dir("checkpoint");
@@ -31,7 +31,12 @@ fn a_saved_model_reloads_with_identical_outputs_at_every_bit_width() {
     let fresh = config.init(&device);
     let loaded = load_model(fresh, &path).unwrap();
     let trained = burn::module::Module::valid(&model);
-    for b in bits.iter().chain([BitWidth::FULL]) {
+    for b in bits
+        .as_bit_widths()
+        .unwrap()
+        .into_iter()
+        .chain([BitWidth::FULL])
+    {
         let want: Vec<f64> = trained
             .forward(eval.clone(), b)
             .into_data()

@@ -19,7 +19,7 @@ fn trained(config: &ModelConfig, side: usize, seed: u64) -> Model {
     train.seed(seed);
     let model = config.init(&train);
     let images = Tensor::<4>::random([4, 3, side, side], Distribution::Uniform(0.0, 1.0), &train);
-    for b in config.bits.iter() {
+    for b in config.bits.as_bit_widths().unwrap() {
         let _ = model.forward(images.clone(), b);
     }
     model.valid()
@@ -79,11 +79,8 @@ fn assert_runtime_matches(
         burn::tensor::TensorData::new(values, [IMAGES, 3, side, side]),
         device,
     );
-    let order: Vec<BitWidth> = config
-        .bits
-        .iter()
-        .chain(config.bits.as_slice().iter().rev().copied())
-        .collect();
+    let list = config.bits.as_bit_widths().unwrap();
+    let order: Vec<BitWidth> = list.iter().chain(list.iter().rev()).copied().collect();
     let pixels: Vec<f32> = images.clone().into_data().iter::<f32>().collect();
     for b in order {
         runtime.set_bits(b).unwrap();
@@ -271,6 +268,20 @@ fn the_artifact_stays_within_two_percent_of_the_ideal_size() {
     assert!(
         stored >= bits && stored < bits + 7 * 4 * 22,
         "{stored} bits stored, {bits} needed"
+    );
+}
+
+#[test]
+fn a_model_with_a_pair_entry_is_refused_by_the_artifact_with_the_reason() {
+    let config = ModelConfig::new(Architecture::CifarResNet(8), "8,w4a8".parse().unwrap())
+        .with_width_mult(0.25);
+    let model = config.init(&crate::device());
+    let err = export_artifact(&model, &config, 8, &HashMap::new(), None).unwrap_err();
+    assert!(matches!(err, ArtifactError::Layout(_)), "{err}");
+    assert!(
+        err.to_string()
+            .contains("the model's entries 8,w4a8 include a wWaA pair: the artifact format holds uniform bit-widths only"),
+        "{err}"
     );
 }
 

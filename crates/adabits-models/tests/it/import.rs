@@ -1,9 +1,9 @@
 //! PyTorch state dicts in the official layout: import, full-precision import, export, errors.
 
 use adabits_models::{
-    BnSharing, CifarResNet, CifarResNetConfig, ImageNetResNetConfig, ImportError, ImportMode,
-    MobileNetV1Config, MobileNetV2Config, QuantSettings, StateDict, StateDictError, StateTensor,
-    adapt_from, export_official, import_official, import_pytorch,
+    Architecture, BnSharing, CifarResNet, CifarResNetConfig, ImageNetResNetConfig, ImportError,
+    ImportMode, MobileNetV1Config, MobileNetV2Config, Model, ModelConfig, QuantSettings, StateDict,
+    StateDictError, StateTensor, adapt_from, export_official, import_official, import_pytorch,
 };
 use adabits_quant::{BitWidth, BitWidths};
 use burn::module::Module;
@@ -26,7 +26,9 @@ fn resnet8(bits: &str, quant: QuantSettings, device: &Device) -> CifarResNet {
 
 /// Logits at every bit-width of `bits` and at full precision, on the evaluation form.
 fn outputs(model: &CifarResNet, bits: &BitWidths, images: &Tensor<4>) -> Vec<Vec<f64>> {
-    bits.iter()
+    bits.as_bit_widths()
+        .unwrap()
+        .into_iter()
         .chain([BitWidth::FULL])
         .map(|b| {
             model
@@ -41,7 +43,12 @@ fn outputs(model: &CifarResNet, bits: &BitWidths, images: &Tensor<4>) -> Vec<Vec
 /// Runs training-form passes at every bit-width so each BatchNorm's statistics differ.
 fn train_statistics(model: &CifarResNet, bits: &BitWidths, device: &Device) {
     let images = Tensor::<4>::random([4, 3, 8, 8], Distribution::Uniform(0.0, 1.0), device);
-    for b in bits.iter().chain([BitWidth::FULL]) {
+    for b in bits
+        .as_bit_widths()
+        .unwrap()
+        .into_iter()
+        .chain([BitWidth::FULL])
+    {
         let _ = model.forward(images.clone(), b);
     }
 }
@@ -193,6 +200,44 @@ fn an_exported_state_dict_reimports_with_identical_outputs_for_every_ablation() 
         );
     }
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_list_with_a_pair_entry_exports_and_reimports_each_entry_in_its_position() {
+    let device = crate::device();
+    let train = device.clone().autodiff();
+    let config = ModelConfig::new(Architecture::CifarResNet(8), "8,w4a8,4".parse().unwrap())
+        .with_width_mult(0.25);
+    let model = config.init_seeded(21, &train).unwrap();
+    let images = Tensor::<4>::random([4, 3, 8, 8], Distribution::Uniform(0.0, 1.0), &train);
+    // Training-form passes at each entry give each BatchNorm entry its own statistics.
+    for at in config.bits.entries() {
+        let _ = model.forward_at(images.clone(), at);
+    }
+    let model = model.valid();
+    let dict = export_official(&model);
+    // Three entries: three BatchNorm copies and three clipping levels, by position.
+    assert_eq!(dict.get("head.0.alpha").unwrap().shape, [3]);
+    assert!(dict.get("head.1.bn.2.running_mean").is_some());
+    let path = temp_dir("pair").join("pair.safetensors");
+    dict.write(&path).unwrap();
+    let fresh = config.init_seeded(22, &device).unwrap();
+    let (loaded, _) = import_pytorch(fresh, &path, ImportMode::Adaptive).unwrap();
+    let images = images.inner();
+    let logits = |m: &Model, at| -> Vec<f64> {
+        m.forward_at(images.clone(), at)
+            .into_data()
+            .iter::<f64>()
+            .collect()
+    };
+    let runs: Vec<Vec<f64>> = config.bits.entries().map(|at| logits(&model, at)).collect();
+    for (at, want) in config.bits.entries().zip(&runs) {
+        assert_eq!(&logits(&loaded, at), want, "{}", at.precision);
+    }
+    // The pair is its own computation, not either uniform entry's.
+    assert_ne!(runs[1], runs[0]);
+    assert_ne!(runs[1], runs[2]);
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
 }
 
 #[test]

@@ -74,7 +74,12 @@ fn check_every_bit_width<M: Module>(
     let bits: BitWidths = BITS.parse().unwrap();
     let batch = images.dims()[0];
     let mut outcomes = Vec::new();
-    for b in bits.iter().chain([BitWidth::FULL]) {
+    for b in bits
+        .as_bit_widths()
+        .unwrap()
+        .into_iter()
+        .chain([BitWidth::FULL])
+    {
         let y = forward(model, images.clone(), b);
         assert_eq!(y.dims(), [batch, classes], "{b} bits");
         let grads = y.clone().sum().backward();
@@ -102,7 +107,12 @@ fn check_every_bit_width<M: Module>(
     // widths (with α = 10, every value under 1.67 at 2 bits and under 0.71 at 3 bits) hands the
     // same zeros to everything after it, and the ReLU after a BatchNorm of zeros passes no
     // gradient back. 2 and 3 bits must still differ from every other width.
-    let widths: Vec<BitWidth> = bits.iter().chain([BitWidth::FULL]).collect();
+    let widths: Vec<BitWidth> = bits
+        .as_bit_widths()
+        .unwrap()
+        .into_iter()
+        .chain([BitWidth::FULL])
+        .collect();
     for i in 0..outcomes.len() {
         for j in i + 1..outcomes.len() {
             if is_two_or_three_bits(widths[i]) && is_two_or_three_bits(widths[j]) {

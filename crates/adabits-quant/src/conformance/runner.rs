@@ -436,7 +436,8 @@ impl Runner<'_> {
                     .and_then(|b| BitWidth::new(b).map_err(|e| e.to_string()))
             })
             .collect::<Result<_, _>>()?;
-        let bits_list = BitWidths::new(bits_list).map_err(|e| e.to_string())?;
+        let list: Vec<BitWidth> = bits_list;
+        let bits_list = BitWidths::new(list.clone()).map_err(|e| e.to_string())?;
         let policy = self.linear_policy()?;
         let weight_config = self.weight_config()?;
         let act_config = self.act_config()?;
@@ -468,7 +469,7 @@ impl Runner<'_> {
         let mut sums: [Option<Tensor<2>>; 2] = [None, None];
         let mut sum_b: Option<Tensor<1>> = None;
         let mut sum_alpha: Option<Tensor<1>> = None;
-        for bits in bits_list.iter() {
+        for &bits in &list {
             let resolved = policy.resolve(bits);
             let quantized = quantize_weight(
                 w.clone(),

@@ -37,7 +37,7 @@ fn shared_levels_hold_one_alpha() {
         .init(&crate::device());
     assert!(!levels.is_switchable());
     assert_eq!(crate::values(levels.alpha.val()), [10.0]);
-    for b in bits().iter() {
+    for b in bits().iter().map(|p| p.weight) {
         assert_eq!(levels.index(b), 0);
         assert_eq!(levels.select(b).dims(), [1]);
     }
@@ -49,7 +49,7 @@ fn only_the_active_entry_gets_gradient() {
     let levels = ClippingLevelsConfig::new(bits(), 2.0).init(&device);
     device.seed(3);
     let x = Tensor::<2>::random([8, 16], Distribution::Normal(1.0, 2.0), &device);
-    for (i, b) in bits().iter().enumerate() {
+    for (i, b) in bits().iter().map(|p| p.weight).enumerate() {
         let y = pact(x.clone(), levels.select(b), b, &ActQuantConfig::new());
         let grads = y.sum().backward();
         let g = crate::values(levels.alpha.val().grad(&grads).expect("α gets a gradient"));

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use adabits_models::Model;
-use adabits_quant::BitWidth;
+use adabits_quant::At;
 
 use crate::config::BestBy;
 use crate::error::TrainError;
@@ -19,11 +19,7 @@ use super::Run;
 impl Run<'_> {
     /// Evaluates `model` at `bits` on what epochs are scored on (the held-out images with a
     /// validation split, else the test set).
-    fn evaluate(
-        &self,
-        model: &Model,
-        bits: &[BitWidth],
-    ) -> Result<BTreeMap<String, Scores>, TrainError> {
+    fn evaluate(&self, model: &Model, bits: &[At]) -> Result<BTreeMap<String, Scores>, TrainError> {
         evaluate(model, bits, &self.val_loader, self.device)
     }
 
@@ -31,14 +27,14 @@ impl Run<'_> {
     fn evaluate_test(
         &self,
         model: &Model,
-        bits: &[BitWidth],
+        bits: &[At],
     ) -> Result<BTreeMap<String, Scores>, TrainError> {
         let loader = self.test_loader.as_ref().unwrap_or(&self.val_loader);
         evaluate(model, bits, loader, self.device)
     }
 
-    /// A copy of `model` with the BatchNorm statistics of `bits` re-estimated.
-    fn calibrated(&self, model: &Model, bits: BitWidth) -> Result<Model, TrainError> {
+    /// A copy of `model` with the BatchNorm statistics of entry `bits` re-estimated.
+    fn calibrated(&self, model: &Model, bits: At) -> Result<Model, TrainError> {
         calibrate(
             model,
             bits,
@@ -48,8 +44,8 @@ impl Run<'_> {
         )
     }
 
-    fn eval_bits(&self) -> Vec<BitWidth> {
-        self.config.model.bits.iter().collect()
+    fn eval_bits(&self) -> Vec<At> {
+        self.config.model.bits.entries().collect()
     }
 
     pub(super) fn end_epoch(
@@ -71,7 +67,7 @@ impl Run<'_> {
         Ok(EpochRecord {
             stage: self.state.stage,
             epoch: self.state.epoch,
-            trained_bits: stage.bits.clone(),
+            trained_bits: stage.bits.iter().map(|at| at.precision).collect(),
             lr,
             train: self
                 .state
@@ -137,7 +133,7 @@ impl Run<'_> {
     fn calibrated_scores(
         &self,
         model: &Model,
-        bits: &[BitWidth],
+        bits: &[At],
     ) -> Result<BTreeMap<String, Scores>, TrainError> {
         let mut scores = BTreeMap::new();
         for &b in bits {

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use adabits_models::Model;
-use adabits_quant::BitWidth;
+use adabits_quant::Precision;
 use burn::tensor::Device;
 
 use crate::config::{RunOptions, TrainConfig};
@@ -236,7 +236,8 @@ impl<'a> Run<'a> {
                 batches,
             );
             if self.state.epoch == 0 && self.state.batch == 0 {
-                progress.stage(self.state.stage, &stage.bits, stage.epochs);
+                let precisions: Vec<Precision> = stage.bits.iter().map(|at| at.precision).collect();
+                progress.stage(self.state.stage, &precisions, stage.epochs);
                 // Each quantized stage starts its own average from the model it starts with.
                 let keep = self.config.ema_decay.is_some() && !stage.full_precision;
                 self.ema = keep
@@ -374,7 +375,7 @@ impl<'a> Run<'a> {
         stage: &Stage,
         batch: &crate::data::Batch,
         lr: f64,
-    ) -> Result<Vec<(BitWidth, f64)>, TrainError> {
+    ) -> Result<Vec<(Precision, f64)>, TrainError> {
         let objective = crate::step::Objective {
             distill: matches!(self.config.strategy, Strategy::Joint { distill: true }),
             label_smoothing: self.config.label_smoothing,
@@ -427,7 +428,7 @@ impl<'a> Run<'a> {
     /// run when it has not gone below `ln(classes)` (less the tolerance) for `stuck_steps` steps
     /// (by default one epoch, at least 100 steps) without coming down by more than 0.05 over
     /// them.
-    fn watch(&mut self, bits: BitWidth, loss: f64) -> Result<(), TrainError> {
+    fn watch(&mut self, bits: Precision, loss: f64) -> Result<(), TrainError> {
         let classes = self.config.model.num_classes;
         let first = *self.state.first_loss.entry(key(bits)).or_insert(loss);
         let limit = diverged_limit(first, classes);
@@ -471,7 +472,7 @@ impl<'a> Run<'a> {
 
     /// Adds a step's losses to the window of the loss curve and writes a point every
     /// `log_every` steps.
-    fn log_losses(&mut self, losses: &[(BitWidth, f64)], lr: f64) -> Result<(), TrainError> {
+    fn log_losses(&mut self, losses: &[(Precision, f64)], lr: f64) -> Result<(), TrainError> {
         let every = self.config.log_every;
         if every == 0 {
             return Ok(());

@@ -1,7 +1,8 @@
 //! `metrics.csv`: the epochs of `metrics.jsonl` as a table, for spreadsheets and plotting tools.
 //!
 //! One row per epoch: the stage, the epoch, the learning rate, the speed, then for each
-//! bit-width seen so far (highest first; 32 for a full-precision stage) the training loss and
+//! entry seen so far (highest weight bits first, then activation bits: `8`, `w4a8`, `4`; 32 for
+//! a full-precision stage) the training loss and
 //! top-1 and the validation loss, top-1 and top-5 (and, for a run that keeps a moving average
 //! of the weights, that average's validation loss and top-1). A cell of a bit-width an epoch did not train
 //! or evaluate is empty. The file is written whole from the run's history after every epoch
@@ -17,7 +18,7 @@ pub(crate) fn metrics_csv(history: &[EpochRecord]) -> String {
         .iter()
         .flat_map(|r| r.train.keys().chain(r.val.keys()))
         .collect();
-    bits.sort_by_key(|k| std::cmp::Reverse(k.parse::<u32>().unwrap_or(0)));
+    bits.sort_by_key(|k| std::cmp::Reverse(k.parse::<adabits_quant::Precision>().ok()));
     bits.dedup();
     let ema = history.iter().any(|r| r.ema.is_some());
     let mut out = String::from("stage,epoch,lr,images_per_second,train_seconds");

@@ -33,7 +33,8 @@ fn calibration_leaves_the_statistics_of_training_form_passes_with_plain_averages
     let train: Arc<dyn Dataset> = Arc::new(train);
     let loader = Loader::new(train, 16, true, 3);
     let bits = BitWidth::new(4).unwrap();
-    let mut calibrated = calibrate(&model, bits, &loader, 2, &ad).unwrap();
+    let at = config.bits.find(bits).unwrap();
+    let mut calibrated = calibrate(&model, at, &loader, 2, &ad).unwrap();
 
     // The reference: the same batches through the training form, statistics reset first,
     // momentum 1/(k+1) at pass k (a plain average), gradients tracked as in training.

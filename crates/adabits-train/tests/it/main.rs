@@ -2,6 +2,7 @@
 
 mod calibrate;
 mod data;
+mod entries;
 mod optim;
 mod reliability;
 mod search;

@@ -70,7 +70,7 @@ fn measured_as_eval_does(
     eval: &Loader,
 ) -> adabits_train::Scores {
     let planned = with_plan(model, &result.resolved(point)).unwrap();
-    let any = result.entries.max();
+    let any = adabits_models::UNDER_PLAN;
     let ad = crate::device().autodiff();
     let calibrated = calibrate(&planned, any, calib, 1, &ad).unwrap();
     evaluate(&calibrated, &[any], eval, &crate::device())
@@ -150,7 +150,7 @@ fn the_descent_lowers_one_layer_a_step_at_the_least_loss_per_bitop_and_measures_
 fn gbitops(model: &Model, result: &SearchResult, entries: &[usize]) -> f64 {
     let precisions: Vec<Precision> = entries
         .iter()
-        .map(|&e| Precision::uniform(result.entries.iter().nth(e).unwrap()))
+        .map(|&e| result.entries.as_slice()[e])
         .collect();
     cost_plan(
         &model.layer_shapes([8, 8]),

@@ -66,6 +66,24 @@ fn a_short_joint_run_learns_at_every_bit_width() {
     }
 }
 
+#[test]
+fn a_run_with_a_weight_and_activation_pair_learns_at_each_entry() {
+    let out = temp_dir("learns-pair");
+    let config = learning_config("8,w4a8", 6400, 2);
+    let results = train(config, &crate::device(), &RunOptions::new(&out), &mut Quiet).unwrap();
+    assert_eq!(results.status, RunStatus::Completed);
+    let keys: Vec<&str> = results.bits.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["8", "w4a8"]);
+    for (entry, r) in &results.bits {
+        assert!(r.top1 > 25.0, "{entry}: top-1 {} (chance is 10)", r.top1);
+    }
+    // The pair's cost is its own: weights at 4 bits, activations at 8.
+    assert!(results.bits["w4a8"].gbitops < results.bits["8"].gbitops);
+    assert!(results.bits["w4a8"].bytes < results.bits["8"].bytes);
+    let records = history(&out);
+    assert_eq!(records[0]["trained_bits"], serde_json::json!([8, "w4a8"]));
+}
+
 /// A very small run: ResNet-20 at a quarter width on 16×16 images, 8 batches per epoch.
 pub(crate) fn tiny_config(bits: &str, strategy: Strategy) -> TrainConfig {
     let model = ModelConfig::new(Architecture::CifarResNet(20), bits.parse().unwrap())
@@ -387,7 +405,7 @@ fn a_validation_split_scores_the_epochs_on_held_out_images_and_reports_on_the_te
     let saved = RunDir::new(&out).load(Which::Latest, &device).unwrap();
     let (train_set, test_set) = config.data.open().unwrap();
     let (_, held) = hold_out(Arc::from(train_set), 96);
-    let bits: Vec<_> = config.model.bits.iter().collect();
+    let bits: Vec<_> = config.model.bits.entries().collect();
     let on = |set: Arc<dyn adabits_train::data::Dataset>| {
         let loader = Loader::new(set, config.eval_batch_size, false, config.seed);
         evaluate(&saved.model, &bits, &loader, &device).unwrap()
@@ -478,7 +496,7 @@ fn the_moving_average_of_the_weights_is_evaluated_per_bit_width_kept_and_resumed
         false,
         config.seed,
     );
-    let bits: Vec<_> = config.model.bits.iter().collect();
+    let bits: Vec<_> = config.model.bits.entries().collect();
     let scores = evaluate(&saved.model, &bits, &loader, &device).unwrap();
     for (b, s) in &scores {
         let reported = &whole.evaluations[1].bits[b];

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use adabits_models::ModelConfig;
 use adabits_quant::{
-    ActQuantConfig, BitWidth, WeightQuantConfig, conv_fan_out, conv2d, pact, quantize_weight,
+    ActQuantConfig, At, BitWidth, WeightQuantConfig, conv_fan_out, conv2d, pact, quantize_weight,
 };
 use adabits_train::data::Batch;
 use adabits_train::{OptimConfig, Sgd, joint_step};
@@ -197,7 +197,14 @@ pub(crate) fn run(args: Bench) -> anyhow::Result<ExitCode> {
         None => default.parse()?,
     };
     let mut results = vec![memory_copy(args.batch * 64 * 32 * 32, args.iters)];
-    for b in bits.iter() {
+    // The operators at every bit-width an entry uses, for weights or activations.
+    let mut widths: Vec<BitWidth> = Vec::new();
+    for b in bits.iter().flat_map(|p| [p.weight, p.activation]) {
+        if !widths.contains(&b) {
+            widths.push(b);
+        }
+    }
+    for b in widths {
         results.extend(operators(&device, b, args.batch, args.iters)?);
     }
     if let Some(arch) = args.model {
@@ -417,7 +424,7 @@ fn model_workloads(
         labels: Tensor::<1, Int>::from_data(TensorData::new(labels, [batch]), &ad),
         targets: (0..batch).map(|i| i % config.num_classes).collect(),
     };
-    let bits: Vec<BitWidth> = config.bits.iter().collect();
+    let bits: Vec<At> = config.bits.entries().collect();
     let name = format!("{} ×{} {}", config.arch, config.width_mult, config.bits);
     let mut failure = None;
     let ms = time_ms(device, 1, iters, || {
@@ -446,12 +453,16 @@ fn model_workloads(
     }];
     let eval = model.valid();
     let images = batch_data.images.clone().inner();
-    for &b in &bits {
+    for &at in &bits {
         let ms = time_ms(device, 1, iters, || {
-            let _ = eval.forward(images.clone(), b).into_data();
+            let _ = eval.forward_at(images.clone(), at).into_data();
         })?;
+        let b = match at.precision.as_uniform() {
+            Some(b) => format!("{b}b"),
+            None => at.precision.to_string(),
+        };
         out.push(Measurement {
-            name: format!("eval forward {name} @{b}b, batch {batch}"),
+            name: format!("eval forward {name} @{b}, batch {batch}"),
             ms,
             throughput: batch as f64 / (ms * 1e-3),
             unit: "img/s",

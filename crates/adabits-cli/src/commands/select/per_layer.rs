@@ -112,7 +112,7 @@ pub(super) fn run(args: &Select) -> anyhow::Result<ExitCode> {
         };
         candidates
             .iter()
-            .map(|p| measure_plan(&run.model, &entries, &result.resolved(p), data, &device))
+            .map(|p| measure_plan(&run.model, &result.resolved(p), data, &device))
             .collect::<Result<_, _>>()?
     } else {
         Vec::new()
@@ -136,7 +136,7 @@ pub(super) fn run(args: &Select) -> anyhow::Result<ExitCode> {
             calibration_batches: args.calibrate,
             eval: &val,
         };
-        let s = measure_plan(&run.model, &entries, &result.resolved(point), data, &device)?;
+        let s = measure_plan(&run.model, &result.resolved(point), data, &device)?;
         Ok(BitResult {
             top1: s.top1,
             top5: s.top5,
@@ -175,7 +175,7 @@ pub(super) fn run(args: &Select) -> anyhow::Result<ExitCode> {
             "path": result.path.iter().map(point).collect::<Vec<_>>(),
             "uniform": result.uniform.iter().map(|(b, p)| {
                 let mut v = point(p);
-                v["bits"] = json!(b.get());
+                v["bits"] = json!(b);
                 v
             }).collect::<Vec<_>>(),
             "candidates": candidates.iter().enumerate().map(|(i, p)| {
@@ -193,7 +193,7 @@ pub(super) fn run(args: &Select) -> anyhow::Result<ExitCode> {
             }),
             "uniform_validation": uniform_val.iter().map(|(b, r)| {
                 let mut v = json!(r);
-                v["bits"] = json!(b.get());
+                v["bits"] = json!(b);
                 v
             }).collect::<Vec<_>>(),
             "out": args.out.as_ref().filter(|_| best.is_some()).map(|p| p.display().to_string()),

@@ -35,7 +35,8 @@ pub(crate) struct Train {
     /// Width multiplier of the model [default: 1].
     #[arg(long, value_name = "W", value_parser = crate::values::positive)]
     width: Option<f64>,
-    /// The bit-widths, in training order [default: 8,6,5,4].
+    /// The entries, in training order: bit-widths, or wWaA for weights at W bits and
+    /// activations at A (e.g. 8,w4a8,4) [default: 8,6,5,4].
     #[arg(long, value_name = "LIST")]
     bits: Option<BitWidths>,
     /// The data [default: synthetic].
