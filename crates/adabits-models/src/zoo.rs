@@ -274,6 +274,17 @@ impl Model {
         }
     }
 
+    /// A copy of the model to run entry `at` with `forward(images, at.precision.weight)`: the
+    /// model itself for a uniform entry, [`at_entry`](Self::at_entry) for a `wWaA` one. For
+    /// passes that reuse the copy ([`forward_at`](Self::forward_at) makes none for a uniform
+    /// entry).
+    pub fn for_entry(&self, at: At) -> Model {
+        match at.precision.as_uniform() {
+            Some(_) => self.clone(),
+            None => self.at_entry(at),
+        }
+    }
+
     /// A copy of the model that runs entry `at` whatever bit-width its `forward` is given (a
     /// uniform precision plan at `at`); [`crate::without_plan`] undoes it.
     pub fn at_entry(&self, at: At) -> Model {

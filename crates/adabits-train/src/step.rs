@@ -95,13 +95,7 @@ pub fn evaluate(
 ) -> Result<BTreeMap<String, Scores>, TrainError> {
     let valid = model.valid();
     // One copy per entry: a `wWaA` entry runs as a plan set on a copy's layers.
-    let models: Vec<Model> = bits
-        .iter()
-        .map(|&at| match at.precision.as_uniform() {
-            Some(_) => valid.clone(),
-            None => valid.at_entry(at),
-        })
-        .collect();
+    let models: Vec<Model> = bits.iter().map(|&at| valid.for_entry(at)).collect();
     let mut meters: BTreeMap<String, Meter> = BTreeMap::new();
     for batch in loader.epoch(0, 0, device) {
         let batch = batch?;
@@ -144,11 +138,7 @@ pub fn calibrate(
     // at a backward pass, and a pass without one would otherwise keep every activation.
     // The copy shares the fresh running statistics with `model` (Burn's `RunningState` is
     // shared between clones and kept by `no_grad`), so its updates land in `model`.
-    let mut probe = match bits.precision.as_uniform() {
-        Some(_) => model.clone(),
-        None => model.at_entry(bits),
-    }
-    .no_grad();
+    let mut probe = model.for_entry(bits).no_grad();
     for (k, batch) in loader.epoch(0, 0, ad).take(n).enumerate() {
         let batch = batch?;
         probe.for_each_norm(|bn| bn.set_momentum(1.0 / (k + 1) as f64));
