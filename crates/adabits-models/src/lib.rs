@@ -50,7 +50,8 @@ pub use adabits_quant;
 pub use checkpoint::{CheckpointError, load_model, save_model, write_atomically};
 pub use deploy::{
     ARTIFACT_FORMAT, ARTIFACT_VERSION, Artifact, ArtifactError, ArtifactHeader, BitRow, Budget,
-    Runtime, Selection, artifact_model, export_artifact, select,
+    EntryBits, Runtime, Selection, artifact_model, entry_precision, export_artifact, file_entry,
+    select,
 };
 pub use import::{ImportError, ImportMode, ImportReport, import_official, import_pytorch};
 pub use layers::{

@@ -91,7 +91,14 @@ impl ClippingLevels {
             "entry {entry} of a list of {} bit-widths",
             self.bits.len()
         );
-        self.select_index(if self.switchable { entry } else { 0 })
+        self.select_index(self.entry_index(entry))
+    }
+
+    /// The index into [`alpha`](Self::alpha) used for the model's list entry `entry` (a
+    /// `wWaA` entry, or any entry under a precision plan): the entry itself, or 0 when the
+    /// levels are shared.
+    pub fn entry_index(&self, entry: usize) -> usize {
+        if self.switchable { entry } else { 0 }
     }
 
     fn select_index(&self, index: usize) -> Tensor<1> {

@@ -10,6 +10,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::EntryBits;
+
 /// A unit quantizer scheme (docs/method.md §2), as `adabits-quant` names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -268,8 +270,8 @@ pub struct NormTable {
 /// The model an artifact holds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Graph {
-    /// The model's bit-widths, in its (training) order.
-    pub bits: Vec<u8>,
+    /// The model's entries (bit-widths, or `wWaA` pairs), in its (training) order.
+    pub bits: Vec<EntryBits>,
     /// The weight scheme.
     pub weight_scheme: Scheme,
     /// The activation scheme.
@@ -340,6 +342,32 @@ impl Graph {
             };
             node.name().into_iter().chain(norm)
         })
+    }
+
+    /// The position of `entry` in the model's list.
+    pub fn position(&self, entry: EntryBits) -> Option<usize> {
+        self.bits.iter().position(|&e| e == entry)
+    }
+
+    /// The highest entry of the list (by weight bit-width, then activation bit-width): the one
+    /// the runtimes start at.
+    pub fn top(&self) -> Option<EntryBits> {
+        self.bits.iter().copied().max()
+    }
+
+    /// Whether every entry has weights and activations at one bit-width (an artifact of
+    /// version 3 holds only such lists).
+    pub fn is_uniform(&self) -> bool {
+        self.bits.iter().all(|e| e.as_uniform().is_some())
+    }
+
+    /// The list as it is written on the command line: `8,w4a8,4`.
+    pub fn list(&self) -> String {
+        self.bits
+            .iter()
+            .map(EntryBits::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// The resolved table of policy `i` at the model's bit-width position `position`.
@@ -480,10 +508,18 @@ impl Graph {
     /// table have one valid entry per bit-width.
     fn check_tables(&self) -> Result<(), String> {
         let n = self.bits.len();
-        if n == 0 || self.bits.iter().any(|&b| !(1..=8).contains(&b)) {
+        if n == 0 {
+            return Err("an empty list of bit-widths: expected one or more entries".into());
+        }
+        if let Some((i, _)) = self
+            .bits
+            .iter()
+            .enumerate()
+            .find(|(i, e)| self.bits[..*i].contains(e))
+        {
             return Err(format!(
-                "the bit-widths {:?}: expected one or more of 1..8",
-                self.bits
+                "the list {}: entry {i} repeats an earlier one",
+                self.list()
             ));
         }
         for (i, policy) in self.policies.iter().enumerate() {

@@ -4,7 +4,8 @@
 //! - [`Artifact`]: reads, checks and writes `.abq` files (docs/artifact.md). The format has its
 //!   only definition here; `adabits-models` exports through it.
 //! - [`Graph`]: the model an artifact carries, as layers and operations a runtime can run
-//!   without the training code.
+//!   without the training code, and its list of entries ([`EntryBits`]: a bit-width such as
+//!   `8`, or weights and activations at their own, `w4a8`).
 //! - [`IntRuntime`]: runs an artifact at any of its bit-widths with integer arithmetic in
 //!   every quantized layer (`u8 × i8 → i32` kernels for the detected [`Isa`]), switching
 //!   bit-width in memory.
@@ -32,15 +33,17 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 mod engine;
+mod entry;
 mod format;
 mod fs;
 pub mod graph;
 
 pub use engine::{Crossover, IntRuntime, Isa, NodeTime, Residency, RuntimeError, crossover};
+pub use entry::{EntryBits, EntryBitsError};
 pub use format::{
-    ARTIFACT_FORMAT, ARTIFACT_VERSION, Artifact, ArtifactError, ArtifactHeader, BitRow,
-    LayerPayload, NormPayload, QuantPayload, WeightPlan, crc32, pack, packed_len, split_payload,
-    unpack_shifted,
+    ARTIFACT_FORMAT, ARTIFACT_VERSION, ARTIFACT_VERSIONS, Artifact, ArtifactError, ArtifactHeader,
+    BitRow, LayerPayload, NormPayload, QuantPayload, WeightPlan, crc32, pack, packed_len,
+    split_payload, unpack_shifted,
 };
 pub use fs::write_atomically;
 pub use graph::Graph;

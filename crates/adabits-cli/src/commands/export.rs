@@ -45,17 +45,13 @@ pub(crate) fn run(args: Export) -> anyhow::Result<ExitCode> {
         .with_context(|| "the run's data is needed for the artifact's table (or give --no-eval)")?;
     let side = val_set.image_size();
     let mut top1 = HashMap::new();
-    // A list with a wWaA entry is refused by `export_artifact` below: not evaluated first.
-    if !args.no_eval && run.config.model.bits.is_uniform() {
+    if !args.no_eval {
         let val = Loader::new(Arc::from(val_set), 256, false, run.config.seed);
         let bits: Vec<At> = run.config.model.bits.entries().collect();
         let scores = evaluate(&model, &bits, &val, &device)?;
         for at in &bits {
-            if let (Some(s), Some(b)) = (
-                scores.get(&at.precision.to_string()),
-                at.precision.as_uniform(),
-            ) {
-                top1.insert(b.get(), s.top1);
+            if let Some(s) = scores.get(&at.precision.to_string()) {
+                top1.insert(at.precision, s.top1);
             }
         }
     }

@@ -57,8 +57,8 @@ pub(crate) fn run(args: Info) -> anyhow::Result<ExitCode> {
             );
             for r in &h.table {
                 println!(
-                    "  {} bits: top-1 {}, {:.4} GBitOPs, {:.0} model bytes",
-                    r.bits,
+                    "  {}: top-1 {}, {:.4} GBitOPs, {:.0} model bytes",
+                    r.bits.describe(),
                     r.top1.map_or("unknown".into(), |t| format!("{t:.2} %")),
                     r.gbitops,
                     r.model_bytes

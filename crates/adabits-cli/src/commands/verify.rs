@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use adabits_models::adabits_quant::{At, BitWidth};
 use adabits_models::{Artifact, Runtime};
 use adabits_runtime::IntRuntime;
 use adabits_train::data::Loader;
@@ -78,9 +79,10 @@ pub(crate) fn run(args: Verify) -> anyhow::Result<ExitCode> {
     let mut runtime = Runtime::new(artifact, &device)?;
     let mut rows = Vec::new();
     let mut ok = true;
-    // What is verified: each bit-width, or the plan (run by every layer whatever bit-width
-    // `forward` is given).
-    let (settings, model): (Vec<(String, adabits_quant::BitWidth)>, _) = match &args.plan {
+    // What is verified: each entry of the list (a bit-width or a wWaA pair, run by the model
+    // as training runs it), or the plan (run by every layer whatever bit-width `forward` is
+    // given).
+    let settings: Vec<(String, Option<At>, adabits_models::Model)> = match &args.plan {
         Some(path) => {
             let entries = &run.config.model.bits;
             let resolved = crate::plan_file::read_plan(path, &model, entries)?;
@@ -91,28 +93,26 @@ pub(crate) fn run(args: Verify) -> anyhow::Result<ExitCode> {
                 int.set_plan(&positions)?;
             }
             let planned = adabits_models::with_plan(&model, &resolved)?;
-            (
-                vec![("plan".to_string(), adabits_quant::BitWidth::FULL)],
-                planned,
-            )
+            vec![("plan".to_string(), None, planned)]
         }
-        None => (
-            run.config
-                .model
-                .bits
-                .iter()
-                // An artifact's list is of bit-widths (`Runtime::new` refuses any other).
-                .filter_map(adabits_quant::Precision::as_uniform)
-                .map(|b| (b.to_string(), b))
-                .collect(),
-            model,
-        ),
+        None => run
+            .config
+            .model
+            .bits
+            .entries()
+            .map(|at| (at.precision.to_string(), Some(at), model.for_entry(at)))
+            .collect(),
     };
-    for (label, b) in settings {
-        if args.plan.is_none() {
-            runtime.set_bits(b)?;
+    for (label, at, model) in settings {
+        // The bit-width `forward` is given: the entry's weights (a pair entry and a plan are
+        // set on every layer, which then run them whatever it is).
+        let b = at.map_or(BitWidth::FULL, |at| at.precision.weight);
+        if let Some(at) = at {
+            runtime.set_bits(at.precision)?;
             if let Some(int) = &mut integer {
-                int.set_bits(b.get())?;
+                let entry = adabits_models::file_entry(at.precision)
+                    .expect("the artifact's list is the run's, of entries of 1 to 8 bits");
+                int.set_entry(entry)?;
             }
         }
         let mut f32_check = Agreement::default();
@@ -149,7 +149,7 @@ pub(crate) fn run(args: Verify) -> anyhow::Result<ExitCode> {
             let pass = criterion.passes(check);
             ok &= pass;
             rows.push(json!({
-                // A bit-width stays a number, as before plans; a plan is "plan".
+                // A bit-width stays a number, as before plans; a pair is "w4a8", a plan "plan".
                 "bits": label.parse::<u8>().map_or_else(|_| json!(label), |b| json!(b)),
                 "engine": engine, "images": check.images,
                 "same_prediction": check.agree, "max_relative_difference": check.worst,
@@ -194,7 +194,7 @@ pub(crate) fn run(args: Verify) -> anyhow::Result<ExitCode> {
                     if args.plan.is_some() {
                         "under the plan"
                     } else {
-                        "at every bit-width"
+                        "at every entry of its list"
                     },
                     args.tolerance,
                     match args.int_tolerance {

@@ -322,6 +322,74 @@ fn train_runs_two_steps_and_writes_the_run_directory() {
     );
     assert!(said.contains("model resnet20 bits 4,w2a4 "), "{said}");
     assert!(said.contains("step 8"), "{said}");
+    // The pair entry through deployment: export (version 4, the pair's row evaluated), verify
+    // on both runtimes, predict at the pair, and the artifact's description.
+    let abq = out.join("model.abq");
+    let abq_s = abq.to_str().unwrap();
+    let export = adabits(&["export", "--checkpoint", out_str, "--out", abq_s, "--json"]);
+    assert!(export.status.success(), "{}", text(&export.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&export.stdout).unwrap();
+    assert_eq!(report["header"]["version"], 4);
+    let table = report["header"]["table"].as_array().unwrap();
+    let labels: Vec<&serde_json::Value> = table.iter().map(|r| &r["bits"]).collect();
+    assert_eq!(labels, [&serde_json::json!(4), &serde_json::json!("w2a4")]);
+    assert!(table.iter().all(|r| r["top1"].is_f64()), "{report}");
+    assert!(
+        table[1]["gbitops"].as_f64() < table[0]["gbitops"].as_f64(),
+        "{report}"
+    );
+    let verify = adabits(&[
+        "verify",
+        "--artifact",
+        abq_s,
+        "--checkpoint",
+        out_str,
+        "--json",
+    ]);
+    assert!(verify.status.success(), "{}", text(&verify.stdout));
+    let verdict: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
+    let rows = verdict["bits"].as_array().unwrap();
+    let pair_rows: Vec<_> = rows.iter().filter(|r| r["bits"] == "w2a4").collect();
+    assert_eq!(pair_rows.len(), 2, "{verdict}");
+    assert!(
+        pair_rows
+            .iter()
+            .all(|r| r["pass"] == true && r["images"] == 32),
+        "{verdict}"
+    );
+    let npy = out.join("two.npy");
+    write_npy(&npy, &[2, 3, 16, 16]);
+    let predict = adabits(&[
+        "predict",
+        "--artifact",
+        abq_s,
+        "--bits",
+        "w2a4",
+        "--json",
+        npy.to_str().unwrap(),
+    ]);
+    assert!(predict.status.success(), "{}", text(&predict.stderr));
+    let answer: serde_json::Value = serde_json::from_slice(&predict.stdout).unwrap();
+    assert_eq!(answer["bits"], "w2a4");
+    assert_eq!(answer["predictions"].as_array().unwrap().len(), 2);
+    let predict = adabits(&[
+        "predict",
+        "--artifact",
+        abq_s,
+        "--bits",
+        "w4a2",
+        npy.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        text(&predict.stderr).trim(),
+        "error: --bits: w4a2 is not one of the artifact's entries (4,w2a4)"
+    );
+    let info = adabits(&["info", abq_s]);
+    let said = text(&info.stdout);
+    assert!(
+        said.contains("adabits artifact v4") && said.contains("  w2a4: top-1 "),
+        "{said}"
+    );
     let not_a_run = adabits(&[
         "eval",
         "--checkpoint",
@@ -541,7 +609,7 @@ fn export_verify_select_and_calibrate_a_trained_run() {
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         text(&out.stderr).trim(),
-        "error: --bits: 7 bits is not one of the artifact's bit-widths (4,3,2)"
+        "error: --bits: 7 bits is not one of the artifact's entries (4,3,2)"
     );
     let wrong = dir.join("wrong.npy");
     write_npy(&wrong, &[1, 3, 32, 32]);
@@ -581,7 +649,7 @@ fn export_verify_select_and_calibrate_a_trained_run() {
     );
     let out = adabits(&["select", "--artifact", abq_s, "--max-bitops", "0"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stdout).contains("no bit-width of the artifact fits"));
+    assert!(text(&out.stdout).contains("no entry of the artifact's list fits"));
 
     // Select per layer within the 3-bit model's BitOPs: the plan file it writes runs in
     // `eval --plan`, with the validation figures it reported.
@@ -755,7 +823,7 @@ fn export_verify_select_and_calibrate_a_trained_run() {
     assert_eq!(info["checkpoints"]["best"]["name"], "calibrated");
     let out = adabits(&["verify", "--artifact", abq5_s, "--checkpoint", five_s]);
     assert!(out.status.success(), "{}", text(&out.stdout));
-    assert!(text(&out.stdout).contains("reproduces the checkpoint at every bit-width"));
+    assert!(text(&out.stdout).contains("reproduces the checkpoint at every entry of its list"));
     // The wrong checkpoint for an artifact is named.
     let out = adabits(&["verify", "--artifact", abq5_s, "--checkpoint", run_s]);
     assert_eq!(out.status.code(), Some(2));

@@ -4,13 +4,13 @@
 use std::collections::HashMap;
 
 use adabits_quant::{
-    BitPolicy, BitWidth, ClippingLevels, LinearEval, Precision, QuantScheme, conv_fan_out,
+    At, BitPolicy, BitWidth, ClippingLevels, LinearEval, Precision, QuantScheme, conv_fan_out,
     linear_fan_out, quantize_weight, weight_codes,
 };
 use adabits_runtime::graph::{
     self, ConvNode, Graph, LinearNode, Node, NormTable, Resolved, Scheme,
 };
-use adabits_runtime::{Artifact, ArtifactError, BitRow, WeightPlan, pack};
+use adabits_runtime::{Artifact, ArtifactError, BitRow, EntryBits, WeightPlan, pack};
 use burn::module::Param;
 use burn::tensor::Tensor;
 
@@ -22,44 +22,46 @@ use crate::zoo::{Model, ModelConfig};
 
 /// Exports `model` (built from `config`, on any device) as an artifact: its graph, its codes at
 /// each layer's highest weight bit-width, its scales, biases, clipping levels and folded
-/// BatchNorms, with a table of the cost of every bit-width for `input`×`input` images and the
-/// accuracies in `top1` (by bit-width) where known.
+/// BatchNorms, with a table of the cost of every entry of the model's list (bit-widths and
+/// `wWaA` pairs) for `input`×`input` images and the accuracies in `top1` (by entry) where
+/// known.
+///
+/// Each layer's table holds, per entry, what [`Model::forward_at`] runs there: the bits its
+/// policy resolves the entry to, and the clipping level and BatchNorm it selects.
 ///
 /// # Errors
 ///
-/// [`ArtifactError::Layout`] when the model's list holds 32 bits (a full-precision model is not
-/// a low-bit artifact), more than 8 (the runtime's codes are bytes), or a `wWaA` pair (the
-/// format's list is of bit-widths).
+/// [`ArtifactError::Layout`] when an entry of the model's list has 32 bits on either side (a
+/// full-precision model is not a low-bit artifact) or more than 8 (the runtime's codes are
+/// bytes).
 pub fn export_artifact(
     model: &Model,
     config: &ModelConfig,
     input: usize,
-    top1: &HashMap<u8, f64>,
+    top1: &HashMap<Precision, f64>,
     source: Option<String>,
 ) -> Result<Artifact, ArtifactError> {
-    let Some(list) = config
-        .bits
+    let list: Vec<At> = config.bits.entries().collect();
+    let sides = |p: Precision| [p.weight, p.activation];
+    if list
         .iter()
-        .map(Precision::as_uniform)
-        .collect::<Option<Vec<BitWidth>>>()
-    else {
-        return Err(ArtifactError::Layout(format!(
-            "the model's entries {} include a wWaA pair: the artifact format holds uniform bit-widths only; evaluate or calibrate the run's checkpoint instead",
-            config.bits
-        )));
-    };
-    if list.iter().any(|b| b.is_full_precision()) {
+        .any(|at| sides(at.precision).iter().any(|b| b.is_full_precision()))
+    {
         return Err(ArtifactError::Layout(format!(
             "the model's bit-widths {} include 32: an artifact holds low-bit codes only; train without 32 or keep the checkpoint",
             config.bits
         )));
     }
-    if let Some(b) = list.iter().find(|b| b.get() > 8) {
-        return Err(ArtifactError::Layout(format!(
-            "the model's bit-widths {} include {b}: an artifact holds codes of at most 8 bits",
-            config.bits
-        )));
-    }
+    let labels = list
+        .iter()
+        .map(|at| file_entry(at.precision))
+        .collect::<Option<Vec<EntryBits>>>()
+        .ok_or_else(|| {
+            ArtifactError::Layout(format!(
+                "the model's bit-widths {} include one above 8: an artifact holds codes of at most 8 bits",
+                config.bits
+            ))
+        })?;
     let mut out = Exported {
         config,
         list: &list,
@@ -83,7 +85,7 @@ pub fn export_artifact(
     }
     let nodes = assemble(tracer.into_nodes(), std::mem::take(&mut out.layers))?;
     let graph = Graph {
-        bits: list.iter().map(|b| b.get()).collect(),
+        bits: labels,
         weight_scheme: out.scheme,
         act_scheme: scheme(config.quant.act_scheme),
         linear_eval: match config.quant.linear_eval {
@@ -104,11 +106,12 @@ pub fn export_artifact(
     let shapes = model.layer_shapes([input, input]);
     let table = list
         .iter()
-        .map(|&b| {
-            let c = cost(&shapes, b, Accounting::Official);
+        .zip(&graph.bits)
+        .map(|(at, &label)| {
+            let c = cost(&shapes, at.precision, Accounting::Official);
             BitRow {
-                bits: b.get(),
-                top1: top1.get(&b.get()).copied(),
+                bits: label,
+                top1: top1.get(&at.precision).copied(),
                 gbitops: c.gbitops,
                 model_bytes: c.size_bytes as f64,
             }
@@ -117,6 +120,36 @@ pub fn export_artifact(
     let model_json = serde_json::to_value(config)
         .map_err(|e| ArtifactError::Layout(format!("the model configuration: {e}")))?;
     Artifact::new(model_json, graph, table, source, out.codes, out.scalars)
+}
+
+/// The artifact's label of `precision`, or `None` when a side is above 8 bits.
+pub fn file_entry(precision: Precision) -> Option<EntryBits> {
+    EntryBits::new(precision.weight.get(), precision.activation.get())
+}
+
+/// The precision an artifact's entry `label` stands for.
+pub fn entry_precision(label: EntryBits) -> Precision {
+    let bits = |b: u8| BitWidth::new(b).expect("an artifact's bit-widths are 1 to 8");
+    Precision::new(bits(label.weight()), bits(label.activation()))
+}
+
+/// What a layer with `policy` and clipping levels `alpha` runs at entry `at`, as
+/// [`Model::forward_at`] runs it: a uniform entry through the layer's `forward` (the clipping
+/// level of the activation bit-width its policy resolves to), a `wWaA` entry at the clipping
+/// level of its entry.
+fn resolve(at: At, policy: BitPolicy, alpha: &ClippingLevels) -> Resolved {
+    let (r, index) = match at.precision.as_uniform() {
+        Some(b) => {
+            let r = policy.resolve(b);
+            (r, alpha.index(r.bita))
+        }
+        None => (at.precision.resolve(&policy), alpha.entry_index(at.entry)),
+    };
+    Resolved {
+        weight_bits: r.bitw.get(),
+        act_bits: r.bita.get(),
+        alpha: index,
+    }
 }
 
 /// The runtime's name of a scheme.
@@ -183,8 +216,8 @@ fn assemble(traced: Vec<Traced>, layers: Vec<Node>) -> Result<Vec<Node>, Artifac
 /// What [`export_artifact`] collects, layer by layer in the official order.
 struct Exported<'a> {
     config: &'a ModelConfig,
-    /// The model's list, every entry uniform.
-    list: &'a [BitWidth],
+    /// The model's list.
+    list: &'a [At],
     scheme: Scheme,
     /// The layers' descriptions, their inputs still unset.
     layers: Vec<Node>,
@@ -198,20 +231,13 @@ struct Exported<'a> {
 }
 
 impl Exported<'_> {
-    /// What a quantized layer with `policy` and `alpha` uses at each of the model's bit-widths,
+    /// What a quantized layer with `policy` and `alpha` uses at each entry of the model's list,
     /// and the index of that table among the graph's policies.
     fn policy(&mut self, policy: BitPolicy, alpha: &ClippingLevels) -> (Vec<Resolved>, usize) {
         let resolved: Vec<Resolved> = self
             .list
             .iter()
-            .map(|&b| {
-                let r = policy.resolve(b);
-                Resolved {
-                    weight_bits: r.bitw.get(),
-                    act_bits: r.bita.get(),
-                    alpha: alpha.index(r.bita),
-                }
-            })
+            .map(|&at| resolve(at, policy, alpha))
             .collect();
         let index = match self.policies.iter().position(|p| *p == resolved) {
             Some(i) => i,
@@ -272,7 +298,7 @@ impl Exported<'_> {
                 // Every BatchNorm of a model follows the model-wide sharing setting.
                 self.norm.get_or_insert_with(|| NormTable {
                     entries: n.entry_count(),
-                    resolved: self.list.iter().map(|&b| n.index(b)).collect(),
+                    resolved: self.list.iter().map(|at| n.entry_index(at.entry)).collect(),
                 });
                 match self.layers.last_mut() {
                     Some(Node::Conv(conv)) if conv.norm.is_none() => conv.norm = Some(name.into()),

@@ -15,9 +15,9 @@ mod select;
 mod trace;
 
 pub use adabits_runtime::{
-    ARTIFACT_FORMAT, ARTIFACT_VERSION, Artifact, ArtifactError, ArtifactHeader, BitRow,
+    ARTIFACT_FORMAT, ARTIFACT_VERSION, Artifact, ArtifactError, ArtifactHeader, BitRow, EntryBits,
 };
-pub use export::export_artifact;
+pub use export::{entry_precision, export_artifact, file_entry};
 pub use runtime::{Runtime, artifact_model};
 pub use select::{Budget, Selection, select};
 pub(crate) use trace::Tracer;

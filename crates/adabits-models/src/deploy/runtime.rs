@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use adabits_quant::{At, BitWidth, QuantMode, QuantScheme, QuantizedWeight, codes_to_unit};
+use adabits_quant::{
+    At, BitWidth, Precision, QuantMode, QuantScheme, QuantizedWeight, codes_to_unit,
+};
 use adabits_runtime::{Artifact, ArtifactError, LayerPayload, QuantPayload};
 use burn::module::Param;
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -27,43 +29,51 @@ pub fn artifact_model(artifact: &Artifact, path: &Path) -> Result<ModelConfig, A
     })
 }
 
-/// Runs an artifact at any of its bit-widths.
+/// Runs an artifact at any entry of its list (bit-widths and `wWaA` pairs).
 #[derive(Debug)]
 pub struct Runtime {
     artifact: Artifact,
     config: ModelConfig,
     template: Model,
     model: Model,
-    bits: BitWidth,
+    /// The active entry (after [`Runtime::set_plan`], the last one set).
+    at: At,
     device: Device,
 }
 
 impl Runtime {
-    /// Builds the model the artifact describes on `device` and loads its highest bit-width.
+    /// Builds the model the artifact describes on `device` and loads its highest entry.
     ///
     /// # Errors
     ///
-    /// [`ArtifactError::Header`] when the header holds no model configuration of this build;
-    /// [`ArtifactError::Layout`] when the artifact's layers are not the model's.
+    /// [`ArtifactError::Header`] when the header holds no model configuration of this build, or
+    /// one whose list is not the graph's; [`ArtifactError::Layout`] when the artifact's layers
+    /// are not the model's.
     pub fn new(artifact: Artifact, device: &Device) -> Result<Self, ArtifactError> {
-        let config = artifact_model(&artifact, Path::new("the artifact"))?;
-        let top = match config.bits.max().as_uniform() {
-            Some(top) if config.bits.is_uniform() => top,
-            _ => {
-                return Err(ArtifactError::Layout(format!(
-                    "the artifact's model lists {}: the format holds uniform bit-widths only",
-                    config.bits
-                )));
-            }
-        };
+        let path = Path::new("the artifact");
+        let config = artifact_model(&artifact, path)?;
+        let graph_list: Vec<Precision> = artifact
+            .bits()
+            .iter()
+            .map(|&e| super::entry_precision(e))
+            .collect();
+        if graph_list != config.bits.as_slice() {
+            return Err(ArtifactError::Header {
+                path: path.to_path_buf(),
+                field: "adabits.model.bits".into(),
+                expected: format!("the graph's list {}", artifact.header.graph.list()),
+                found: config.bits.to_string(),
+            });
+        }
+        let top = config.bits.max();
         let template = config.init(device);
         let model = template.clone();
         let mut runtime = Self {
             artifact,
+            at: config.bits.find(top).expect("the list holds its maximum"),
             config,
             template,
             model,
-            bits: top,
             device: device.clone(),
         };
         runtime.set_bits(top)?;
@@ -80,35 +90,39 @@ impl Runtime {
         &self.config
     }
 
-    /// The active bit-width.
-    pub fn bits(&self) -> BitWidth {
-        self.bits
+    /// The active entry's precision.
+    pub fn bits(&self) -> Precision {
+        self.at.precision
     }
 
-    /// Switches to `bits`: decodes that bit-width's weights from the codes in memory (a right
-    /// shift and a scale per weight) and loads its clipping levels and folded BatchNorms.
+    /// Switches to the entry `bits` of the artifact's list (a bit-width, or a `wWaA` pair):
+    /// decodes the weights each layer resolves it to from the codes in memory (a right shift
+    /// and a scale per weight) and loads its clipping levels and folded BatchNorms. A pair entry
+    /// runs every layer at the pair, as [`Model::forward_at`] does.
     ///
     /// # Errors
     ///
-    /// [`ArtifactError::UnknownBits`] for a bit-width the artifact does not hold;
+    /// [`ArtifactError::UnknownBits`] for an entry the artifact does not hold;
     /// [`ArtifactError::Layout`] when the artifact's layers are not the model's.
-    pub fn set_bits(&mut self, bits: BitWidth) -> Result<(), ArtifactError> {
+    pub fn set_bits(&mut self, bits: impl Into<Precision>) -> Result<(), ArtifactError> {
+        let bits = bits.into();
         let config = &self.config;
-        let Some(position) = config.bits.position(bits) else {
+        let Some(at) = config.bits.find(bits) else {
             return Err(ArtifactError::UnknownBits {
-                bits: bits.get(),
+                entry: bits.describe(),
                 list: config.bits.to_string(),
             });
         };
-        self.model = self.build(&|_| Some(At::new(position, bits)), false)?;
-        self.bits = bits;
+        let pair = at.precision.as_uniform().is_none();
+        self.model = self.build(&|_| Some(at), pair)?;
+        self.at = at;
         Ok(())
     }
 
     /// Switches to a precision plan (resolved against this artifact's model): each layer's
     /// weights decoded at its entry's weight bit-width, its clipping level and the BatchNorm
     /// after it at its entry, as [`crate::with_plan`] runs the trained model.
-    /// [`bits`](Self::bits) keeps the last bit-width set.
+    /// [`bits`](Self::bits) keeps the last entry set.
     ///
     /// # Errors
     ///
@@ -176,13 +190,14 @@ impl Runtime {
         Ok(model)
     }
 
-    /// The logits of `images` at the active bit-width (the model's input transform applies).
+    /// The logits of `images` at the active entry (the model's input transform applies).
     ///
     /// # Shapes
     ///
     /// `images`: `[batch, 3, h, w]`; output `[batch, classes]`.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
-        self.model.forward(images, self.bits)
+        // A pair entry (and a plan) is set on every layer; the bit-width given is then unused.
+        self.model.forward(images, self.at.precision.weight)
     }
 }
 

@@ -48,10 +48,10 @@ pub fn select(table: &[BitRow], budget: &Budget) -> Selection {
             }
         }
         if why.is_empty() {
-            reasons.push(format!("{} bits: fits", row.bits));
+            reasons.push(format!("{}: fits", row.bits.describe()));
             fits.push(row.clone());
         } else {
-            reasons.push(format!("{} bits: {}", row.bits, why.join(", ")));
+            reasons.push(format!("{}: {}", row.bits.describe(), why.join(", ")));
         }
     }
     // With an accuracy floor and no size limit: the cheapest that meets it. Otherwise the most
@@ -78,25 +78,29 @@ mod tests {
 
     #[test]
     fn selection_respects_every_limit_and_says_why() {
-        let row = |bits, top1, gbitops, bytes| BitRow {
-            bits,
+        let row = |bits: &str, top1, gbitops, bytes| BitRow {
+            bits: bits.parse().unwrap(),
             top1: Some(top1),
             gbitops,
             model_bytes: bytes,
         };
         let table = [
-            row(8, 70.0, 38.5, 4200.0),
-            row(6, 70.2, 22.9, 3400.0),
-            row(5, 69.0, 16.8, 3000.0),
-            row(4, 66.0, 11.8, 2600.0),
+            row("8", 70.0, 38.5, 4200.0),
+            row("6", 70.2, 22.9, 3400.0),
+            row("5", 69.0, 16.8, 3000.0),
+            row("w4a8", 69.5, 19.3, 2600.0),
+            row("4", 66.0, 11.8, 2600.0),
         ];
-        let pick = |b: Budget| select(&table, &b).chosen.map(|r| r.bits);
-        assert_eq!(pick(Budget::default()), Some(6));
+        let pick = |b: Budget| select(&table, &b).chosen.map(|r| r.bits.to_string());
+        let some = |s: &str| Some(s.to_string());
+        assert_eq!(pick(Budget::default()), some("6"));
         let by_size = Budget {
             max_bytes: Some(3100),
             ..Budget::default()
         };
-        assert_eq!(pick(by_size), Some(5));
+        // A pair entry is a row like any other: 4-bit weights, so 4's size, and more accurate
+        // than 5 bits.
+        assert_eq!(pick(by_size), some("w4a8"));
         let s = select(&table, &by_size);
         assert_eq!(s.reasons[0], "8 bits: 4200 bytes > 3100");
         assert_eq!(s.reasons[2], "5 bits: fits");
@@ -104,7 +108,13 @@ mod tests {
             min_top1: Some(68.5),
             ..Budget::default()
         };
-        assert_eq!(pick(floor), Some(5));
+        assert_eq!(pick(floor), some("5"));
+        let by_bitops = Budget {
+            max_gbitops: Some(20.0),
+            ..Budget::default()
+        };
+        assert_eq!(pick(by_bitops), some("w4a8"));
+        assert_eq!(select(&table, &by_bitops).reasons[3], "w4a8: fits");
         let impossible = Budget {
             max_gbitops: Some(10.0),
             ..Budget::default()

@@ -181,6 +181,11 @@ impl SwitchBatchNorm2d {
         }
     }
 
+    /// The stored entry used for the model's list entry `entry`: itself, or 0 when shared.
+    pub fn entry_index(&self, entry: usize) -> usize {
+        if self.entries.len() == 1 { 0 } else { entry }
+    }
+
     /// Normalises `x` with the entry of `bits`.
     ///
     /// # Shapes
@@ -217,7 +222,7 @@ impl SwitchBatchNorm2d {
             "entry {entry} of a list of {} bit-widths",
             self.bits.len()
         );
-        let index = if self.entries.len() == 1 { 0 } else { entry };
+        let index = self.entry_index(entry);
         let [n, c, h, w] = x.dims();
         let device = x.device();
         if !device.is_autodiff() {

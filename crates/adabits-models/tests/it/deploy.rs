@@ -3,26 +3,41 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use adabits_models::adabits_quant::{BitWidth, QuantScheme};
+use adabits_models::adabits_quant::{At, BitWidth, Precision, QuantScheme};
 use adabits_models::{
-    Architecture, Artifact, ArtifactError, BnSharing, Model, ModelConfig, QuantSettings, Runtime,
-    export_artifact,
+    Architecture, Artifact, ArtifactError, BnSharing, Model, ModelConfig, OfficialLayout,
+    QuantSettings, Runtime, export_artifact, file_entry,
 };
 use adabits_runtime::{IntRuntime, Isa, Residency};
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
 
-/// A model whose BatchNorm statistics differ per bit-width (training-form passes at each),
+/// A model whose BatchNorm statistics differ per entry (training-form passes at each) and whose
+/// switchable clipping levels differ per entry (so that a runtime taking another entry's shows),
 /// returned in evaluation form.
 fn trained(config: &ModelConfig, side: usize, seed: u64) -> Model {
     let train = crate::device().autodiff();
     train.seed(seed);
     let model = config.init(&train);
     let images = Tensor::<4>::random([4, 3, side, side], Distribution::Uniform(0.0, 1.0), &train);
-    for b in config.bits.as_bit_widths().unwrap() {
-        let _ = model.forward(images.clone(), b);
+    for at in config.bits.entries() {
+        let _ = model.forward_at(images.clone(), at);
     }
-    model.valid()
+    let mut model = model.valid();
+    model.visit_official(&mut |_, mut layer| {
+        if let Some(alpha) = layer.alpha_mut() {
+            let levels = alpha.alpha.val();
+            let n = levels.dims()[0];
+            // Entry i's level scaled by 1 − 0.1·i.
+            let factors: Vec<f32> = (0..n).map(|i| 1.0 - 0.1 * i as f32).collect();
+            let factors = Tensor::<1>::from_data(
+                burn::tensor::TensorData::new(factors, [n]),
+                &levels.device(),
+            );
+            alpha.alpha = burn::module::Param::from_tensor(levels * factors);
+        }
+    });
+    model
 }
 
 fn logits(t: Tensor<2>) -> Vec<Vec<f64>> {
@@ -40,8 +55,8 @@ fn argmax(row: &[f64]) -> usize {
 /// Images per check.
 const IMAGES: usize = 16;
 
-/// Asserts that both runtimes give the fake-quantized model's predictions at every bit-width,
-/// switching in both directions, with logits within 1e-4 relative: every image for the Burn
+/// Asserts that both runtimes give the fake-quantized model's predictions at every entry of its
+/// list (bit-widths and `wWaA` pairs, [`Model::forward_at`]), switching in both directions, with logits within 1e-4 relative: every image for the Burn
 /// runtime, all but the images where a quantization level flipped for the integer runtime (on
 /// every instruction set this CPU has); returns the integer runtime's worst relative
 /// difference.
@@ -79,15 +94,18 @@ fn assert_runtime_matches(
         burn::tensor::TensorData::new(values, [IMAGES, 3, side, side]),
         device,
     );
-    let list = config.bits.as_bit_widths().unwrap();
-    let order: Vec<BitWidth> = list.iter().chain(list.iter().rev()).copied().collect();
+    let list: Vec<At> = config.bits.entries().collect();
+    let order: Vec<At> = list.iter().chain(list.iter().rev()).copied().collect();
     let pixels: Vec<f32> = images.clone().into_data().iter::<f32>().collect();
-    for b in order {
+    for at in order {
+        let b = at.precision;
         runtime.set_bits(b).unwrap();
         assert_eq!(runtime.bits(), b);
-        let expected = logits(model.forward(images.clone(), b));
+        let expected = logits(model.forward_at(images.clone(), at));
+        let label = file_entry(b).unwrap();
         for int in &mut integer {
-            int.set_bits(b.get()).unwrap();
+            int.set_entry(label).unwrap();
+            assert_eq!(int.entry(), Some(label));
             let found = int.forward(&pixels, IMAGES, [side, side]).unwrap();
             let classes = expected[0].len();
             // One image alone takes another path (each layer on every thread, and with packed
@@ -98,7 +116,7 @@ fn assert_runtime_matches(
             assert_eq!(
                 one,
                 found[..classes],
-                "{:?}, {b} bits: batch of one",
+                "{:?}, entry {b}: batch of one",
                 int.isa()
             );
             let mut flipped = 0;
@@ -122,7 +140,7 @@ fn assert_runtime_matches(
                     assert_eq!(
                         argmax(e),
                         argmax(&f),
-                        "{} {:?}, {b} bits: {e:?} vs {f:?}",
+                        "{} {:?}, entry {b}: {e:?} vs {f:?}",
                         config.arch,
                         int.isa()
                     );
@@ -130,19 +148,19 @@ fn assert_runtime_matches(
             }
             assert!(
                 flipped <= IMAGES / 2,
-                "{} at {b} bits, {:?}: {flipped} of {IMAGES} images differ by more than 1e-4",
+                "{} at entry {b}, {:?}: {flipped} of {IMAGES} images differ by more than 1e-4",
                 config.arch,
                 int.isa()
             );
         }
         let found = logits(runtime.forward(images.clone()));
         for (e, f) in expected.iter().zip(&found) {
-            assert_eq!(argmax(e), argmax(f), "{b} bits: {e:?} vs {f:?}");
+            assert_eq!(argmax(e), argmax(f), "entry {b}: {e:?} vs {f:?}");
             let scale = e.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-6);
             for (x, y) in e.iter().zip(f) {
                 assert!(
                     (x - y).abs() <= 1e-4 * scale,
-                    "{} at {b} bits: {x} vs {y}",
+                    "{} at entry {b}: {x} vs {y}",
                     config.arch
                 );
             }
@@ -279,17 +297,67 @@ fn the_artifact_stays_within_two_percent_of_the_ideal_size() {
 }
 
 #[test]
-fn a_model_with_a_pair_entry_is_refused_by_the_artifact_with_the_reason() {
-    let config = ModelConfig::new(Architecture::CifarResNet(8), "8,w4a8".parse().unwrap())
-        .with_width_mult(0.25);
-    let model = config.init(&crate::device());
-    let err = export_artifact(&model, &config, 8, &HashMap::new(), None).unwrap_err();
-    assert!(matches!(err, ArtifactError::Layout(_)), "{err}");
-    assert!(
-        err.to_string()
-            .contains("the model's entries 8,w4a8 include a wWaA pair: the artifact format holds uniform bit-widths only"),
-        "{err}"
-    );
+fn both_runtimes_run_weight_and_activation_pair_entries() {
+    let device = crate::device();
+    // Pairs whose weight bit-width is another entry's (w4a8, w2a4) and one of its own (w3a6);
+    // switchable and shared clipping levels; the scheme without the shift property stores every
+    // weight bit-width's codes.
+    let cases = [
+        (QuantScheme::Modified, QuantSettings::new(), "8,w4a8,4,w2a4"),
+        (
+            QuantScheme::Original,
+            QuantSettings::new().with_switchable_alpha(false),
+            "w3a6,8,w8a4",
+        ),
+    ];
+    for (i, (scheme, quant, list)) in cases.into_iter().enumerate() {
+        let config = ModelConfig::new(Architecture::CifarResNet(20), list.parse().unwrap())
+            .with_width_mult(0.25)
+            .with_quant(quant.with_weight_scheme(scheme));
+        let model = trained(&config, 16, 60 + i as u64);
+        let mut top1 = HashMap::new();
+        top1.insert("w4a8".parse::<Precision>().unwrap(), 61.0);
+        let artifact = export_artifact(&model, &config, 16, &top1, None).unwrap();
+        // A list with a pair is version 4, its entries in the header as the list is written.
+        assert_eq!(artifact.header.version, 4);
+        assert_eq!(artifact.header.graph.list(), list);
+        let rows: Vec<String> = artifact
+            .header
+            .table
+            .iter()
+            .map(|r| r.bits.to_string())
+            .collect();
+        assert_eq!(rows.join(","), list);
+        if i == 0 {
+            // Relabelled version 3 and resealed, it is refused: a version-3 reader would take
+            // the file and fail on its list.
+            let (header_text, tensors) = split(&artifact.to_bytes());
+            let mut older: adabits_models::ArtifactHeader =
+                serde_json::from_str(&header_text).unwrap();
+            older.version = 3;
+            let data = |name: &str| &tensors.iter().find(|t| t.0 == name).unwrap().3;
+            older.crc32 = older.checksum(data("codes"), data("scalars"));
+            let text = serde_json::to_string(&older).unwrap();
+            let err = Artifact::from_bytes(
+                &rebuild(&text, &tensors, &["codes", "scalars"]),
+                Path::new("m.abq"),
+            )
+            .unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "m.abq: the metadata field `adabits.version`: expected 4 for a list with a wWaA pair, found 3 with the list 8,w4a8,4,w2a4"
+            );
+            assert_eq!(artifact.header.table[1].top1, Some(61.0));
+            // The pair's cost lies between its two sides' uniform ones.
+            let g: Vec<f64> = artifact.header.table.iter().map(|r| r.gbitops).collect();
+            assert!(g[0] > g[1] && g[1] > g[2] && g[2] > g[3], "{g:?}");
+            assert_eq!(
+                artifact.header.table[1].model_bytes,
+                artifact.header.table[2].model_bytes
+            );
+        }
+        assert_runtime_matches(&model, &config, 16, &device);
+    }
 }
 
 #[test]
@@ -298,10 +366,12 @@ fn a_damaged_artifact_is_refused_with_a_named_error() {
         .with_width_mult(0.25);
     let model = config.init(&crate::device());
     let mut top1 = HashMap::new();
-    top1.insert(4, 51.5);
+    top1.insert(Precision::uniform(BitWidth::new(4).unwrap()), 51.5);
     let artifact = export_artifact(&model, &config, 16, &top1, Some("runs/x".into())).unwrap();
     assert_eq!(artifact.header.table[0].top1, Some(51.5));
     assert_eq!(artifact.header.table[1].top1, None);
+    // A list of bit-widths is written as version 3, as before pair entries, for older readers.
+    assert_eq!(artifact.header.version, 3);
     let good = artifact.to_bytes();
     let path = Path::new("model.abq");
 
@@ -356,7 +426,7 @@ fn a_damaged_artifact_is_refused_with_a_named_error() {
     assert!(matches!(err, ArtifactError::Checksum { .. }), "{err}");
     // Edited and resealed: the table must still list the model's bit-widths.
     let mut header: adabits_models::ArtifactHeader = serde_json::from_str(&header_text).unwrap();
-    header.table[0].bits = 7;
+    header.table[0].bits = "7".parse().unwrap();
     let data = |name: &str| &tensors.iter().find(|t| t.0 == name).unwrap().3;
     header.crc32 = header.checksum(data("codes"), data("scalars"));
     let resealed = serde_json::to_string(&header).unwrap();
@@ -364,7 +434,7 @@ fn a_damaged_artifact_is_refused_with_a_named_error() {
         .unwrap_err();
     assert!(
         err.to_string()
-            .contains("`adabits.table`: expected one row per bit-width of the model, in its order: [4, 2], found rows for [7, 2]"),
+            .contains("`adabits.table`: expected one row per entry of the model, in its order: 4,2, found rows for 7,2"),
         "{err}"
     );
 
@@ -374,7 +444,7 @@ fn a_damaged_artifact_is_refused_with_a_named_error() {
     let err = runtime.set_bits(BitWidth::new(3).unwrap()).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "3 bits is not one of the artifact's bit-widths (4,2)"
+        "3 bits is not one of the artifact's entries (4,2)"
     );
 
     // A missing file.
@@ -548,8 +618,8 @@ fn resealed_graph_edits_are_refused_or_run_by_the_integer_runtime_without_a_pani
                 let artifact =
                     Artifact::from_bytes(&bytes, Path::new("m.abq")).map_err(|e| e.to_string())?;
                 let mut int = IntRuntime::new(artifact).map_err(|e| e.to_string())?;
-                for b in int.artifact().bits() {
-                    int.set_bits(b).map_err(|e| e.to_string())?;
+                for b in int.artifact().bits().to_vec() {
+                    int.set_entry(b).map_err(|e| e.to_string())?;
                     int.forward(&images, 1, [16, 16])
                         .map_err(|e| e.to_string())?;
                 }
@@ -593,7 +663,7 @@ fn both_runtimes_run_a_precision_plan() {
         int.set_bits(bits).unwrap();
         let want = int.forward(&pixels, IMAGES, [side, side]).unwrap();
         int.set_plan(&vec![position; layers.len()]).unwrap();
-        assert_eq!(int.bits(), 0);
+        assert_eq!(int.entry(), None);
         assert_eq!(
             int.forward(&pixels, IMAGES, [side, side]).unwrap(),
             want,
@@ -661,7 +731,7 @@ fn both_runtimes_run_a_precision_plan() {
     bad[0] = 2;
     let err = int.set_plan(&bad).unwrap_err().to_string();
     assert!(
-        err.contains("position 2 is not one of the bit-widths 8,4"),
+        err.contains("position 2 is not one of the entries 8,4"),
         "{err}"
     );
 }

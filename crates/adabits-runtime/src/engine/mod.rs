@@ -12,7 +12,7 @@
 //! Memory follows the bit-width: at `b` bits each layer keeps its `w`-bit numerators packed
 //! ([`IntRuntime::resident_weight_bytes`]); the kernels' layout is made for one layer at a time
 //! during [`IntRuntime::forward`]. The artifact's stored codes stay in memory so that
-//! [`IntRuntime::set_bits`] can switch to any bit-width without the file.
+//! [`IntRuntime::set_entry`] can switch to any entry without the file.
 
 mod active;
 mod bit_serial;
@@ -29,6 +29,7 @@ use rayon::prelude::*;
 
 pub use kernels::{Crossover, Isa, crossover};
 
+use crate::EntryBits;
 use crate::format::{Artifact, LayerPayload};
 use crate::graph::{InputTransform, LinearEval, Node, Scheme, Shape};
 use active::{Active, double_sided_terms, geometry, quantized};
@@ -44,12 +45,12 @@ pub enum RuntimeError {
     /// The artifact uses something the integer runtime does not implement.
     #[error("the integer runtime cannot run this artifact: {0}")]
     Unsupported(String),
-    /// A bit-width the artifact does not hold.
-    #[error("{bits} bits is not one of the artifact's bit-widths ({list})")]
+    /// An entry (bit-width or `wWaA` pair) the artifact does not hold.
+    #[error("{entry} is not one of the artifact's entries ({list})")]
     UnknownBits {
-        /// The bit-width asked for.
-        bits: u8,
-        /// The artifact's bit-widths.
+        /// The entry asked for, as messages name it (`3 bits`, `w2a8`).
+        entry: String,
+        /// The artifact's entries, as `8,w4a8,4`.
         list: String,
     },
     /// Images of the wrong size, channel count or value range.
@@ -65,7 +66,8 @@ pub enum RuntimeError {
 pub struct IntRuntime {
     artifact: Artifact,
     isa: Isa,
-    bits: u8,
+    /// The active entry (`None` under a precision plan).
+    entry: Option<EntryBits>,
     /// Per node: its layer at the active bit-width, for the convolutions and linear layers.
     active: Vec<Option<Active>>,
     /// Per node: what a convolution's epilogue does of the nodes after it.
@@ -93,7 +95,7 @@ pub enum Residency {
 }
 
 impl IntRuntime {
-    /// Prepares `artifact` at its highest bit-width, with the kernels of [`Isa::detect`].
+    /// Prepares `artifact` at its highest entry ([`Graph::top`](crate::Graph::top)), with the kernels of [`Isa::detect`].
     ///
     /// # Errors
     ///
@@ -125,7 +127,9 @@ impl IntRuntime {
             ));
         }
         let (fusion, absorbed) = plan_fusion(&graph.nodes);
-        let top = graph.bits.iter().copied().max().unwrap_or(8);
+        let top = graph
+            .top()
+            .expect("a checked graph lists at least one entry");
         let mut runtime = Self {
             active: Vec::new(),
             residency: Residency::Packed,
@@ -134,9 +138,9 @@ impl IntRuntime {
             absorbed,
             artifact,
             isa,
-            bits: top,
+            entry: Some(top),
         };
-        runtime.set_bits(top)?;
+        runtime.set_entry(top)?;
         Ok(runtime)
     }
 
@@ -150,9 +154,9 @@ impl IntRuntime {
         self.isa
     }
 
-    /// The active bit-width (0 under a precision plan, [`set_plan`](Self::set_plan)).
-    pub fn bits(&self) -> u8 {
-        self.bits
+    /// The active entry (`None` under a precision plan, [`set_plan`](Self::set_plan)).
+    pub fn entry(&self) -> Option<EntryBits> {
+        self.entry
     }
 
     /// Bytes of weights the active bit-width keeps: each layer's numerators at its weight
@@ -176,30 +180,47 @@ impl IntRuntime {
             .count()
     }
 
-    /// Switches to `bits`: decodes each layer's numerators at its weight bit-width from the
-    /// codes in memory (a right shift for the `modified` and `centered` schemes) and sets its
-    /// clipping level and epilogue.
+    /// Switches to the entry with weights and activations at `bits`: see
+    /// [`set_entry`](Self::set_entry).
     ///
     /// # Errors
     ///
     /// [`RuntimeError::UnknownBits`] for a bit-width the artifact does not hold.
     pub fn set_bits(&mut self, bits: u8) -> Result<(), RuntimeError> {
+        match EntryBits::uniform(bits) {
+            Some(entry) => self.set_entry(entry),
+            None => Err(RuntimeError::UnknownBits {
+                entry: format!("{bits} bits"),
+                list: self.artifact.header.graph.list(),
+            }),
+        }
+    }
+
+    /// Switches to `entry` of the artifact's list (a bit-width, or a `wWaA` pair): decodes
+    /// each layer's numerators at the weight bit-width it resolves to from the codes in memory
+    /// (a right shift for the `modified` and `centered` schemes) and sets the clipping level,
+    /// activation bit-width and epilogue (BatchNorm) the export resolved for that entry.
+    ///
+    /// # Errors
+    ///
+    /// [`RuntimeError::UnknownBits`] for an entry the artifact does not hold.
+    pub fn set_entry(&mut self, entry: EntryBits) -> Result<(), RuntimeError> {
         let graph = &self.artifact.header.graph;
-        let Some(position) = graph.bits.iter().position(|&b| b == bits) else {
+        let Some(position) = graph.position(entry) else {
             return Err(RuntimeError::UnknownBits {
-                bits,
-                list: self.bit_list(),
+                entry: entry.describe(),
+                list: graph.list(),
             });
         };
         self.activate(&|_| position)?;
-        self.bits = bits;
+        self.entry = Some(entry);
         Ok(())
     }
 
     /// Switches to a precision plan: quantized layer `i` (convolutions and linear layers, in
     /// the graph's order) runs the model's bit-width at position `positions[i]` of its list,
     /// with that entry's clipping level and BatchNorm, as [`set_bits`](Self::set_bits) runs
-    /// every layer at one position. [`bits`](Self::bits) is then 0.
+    /// every layer at one position. [`entry`](Self::entry) is then `None`.
     ///
     /// # Errors
     ///
@@ -220,19 +241,13 @@ impl IntRuntime {
         }
         if let Some(&p) = positions.iter().find(|&&p| p >= graph.bits.len()) {
             return Err(RuntimeError::Plan(format!(
-                "position {p} is not one of the bit-widths {}",
-                self.bit_list()
+                "position {p} is not one of the entries {}",
+                graph.list()
             )));
         }
         self.activate(&|i| positions[i])?;
-        self.bits = 0;
+        self.entry = None;
         Ok(())
-    }
-
-    /// The model's bit-widths, as `8,6,5,4`.
-    fn bit_list(&self) -> String {
-        let bits = &self.artifact.header.graph.bits;
-        bits.iter().map(u8::to_string).collect::<Vec<_>>().join(",")
     }
 
     /// Decodes every layer at the position of its list `position_of(i)` gives (`i` counting

@@ -13,21 +13,26 @@ use serde::{Deserialize, Serialize};
 pub use pack::{crc32, pack, packed_len, unpack_shifted};
 pub use payload::{LayerPayload, NormPayload, QuantPayload, WeightPlan, split_payload};
 
+use crate::EntryBits;
 use crate::fs::write_atomically;
 use crate::graph::Graph;
 
 /// The `format` of every artifact's header.
 pub const ARTIFACT_FORMAT: &str = "adabits-abq";
-/// The artifact format version this build writes and reads.
-pub const ARTIFACT_VERSION: u32 = 3;
+/// The newest artifact format version, which this build writes for a list with a `wWaA` pair
+/// entry (4 adds them). A list of bit-widths only is written as version 3, byte for byte as
+/// before, so that older readers still take it; this build reads both.
+pub const ARTIFACT_VERSION: u32 = 4;
+/// The versions this build reads.
+pub const ARTIFACT_VERSIONS: [u32; 2] = [3, ARTIFACT_VERSION];
 /// The metadata key that holds the header.
 const HEADER_KEY: &str = "adabits";
 
-/// One bit-width's row of the artifact's table.
+/// One entry's row of the artifact's table.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BitRow {
-    /// The bit-width.
-    pub bits: u8,
+    /// The entry: a bit-width, or a `wWaA` pair.
+    pub bits: EntryBits,
     /// Validation top-1 (%) where known (from the run's last evaluation).
     pub top1: Option<f64>,
     /// GBitOPs per image (official accounting).
@@ -44,14 +49,15 @@ pub struct BitRow {
 pub struct ArtifactHeader {
     /// Always [`ARTIFACT_FORMAT`].
     pub format: String,
-    /// The format version ([`ARTIFACT_VERSION`] when written by this build).
+    /// The format version: 3 for a list of bit-widths, [`ARTIFACT_VERSION`] for one with a
+    /// `wWaA` pair.
     pub version: u32,
     /// The model's configuration as the trainer wrote it (`adabits-models`' `ModelConfig`):
     /// opaque to this crate, which runs `graph`.
     pub model: serde_json::Value,
     /// The model as a graph of layers and operations.
     pub graph: Graph,
-    /// One row per bit-width, in the model's order.
+    /// One row per entry, in the model's order.
     pub table: Vec<BitRow>,
     /// Bytes of packed codes.
     pub code_bytes: u64,
@@ -118,13 +124,13 @@ pub enum ArtifactError {
     },
     /// A version this build cannot read.
     #[error(
-        "{path}: artifact format version {found}, this build reads version {expected}; re-export the artifact with this version of adabits"
+        "{path}: artifact format version {found}, this build reads versions {expected}; re-export the artifact with this version of adabits"
     )]
     Version {
         /// The file.
         path: PathBuf,
-        /// The version this build reads.
-        expected: u32,
+        /// The versions this build reads, as `3 and 4`.
+        expected: String,
         /// The file's version.
         found: u32,
     },
@@ -155,12 +161,12 @@ pub enum ArtifactError {
     /// The model cannot be exported, or the payload does not fit the model.
     #[error("{0}")]
     Layout(String),
-    /// A bit-width the artifact does not hold.
-    #[error("{bits} bits is not one of the artifact's bit-widths ({list})")]
+    /// An entry (bit-width or `wWaA` pair) the artifact does not hold.
+    #[error("{entry} is not one of the artifact's entries ({list})")]
     UnknownBits {
-        /// The bit-width asked for.
-        bits: u8,
-        /// The artifact's bit-widths.
+        /// The entry asked for, as messages name it (`3 bits`, `w2a8`).
+        entry: String,
+        /// The artifact's entries, as `8,w4a8,4`.
         list: String,
     },
 }
@@ -181,7 +187,8 @@ fn scalar_bytes(scalars: &[f32]) -> Vec<u8> {
 
 impl Artifact {
     /// An artifact of `graph` with its payload, sealed with its checksum. `model` is the
-    /// trainer's configuration (kept as it is), `table` one row per bit-width of `graph.bits`.
+    /// trainer's configuration (kept as it is), `table` one row per entry of `graph.bits`. The
+    /// version is 3 for a list of bit-widths and [`ARTIFACT_VERSION`] for one with a pair.
     ///
     /// # Errors
     ///
@@ -198,7 +205,11 @@ impl Artifact {
         let weights = weight_count(&graph);
         let mut header = ArtifactHeader {
             format: ARTIFACT_FORMAT.into(),
-            version: ARTIFACT_VERSION,
+            version: if graph.is_uniform() {
+                ARTIFACT_VERSIONS[0]
+            } else {
+                ARTIFACT_VERSION
+            },
             model,
             graph,
             table,
@@ -235,9 +246,9 @@ impl Artifact {
             .expect("the payload was checked against the graph when the artifact was made")
     }
 
-    /// The bit-widths of the artifact, in the model's order.
-    pub fn bits(&self) -> Vec<u8> {
-        self.header.graph.bits.clone()
+    /// The entries of the artifact (bit-widths or `wWaA` pairs), in the model's order.
+    pub fn bits(&self) -> &[EntryBits] {
+        &self.header.graph.bits
     }
 
     /// The artifact as SafeTensors bytes.
@@ -337,19 +348,18 @@ impl Artifact {
             });
         }
         let version = value["version"].as_u64().unwrap_or(0);
-        if version != u64::from(ARTIFACT_VERSION) {
+        let Some(version) = ARTIFACT_VERSIONS
+            .into_iter()
+            .find(|&v| u64::from(v) == version)
+        else {
             return Err(ArtifactError::Version {
                 path: path.clone(),
-                expected: ARTIFACT_VERSION,
+                expected: ARTIFACT_VERSIONS.map(|v| v.to_string()).join(" and "),
                 found: u32::try_from(version).unwrap_or(u32::MAX),
             });
-        }
-        let header: ArtifactHeader = serde_json::from_value(value).map_err(|e| {
-            header_field(
-                &format!("a version-{ARTIFACT_VERSION} header"),
-                &e.to_string(),
-            )
-        })?;
+        };
+        let header: ArtifactHeader = serde_json::from_value(value)
+            .map_err(|e| header_field(&format!("a version-{version} header"), &e.to_string()))?;
         let tensor = |name: &str, dtype: Dtype, len: u64| -> Result<Vec<u8>, ArtifactError> {
             let bad = |found: String| ArtifactError::Tensor {
                 path: path.clone(),
@@ -428,15 +438,29 @@ fn check(
         )
     };
     graph.check(graph.input_size).map_err(in_graph)?;
-    let rows: Vec<u8> = header.table.iter().map(|r| r.bits).collect();
+    // Version 3 predates pair entries: a reader of version 3 must not be handed one.
+    if header.version < 4 && !graph.is_uniform() {
+        return Err((
+            "adabits.version",
+            "4 for a list with a wWaA pair".to_string(),
+            format!("{} with the list {}", header.version, graph.list()),
+        ));
+    }
+    let rows: Vec<EntryBits> = header.table.iter().map(|r| r.bits).collect();
     if rows != graph.bits {
+        let list = |l: &[EntryBits]| {
+            l.iter()
+                .map(EntryBits::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         return Err((
             "adabits.table",
             format!(
-                "one row per bit-width of the model, in its order: {:?}",
-                graph.bits
+                "one row per entry of the model, in its order: {}",
+                graph.list()
             ),
-            format!("rows for {rows:?}"),
+            format!("rows for {}", list(&rows)),
         ));
     }
     if header.weights != weight_count(graph) {

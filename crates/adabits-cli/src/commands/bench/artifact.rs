@@ -4,9 +4,8 @@
 
 use std::path::Path;
 
-use adabits_models::{Artifact, Runtime};
-use adabits_quant::BitWidth;
-use adabits_runtime::{IntRuntime, Residency};
+use adabits_models::{Artifact, Runtime, entry_precision};
+use adabits_runtime::{EntryBits, IntRuntime, Residency};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::time_ms;
@@ -19,8 +18,8 @@ pub(super) struct EngineRow {
     /// The integer runtime's residency: `packed` (w-bit numerators, laid out per call) or
     /// `expanded` (the kernels' layout kept); `null` for `f32`.
     pub(super) residency: Option<&'static str>,
-    /// The bit-width.
-    pub(super) bits: u8,
+    /// The entry (a bit-width, or a `wWaA` pair).
+    pub(super) bits: EntryBits,
     /// Images per forward pass.
     pub(super) batch: usize,
     /// Median milliseconds per forward pass.
@@ -54,8 +53,8 @@ pub(super) fn engines(
         .collect();
     let mut rows = Vec::new();
     for &b in &bits {
-        int.set_bits(b)?;
-        f32_runtime.set_bits(BitWidth::new(b)?)?;
+        int.set_entry(b)?;
+        f32_runtime.set_bits(entry_precision(b))?;
         for n in [1, batch] {
             let images = &pixels[..n * c * h * w];
             let residencies = [
@@ -106,8 +105,8 @@ pub(super) fn engines(
 /// One node of the integer runtime's profile at one bit-width.
 #[derive(Debug, serde::Serialize)]
 pub(super) struct ProfileRow {
-    /// The bit-width.
-    pub(super) bits: u8,
+    /// The entry (a bit-width, or a `wWaA` pair).
+    pub(super) bits: EntryBits,
     /// The layer's name, or the operation's.
     pub(super) node: String,
     /// Milliseconds per image (the weights' layout: per call).
@@ -132,7 +131,7 @@ pub(super) fn profile(path: &Path, batch: usize) -> anyhow::Result<Vec<ProfileRo
         .collect();
     let mut rows = Vec::new();
     for b in bits {
-        int.set_bits(b)?;
+        int.set_entry(b)?;
         for (i, t) in int.profile(&pixels, batch, [h, w])?.into_iter().enumerate() {
             // The first row is once per call, the others per image summed over the batch.
             let ms = if i == 0 { t.ms } else { t.ms / batch as f64 };

@@ -1,4 +1,5 @@
-//! `adabits predict`: classify images with an artifact's integer runtime at one bit-width.
+//! `adabits predict`: classify images with an artifact's integer runtime at one entry of its
+//! list (a bit-width or a `wWaA` pair).
 
 mod inputs;
 
@@ -6,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use adabits_models::Artifact;
-use adabits_runtime::IntRuntime;
+use adabits_runtime::{EntryBits, IntRuntime};
 use clap::Args;
 use serde::Serialize;
 
@@ -18,9 +19,10 @@ pub(crate) struct Predict {
     /// The artifact (`.abq`, written by `adabits export`).
     #[arg(long, value_name = "FILE")]
     artifact: PathBuf,
-    /// The bit-width to run at [default: the artifact's highest].
-    #[arg(long)]
-    bits: Option<u8>,
+    /// The entry of the artifact's list to run at: a bit-width such as 4, or a weight and
+    /// activation pair such as w4a8 [default: the artifact's highest].
+    #[arg(long, value_name = "B|wWaA")]
+    bits: Option<EntryBits>,
     /// Classes to show per image, most likely first.
     #[arg(long, default_value_t = 5, value_parser = crate::values::count)]
     top: usize,
@@ -63,12 +65,15 @@ pub(crate) fn run(args: Predict) -> anyhow::Result<ExitCode> {
         args.artifact.display()
     );
     let channels = graph.in_channels;
-    let top_bits = graph.bits.iter().copied().max().unwrap_or(8);
     let mut runtime = IntRuntime::new(artifact)?;
-    let bits = args.bits.unwrap_or(top_bits);
-    runtime
-        .set_bits(bits)
-        .map_err(|e| anyhow::anyhow!("--bits: {e}"))?;
+    if let Some(bits) = args.bits {
+        runtime
+            .set_entry(bits)
+            .map_err(|e| anyhow::anyhow!("--bits: {e}"))?;
+    }
+    let bits = runtime
+        .entry()
+        .expect("the runtime runs an entry, not a plan");
     let images = inputs::read(&args.inputs, side, channels)?;
     let per = channels * side * side;
     let mut predictions = Vec::with_capacity(images.len());
@@ -120,9 +125,10 @@ pub(crate) fn run(args: Predict) -> anyhow::Result<ExitCode> {
         }
         if !labelled.is_empty() {
             println!(
-                "top-1: {correct} of {} labelled images ({:.2} %) at {bits} bits",
+                "top-1: {correct} of {} labelled images ({:.2} %) at {}",
                 labelled.len(),
-                100.0 * correct as f64 / labelled.len() as f64
+                100.0 * correct as f64 / labelled.len() as f64,
+                bits.describe()
             );
         }
     }

@@ -113,14 +113,14 @@ pub(crate) fn run(args: Select) -> anyhow::Result<ExitCode> {
         }
         match &selection.chosen {
             Some(r) => println!(
-                "selected: {} bits ({}, {:.4} GBitOPs, {:.0} bytes)",
-                r.bits,
+                "selected: {} ({}, {:.4} GBitOPs, {:.0} bytes)",
+                r.bits.describe(),
                 r.top1
                     .map_or("accuracy unknown".into(), |t| format!("top-1 {t:.2} %")),
                 r.gbitops,
                 r.model_bytes
             ),
-            None => println!("no bit-width of the artifact fits"),
+            None => println!("no entry of the artifact's list fits"),
         }
     }
     Ok(if selection.chosen.is_some() {
