@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use adabits_quant::{BitPolicy, ClippingLevels};
 use burn::module::{Param, RunningState};
 use burn::tensor::{Device, Tensor, TensorData};
 
@@ -41,6 +42,9 @@ pub struct ImportReport {
     /// Keys of the dict the model does not use (full-precision import only; `num_batches_tracked`
     /// and unused BatchNorm copies are not listed).
     pub dropped: Vec<String>,
+    /// The clipping levels of `wWaA` entries taken from the level the official code clipped
+    /// them with (that of their activation bit-width), as `key[own] from [official]`.
+    pub pair_levels: Vec<String>,
 }
 
 /// Why a state dict could not be imported.
@@ -184,9 +188,56 @@ impl Plan<'_> {
         if let Some(bias) = layer.bias_mut() {
             self.param(&format!("{prefix}.bias"), bias, write);
         }
+        let policy = match &layer {
+            LayerMut::Conv(conv) => conv.policy(),
+            LayerMut::Linear(linear) => linear.policy(),
+            LayerMut::Norm(_) => unreachable!("returned above"),
+        };
         if let Some(levels) = layer.alpha_mut() {
-            self.alpha(&format!("{prefix}.alpha"), &mut levels.alpha, write);
+            let key = format!("{prefix}.alpha");
+            self.alpha(&key, &mut levels.alpha, write);
+            if write && self.mode == ImportMode::Adaptive {
+                self.pair_levels(&key, levels, &policy);
+            }
         }
+    }
+
+    /// An official adaptive checkpoint's `wWaA` entries were clipped with the level of their
+    /// activation bit-width, and their own never trained: gives each pair entry that level, so
+    /// that the model runs the pair as the official code did
+    /// (docs/decisions/0002-precisions-and-plans.md).
+    fn pair_levels(&mut self, key: &str, levels: &mut ClippingLevels, policy: &BitPolicy) {
+        if !levels.is_switchable() {
+            return;
+        }
+        let moves: Vec<(usize, usize)> = levels
+            .bits()
+            .entries()
+            .filter(|at| at.precision.as_uniform().is_none())
+            .map(|at| {
+                (
+                    levels.entry_index(at.entry),
+                    levels.official_index(at, policy),
+                )
+            })
+            .filter(|(own, official)| own != official)
+            .collect();
+        if moves.is_empty() {
+            return;
+        }
+        let alpha = levels.alpha.val();
+        let mut values: Vec<f32> = alpha.to_data().iter::<f32>().collect();
+        for &(own, official) in &moves {
+            values[own] = values[official];
+            self.report
+                .pair_levels
+                .push(format!("{key}[{own}] from [{official}]"));
+        }
+        let tensor = Tensor::from_data(TensorData::new(values, alpha.dims()), &alpha.device());
+        levels.alpha = levels
+            .alpha
+            .clone()
+            .transform_for_load(tensor, levels.alpha.id);
     }
 
     /// Looks `key` up and checks its shape; records what is wrong.

@@ -64,6 +64,12 @@ pub trait OfficialLayout: Module + Clone {
 /// The model's tensors in the official layout (what the official code's `state_dict()` holds,
 /// `num_batches_tracked` included, as 0: Adabits does not count batches, and PyTorch uses the
 /// count only when `momentum` is `None`).
+///
+/// A `wWaA` entry's clipping levels are written at its position, but the official code does not
+/// read them: it clips the pair with the level of its activation bit-width
+/// ([`crate::adabits_quant::ClippingLevels::official_index`]), so a pair-trained model runs
+/// its pairs differently there; [`crate::import_official`] reads such a checkpoint as the
+/// official code ran it.
 pub fn export_official<M: OfficialLayout>(model: &M) -> StateDict {
     let mut model = model.clone();
     let mut dict = StateDict::new();

@@ -5,7 +5,7 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Int, Tensor};
 
-use crate::{BitWidth, BitWidths};
+use crate::{At, BitPolicy, BitWidth, BitWidths};
 
 /// The official initial clipping level of every quantized convolution's input.
 pub const CONV_ALPHA_INIT: f64 = 8.0;
@@ -92,6 +92,16 @@ impl ClippingLevels {
             self.bits.len()
         );
         self.select_index(self.entry_index(entry))
+    }
+
+    /// The index into [`alpha`](Self::alpha) the official code clips entry `at` with, for a
+    /// layer with `policy`: the position of the activation bit-width the policy resolves the
+    /// entry to among the list's bit-widths, 0 when absent (docs/method.md §4). For a uniform
+    /// entry it is [`index`](Self::index), what this crate uses too; for a `wWaA` entry the
+    /// official code takes it where this crate takes the entry's own level
+    /// ([`entry_index`](Self::entry_index); docs/decisions/0002-precisions-and-plans.md).
+    pub fn official_index(&self, at: At, policy: &BitPolicy) -> usize {
+        self.index(at.precision.resolve(policy).bita)
     }
 
     /// The index into [`alpha`](Self::alpha) used for the model's list entry `entry` (a

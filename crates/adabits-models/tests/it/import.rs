@@ -202,11 +202,29 @@ fn an_exported_state_dict_reimports_with_identical_outputs_for_every_ablation() 
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// Sets every switchable clipping level of `model` by entry: `levels(i, α)` for entry `i`.
+fn set_levels(model: &mut Model, levels: impl Fn(usize, &[f32]) -> f32) {
+    use adabits_models::OfficialLayout;
+    model.visit_official(&mut |_, mut layer| {
+        if let Some(alpha) = layer.alpha_mut() {
+            let old: Vec<f32> = alpha.alpha.val().into_data().iter::<f32>().collect();
+            let new: Vec<f32> = (0..old.len()).map(|i| levels(i, &old)).collect();
+            let device = alpha.alpha.val().device();
+            let n = new.len();
+            alpha.alpha = burn::module::Param::from_tensor(Tensor::<1>::from_data(
+                burn::tensor::TensorData::new(new, [n]),
+                &device,
+            ));
+        }
+    });
+}
+
 #[test]
-fn a_list_with_a_pair_entry_exports_and_reimports_each_entry_in_its_position() {
+fn a_pair_entry_imports_as_the_official_code_clips_it() {
     let device = crate::device();
     let train = device.clone().autodiff();
-    let config = ModelConfig::new(Architecture::CifarResNet(8), "8,w4a8,4".parse().unwrap())
+    // The pair w2a8 at position 1; its activation bit-width 8 at position 2.
+    let config = ModelConfig::new(Architecture::CifarResNet(8), "4,w2a8,8".parse().unwrap())
         .with_width_mult(0.25);
     let model = config.init_seeded(21, &train).unwrap();
     let images = Tensor::<4>::random([4, 3, 8, 8], Distribution::Uniform(0.0, 1.0), &train);
@@ -214,7 +232,9 @@ fn a_list_with_a_pair_entry_exports_and_reimports_each_entry_in_its_position() {
     for at in config.bits.entries() {
         let _ = model.forward_at(images.clone(), at);
     }
-    let model = model.valid();
+    let mut model = model.valid();
+    // Each entry its own clipping levels.
+    set_levels(&mut model, |i, old| old[i] * (1.0 - 0.15 * i as f32));
     let dict = export_official(&model);
     // Three entries: three BatchNorm copies and three clipping levels, by position.
     assert_eq!(dict.get("head.0.alpha").unwrap().shape, [3]);
@@ -222,7 +242,24 @@ fn a_list_with_a_pair_entry_exports_and_reimports_each_entry_in_its_position() {
     let path = temp_dir("pair").join("pair.safetensors");
     dict.write(&path).unwrap();
     let fresh = config.init_seeded(22, &device).unwrap();
-    let (loaded, _) = import_pytorch(fresh, &path, ImportMode::Adaptive).unwrap();
+    let (loaded, report) = import_pytorch(fresh, &path, ImportMode::Adaptive).unwrap();
+    // The official code clips `w2a8` with the level of 8 bits (position 2) and never trains
+    // its own: the import gives the pair that level, in every layer but the first, whose input
+    // is not quantized (its level is that of position 0).
+    assert!(
+        report
+            .pair_levels
+            .contains(&"stage_0_layer_0.body.0.alpha[1] from [2]".to_string()),
+        "{:?}",
+        report.pair_levels
+    );
+    assert!(
+        report
+            .pair_levels
+            .contains(&"head.0.alpha[1] from [0]".to_string()),
+        "{:?}",
+        report.pair_levels
+    );
     let images = images.inner();
     let logits = |m: &Model, at| -> Vec<f64> {
         m.forward_at(images.clone(), at)
@@ -230,13 +267,22 @@ fn a_list_with_a_pair_entry_exports_and_reimports_each_entry_in_its_position() {
             .iter::<f64>()
             .collect()
     };
-    let runs: Vec<Vec<f64>> = config.bits.entries().map(|at| logits(&model, at)).collect();
-    for (at, want) in config.bits.entries().zip(&runs) {
-        assert_eq!(&logits(&loaded, at), want, "{}", at.precision);
+    let at: Vec<_> = config.bits.entries().collect();
+    // The bit-widths run as they were exported.
+    for &i in &[0, 2] {
+        assert_eq!(logits(&loaded, at[i]), logits(&model, at[i]), "entry {i}");
     }
-    // The pair is its own computation, not either uniform entry's.
-    assert_ne!(runs[1], runs[0]);
-    assert_ne!(runs[1], runs[2]);
+    // The pair runs as the official code runs it: the exported model with each pair level
+    // replaced by the 8-bit one (the first layer's is not used).
+    let mut official = model.clone();
+    set_levels(&mut official, |i, old| if i == 1 { old[2] } else { old[i] });
+    let want = logits(&official, at[1]);
+    let found = logits(&loaded, at[1]);
+    assert_eq!(found, want);
+    // Not the pair's own levels, nor either uniform entry's computation.
+    assert_ne!(found, logits(&model, at[1]));
+    assert_ne!(found, logits(&loaded, at[0]));
+    assert_ne!(found, logits(&loaded, at[2]));
     std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
 }
 
