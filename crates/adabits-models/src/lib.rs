@@ -18,11 +18,16 @@
 //! ```
 //! use adabits_models::{BitRow, Budget, select};
 //!
-//! let row = |bits, top1, model_bytes| BitRow { bits, top1: Some(top1), gbitops: 0.0, model_bytes };
-//! let table = [row(8, 51.7, 17524.0), row(6, 52.4, 13308.0), row(4, 51.2, 9092.0)];
+//! let row = |bits: &str, top1, model_bytes| BitRow {
+//!     bits: bits.parse().unwrap(), // an entry: a bit-width, or a pair such as "w4a8"
+//!     top1: Some(top1),
+//!     gbitops: 0.0,
+//!     model_bytes,
+//! };
+//! let table = [row("8", 51.7, 17524.0), row("6", 52.4, 13308.0), row("4", 51.2, 9092.0)];
 //! let budget = Budget { max_bytes: Some(12000), ..Budget::default() };
 //! let choice = select(&table, &budget);
-//! assert_eq!(choice.chosen.map(|r| r.bits), Some(4));
+//! assert_eq!(choice.chosen.map(|r| r.bits.to_string()), Some("4".into()));
 //! assert!(choice.reasons.iter().any(|r| r.contains("13308 bytes > 12000")));
 //! ```
 

@@ -101,6 +101,11 @@ pub struct TrainConfig {
     /// the model, each stage reports it, and checkpoints keep it (`--which ema` reads it).
     #[serde(default)]
     pub ema_decay: Option<f64>,
+    /// Where the model starts instead of its seeded random initialisation: a state dict in the
+    /// official (or torchvision) layout, adaptive or full-precision, or a run directory of
+    /// adabits ([`crate::initial_model`]). `None` (left out of `config.json`): random.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<PathBuf>,
 }
 
 /// The smallest `model.width_mult` a run accepts.
@@ -324,6 +329,7 @@ impl TrainConfig {
             label_smoothing: 0.0,
             val_split: 0,
             ema_decay: None,
+            init: None,
         }
     }
 

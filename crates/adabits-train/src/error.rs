@@ -28,6 +28,9 @@ pub enum TrainError {
     /// A checkpoint could not be written or read.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// The initial weights (`init`) cannot be read or do not fit the model.
+    #[error(transparent)]
+    Import(#[from] adabits_models::ImportError),
     /// A precision plan does not fit the model.
     #[error(transparent)]
     Plan(#[from] adabits_models::PlanError),

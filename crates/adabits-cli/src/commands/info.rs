@@ -77,7 +77,20 @@ pub(crate) fn run(args: Info) -> anyhow::Result<ExitCode> {
         // (`…entries.N.…`): weight tensors, BatchNorm copies per layer (one per bit-width when
         // switchable) and clipping levels per layer (one per bit-width with S-CL).
         let official = dict.keys().any(|k| k.contains(".bn."));
+        let ours = dict.keys().any(|k| k.contains(".entries."));
         let marker = if official { ".bn." } else { ".entries." };
+        let layout = match (official, ours) {
+            (true, _) => "official",
+            (false, true) => "adabits checkpoint",
+            // torchvision's, or any state dict with plain BatchNorms: a full-precision model.
+            (false, false) => "plain (one BatchNorm per layer, e.g. torchvision)",
+        };
+        // What `adabits train --init` reads a state dict as (a checkpoint file of a run is
+        // started from through its run directory).
+        let init_as = (!ours).then(|| match adabits_train::state_dict_source(&dict) {
+            adabits_train::InitSource::OfficialAdaptive => "adaptive",
+            _ => "full-precision",
+        });
         let weights = dict
             .keys()
             .filter(|k| k.ends_with(".weight") && dict.get(k).is_some_and(|t| t.shape.len() > 1))
@@ -114,7 +127,8 @@ pub(crate) fn run(args: Info) -> anyhow::Result<ExitCode> {
             "bytes": std::fs::metadata(path).map(|m| m.len()).ok(),
             "tensors": dict.len(),
             "elements": elements,
-            "layout": if official { "official" } else { "adabits checkpoint" },
+            "layout": layout,
+            "init_as": init_as,
             "weight_tensors": weights,
             "batch_norm_copies": bn_copies,
             "clipping_levels": alpha_levels,
@@ -140,6 +154,16 @@ pub(crate) fn run(args: Info) -> anyhow::Result<ExitCode> {
                 bn_copies.map_or("no".into(), |n| n.to_string()),
                 alpha_levels.map_or("no".into(), |n| n.to_string()),
             );
+            if let Some(kind) = init_as {
+                println!(
+                    "  `adabits train --init` reads it as a {kind} checkpoint{}",
+                    if kind == "adaptive" {
+                        " (one BatchNorm copy per entry of the list)"
+                    } else {
+                        " (its BatchNorm and clipping level spread to every entry)"
+                    }
+                );
+            }
             if let (Some(run), Some(c)) = (run_dir, &config) {
                 println!(
                     "  a checkpoint of run {}: model {} bits {} width {}",

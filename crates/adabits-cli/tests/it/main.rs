@@ -390,6 +390,52 @@ fn train_runs_two_steps_and_writes_the_run_directory() {
         said.contains("adabits artifact v4") && said.contains("  w2a4: top-1 "),
         "{said}"
     );
+    // A new run started from this one's weights (--init RUN): no full-precision stage, and
+    // the import said on stderr.
+    let started = out.with_extension("init");
+    let started_s = started.to_str().unwrap();
+    let _ = std::fs::remove_dir_all(&started);
+    let init_args = [
+        "train",
+        "--config",
+        preset.to_str().unwrap(),
+        "--bits",
+        "4,w2a4",
+        "--batch-size",
+        "32",
+        "--max-steps",
+        "1",
+        "--init",
+        out_str,
+        "--out",
+        started_s,
+    ];
+    let from_run = adabits(&init_args);
+    assert!(from_run.status.success(), "{}", text(&from_run.stderr));
+    let said = text(&from_run.stderr);
+    assert!(
+        said.contains(&format!("started from {out_str} (its checkpoint {out_str}")),
+        "{said}"
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(started.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["init"], out_str);
+    assert_eq!(config["fp_epochs"], 0);
+    std::fs::remove_dir_all(&started).unwrap();
+    // Weights that cannot be read: one line naming the file, and no run left behind.
+    let mut bad_args = init_args;
+    bad_args[10] = "/nonexistent/weights.safetensors";
+    let bad = adabits(&bad_args);
+    assert!(!bad.status.success());
+    let err = text(&bad.stderr);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: /nonexistent/weights.safetensors: "),
+        "{err}"
+    );
+    assert!(!started.join("config.json").exists());
+    let _ = std::fs::remove_dir_all(&started);
     let not_a_run = adabits(&[
         "eval",
         "--checkpoint",

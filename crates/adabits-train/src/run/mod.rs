@@ -126,9 +126,31 @@ pub fn train_on(
             ),
         });
     }
+    if options.fp_stage_from.is_some() && config.init.is_some() {
+        return Err(TrainError::Config {
+            field: "init".into(),
+            expected: "no initial weights when the full-precision stage is taken from another run (fp_stage_from)".into(),
+            found: config.init.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+        });
+    }
+    // The initial weights, read before the run directory is made, so that a file that cannot
+    // be read leaves no run behind; a resumed run reads its checkpoint instead.
+    let initial = match &config.init {
+        Some(path) if !(options.resume && dir.has_checkpoint()) => Some(crate::initial_model(
+            path,
+            &config.model,
+            config.seed,
+            device,
+        )?),
+        _ => None,
+    };
     dir.create()?;
     let ad = device.clone().autodiff();
     let mut run = Run::new(&config, device, &ad, train_set, val_set, dir)?;
+    if let Some((model, report)) = initial {
+        run.model = model;
+        progress.note(&report.to_string());
+    }
     run.test_loader =
         test_set.map(|set| Loader::new(set, config.eval_batch_size, false, config.seed));
     if options.resume {

@@ -3,6 +3,7 @@
 mod calibrate;
 mod data;
 mod entries;
+mod init;
 mod optim;
 mod reliability;
 mod search;

@@ -108,11 +108,15 @@ fn resolve_onto(base: TrainConfig, args: &Train, fresh: bool) -> anyhow::Result<
     if let Some(norm) = args.clip_grad_norm {
         config.optim.clip_grad_norm = (norm != 0.0).then_some(norm);
     }
+    if fresh && args.init.is_some() {
+        config.init.clone_from(&args.init);
+    }
     // The recipe's full-precision stage is as long as the training that follows it, unless
-    // the preset or --fp-epochs says otherwise.
+    // the preset or --fp-epochs says otherwise; a run started from weights (--init) has none.
     config.fp_epochs = match args.fp_epochs {
         Some(n) => n,
         None if preset_sets_fp_epochs || !fresh => config.fp_epochs,
+        None if args.init.is_some() => 0,
         None => args.recipe().full_precision_epochs(config.epochs),
     };
     config.validate().map_err(|e| name_the_source(e, args))?;

@@ -117,6 +117,13 @@ pub(crate) struct Train {
     /// exactly as if it had trained the stage itself.
     #[arg(long, value_name = "RUN", conflicts_with = "resume")]
     fp_stage_from: Option<PathBuf>,
+    /// Start from these weights instead of a random initialisation: an official adaptive
+    /// checkpoint (one BatchNorm copy per entry), an official or torchvision full-precision one
+    /// (BatchNorm and clipping level spread to every entry, as the official fp_pretrained
+    /// loading does), both SafeTensors, or a run directory of adabits. The full-precision stage
+    /// then defaults to 0 epochs.
+    #[arg(long, value_name = "FILE|RUN", conflicts_with_all = ["resume", "fp_stage_from"])]
+    init: Option<PathBuf>,
     /// Learning-rate warm-up epochs [default: 0, or 5 for batches above 256].
     #[arg(long, value_name = "N")]
     warmup_epochs: Option<usize>,
