@@ -192,6 +192,23 @@ impl StateDict {
         self.tensors.get(key)
     }
 
+    /// How many copies a layer holds of the tensors keyed `…<marker><i>.…` (the official
+    /// BatchNorms `.bn.`, an adabits checkpoint's `.entries.`): the largest `i` plus one, or
+    /// `None` when no key has the marker.
+    pub fn indexed_copies(&self, marker: &str) -> Option<usize> {
+        self.keys()
+            .filter_map(|k| {
+                k.split(marker)
+                    .nth(1)?
+                    .split('.')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .max()
+            .map(|i| i + 1)
+    }
+
     /// The keys, sorted.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.tensors.keys().map(String::as_str)

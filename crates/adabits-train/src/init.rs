@@ -189,25 +189,10 @@ pub fn initial_model(
 /// What [`initial_model`] reads a state dict as: adaptive when it holds more than one
 /// BatchNorm copy per layer, full-precision otherwise.
 pub fn state_dict_source(dict: &StateDict) -> InitSource {
-    if batch_norm_copies(dict) > 1 {
+    // The official layout's BatchNorm copies per layer; none in torchvision's.
+    if dict.indexed_copies(".bn.").unwrap_or(0) > 1 {
         InitSource::OfficialAdaptive
     } else {
         InitSource::FullPrecision
     }
-}
-
-/// The BatchNorm copies per layer of a state dict in the official layout (`….bn.<i>.…`): 0
-/// without such keys (torchvision's plain BatchNorms).
-fn batch_norm_copies(dict: &StateDict) -> usize {
-    dict.keys()
-        .filter_map(|k| {
-            k.split(".bn.")
-                .nth(1)?
-                .split('.')
-                .next()?
-                .parse::<usize>()
-                .ok()
-        })
-        .max()
-        .map_or(0, |i| i + 1)
 }

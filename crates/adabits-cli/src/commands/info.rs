@@ -95,18 +95,7 @@ pub(crate) fn run(args: Info) -> anyhow::Result<ExitCode> {
             .keys()
             .filter(|k| k.ends_with(".weight") && dict.get(k).is_some_and(|t| t.shape.len() > 1))
             .count();
-        let bn_copies = dict
-            .keys()
-            .filter_map(|k| {
-                k.split(marker)
-                    .nth(1)?
-                    .split('.')
-                    .next()?
-                    .parse::<usize>()
-                    .ok()
-            })
-            .max()
-            .map(|i| i + 1);
+        let bn_copies = dict.indexed_copies(marker);
         let alpha_levels = dict
             .keys()
             .filter(|k| k.ends_with(".alpha"))

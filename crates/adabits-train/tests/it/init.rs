@@ -44,6 +44,18 @@ fn top1(results: &RunResults) -> Vec<(String, f64)> {
         .collect()
 }
 
+/// Every entry of `started` at least 20 points above the same entry of `random`.
+fn assert_far_above(started: &RunResults, random: &RunResults, from: &str) {
+    for (entry, r) in &started.bits {
+        let random_start = random.bits[entry].top1;
+        assert!(
+            r.top1 > random_start + 20.0,
+            "{entry}: {} from {from}, {random_start} from a random start",
+            r.top1
+        );
+    }
+}
+
 #[test]
 fn runs_started_from_full_precision_and_adaptive_weights_are_far_above_a_random_start() {
     let device = crate::device();
@@ -67,14 +79,7 @@ fn runs_started_from_full_precision_and_adaptive_weights_are_far_above_a_random_
         top1(&random),
         top1(&from_dict)
     );
-    for (entry, r) in &from_dict.bits {
-        let chance_like = random.bits[entry].top1;
-        assert!(
-            r.top1 > chance_like + 20.0,
-            "{entry}: {} from the full-precision weights, {chance_like} from a random start",
-            r.top1
-        );
-    }
+    assert_far_above(&from_dict, &random, "the full-precision weights");
     // The run directory spreads its first entry as the full-precision import does: the same
     // computation.
     assert_eq!(top1(&from_run), top1(&from_dict));
@@ -106,14 +111,7 @@ fn runs_started_from_full_precision_and_adaptive_weights_are_far_above_a_random_
     assert!(!report.import.replicated.is_empty(), "{:?}", report.import);
     let from_adaptive = short_run(&quantized, Some(&adaptive_dict), "init-from-adaptive");
     eprintln!("from the adaptive checkpoint {:?}", top1(&from_adaptive));
-    for (entry, r) in &from_adaptive.bits {
-        let chance_like = random.bits[entry].top1;
-        assert!(
-            r.top1 > chance_like + 20.0,
-            "{entry}: {} from the adaptive weights, {chance_like} from a random start",
-            r.top1
-        );
-    }
+    assert_far_above(&from_adaptive, &random, "the adaptive weights");
     std::fs::remove_dir_all(&fp_out).unwrap();
     std::fs::remove_dir_all(&adaptive_out).unwrap();
 }
