@@ -145,7 +145,8 @@ pub(crate) fn run(args: Info) -> anyhow::Result<ExitCode> {
             );
             if let Some(kind) = init_as {
                 println!(
-                    "  `adabits train --init` reads it as a {kind} checkpoint{}",
+                    "  `adabits train --init` reads it as {} {kind} checkpoint{}",
+                    if kind == "adaptive" { "an" } else { "a" },
                     if kind == "adaptive" {
                         " (one BatchNorm copy per entry of the list)"
                     } else {

@@ -452,6 +452,67 @@ fn train_runs_two_steps_and_writes_the_run_directory() {
 }
 
 #[test]
+fn info_says_what_train_init_reads_a_state_dict_as() {
+    use adabits_models::{StateDict, StateTensor};
+    let dir = temp_dir("info-init");
+    std::fs::create_dir_all(&dir).unwrap();
+    let vector = || StateTensor::new(vec![4], vec![0.5; 4]);
+    let write = |name: &str, keys: &[&str]| {
+        let mut dict = StateDict::new();
+        dict.insert(
+            "head.0.weight",
+            StateTensor::new(vec![4, 3, 3, 3], vec![0.1; 108]),
+        );
+        for key in keys {
+            dict.insert(*key, vector());
+        }
+        let path = dir.join(name);
+        dict.write(&path).unwrap();
+        path
+    };
+    // The official layout with two BatchNorm copies: adaptive; with one, or torchvision's
+    // plain BatchNorms: full precision.
+    let cases = [
+        (
+            write(
+                "adaptive.safetensors",
+                &["head.1.bn.0.weight", "head.1.bn.1.weight"],
+            ),
+            "official layout",
+            "reads it as an adaptive checkpoint",
+        ),
+        (
+            write("fp.safetensors", &["head.1.bn.0.weight"]),
+            "official layout",
+            "reads it as a full-precision checkpoint",
+        ),
+        (
+            write(
+                "torchvision.safetensors",
+                &["bn1.weight", "bn1.running_mean"],
+            ),
+            "plain (one BatchNorm per layer",
+            "reads it as a full-precision checkpoint",
+        ),
+    ];
+    for (path, layout, reads) in cases {
+        let out = adabits(&["info", path.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let said = text(&out.stdout);
+        assert!(said.contains(layout) && said.contains(reads), "{said}");
+        let out = adabits(&["info", path.to_str().unwrap(), "--json"]);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let kind = if reads.contains("adaptive") {
+            "adaptive"
+        } else {
+            "full-precision"
+        };
+        assert_eq!(json["init_as"], kind);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn bad_train_flags_and_files_are_one_line_errors_with_hints() {
     let cases: [(&[&str], &str); 6] = [
         (
